@@ -1,0 +1,20 @@
+"""`clara`: every UI action is also a command. Sub-command groups live in core/cli/*.py."""
+
+from __future__ import annotations
+
+import sys
+
+from core.cli.common import app, fail_cleanly
+
+# Each import registers its commands on `app` (typer sub-apps or plain commands).
+from core.cli import system as _system  # noqa: E402,F401
+from core.cli import users as _users  # noqa: E402,F401
+
+
+def main() -> None:
+    with fail_cleanly():
+        app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Shared CLI plumbing: the root typer app, the acting user, clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from core.auth import AuthError, PermissionDenied, Principal, principal_for
+from core.config import ConfigError, Settings, get_settings
+from core.db import DatabaseUnavailable
+
+app = typer.Typer(
+    name="clara",
+    help="CLARA Workbench: corpus → datasets → LoRA adapters → chat.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+EXIT_USAGE, EXIT_CONFIG, EXIT_DB, EXIT_DENIED, EXIT_FAILED = 2, 2, 3, 4, 1
+
+
+class CliFailure(Exception):
+    """Raised by commands for an expected failure: message printed, exit code returned."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """Turn the known error types into one readable line and an exit code, no traceback."""
+    try:
+        yield
+    except ConfigError as err:
+        err_console.print(f"[red]configuration error:[/red] {err}")
+        sys.exit(EXIT_CONFIG)
+    except DatabaseUnavailable as err:
+        err_console.print(f"[red]database error:[/red] {err}")
+        sys.exit(EXIT_DB)
+    except PermissionDenied as err:
+        err_console.print(f"[red]permission denied:[/red] {err}")
+        sys.exit(EXIT_DENIED)
+    except CliFailure as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        sys.exit(err.code)
+    except AuthError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        sys.exit(EXIT_FAILED)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def startup():  # noqa: ANN201 - core.system.Startup
+    """Prepare storage (migrate, first admin) and print a generated admin password once."""
+    from core.system import prepare
+
+    st = prepare(settings())
+    if st.generated_admin_password:
+        err_console.print(
+            "[bold yellow]Created the first admin.[/bold yellow] user: [bold]admin[/bold]  "
+            f"password: [bold]{st.generated_admin_password}[/bold]  "
+            "(shown once; change it with `clara users reset-password admin`)"
+        )
+    return st
+
+
+def acting_user(engine) -> Principal:  # noqa: ANN001
+    """The CLI acts as CLARA_CLI_USER (default `admin`), with that user's permissions.
+
+    Whoever runs the CLI has the data dir and database credentials anyway; naming the user
+    still matters because every action is permission-checked and audited under that name.
+    """
+    name = os.environ.get("CLARA_CLI_USER", "admin")
+    principal = principal_for(engine, name)
+    if principal is None:
+        raise CliFailure(
+            f"CLARA_CLI_USER={name!r} is not an enabled user; set it to an existing user name",
+            EXIT_DENIED,
+        )
+    return principal
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output for --json (stdout only, nothing else on it)."""
+    sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=2, default=str) + "\n")

@@ -1,0 +1,131 @@
+"""`clara config show`, `clara db upgrade|status`, `clara status`, `clara audit`, `clara up`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from core.cli.common import (
+    CliFailure,
+    acting_user,
+    app,
+    console,
+    err_console,
+    print_json,
+    settings,
+    startup,
+)
+
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+
+@config_app.command("show")
+def config_show(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Print the effective configuration (secrets masked)."""
+    values = settings().masked()
+    if json_out:
+        print_json(values)
+        return
+    t = Table("variable", "value")
+    for k, v in values.items():
+        t.add_row(f"CLARA_{k.upper()}", "" if v is None else str(v))
+    console.print(t)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest revision."""
+    from core.db import connect, get_engine, upgrade
+
+    engine = get_engine(settings())
+    connect(engine)
+    rev = upgrade(engine)
+    console.print(f"database at revision [bold]{rev}[/bold]")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the schema revision in the database and the newest one known."""
+    from core.db import connect, current_revision, get_engine, head_revision
+
+    engine = get_engine(settings())
+    connect(engine)
+    cur, head = current_revision(engine), head_revision()
+    console.print(f"database: {cur or '(empty)'}   newest: {head}")
+    if cur != head:
+        raise CliFailure("schema is not up to date: run `clara db upgrade`")
+
+
+@app.command("status")
+def status(json_out: bool = typer.Option(False, "--json")) -> None:
+    """System status: database, schema, table counts, data dir."""
+    from core.system import system_status
+
+    st = startup()
+    s = system_status(st.engine, acting_user(st.engine), st.settings)
+    if json_out:
+        print_json(s)
+        return
+    console.print(f"environment: {s.environment}   auth: {'on' if s.auth_enabled else 'OFF'}")
+    console.print(f"database: {s.database_url}  ({'ok' if s.database_ok else s.database_error})")
+    console.print(f"schema: {s.schema_revision} (newest {s.schema_head})")
+    console.print(f"data dir: {s.data_dir}  ({s.data_dir_bytes / 1e6:.1f} MB)")
+    t = Table("table", "rows")
+    for name, n in s.table_counts.items():
+        t.add_row(name, str(n))
+    console.print(t)
+
+
+@app.command("audit")
+def audit(
+    limit: int = 50,
+    action: str | None = typer.Option(None, help="action prefix, e.g. users."),
+    user: str | None = None,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the newest audit log entries."""
+    from core.audit import read_audit_log
+
+    st = startup()
+    page = read_audit_log(
+        st.engine, acting_user(st.engine), limit=limit, action_prefix=action, user=user
+    )
+    if json_out:
+        print_json(page.rows.to_dict(orient="records"))
+        return
+    t = Table("at", "actor", "action", "target", "outcome")
+    for r in page.rows.itertuples():
+        t.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.actor, r.action, r.target, r.outcome)
+    console.print(t)
+    console.print(f"{len(page.rows)} of {page.total}")
+
+
+@app.command("up")
+def up(
+    port: int | None = typer.Option(None, help="UI port (default CLARA_UI_PORT, 8501)"),
+    host: str | None = typer.Option(None, help="bind address (default CLARA_HOST)"),
+    no_worker: bool = typer.Option(False, "--no-worker", help="do not start a training worker"),
+    no_chat: bool = typer.Option(False, "--no-chat", help="do not start the chat server"),
+) -> None:
+    """Start the workbench: the web app and its supervised helper processes."""
+    from core.supervisor import PortTaken, Supervisor, check_port, children_for_up
+
+    st = startup()
+    cfg = st.settings
+    if cfg.env != "production" and not cfg.auth_enabled:
+        err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
+    ui_host, ui_port = host or cfg.host, port or cfg.ui_port
+    children = children_for_up(cfg, ui_host, ui_port, worker=not no_worker, chat=not no_chat)
+    try:
+        for child in children:
+            if child.port:
+                check_port(child.host, child.port, child.port_variable)
+    except PortTaken as err:
+        raise CliFailure(str(err)) from None
+    sup = Supervisor(children, log_dir=cfg.data_path / "logs")
+    console.print(f"CLARA Workbench: [bold]http://{ui_host}:{ui_port}[/bold]   (Ctrl-C stops)")
+    code = sup.run()
+    raise typer.Exit(code)

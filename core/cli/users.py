@@ -1,0 +1,90 @@
+"""`clara users ...`"""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from core import auth
+from core.cli.common import acting_user, app, console, print_json, startup
+
+users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _password(value: str | None, confirm: bool = True) -> str:
+    if value:
+        return value
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+@users_app.command("add")
+def add(
+    username: str,
+    role: str = typer.Option("user", help=f"one of {', '.join(auth.ROLES)}"),
+    password: str | None = typer.Option(None, help="prompted when omitted"),
+    email: str = "",
+    full_name: str = "",
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Add a user."""
+    st = startup()
+    info = auth.create_user(
+        st.engine, acting_user(st.engine), username, _password(password), role, email, full_name
+    )
+    if json_out:
+        print_json(info)
+    else:
+        console.print(f"added user [bold]{info.username}[/bold] with role {info.role}")
+
+
+@users_app.command("list")
+def list_(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List users."""
+    st = startup()
+    users = auth.list_users(st.engine, acting_user(st.engine))
+    if json_out:
+        print_json(users)
+        return
+    t = Table("user", "role", "name", "e-mail", "status", "last login")
+    for u in users:
+        t.add_row(
+            u.username, u.role, u.full_name, u.email,
+            "disabled" if u.disabled else "active",
+            u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-",
+        )
+    console.print(t)
+
+
+@users_app.command("set-role")
+def set_role(username: str, role: str) -> None:
+    """Change a user's role."""
+    st = startup()
+    info = auth.set_role(st.engine, acting_user(st.engine), username, role)
+    console.print(f"{info.username} is now {info.role}")
+
+
+@users_app.command("disable")
+def disable(username: str) -> None:
+    """Disable a user (they can no longer log in)."""
+    st = startup()
+    auth.set_disabled(st.engine, acting_user(st.engine), username, True)
+    console.print(f"{username} disabled")
+
+
+@users_app.command("enable")
+def enable(username: str) -> None:
+    """Enable a disabled user again."""
+    st = startup()
+    auth.set_disabled(st.engine, acting_user(st.engine), username, False)
+    console.print(f"{username} enabled")
+
+
+@users_app.command("reset-password")
+def reset_password(
+    username: str, password: str | None = typer.Option(None, help="prompted when omitted")
+) -> None:
+    """Set a new password for a user (also lifts a login lockout)."""
+    st = startup()
+    auth.reset_password(st.engine, acting_user(st.engine), username, _password(password))
+    console.print(f"password of {username} changed")

@@ -1,0 +1,215 @@
+"""Configuration from the environment (and an optional `.env`), validated once.
+
+Every setting is an environment variable prefixed with ``CLARA_``. `load_settings()` turns
+pydantic's validation errors into a single line naming the variable and what it accepts,
+because that is what a person starting the workbench needs to see.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that ship in examples or are obviously placeholders; production refuses them.
+DEFAULT_AUTH_SECRET = "change-me-clara-development-secret"
+_WEAK_SECRETS = {"", DEFAULT_AUTH_SECRET, "changeme", "change-me", "secret", "password"}
+
+ENV_PREFIX = "CLARA_"
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message is one line meant for a person."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    env: Literal["development", "testing", "production"] = "development"
+    data_dir: Path = Path(".clara")
+
+    # Storage. None means "the embedded default under the data dir".
+    database_url: str | None = None
+    chroma_url: str | None = Field(
+        default=None, description="Chroma server URL (http://host:port); embedded when unset"
+    )
+    chroma_path: Path | None = None
+    graph_uri: str | None = Field(
+        default=None, description="bolt:// or neo4j:// URI; the embedded graph when unset"
+    )
+    graph_user: str = "neo4j"
+    graph_password: SecretStr = SecretStr("")
+    graph_database: str | None = None
+
+    # Models.
+    base_model: str | None = Field(
+        default=None, description="local path or model id; the demo model when unset"
+    )
+    embedding_model: str | None = Field(
+        default=None, description="local path or model id; the packaged all-MiniLM-L6-v2 when unset"
+    )
+
+    # Auth.
+    auth: Literal["on", "off"] = "on"
+    auth_secret: SecretStr = SecretStr(DEFAULT_AUTH_SECRET)
+    admin_password: SecretStr | None = None
+    session_expiry_days: float = Field(default=1.0, gt=0)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_seconds: int = Field(default=300, ge=1)
+
+    # Network.
+    host: str = "127.0.0.1"
+    ui_port: int = Field(default=8501, ge=1, le=65535)
+    chat_host: str = "127.0.0.1"
+    chat_port: int = Field(default=7860, ge=1, le=65535)
+    chat_public_url: str | None = Field(
+        default=None, description="URL the browser uses to reach the chat server"
+    )
+
+    # Workers.
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    start_worker: bool = True
+    start_chat: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if v.startswith("postgresql://") or v.startswith("postgres://"):
+            # One driver for the whole project: psycopg 3.
+            v = "postgresql+psycopg://" + v.split("://", 1)[1]
+        return v
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _check_chroma_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of a Chroma server")
+        return v.rstrip("/")
+
+    @field_validator("graph_uri")
+    @classmethod
+    def _check_graph_uri(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        allowed = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+        if not v.startswith(allowed):
+            raise ValueError("must be a bolt:// or neo4j:// URI (or unset for the embedded graph)")
+        return v
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.env == "production":
+            if self.auth == "off":
+                raise ValueError("CLARA_AUTH=off is refused when CLARA_ENV=production")
+            if self.auth_secret.get_secret_value().strip() in _WEAK_SECRETS:
+                raise ValueError(
+                    "CLARA_AUTH_SECRET is empty or the default; set a long random secret "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
+                    "before starting in production"
+                )
+            if self.graph_uri and not self.graph_password.get_secret_value():
+                raise ValueError("CLARA_GRAPH_PASSWORD is empty while CLARA_GRAPH_URI is set")
+        return self
+
+    # Derived locations -------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'clara.db'}"
+
+    @property
+    def effective_chroma_path(self) -> Path:
+        return (self.chroma_path or self.data_path / "chroma").expanduser().resolve()
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
+
+    def ensure_dirs(self) -> None:
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "artifacts"):
+            (self.data_path / sub).mkdir(exist_ok=True)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain values, secrets and URL passwords masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********" if value.get_secret_value() else "(empty)"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["database_url"] = mask_url(self.effective_database_url)
+        out["data_dir"] = str(self.data_path)
+        out["chroma_path"] = None if self.chroma_url else str(self.effective_chroma_path)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a URL such as postgresql+psycopg://user:pw@host/db."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:********@{host}"
+    return url
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "__root__"]
+    msg = first.get("msg", "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    if not loc:  # model-level rule; the message already names the variable
+        return msg
+    var = ENV_PREFIX + loc[0].upper()
+    got = first.get("input")
+    ctx = first.get("ctx") or {}
+    if first.get("type") == "literal_error" and "expected" in ctx:
+        allowed = ctx["expected"].replace("'", "")
+        return f"{var}: must be one of {allowed} (got {got!r})"
+    shown = "" if isinstance(got, dict) or "PASSWORD" in var or "SECRET" in var else f" (got {got!r})"
+    return f"{var}: {msg}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise ConfigError with one readable line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (read once). Tests call `get_settings.cache_clear()`."""
+    return load_settings()
+
+
+def env_snapshot() -> dict[str, str]:
+    """The CLARA_* variables of this process, for handing to child processes."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
