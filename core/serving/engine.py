@@ -1,0 +1,475 @@
+"""The inference engine: one base model in memory, LoRA adapters switched on it by name.
+
+The base model is loaded once per process (``base_loads`` counts it, so tests and /health can
+prove that switching never reloads it). Adapters are loaded lazily into the same PEFT model
+and selected with ``set_adapter``; "base" runs with every adapter disabled. One lock guards
+the model: PEFT's active adapter is global state, so two users generating at the same time
+would otherwise switch the adapter under each other's feet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+BASE = "base"
+
+Quantization = Literal["4bit", "8bit"] | None
+
+
+class ServingError(Exception):
+    """An expected failure of the chat engine; the message is meant for the person chatting."""
+
+
+class AdapterUnavailable(ServingError):
+    """The adapter named in a request is not (or no longer) registered."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        shown = ", ".join(available) if available else "none registered"
+        super().__init__(
+            f"adapter {name!r} is not available (deleted or never registered); "
+            f"choose one of: base, {shown}"
+        )
+
+
+class BaseModelMismatch(ServingError):
+    def __init__(self, adapter: str, adapter_base: str, loaded_base: str) -> None:
+        self.adapter, self.adapter_base, self.loaded_base = adapter, adapter_base, loaded_base
+        super().__init__(
+            f"adapter {adapter!r} was trained on base model {adapter_base!r}, but this server "
+            f"runs {loaded_base!r}; load it on a server started with that base model "
+            "(CLARA_BASE_MODEL)"
+        )
+
+
+class GenerationSettings(BaseModel):
+    """The knobs a person may turn per request; ranges keep a typo from hanging the server."""
+
+    system_prompt: str = ""
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """What the engine needs to know about a registered adapter."""
+
+    name: str
+    path: str
+    id: str = ""
+    base_model: str = ""
+    base_model_fingerprint: str = ""
+
+
+@dataclass
+class PreparedPrompt:
+    input_ids: Any  # torch.LongTensor of shape (1, n)
+    messages: list[dict[str, str]]
+    dropped_turns: int = 0
+    truncated_tokens: int = 0
+    context_limit: int = 0
+
+    @property
+    def note(self) -> str:
+        """A visible note when the conversation was shortened to fit the context."""
+        parts = []
+        if self.dropped_turns:
+            parts.append(f"{self.dropped_turns} earliest message(s) were left out")
+        if self.truncated_tokens:
+            parts.append(f"the start of your message was cut by {self.truncated_tokens} tokens")
+        if not parts:
+            return ""
+        return (
+            f"Note: {' and '.join(parts)} to fit the model's context of "
+            f"{self.context_limit} tokens."
+        )
+
+
+@dataclass
+class EngineStats:
+    base_loads: int = 0
+    adapter_loads: int = 0
+    switches: int = 0
+    generations: int = 0
+    last_switch_ms: float = 0.0
+    loaded_adapters: list[str] = field(default_factory=list)
+
+
+def _default_loader(name_or_path: str, quantization: Quantization, device: str | None):
+    """Training's loader when present (one place that knows quantization and dtypes)."""
+    try:
+        from core.training.base_model import load_base_model
+    except ImportError:
+        load_base_model = None
+    if load_base_model is not None:
+        return load_base_model(name_or_path, quantization=quantization, device=device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if device and not quantization:
+        model = model.to(device)
+    return model, tok
+
+
+def fingerprint_of(name_or_path: str) -> str:
+    """The base model's fingerprint as the training registry computes it."""
+    try:
+        from core.training.base_model import base_model_fingerprint
+    except ImportError:
+        base_model_fingerprint = None
+    if base_model_fingerprint is not None:
+        return base_model_fingerprint(name_or_path)
+    # Until the registry's fingerprint exists: the config file's content identifies the
+    # architecture and size, which is what an adapter depends on.
+    cfg = Path(name_or_path) / "config.json"
+    if cfg.exists():
+        data = json.loads(cfg.read_text())
+        for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+            data.pop(k, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return name_or_path
+
+
+class _Cancel:
+    """A stopping criterion flipped when the consumer of a stream goes away."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers protocol
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class InferenceEngine:
+    """Base model loaded once; adapters loaded by name, switched with ``set_adapter``."""
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        *,
+        quantization: Quantization = None,
+        device: str | None = None,
+        loader=None,  # noqa: ANN001 - callable(name, quantization, device) -> (model, tok)
+    ) -> None:
+        self.base_model = str(base_model)
+        self.quantization = quantization
+        self.device = device
+        self._loader = loader or _default_loader
+        self._model = None
+        self._tokenizer = None
+        self._fingerprint: str | None = None
+        self._slots: dict[str, str] = {}  # adapter name -> PEFT adapter slot name
+        self._refs: dict[str, AdapterRef] = {}
+        self._active: str | None = None
+        # A plain Lock, not an RLock: a streaming generator is resumed by whichever worker
+        # thread the web server picks, and may release the lock from a thread other than the
+        # one that took it. Public methods take it; the _underscored ones expect it held.
+        self.lock = threading.Lock()
+        self.stats = EngineStats()
+
+    # Loading ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the base model (once; later calls do nothing)."""
+        if self._model is not None:
+            return
+        with self.lock:
+            self._load()
+
+    def _load(self) -> None:
+        if self._model is None:
+            model, tok = self._loader(self.base_model, self.quantization, self.device)
+            model.eval()
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            if not getattr(tok, "chat_template", None):
+                raise ServingError(
+                    f"base model {self.base_model!r} has no chat template in its tokenizer; "
+                    "use an instruction/chat model or the demo model"
+                )
+            self._model, self._tokenizer = model, tok
+            self.stats.base_loads += 1
+
+    @property
+    def model(self):  # noqa: ANN201
+        self.load()
+        return self._model
+
+    @property
+    def tokenizer(self):  # noqa: ANN201
+        self.load()
+        return self._tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_of(self.base_model)
+        return self._fingerprint
+
+    @property
+    def context_limit(self) -> int:
+        cfg = self.model.config
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if tok_max and tok_max < 1_000_000 and (n is None or tok_max < n):
+            n = tok_max
+        return int(n or 2048)
+
+    def loaded_adapters(self) -> list[str]:
+        return sorted(self._slots)
+
+    def check_base(self, ref: AdapterRef) -> None:
+        """Refuse an adapter trained on another base model (naming both)."""
+        if ref.base_model_fingerprint:
+            if ref.base_model_fingerprint != self.fingerprint:
+                raise BaseModelMismatch(ref.name, ref.base_model or ref.base_model_fingerprint,
+                                        self.base_model)
+            return
+        cfg_file = Path(ref.path) / "adapter_config.json"
+        if cfg_file.exists():
+            declared = json.loads(cfg_file.read_text()).get("base_model_name_or_path") or ""
+            if declared and fingerprint_of(declared) != self.fingerprint:
+                raise BaseModelMismatch(ref.name, declared, self.base_model)
+
+    def add_adapter(self, ref: AdapterRef) -> None:
+        """Load an adapter into the shared PEFT model (no-op when it is already there)."""
+        with self.lock:
+            self._add_adapter(ref)
+
+    def _add_adapter(self, ref: AdapterRef) -> None:
+        self._load()
+        if ref.name == BASE:
+            raise ServingError("'base' is reserved for the model without adapters")
+        if ref.name in self._slots:
+            if self._refs[ref.name].path == ref.path:
+                return
+            self._remove_adapter(ref.name)  # same name, new files: reload those
+        if not (Path(ref.path) / "adapter_config.json").exists():
+            raise ServingError(
+                f"adapter {ref.name!r}: no adapter_config.json in {ref.path}; the adapter "
+                "folder is missing or incomplete"
+            )
+        self.check_base(ref)
+        slot = "a_" + hashlib.sha1(f"{ref.name}\0{ref.path}".encode()).hexdigest()[:12]
+        from peft import PeftModel
+
+        model = self.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(ref.path, adapter_name=slot)
+        else:
+            self._model = PeftModel.from_pretrained(model, ref.path, adapter_name=slot)
+            self._model.eval()
+            self._active = slot
+        self._slots[ref.name] = slot
+        self._refs[ref.name] = ref
+        self.stats.adapter_loads += 1
+        self.stats.loaded_adapters = self.loaded_adapters()
+
+    def remove_adapter(self, name: str) -> None:
+        with self.lock:
+            self._remove_adapter(name)
+
+    def _remove_adapter(self, name: str) -> None:
+        slot = self._slots.pop(name, None)
+        self._refs.pop(name, None)
+        self.stats.loaded_adapters = self.loaded_adapters()
+        if slot is None:
+            return
+        if self._slots:
+            if self._active == slot:
+                self._set_slot(next(iter(self._slots.values())))
+            self._model.delete_adapter(slot)
+        # The last adapter stays in memory (PEFT cannot drop its only adapter) but is no
+        # longer reachable by name; it is freed when the next one replaces it.
+
+    def sync(self, refs: list[AdapterRef]) -> None:
+        """Forget adapters that left the registry; new ones are loaded on first use."""
+        with self.lock:
+            wanted = {r.name: r for r in refs}
+            for name in list(self._slots):
+                if name not in wanted or wanted[name].path != self._refs[name].path:
+                    self._remove_adapter(name)
+
+    def _set_slot(self, slot: str) -> None:
+        if self._active != slot:
+            t0 = time.perf_counter()
+            self._model.set_adapter(slot)
+            self._active = slot
+            self.stats.switches += 1
+            self.stats.last_switch_ms = (time.perf_counter() - t0) * 1000
+
+    def _select(self, adapter: str | None, refs: dict[str, AdapterRef] | None = None):  # noqa: ANN201
+        """Make `adapter` the active one; returns the context to generate in.
+
+        `refs` (from the registry) lets an adapter registered after start be loaded now.
+        """
+        name = adapter or BASE
+        from peft import PeftModel
+
+        if name == BASE:
+            if isinstance(self.model, PeftModel):
+                return self._model.disable_adapter()
+            return nullcontext()
+        if name not in self._slots:
+            if refs is None or name not in refs:
+                raise AdapterUnavailable(name, sorted(refs or self._slots))
+            self._add_adapter(refs[name])
+        self._set_slot(self._slots[name])
+        return nullcontext()
+
+    # Prompting -------------------------------------------------------------------------------
+
+    def prepare(self, messages: list[dict[str, str]], settings: GenerationSettings) -> PreparedPrompt:
+        """Apply the chat template; drop the oldest turns (never the last) to fit the context."""
+        import torch
+
+        if not messages or messages[-1].get("role") != "user":
+            raise ServingError("the conversation must end with a user message")
+        for i, m in enumerate(messages):
+            if m.get("role") not in ("user", "assistant", "system"):
+                raise ServingError(f"message {i + 1}: role must be user, assistant or system")
+        tok = self.tokenizer
+        system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+        turns = [m for m in messages if m["role"] != "system"]
+        limit = self.context_limit
+        budget = max(8, limit - settings.max_new_tokens)
+        dropped = 0
+
+        def encode(msgs: list[dict[str, str]]) -> list[int]:
+            out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)
+            return list(out["input_ids"])
+
+        ids = encode(system + turns)
+        while len(ids) > budget and len(turns) > 1:
+            # Drop whole exchanges from the front so the history never starts mid-answer.
+            turns = turns[1:]
+            dropped += 1
+            while turns and turns[0]["role"] != "user":
+                turns = turns[1:]
+                dropped += 1
+            ids = encode(system + turns)
+        cut = 0
+        if len(ids) > budget:
+            # One message alone is too long: keep its end, which usually holds the question.
+            last = turns[-1]["content"]
+            content_ids = tok(last, add_special_tokens=False)["input_ids"]
+            cut = len(ids) - budget
+            kept = tok.decode(content_ids[cut:], skip_special_tokens=True)
+            turns = [{"role": "user", "content": kept}]
+            ids = encode(system + turns)
+            if len(ids) > budget:  # the template or system prompt alone is over the limit
+                extra = len(ids) - budget
+                cut += extra
+                ids = ids[:1] + ids[1 + extra:]
+        return PreparedPrompt(
+            input_ids=torch.tensor([ids], dtype=torch.long),
+            messages=system + turns,
+            dropped_turns=dropped,
+            truncated_tokens=cut,
+            context_limit=limit,
+        )
+
+    def _generate_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        tok = self.tokenizer
+        sample = settings.temperature > 0
+        kw: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": sample,
+            "repetition_penalty": settings.repetition_penalty,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+        if sample:
+            kw["temperature"] = settings.temperature
+            kw["top_p"] = settings.top_p
+        else:
+            # Greedy: neutralise sampling defaults from generation_config to avoid warnings.
+            kw["temperature"] = None
+            kw["top_p"] = None
+            kw["top_k"] = None
+        return kw
+
+    # Generation ------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        adapter: str | None = None,
+        settings: GenerationSettings | None = None,
+        refs: dict[str, AdapterRef] | None = None,
+        prepared: PreparedPrompt | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer piece by piece (text deltas), holding the model until done."""
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        settings = settings or GenerationSettings()
+        self.lock.acquire()
+        try:
+            self._load()
+            prepared = prepared or self.prepare(messages, settings)
+            ctx = self._select(adapter, refs)
+            streamer = TextIteratorStreamer(
+                self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300
+            )
+            cancel = _Cancel()
+            ids = prepared.input_ids.to(self.model.device)
+            error: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    with ctx, torch.inference_mode():
+                        self.model.generate(
+                            input_ids=ids,
+                            attention_mask=torch.ones_like(ids),
+                            streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([cancel]),
+                            **self._generate_kwargs(settings),
+                        )
+                except BaseException as err:  # surfaced to the consumer below
+                    error.append(err)
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="clara-generate", daemon=True)
+            worker.start()
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield piece
+            finally:
+                cancel.event.set()
+                worker.join()
+                self.stats.generations += 1
+        finally:
+            self.lock.release()
+        if error:
+            raise ServingError(f"generation failed: {error[0]}") from error[0]
+
+    def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
+        return "".join(self.stream(messages, **kwargs))
