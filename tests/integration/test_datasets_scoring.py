@@ -1,0 +1,84 @@
+"""Quality scoring runs over a dataset: in process and in the background child process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core.datasets.errors import DatasetError
+from core.datasets.models import DatasetSample
+from core.datasets.scoring import get_scoring_run, score_dataset, start_scoring
+from core.datasets.service import SampleIn, add_samples, create_dataset, set_thresholds
+from core.db import session_scope
+
+GOOD = ("Die Abfallgebührensatzung der Stadt regelt, wie die Gebühren für die Abfuhr von "
+        "Restmüll, Biomüll und Sperrmüll berechnet werden und wann sie fällig sind.")
+
+
+def _text(t: str, **kw) -> SampleIn:
+    return SampleIn(kind="text", text=t, provenance={"source": "manual"}, **kw)
+
+
+def test_scores_reasons_and_cross_dataset_duplicates(db_engine, admin):
+    other = create_dataset(db_engine, admin, "other")
+    (other_id,) = add_samples(db_engine, admin, other.id, [_text(GOOD)])
+    ds = create_dataset(db_engine, admin, "mine")
+    ids = add_samples(db_engine, admin, ds.id, [
+        _text("Kurz."),
+        _text(GOOD),  # copy of the other dataset's sample
+        _text("Schreiben Sie an info@example.org, wenn Sie Fragen zur Satzung der Stadt "
+              "haben, wir antworten schnell."),
+        SampleIn(kind="chat", messages=[
+            {"role": "user", "content": "Wann wird der Sperrmüll in der Stadt abgeholt?"},
+            {"role": "assistant", "content": "Der Sperrmüll wird auf Anmeldung zweimal im "
+                                             "Jahr kostenlos abgeholt."}]),
+    ])
+    seen = []
+    run = score_dataset(db_engine, admin, "mine", progress=lambda d, t: seen.append((d, t)))
+    assert run.status == "done" and run.done == 4 and seen[-1] == (4, 4)
+    assert run.stats["tokenizer"] == "regex (fallback)"
+    with session_scope(db_engine) as s:
+        rows = {r.id: r for r in s.query(DatasetSample).filter(DatasetSample.dataset_id == ds.id)}
+        assert "too_short" in rows[ids[0]].reasons and rows[ids[0]].score < 0.5
+        assert rows[ids[1]].duplicate_of == f"other#{other_id}"
+        assert "exact_duplicate" in rows[ids[1]].reasons
+        pii = rows[ids[2]]
+        assert "pii_email" in pii.reasons and pii.reason_codes.count(",pii_email,") == 1
+        start, end, reason = next(sp for sp in pii.flagged_spans if sp[2] == "pii_email")
+        assert pii.text[start:end] == "info@example.org"
+        chat = rows[ids[3]]
+        assert chat.score is not None and chat.token_count > 10
+        assert all(0.0 <= r.score <= 1.0 for r in rows.values())
+
+
+def test_thresholds_per_dataset(db_engine, admin):
+    ds = create_dataset(db_engine, admin, "t")
+    add_samples(db_engine, admin, ds.id, [_text(GOOD)])
+    set_thresholds(db_engine, admin, ds.id, {"min_chars": 500})
+    score_dataset(db_engine, admin, ds.id)
+    with session_scope(db_engine) as s:
+        row = s.query(DatasetSample).one()
+        assert row.reasons == ["too_short"]
+    with pytest.raises(DatasetError, match="min_chars"):
+        set_thresholds(db_engine, admin, ds.id, {"min_chars": -1})
+    with pytest.raises(DatasetError, match="min_charz"):
+        set_thresholds(db_engine, admin, ds.id, {"min_charz": 3})
+
+
+def test_background_run_in_child_process(db_engine, admin):
+    ds = create_dataset(db_engine, admin, "bg")
+    add_samples(db_engine, admin, ds.id, [_text(GOOD + f" Absatz {i}.") for i in range(300)])
+    run = start_scoring(db_engine, admin, ds.id)
+    assert run.status == "queued" and run.total == 300
+    with pytest.raises(DatasetError, match="being scored already"):
+        start_scoring(db_engine, admin, ds.id)
+    for _ in range(600):  # the child reports via the run row; wait for it to end
+        info = get_scoring_run(db_engine, admin, run.id)
+        if not info.active:
+            break
+        time.sleep(0.2)
+    assert info.status == "done", info.error
+    assert info.done == 300
+    with session_scope(db_engine) as s:
+        assert s.query(DatasetSample).filter(DatasetSample.score.is_(None)).count() == 0
