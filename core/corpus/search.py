@@ -1,0 +1,362 @@
+"""Search: keyword, vector, graph and hybrid, each result with its per-mode breakdown.
+
+Hybrid fuses min-max-normalised mode scores with user weights (default vector 0.5, graph
+0.3, keyword 0.2) or, optionally, by reciprocal rank fusion. The graph score of a document
+is the support it gets from the top keyword/vector hits it is related to, so documents that
+several good hits cite rise even when their own wording differs from the question.
+Filters run inside the stores: SQL WHERE for keyword and graph, a Chroma where-clause for
+vectors; the final fetch applies them in SQL once more for documents reached by the graph.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import sqlalchemy as sa
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import Engine
+
+from core.audit import audited
+from core.auth import Principal, require
+from core.config import Settings, get_settings
+from core.corpus import keyword
+from core.corpus.documents import DocumentFilters
+from core.corpus.graph import query_store
+from core.corpus.models import Chunk, Document, SavedSearch
+from core.corpus.text import query_terms, snippet
+
+Mode = Literal["keyword", "vector", "graph", "hybrid"]
+MODES: tuple[str, ...] = ("keyword", "vector", "graph", "hybrid")
+DEFAULT_WEIGHTS = {"vector": 0.5, "graph": 0.3, "keyword": 0.2}
+RRF_K = 60
+# How many candidates each mode contributes before fusion, relative to k.
+CANDIDATE_FACTOR = 5
+MIN_CANDIDATES = 50
+# Chunks fetched per wanted document: documents have several chunks each.
+CHUNKS_PER_DOC = 4
+GRAPH_SEEDS = 5
+EDGE_WEIGHTS = {"cites": 1.0, "links_to": 0.8, "part_of": 0.8, "supersedes": 0.6}
+
+
+class SearchError(Exception):
+    """A search request that cannot run (unknown mode, bad weights); says what to change."""
+
+
+class SearchRequest(BaseModel):
+    query: str = ""
+    mode: Mode = "hybrid"
+    k: int = Field(default=10, ge=1, le=1000)
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    filters: DocumentFilters = Field(default_factory=DocumentFilters)
+    seed_ids: list[str] = Field(default_factory=list)
+    hops: int = Field(default=1, ge=1, le=4)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        out = dict(DEFAULT_WEIGHTS)
+        for key, w in v.items():
+            if key not in DEFAULT_WEIGHTS:
+                raise ValueError(f"unknown weight {key!r}: use vector, graph, keyword")
+            if w < 0:
+                raise ValueError(f"weight {key} must not be negative")
+            out[key] = float(w)
+        if sum(out.values()) <= 0:
+            raise ValueError("at least one weight must be above 0")
+        return out
+
+
+class SearchResult(BaseModel):
+    rank: int
+    doc_id: str
+    title: str
+    score: float
+    scores: dict[str, float]  # normalised per-mode scores (0..1) that were fused
+    raw_scores: dict[str, float]  # BM25 / ts_rank_cd, cosine similarity, graph support
+    snippet: str
+    document_type: str | None = None
+    domain: str | None = None
+    date: dt.date | None = None
+    related_via: str = ""  # for graph hits: "cites ← doc-id"
+
+
+# Per-mode retrieval -----------------------------------------------------------------------
+
+
+def keyword_candidates(engine: Engine, query: str, n: int, filters: DocumentFilters
+                       ) -> dict[str, float]:
+    if not query.strip():
+        return {}
+    with engine.connect() as conn:
+        return dict(keyword.keyword_search(conn, query, n, filters.sql()))
+
+
+@lru_cache(maxsize=256)
+def _query_vector(location: str, query: str) -> np.ndarray:
+    from core.corpus.vectors import _embedders
+
+    return _embedders[location].encode([query])[0]
+
+
+def vector_candidates(settings: Settings, query: str, n: int, filters: DocumentFilters
+                      ) -> tuple[dict[str, float], dict[str, int]]:
+    """Documents by their best chunk (max-pooling), and which chunk that was."""
+    from core.corpus.vectors import get_embedder, get_vector_store
+
+    if not query.strip():
+        return {}, {}
+    store = get_vector_store(settings)
+    if store.count() == 0:
+        return {}, {}
+    emb = get_embedder(settings)
+    vec = _query_vector(emb.location, query)
+    hits = store.query(vec, n * CHUNKS_PER_DOC, filters.chroma())
+    best: dict[str, float] = {}
+    best_chunk: dict[str, int] = {}
+    for h in hits:
+        if h.similarity > best.get(h.doc_id, -2.0):
+            best[h.doc_id], best_chunk[h.doc_id] = h.similarity, h.chunk_index
+    top = dict(sorted(best.items(), key=lambda kv: -kv[1])[:n])
+    return top, {d: best_chunk[d] for d in top}
+
+
+def graph_support(engine: Engine, settings: Settings, seeds: dict[str, float], hops: int
+                  ) -> tuple[dict[str, float], dict[str, str]]:
+    """Each neighbour's support: Σ over seeds of seed weight × edge weight / hops."""
+    store = query_store(engine, settings)
+    support: dict[str, float] = defaultdict(float)
+    via: dict[str, str] = {}
+    for seed, weight in seeds.items():
+        for nb in store.neighbours([seed], hops=hops, limit=100):
+            support[nb.doc_id] += weight * EDGE_WEIGHTS.get(nb.via, 0.5) / nb.hops
+            if nb.doc_id not in via:
+                via[nb.doc_id] = f"{nb.via} ↔ {seed}"
+    return dict(support), via
+
+
+def _minmax(scores: dict[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    hi, lo = max(scores.values()), min(scores.values())
+    if hi <= 0:
+        return {d: 0.0 for d in scores}
+    if hi - lo < 1e-12:
+        return {d: 1.0 for d in scores}
+    # Scores are compared against absent candidates (0), so the floor is below the lowest
+    # candidate rather than at it: the weakest candidate still counts for something.
+    floor = lo - (hi - lo) / max(1, len(scores))
+    return {d: (s - floor) / (hi - floor) for d, s in scores.items()}
+
+
+def _fuse(per_mode: dict[str, dict[str, float]], weights: dict[str, float], fusion: str
+          ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    norm = {m: _minmax(s) for m, s in per_mode.items()}
+    total = sum(weights.get(m, 0.0) for m in per_mode) or 1.0
+    fused: dict[str, float] = defaultdict(float)
+    for mode, scores in per_mode.items():
+        w = weights.get(mode, 0.0) / total
+        if w <= 0:
+            continue
+        if fusion == "rrf":
+            ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+            for rank, (doc, _s) in enumerate(ranked, start=1):
+                fused[doc] += w / (RRF_K + rank)
+        else:
+            for doc, s in norm[mode].items():
+                fused[doc] += w * s
+    return dict(fused), norm
+
+
+# The search -------------------------------------------------------------------------------
+
+
+def search(
+    engine: Engine,
+    actor: Principal,
+    request: SearchRequest | str,
+    settings: Settings | None = None,
+    **overrides: Any,
+) -> list[SearchResult]:
+    """Run one search; `request` may be a SearchRequest or the query text plus overrides."""
+    require(actor, "corpus:search")
+    settings = settings or get_settings()
+    if isinstance(request, str):
+        request = SearchRequest(query=request, **overrides)
+    elif overrides:
+        request = request.model_copy(update=overrides)
+    req = request
+    n = max(MIN_CANDIDATES, req.k * CANDIDATE_FACTOR)
+    per_mode: dict[str, dict[str, float]] = {}
+    best_chunk: dict[str, int] = {}
+    via: dict[str, str] = {}
+    w = req.weights
+
+    if req.mode in ("keyword", "hybrid") and (req.mode == "keyword" or w["keyword"] > 0):
+        per_mode["keyword"] = keyword_candidates(engine, req.query, n, req.filters)
+    if req.mode in ("vector", "hybrid") and (req.mode == "vector" or w["vector"] > 0):
+        per_mode["vector"], best_chunk = vector_candidates(settings, req.query, n, req.filters)
+    if req.mode == "graph" or (req.mode == "hybrid" and w["graph"] > 0):
+        if req.seed_ids:
+            seeds = {d: 1.0 for d in req.seed_ids}
+        else:
+            if req.mode == "graph":
+                per_mode["keyword"] = keyword_candidates(engine, req.query, n, req.filters)
+                per_mode["vector"], best_chunk = vector_candidates(
+                    settings, req.query, n, req.filters)
+            pre, _ = _fuse({m: per_mode[m] for m in ("keyword", "vector") if m in per_mode},
+                           w, req.fusion)
+            top = sorted(pre.items(), key=lambda kv: -kv[1])[:GRAPH_SEEDS]
+            hi = top[0][1] if top else 1.0
+            seeds = {d: s / hi for d, s in top}
+        support, via = graph_support(engine, settings, seeds, req.hops)
+        if req.mode == "graph":
+            # Graph mode ranks the seeds (what the expansion started from) and their
+            # neighbourhood by graph support alone.
+            per_mode = {"graph": {**support, **{d: support.get(d, 0) + s
+                                                for d, s in seeds.items()}}}
+        else:
+            per_mode["graph"] = support
+
+    if req.mode == "hybrid":
+        fused, norm = _fuse(per_mode, w, req.fusion)
+    else:
+        only = per_mode.get(req.mode, {})
+        fused, norm = dict(only), {req.mode: _minmax(only)}
+    ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+    return _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
+
+
+def _materialise(engine: Engine, req: SearchRequest, ranked: list[tuple[str, float]],
+                 per_mode: dict[str, dict[str, float]], norm: dict[str, dict[str, float]],
+                 best_chunk: dict[str, int], via: dict[str, str]) -> list[SearchResult]:
+    """Fetch the top documents (filters applied in SQL once more) and build results."""
+    wanted = [d for d, _ in ranked[: req.k * 3]]
+    if not wanted:
+        return []
+    with engine.connect() as conn:
+        rows = {
+            r[0]: r for r in conn.execute(
+                sa.select(Document.doc_id, Document.title, Document.text, Document.document_type,
+                          Document.domain, Document.date)
+                .where(Document.doc_id.in_(wanted), *req.filters.sql())
+            )
+        }
+        chunk_text = {}
+        pairs = [(d, best_chunk[d]) for d in wanted if d in best_chunk and d in rows]
+        if pairs:
+            conds = [sa.and_(Chunk.doc_id == d, Chunk.chunk_index == i) for d, i in pairs]
+            for doc_id, text in conn.execute(sa.select(Chunk.doc_id, Chunk.text)
+                                             .where(sa.or_(*conds))):
+                chunk_text[doc_id] = text
+    terms = query_terms(req.query)
+    results: list[SearchResult] = []
+    for doc_id, score in ranked:
+        row = rows.get(doc_id)
+        if row is None:
+            continue
+        kw_hit = doc_id in per_mode.get("keyword", {})
+        base = chunk_text.get(doc_id) if (not kw_hit and doc_id in chunk_text) else row[2]
+        results.append(SearchResult(
+            rank=len(results) + 1, doc_id=doc_id, title=row[1], score=round(score, 6),
+            scores={m: round(norm.get(m, {}).get(doc_id, 0.0), 4) for m in per_mode},
+            raw_scores={m: round(per_mode[m].get(doc_id, 0.0), 6) for m in per_mode},
+            snippet=snippet(base or "", terms), document_type=row[3], domain=row[4],
+            date=row[5], related_via=via.get(doc_id, ""),
+        ))
+        if len(results) >= req.k:
+            break
+    return results
+
+
+# Saved searches ---------------------------------------------------------------------------
+
+
+class SavedSearchView(BaseModel):
+    id: int
+    name: str
+    request: SearchRequest
+    created_by: str
+    created_at: dt.datetime
+
+
+class SavedSearchNotFound(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no saved search named {name!r}; `clara corpus searches` lists them")
+
+
+def save_search(engine: Engine, actor: Principal, name: str, request: SearchRequest
+                ) -> SavedSearchView:
+    """Store (or replace) a named search: query, mode, weights, filters, k."""
+    name = name.strip()
+    with audited(engine, actor, "corpus.save_search", target=name):
+        require(actor, "corpus:search")
+        if not 1 <= len(name) <= 128:
+            raise SearchError("a saved search needs a name of 1-128 characters")
+        from core.db import session_scope
+
+        with session_scope(engine) as s:
+            row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
+            if row is None:
+                row = SavedSearch(name=name, created_by=actor.username)
+                s.add(row)
+            row.query, row.mode, row.k = request.query, request.mode, request.k
+            row.weights = request.weights
+            row.filters = request.filters.model_dump(mode="json")
+            row.options = {"fusion": request.fusion, "seed_ids": request.seed_ids,
+                           "hops": request.hops}
+            s.flush()
+            return _saved_view(row)
+
+
+def _saved_view(row: SavedSearch) -> SavedSearchView:
+    opts = row.options or {}
+    req = SearchRequest(query=row.query, mode=row.mode, k=row.k, weights=row.weights or {},
+                        filters=DocumentFilters(**(row.filters or {})),
+                        fusion=opts.get("fusion", "weighted"),
+                        seed_ids=opts.get("seed_ids", []), hops=opts.get("hops", 1))
+    return SavedSearchView(id=row.id, name=row.name, request=req, created_by=row.created_by,
+                           created_at=row.created_at)
+
+
+def list_saved_searches(engine: Engine, actor: Principal) -> list[SavedSearchView]:
+    require(actor, "corpus:search")
+    from core.db import session_scope
+
+    with session_scope(engine) as s:
+        return [_saved_view(r) for r in
+                s.scalars(sa.select(SavedSearch).order_by(SavedSearch.name))]
+
+
+def get_saved_search(engine: Engine, actor: Principal, name: str) -> SavedSearchView:
+    require(actor, "corpus:search")
+    from core.db import session_scope
+
+    with session_scope(engine) as s:
+        row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
+        if row is None:
+            raise SavedSearchNotFound(name)
+        return _saved_view(row)
+
+
+def run_saved_search(engine: Engine, actor: Principal, name: str, k: int | None = None,
+                     settings: Settings | None = None) -> list[SearchResult]:
+    saved = get_saved_search(engine, actor, name)
+    req = saved.request if k is None else saved.request.model_copy(update={"k": k})
+    return search(engine, actor, req, settings)
+
+
+def delete_saved_search(engine: Engine, actor: Principal, name: str) -> None:
+    with audited(engine, actor, "corpus.delete_search", target=name):
+        require(actor, "corpus:search")
+        from core.db import session_scope
+
+        with session_scope(engine) as s:
+            row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
+            if row is None:
+                raise SavedSearchNotFound(name)
+            s.delete(row)

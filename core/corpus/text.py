@@ -1,0 +1,116 @@
+"""Language handling shared by both keyword engines: tokens, German stems, snippets.
+
+Postgres' 'german' text search configuration is the Snowball German stemmer; PyStemmer
+ships the same algorithm, so on SQLite we store and query stems that match what Postgres
+derives itself.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+import Stemmer
+
+WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+# Snowball's German stop word list (the one Postgres' 'german' configuration uses), so both
+# engines drop the same words from queries.
+GERMAN_STOPWORDS = frozenset(
+    """
+    aber alle allem allen aller alles als also am an ander andere anderem anderen anderer
+    anderes anderm andern anderr anders auch auf aus bei bin bis bist da damit dann der den
+    des dem die das dass daß derselbe derselben denselben desselben demselben dieselbe
+    dieselben dasselbe dazu dein deine deinem deinen deiner deines denn derer dessen dich dir
+    du dies diese diesem diesen dieser dieses doch dort durch ein eine einem einen einer eines
+    einig einige einigem einigen einiger einiges einmal er ihn ihm es etwas euer eure eurem
+    euren eurer eures für gegen gewesen hab habe haben hat hatte hatten hier hin hinter ich
+    mich mir ihr ihre ihrem ihren ihrer ihres euch im in indem ins ist jede jedem jeden jeder
+    jedes jene jenem jenen jener jenes jetzt kann kein keine keinem keinen keiner keines
+    können könnte machen man manche manchem manchen mancher manches mein meine meinem meinen
+    meiner meines mit muss musste nach nicht nichts noch nun nur ob oder ohne sehr sein seine
+    seinem seinen seiner seines selbst sich sie ihnen sind so solche solchem solchen solcher
+    solches soll sollte sondern sonst über um und uns unsere unserem unseren unser unseres
+    unter viel vom von vor während war waren warst was weg weil weiter welche welchem welchen
+    welcher welches wenn werde werden wie wieder will wir wird wirst wo wollen wollte würde
+    würden zu zum zur zwar zwischen
+    wann welch wer wem wen gibt muss müssen darf dürfen
+    """.split()
+)
+
+# Stems this short match too much as prefixes ("ab*" would match half the dictionary).
+MIN_PREFIX_STEM = 4
+
+
+@lru_cache(maxsize=4)
+def _stemmer(language: str) -> Stemmer.Stemmer | None:
+    try:
+        return Stemmer.Stemmer(language)
+    except KeyError:
+        return None
+
+
+def fold(word: str) -> str:
+    return unicodedata.normalize("NFC", word).lower()
+
+
+def tokens(text: str) -> list[str]:
+    return [fold(m.group()) for m in WORD_RE.finditer(text)]
+
+
+def stem_words(words: list[str], language: str = "german") -> list[str]:
+    st = _stemmer(language)
+    return st.stemWords(words) if st else list(words)
+
+
+def stemmed_text(text: str, language: str = "german") -> str:
+    """The text as space-separated stems: what the SQLite FTS5 index stores."""
+    return " ".join(stem_words(tokens(text), language))
+
+
+def query_terms(query: str, language: str = "german") -> list[str]:
+    """Stems of the query's content words, deduplicated, in order."""
+    words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS]
+    if not words:  # a query of only stop words still means something to the user
+        words = tokens(query)
+    seen: dict[str, None] = {}
+    for s in stem_words(words, language):
+        if s and s not in seen:
+            seen[s] = None
+    return list(seen)
+
+
+def _matches(stem: str, terms: list[str]) -> bool:
+    return any(stem == t or (len(t) >= MIN_PREFIX_STEM and stem.startswith(t)) for t in terms)
+
+
+def snippet(text: str, terms: list[str], width: int = 32, language: str = "german") -> str:
+    """The window of `width` words with most query matches; matches wrapped in «…».
+
+    Plain text markers rather than HTML: snippets are shown in tables and terminals and must
+    never be interpreted as markup.
+    """
+    matches = list(WORD_RE.finditer(text[:200_000]))
+    if not matches:
+        return ""
+    stems = stem_words([fold(m.group()) for m in matches], language)
+    hit = [1 if terms and _matches(s, terms) else 0 for s in stems]
+    best_start, best, window = 0, -1, sum(hit[:width])
+    best = window
+    for i in range(1, max(1, len(matches) - width + 1)):
+        window += hit[i + width - 1] - hit[i - 1] if i + width - 1 < len(hit) else -hit[i - 1]
+        if window > best:
+            best, best_start = window, i
+    end_i = min(len(matches), best_start + width) - 1
+    start_c, end_c = matches[best_start].start(), matches[end_i].end()
+    out, pos = [], start_c
+    for i in range(best_start, end_i + 1):
+        m = matches[i]
+        out.append(text[pos : m.start()])
+        out.append(f"«{m.group()}»" if hit[i] else m.group())
+        pos = m.end()
+    body = " ".join("".join(out).split())
+    prefix = "… " if start_c > 0 else ""
+    suffix = " …" if end_c < len(text) else ""
+    return prefix + body + suffix

