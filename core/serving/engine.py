@@ -108,48 +108,17 @@ class EngineStats:
 
 
 def _default_loader(name_or_path: str, quantization: Quantization, device: str | None):
-    """Training's loader when present (one place that knows quantization and dtypes)."""
-    try:
-        from core.training.base_model import load_base_model
-    except ImportError:
-        load_base_model = None
-    if load_base_model is not None:
-        return load_base_model(name_or_path, quantization=quantization, device=device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    # Training's loader: one place that knows quantization, dtypes and offline resolution.
+    from core.training.base_model import load_base_model
 
-    kwargs: dict[str, Any] = {}
-    if quantization:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
-            if quantization == "4bit"
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    if device and not quantization:
-        model = model.to(device)
-    return model, tok
+    return load_base_model(name_or_path, quantization=quantization, device=device)
 
 
 def fingerprint_of(name_or_path: str) -> str:
-    """The base model's fingerprint as the training registry computes it."""
-    try:
-        from core.training.base_model import base_model_fingerprint
-    except ImportError:
-        base_model_fingerprint = None
-    if base_model_fingerprint is not None:
-        return base_model_fingerprint(name_or_path)
-    # Until the registry's fingerprint exists: the config file's content identifies the
-    # architecture and size, which is what an adapter depends on.
-    cfg = Path(name_or_path) / "config.json"
-    if cfg.exists():
-        data = json.loads(cfg.read_text())
-        for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
-            data.pop(k, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-    return name_or_path
+    """The base model's fingerprint exactly as the adapter registry records it."""
+    from core.training.base_model import base_model_fingerprint
+
+    return base_model_fingerprint(name_or_path)
 
 
 class _Cancel:
@@ -252,8 +221,16 @@ class InferenceEngine:
         cfg_file = Path(ref.path) / "adapter_config.json"
         if cfg_file.exists():
             declared = json.loads(cfg_file.read_text()).get("base_model_name_or_path") or ""
-            if declared and fingerprint_of(declared) != self.fingerprint:
+            if declared and not self._same_base(declared):
                 raise BaseModelMismatch(ref.name, declared, self.base_model)
+
+    def _same_base(self, declared: str) -> bool:
+        if Path(declared).expanduser().resolve() == Path(self.base_model).expanduser().resolve():
+            return True
+        try:
+            return fingerprint_of(declared) == self.fingerprint
+        except Exception:  # the declared base is not available here: it cannot be ours
+            return False
 
     def add_adapter(self, ref: AdapterRef) -> None:
         """Load an adapter into the shared PEFT model (no-op when it is already there)."""
@@ -343,7 +320,9 @@ class InferenceEngine:
 
     # Prompting -------------------------------------------------------------------------------
 
-    def prepare(self, messages: list[dict[str, str]], settings: GenerationSettings) -> PreparedPrompt:
+    def prepare(
+        self, messages: list[dict[str, str]], settings: GenerationSettings
+    ) -> PreparedPrompt:
         """Apply the chat template; drop the oldest turns (never the last) to fit the context."""
         import torch
 
@@ -353,7 +332,9 @@ class InferenceEngine:
             if m.get("role") not in ("user", "assistant", "system"):
                 raise ServingError(f"message {i + 1}: role must be user, assistant or system")
         tok = self.tokenizer
-        system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+        system = (
+            [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+        )
         turns = [m for m in messages if m["role"] != "system"]
         limit = self.context_limit
         budget = max(8, limit - settings.max_new_tokens)

@@ -1,0 +1,119 @@
+"""`clara chat` (the Gradio chat server), `clara generate` (one streamed answer to stdout),
+`clara feedback` (what people said about answers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from core.cli.common import CliFailure, acting_user, app, console, print_json, settings, startup
+from core.serving.engine import BASE, GenerationSettings, ServingError
+
+feedback_app = typer.Typer(help="Feedback given in the chat.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@app.command("chat")
+def chat(
+    host: str | None = typer.Option(None, help="bind address (default CLARA_CHAT_HOST)"),
+    port: int | None = typer.Option(None, help="port (default CLARA_CHAT_PORT)"),
+) -> None:
+    """Run the chat server (Gradio; embedded by the Streamlit Chat page)."""
+    from workers.chat import serve
+
+    cfg = settings()
+    console.print(
+        f"chat server on http://{host or cfg.chat_host}:{port or cfg.chat_port} "
+        f"(auth {'on' if cfg.auth_enabled else 'OFF'}); loading the base model…"
+    )
+    try:
+        serve(host, port, cfg)
+    except ServingError as err:
+        raise CliFailure(str(err)) from None
+
+
+def _history(path: Path | None) -> list[dict[str, str]]:
+    if path is None:
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CliFailure(f"{path}: cannot read the conversation as JSON ({err})") from None
+    if not isinstance(data, list) or not all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+        and isinstance(m.get("content"), str) for m in data
+    ):
+        raise CliFailure(
+            f"{path}: expected a JSON list of {{\"role\": user|assistant|system, "
+            "\"content\": text}} messages"
+        )
+    return data
+
+
+@app.command("generate")
+def generate(
+    prompt: str = typer.Argument(..., help="the question; '-' reads it from stdin"),
+    adapter: str = typer.Option(BASE, "--adapter", "-a", help="adapter name, or 'base'"),
+    system: str = typer.Option("", help="system prompt"),
+    temperature: float = typer.Option(0.7, min=0.0, max=2.0),
+    top_p: float = typer.Option(0.95, min=0.01, max=1.0),
+    max_new_tokens: int = typer.Option(256, min=1, max=4096),
+    repetition_penalty: float = typer.Option(1.1, min=1.0, max=2.0),
+    history: Path | None = typer.Option(None, help="JSON file with earlier messages"),
+) -> None:
+    """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
+    from core.cli.common import err_console
+    from core.serving.service import ChatService, engine_from_settings
+
+    st = startup()
+    user = acting_user(st.engine)
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise CliFailure("the prompt is empty")
+    gen = GenerationSettings(
+        system_prompt=system, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+    )
+    service = ChatService(st.engine, engine_from_settings(st.settings))
+    messages = [*_history(history), {"role": "user", "content": prompt}]
+    try:
+        reply = service.reply(user, messages, adapter, gen)
+        if reply.note:
+            err_console.print(f"[yellow]{reply.note}[/yellow]")
+        for piece in reply:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except ServingError as err:
+        raise CliFailure(str(err)) from None
+    sys.stdout.write("\n")
+
+
+@feedback_app.command("list")
+def feedback_list(
+    adapter: str | None = typer.Option(None, help="only this adapter ('base' for none)"),
+    user: str | None = typer.Option(None, "--user", help="only this user's feedback"),
+    limit: int = typer.Option(50, min=1, max=10_000),
+    offset: int = typer.Option(0, min=0),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """List feedback, newest first."""
+    from core.serving.service import list_feedback
+
+    st = startup()
+    rows, total = list_feedback(st.engine, acting_user(st.engine), adapter=adapter,
+                                username=user, limit=limit, offset=offset)
+    if json_out:
+        print_json({"total": total, "items": rows})
+        return
+    t = Table("id", "when", "user", "adapter", "rating", "prompt", "corrected", "sample",
+              title=f"{len(rows)} of {total}")
+    for r in rows:
+        t.add_row(str(r.id), r.created_at.strftime("%Y-%m-%d %H:%M"), r.username,
+                  r.adapter_name, "👍" if r.rating == "up" else "👎", r.prompt[:60],
+                  "yes" if r.correction else "", str(r.sample_id or ""))
+    console.print(t)
