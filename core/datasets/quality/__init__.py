@@ -1,0 +1,79 @@
+"""Automatic quality scoring and deduplication of dataset samples (pure library code).
+
+Public API:
+    QualityInput, QualityResult, QualityThresholds        plain data (models.py)
+    QualityPipeline, default_steps, gopher_steps           the runner (pipeline.py)
+    QualityStep, Sample                                    base of the steps (base.py)
+    LengthSignals, EncodingSignals, LanguageSignal,
+    RepetitionSignals, SymbolWordRatio, WordStatistics,
+    PIISignals, Blocklist, ExactDuplicates, NearDuplicates the steps
+    MinHasher                                              datasketch-equal MinHash signatures
+    REASON_LABELS, REASON_LABELS_DE, REASON_PENALTIES,
+    ALL_REASONS, score_reasons, reason_label               reason codes (reasons.py)
+"""
+
+from core.datasets.quality.base import QualityStep, Sample
+from core.datasets.quality.blocklist import Blocklist
+from core.datasets.quality.dedup import (
+    ExactDuplicates,
+    NearDuplicates,
+    content_hash,
+    normalise_for_dedup,
+)
+from core.datasets.quality.minhash import MinHasher, signature_from_bytes, signature_to_bytes
+from core.datasets.quality.models import QualityInput, QualityResult, QualityThresholds
+from core.datasets.quality.pii import PIISignals, find_pii, iban_is_valid, mask_pii
+from core.datasets.quality.pipeline import QualityPipeline, default_steps, gopher_steps
+from core.datasets.quality.reasons import (
+    ALL_REASONS,
+    HARD_FAILS,
+    REASON_LABELS,
+    REASON_LABELS_DE,
+    REASON_PENALTIES,
+    reason_label,
+    score_reasons,
+)
+from core.datasets.quality.repetition import RepetitionSignals
+from core.datasets.quality.signals import (
+    EncodingSignals,
+    LanguageSignal,
+    LengthSignals,
+    SymbolWordRatio,
+    WordStatistics,
+)
+
+__all__ = [
+    "ALL_REASONS",
+    "HARD_FAILS",
+    "REASON_LABELS",
+    "REASON_LABELS_DE",
+    "REASON_PENALTIES",
+    "Blocklist",
+    "EncodingSignals",
+    "ExactDuplicates",
+    "LanguageSignal",
+    "LengthSignals",
+    "MinHasher",
+    "NearDuplicates",
+    "PIISignals",
+    "QualityInput",
+    "QualityPipeline",
+    "QualityResult",
+    "QualityStep",
+    "QualityThresholds",
+    "RepetitionSignals",
+    "Sample",
+    "SymbolWordRatio",
+    "WordStatistics",
+    "content_hash",
+    "default_steps",
+    "find_pii",
+    "gopher_steps",
+    "iban_is_valid",
+    "mask_pii",
+    "normalise_for_dedup",
+    "reason_label",
+    "score_reasons",
+    "signature_from_bytes",
+    "signature_to_bytes",
+]
