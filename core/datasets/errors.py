@@ -50,7 +50,10 @@ class ReviewConflict(DatasetError):
         self, sample_id: int, changed_by: str, changed_at: datetime | None, status: str
     ) -> None:
         self.sample_id, self.changed_by, self.changed_at, self.status = (
-            sample_id, changed_by, changed_at, status,
+            sample_id,
+            changed_by,
+            changed_at,
+            status,
         )
         when = changed_at.strftime("%Y-%m-%d %H:%M:%S UTC") if changed_at else "just now"
         super().__init__(

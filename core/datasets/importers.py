@@ -30,18 +30,30 @@ from core.db.base import utcnow
 FORMATS: dict[str, str] = {
     "messages": 'OpenAI chat: {"messages": [{"role": "user"|"assistant"|"system", "content"}]}',
     "alpaca": 'Alpaca: {"instruction", "input" (optional), "output", "system"/"history" '
-              "(optional)}",
+    "(optional)}",
     "sharegpt": 'ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}',
     "text": 'plain text: {"text"}',
 }
-FILE_TYPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-              ".parquet": "parquet", ".pq": "parquet"}
+FILE_TYPES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 DETECT_ROWS = 50
 BATCH = 500
 
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-    "bot": "assistant", "model": "assistant", "chatgpt": "assistant", "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
 }
 # Keys each format consumes; everything else goes to metadata["extra"].
 _CONSUMED = {
@@ -107,11 +119,13 @@ def iter_rows(path: Path) -> Iterator[RawRow | ImportRowError]:
                     try:
                         yield RawRow(n, json.loads(line))
                     except json.JSONDecodeError as err:
-                        yield ImportRowError(name, n, f"invalid JSON: {err.msg} at column "
-                                                      f"{err.colno}")
+                        yield ImportRowError(
+                            name, n, f"invalid JSON: {err.msg} at column {err.colno}"
+                        )
             except UnicodeDecodeError as err:
-                yield ImportRowError(name, n + 1, f"not UTF-8 text ({err.reason}); re-save the "
-                                                  "file as UTF-8")
+                yield ImportRowError(
+                    name, n + 1, f"not UTF-8 text ({err.reason}); re-save the file as UTF-8"
+                )
     elif ft == "json":
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -124,8 +138,12 @@ def iter_rows(path: Path) -> Iterator[RawRow | ImportRowError]:
             if len(lists) == 1:
                 data = lists[0]
         if not isinstance(data, list):
-            yield ImportRowError(name, 1, "a JSON file must hold a list of records (or an "
-                                          "object with exactly one list of records)")
+            yield ImportRowError(
+                name,
+                1,
+                "a JSON file must hold a list of records (or an "
+                "object with exactly one list of records)",
+            )
             return
         for n, item in enumerate(data, start=1):
             yield RawRow(n, item)
@@ -135,11 +153,15 @@ def iter_rows(path: Path) -> Iterator[RawRow | ImportRowError]:
             try:
                 for rec in reader:
                     if None in rec:
-                        yield ImportRowError(name, reader.line_num,
-                                             f"{len(rec[None])} more cell(s) than header columns")
+                        yield ImportRowError(
+                            name,
+                            reader.line_num,
+                            f"{len(rec[None])} more cell(s) than header columns",
+                        )
                         continue
-                    yield RawRow(reader.line_num,
-                                 {k: _maybe_json(k, v) for k, v in rec.items() if v != ""})
+                    yield RawRow(
+                        reader.line_num, {k: _maybe_json(k, v) for k, v in rec.items() if v != ""}
+                    )
             except (csv.Error, UnicodeDecodeError) as err:
                 yield ImportRowError(name, reader.line_num + 1, f"CSV error: {err}")
     else:
@@ -223,10 +245,11 @@ def convert(rec: Any, fmt: str) -> SampleIn:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} needs 'role' and 'content'")
             if m["role"] not in ("system", "user", "assistant"):
-                raise ValueError(f"message {i} has role {m['role']!r}; supported roles are "
-                                 "system, user, assistant")
-            clean.append({"role": m["role"], "content": _str(m["content"],
-                                                             f"message {i} content")})
+                raise ValueError(
+                    f"message {i} has role {m['role']!r}; supported roles are "
+                    "system, user, assistant"
+                )
+            clean.append({"role": m["role"], "content": _str(m["content"], f"message {i} content")})
             # None-valued keys are Parquet struct padding (the union of all rows' keys).
             rest = {k: v for k, v in m.items() if k not in ("role", "content") and v is not None}
             if rest:
@@ -244,8 +267,10 @@ def convert(rec: Any, fmt: str) -> SampleIn:
                 raise ValueError(f"turn {i} needs 'from' and 'value'")
             role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
             if role is None:
-                raise ValueError(f"turn {i} is from {m['from']!r}; supported are "
-                                 f"{', '.join(sorted(_SHAREGPT_ROLES))}")
+                raise ValueError(
+                    f"turn {i} is from {m['from']!r}; supported are "
+                    f"{', '.join(sorted(_SHAREGPT_ROLES))}"
+                )
             clean.append({"role": role, "content": _str(m["value"], f"turn {i} value")})
         return SampleIn(kind="chat", messages=clean, system=system, metadata=meta)
     # alpaca
@@ -257,8 +282,10 @@ def convert(rec: Any, fmt: str) -> SampleIn:
     for i, pair in enumerate(rec.get("history") or [], start=1):
         if not isinstance(pair, list | tuple) or len(pair) != 2:
             raise ValueError(f"history entry {i} must be a [question, answer] pair")
-        msgs += [{"role": "user", "content": _str(pair[0], f"history {i} question")},
-                 {"role": "assistant", "content": _str(pair[1], f"history {i} answer")}]
+        msgs += [
+            {"role": "user", "content": _str(pair[0], f"history {i} question")},
+            {"role": "assistant", "content": _str(pair[1], f"history {i} answer")},
+        ]
     user = f"{instruction}\n\n{inp}" if inp.strip() else instruction
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     if inp.strip():
@@ -283,8 +310,7 @@ def parse_file(
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     if fmt is not None and fmt not in FORMATS:
-        raise UnknownFormat(f"unknown format {fmt!r}; supported formats are "
-                            f"{', '.join(FORMATS)}")
+        raise UnknownFormat(f"unknown format {fmt!r}; supported formats are {', '.join(FORMATS)}")
     detected = fmt is None
     if fmt is None:
         head = []
@@ -307,8 +333,12 @@ def parse_file(
             except (ValueError, ValidationError) as err:
                 yield ImportRowError(path.name, item.line, _reason(err))
                 continue
-            sample.provenance = {"source": "import", "file": path.name, "line": item.line,
-                                 "format": fmt}
+            sample.provenance = {
+                "source": "import",
+                "file": path.name,
+                "line": item.line,
+                "format": fmt,
+            }
             yield item.line, sample
 
     return fmt, detected, stream()
@@ -331,8 +361,9 @@ def import_file(
     `progress(rows_seen)` is called after each batch.
     """
     path = Path(path)
-    with audited(engine, actor, "datasets.import", target=str(dataset_id),
-                 detail={"file": path.name}) as ctx:
+    with audited(
+        engine, actor, "datasets.import", target=str(dataset_id), detail={"file": path.name}
+    ) as ctx:
         require(actor, "datasets:create")
         fmt, detected, stream = parse_file(path, fmt)
         errors: list[ImportRowError] = []
@@ -377,6 +408,13 @@ def import_file(
         if progress:
             progress(good + len(errors))
         ctx.detail.update({"imported": len(ids), "skipped": len(errors), "format": fmt})
-        return ImportReport(dataset=ctx.target, file=path.name, format=fmt, detected=detected,
-                            imported=len(ids), skipped=len(errors), errors=errors,
-                            sample_ids=ids)
+        return ImportReport(
+            dataset=ctx.target,
+            file=path.name,
+            format=fmt,
+            detected=detected,
+            imported=len(ids),
+            skipped=len(errors),
+            errors=errors,
+            sample_ids=ids,
+        )

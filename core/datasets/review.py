@@ -92,29 +92,57 @@ class SamplePage(BaseModel):
         """A compact table of the page (one line per sample) for listings."""
         rows = []
         for v in self.items:
-            preview = v.text if v.kind == "text" else " | ".join(
-                f"{m['role']}: {m['content']}" for m in v.messages or [])
-            rows.append({
-                "id": v.id, "status": v.status, "score": v.score,
-                "reasons": ", ".join(v.reasons), "source": v.source, "kind": v.kind,
-                "tokens": v.token_count, "edited": v.edited_by is not None,
-                "preview": (preview or "")[:160],
-            })
-        cols = ["id", "status", "score", "reasons", "source", "kind", "tokens", "edited",
-                "preview"]
+            preview = (
+                v.text
+                if v.kind == "text"
+                else " | ".join(f"{m['role']}: {m['content']}" for m in v.messages or [])
+            )
+            rows.append(
+                {
+                    "id": v.id,
+                    "status": v.status,
+                    "score": v.score,
+                    "reasons": ", ".join(v.reasons),
+                    "source": v.source,
+                    "kind": v.kind,
+                    "tokens": v.token_count,
+                    "edited": v.edited_by is not None,
+                    "preview": (preview or "")[:160],
+                }
+            )
+        cols = ["id", "status", "score", "reasons", "source", "kind", "tokens", "edited", "preview"]
         return pd.DataFrame(rows, columns=cols)
 
 
 def _view(r: DatasetSample) -> SampleView:
     return SampleView(
-        id=r.id, dataset_id=r.dataset_id, kind=r.kind, text=r.text, messages=r.messages,
-        system=r.system, provenance=r.provenance or {}, metadata=r.meta or {}, source=r.source,
-        status=r.status, score=r.score, signals=r.signals, reasons=r.reasons or [],
-        flagged_spans=r.flagged_spans or [], duplicate_of=r.duplicate_of,
-        token_count=r.token_count, char_count=r.char_count, row_version=r.row_version,
-        original=r.original, edited_by=r.edited_by, edited_at=r.edited_at,
-        reviewed_by=r.reviewed_by, reviewed_at=r.reviewed_at, review_note=r.review_note,
-        changed_by=r.changed_by, changed_at=r.changed_at, created_at=r.created_at,
+        id=r.id,
+        dataset_id=r.dataset_id,
+        kind=r.kind,
+        text=r.text,
+        messages=r.messages,
+        system=r.system,
+        provenance=r.provenance or {},
+        metadata=r.meta or {},
+        source=r.source,
+        status=r.status,
+        score=r.score,
+        signals=r.signals,
+        reasons=r.reasons or [],
+        flagged_spans=r.flagged_spans or [],
+        duplicate_of=r.duplicate_of,
+        token_count=r.token_count,
+        char_count=r.char_count,
+        row_version=r.row_version,
+        original=r.original,
+        edited_by=r.edited_by,
+        edited_at=r.edited_at,
+        reviewed_by=r.reviewed_by,
+        reviewed_at=r.reviewed_at,
+        review_note=r.review_note,
+        changed_by=r.changed_by,
+        changed_at=r.changed_at,
+        created_at=r.created_at,
     )
 
 
@@ -142,9 +170,13 @@ def _conditions(dataset_id: int, f: SampleFilter | None) -> list[Any]:
         c.append(DatasetSample.edited_by.is_(None))
     if f.search:
         pattern = f"%{f.search}%"
-        c.append(or_(DatasetSample.text.ilike(pattern),
-                     cast(DatasetSample.messages, Text).ilike(pattern),
-                     DatasetSample.system.ilike(pattern)))
+        c.append(
+            or_(
+                DatasetSample.text.ilike(pattern),
+                cast(DatasetSample.messages, Text).ilike(pattern),
+                DatasetSample.system.ilike(pattern),
+            )
+        )
     return c
 
 
@@ -157,10 +189,16 @@ def _order(sort: str) -> list[Any]:
         "score_desc": [unscored_last, DatasetSample.score.desc(), DatasetSample.id],
         "id_asc": [DatasetSample.id.asc()],
         "id_desc": [DatasetSample.id.desc()],
-        "tokens_desc": [case((DatasetSample.token_count.is_(None), 1), else_=0),
-                        DatasetSample.token_count.desc(), DatasetSample.id],
-        "tokens_asc": [case((DatasetSample.token_count.is_(None), 1), else_=0),
-                       DatasetSample.token_count.asc(), DatasetSample.id],
+        "tokens_desc": [
+            case((DatasetSample.token_count.is_(None), 1), else_=0),
+            DatasetSample.token_count.desc(),
+            DatasetSample.id,
+        ],
+        "tokens_asc": [
+            case((DatasetSample.token_count.is_(None), 1), else_=0),
+            DatasetSample.token_count.asc(),
+            DatasetSample.id,
+        ],
     }[sort]
 
 
@@ -182,11 +220,9 @@ def list_samples(
         conds = _conditions(d.id, filters)
         total = s.scalar(select(func.count()).select_from(DatasetSample).where(*conds)) or 0
         rows = s.scalars(
-            select(DatasetSample).where(*conds).order_by(*_order(sort))
-            .offset(offset).limit(limit)
+            select(DatasetSample).where(*conds).order_by(*_order(sort)).offset(offset).limit(limit)
         ).all()
-        return SamplePage(items=[_view(r) for r in rows], total=total, offset=offset,
-                          limit=limit)
+        return SamplePage(items=[_view(r) for r in rows], total=total, offset=offset, limit=limit)
 
 
 def get_sample(engine: Engine, actor: Principal, sample_id: int) -> SampleView:
@@ -228,17 +264,29 @@ def decide(
     """Accept, reject (or reset to pending) a sample the reviewer saw at `expected_version`."""
     if decision not in ("accepted", "rejected", "pending"):
         raise DatasetError(f"unknown decision {decision!r}; use accepted, rejected or pending")
-    with audited(engine, actor, "datasets.review", target=f"sample:{sample_id}",
-                 detail={"decision": decision}):
+    with audited(
+        engine,
+        actor,
+        "datasets.review",
+        target=f"sample:{sample_id}",
+        detail={"decision": decision},
+    ):
         require(actor, "datasets:review")
         now = utcnow()
         with session_scope(engine) as s:
-            row = _guarded_update(s, sample_id, expected_version, {
-                "status": decision, "review_note": note,
-                "reviewed_by": actor.username if decision != "pending" else None,
-                "reviewed_at": now if decision != "pending" else None,
-                "changed_by": actor.username, "changed_at": now,
-            })
+            row = _guarded_update(
+                s,
+                sample_id,
+                expected_version,
+                {
+                    "status": decision,
+                    "review_note": note,
+                    "reviewed_by": actor.username if decision != "pending" else None,
+                    "reviewed_at": now if decision != "pending" else None,
+                    "changed_by": actor.username,
+                    "changed_at": now,
+                },
+            )
             return _view(row)
 
 
@@ -262,9 +310,12 @@ def edit_sample(
             if cur is None:
                 raise SampleNotFound(sample_id)
             try:
-                new = SampleIn(kind=cur.kind, text=text if cur.kind == "text" else None,
-                               messages=messages if cur.kind == "chat" else None,
-                               system=(system or None) if cur.kind == "chat" else None)
+                new = SampleIn(
+                    kind=cur.kind,
+                    text=text if cur.kind == "text" else None,
+                    messages=messages if cur.kind == "chat" else None,
+                    system=(system or None) if cur.kind == "chat" else None,
+                )
             except ValidationError as err:
                 first = err.errors()[0]
                 raise DatasetError(
@@ -273,17 +324,29 @@ def edit_sample(
             msgs = [m.model_dump() for m in new.messages] if new.messages else None
             now = utcnow()
             values: dict[str, Any] = {
-                "text": new.text, "messages": msgs, "system": new.system,
+                "text": new.text,
+                "messages": msgs,
+                "system": new.system,
                 "content_sha256": content_sha256(new.kind, new.text, msgs, new.system),
                 "char_count": len(joined_text(new.kind, new.text, msgs, new.system)),
-                "score": None, "signals": None, "reasons": None, "reason_codes": "",
-                "flagged_spans": None, "duplicate_of": None, "scored_at": None,
-                "edited_by": actor.username, "edited_at": now,
-                "changed_by": actor.username, "changed_at": now,
+                "score": None,
+                "signals": None,
+                "reasons": None,
+                "reason_codes": "",
+                "flagged_spans": None,
+                "duplicate_of": None,
+                "scored_at": None,
+                "edited_by": actor.username,
+                "edited_at": now,
+                "changed_by": actor.username,
+                "changed_at": now,
             }
             if cur.original is None:
-                values["original"] = {"text": cur.text, "messages": cur.messages,
-                                      "system": cur.system}
+                values["original"] = {
+                    "text": cur.text,
+                    "messages": cur.messages,
+                    "system": cur.system,
+                }
             if decision is not None:
                 values.update(status=decision, reviewed_by=actor.username, reviewed_at=now)
             return _view(_guarded_update(s, sample_id, expected_version, values))
@@ -299,10 +362,16 @@ def bulk_decide(
     """Apply one decision to every sample matching the filter; returns how many changed."""
     if decision not in ("accepted", "rejected", "pending"):
         raise DatasetError(f"unknown decision {decision!r}; use accepted, rejected or pending")
-    with audited(engine, actor, "datasets.review_bulk", target=str(dataset_ref),
-                 detail={"decision": decision,
-                         "filter": filters.model_dump(exclude_none=True) if filters else {}}
-                 ) as ctx:
+    with audited(
+        engine,
+        actor,
+        "datasets.review_bulk",
+        target=str(dataset_ref),
+        detail={
+            "decision": decision,
+            "filter": filters.model_dump(exclude_none=True) if filters else {},
+        },
+    ) as ctx:
         require(actor, "datasets:review")
         now = utcnow()
         with session_scope(engine) as s:
@@ -310,12 +379,17 @@ def bulk_decide(
             ctx.target = d.name
             conds = _conditions(d.id, filters) + [DatasetSample.status != decision]
             res = s.execute(
-                update(DatasetSample).where(and_(*conds)).values(
-                    status=decision, row_version=DatasetSample.row_version + 1,
+                update(DatasetSample)
+                .where(and_(*conds))
+                .values(
+                    status=decision,
+                    row_version=DatasetSample.row_version + 1,
                     reviewed_by=actor.username if decision != "pending" else None,
                     reviewed_at=now if decision != "pending" else None,
-                    changed_by=actor.username, changed_at=now,
-                ).execution_options(synchronize_session=False)
+                    changed_by=actor.username,
+                    changed_at=now,
+                )
+                .execution_options(synchronize_session=False)
             )
             ctx.detail["changed"] = res.rowcount
             return int(res.rowcount)
@@ -332,8 +406,9 @@ class ReviewStats(BaseModel):
     edited: int
 
 
-def review_stats(engine: Engine, actor: Principal, dataset_ref: int | str,
-                 bins: int = 20) -> ReviewStats:
+def review_stats(
+    engine: Engine, actor: Principal, dataset_ref: int | str, bins: int = 20
+) -> ReviewStats:
     """Aggregates for the charts, computed in SQL (never the samples themselves)."""
     from core.datasets.quality.reasons import ALL_REASONS
 
@@ -345,24 +420,35 @@ def review_stats(engine: Engine, actor: Principal, dataset_ref: int | str,
         by_source: dict[str, dict[str, int]] = {}
         for src, status, n in s.execute(
             select(DatasetSample.source, DatasetSample.status, func.count())
-            .where(where).group_by(DatasetSample.source, DatasetSample.status)
+            .where(where)
+            .group_by(DatasetSample.source, DatasetSample.status)
         ):
             counts[status] = counts.get(status, 0) + n
             by_source.setdefault(src, {})[status] = int(n)
         counts["total"] = sum(counts.values())
         reason_row = s.execute(
-            select(*[func.sum(case((DatasetSample.reason_codes.like(f"%,{r},%"), 1), else_=0))
-                     for r in ALL_REASONS]).where(where)
+            select(
+                *[
+                    func.sum(case((DatasetSample.reason_codes.like(f"%,{r},%"), 1), else_=0))
+                    for r in ALL_REASONS
+                ]
+            ).where(where)
         ).one()
         reasons = {r: int(n or 0) for r, n in zip(ALL_REASONS, reason_row, strict=True) if n}
         # Unknown codes (a newer library) are found by scanning only the distinct code sets.
-        for (codes,) in s.execute(select(DatasetSample.reason_codes).where(
-                where, DatasetSample.reason_codes != "").distinct()):
+        for (codes,) in s.execute(
+            select(DatasetSample.reason_codes)
+            .where(where, DatasetSample.reason_codes != "")
+            .distinct()
+        ):
             for code in filter(None, codes.split(",")):
                 reasons.setdefault(code, 0)
         b = cast(DatasetSample.score * bins, Integer)
-        hist = dict(s.execute(select(b, func.count()).where(where, DatasetSample.score.is_not(
-            None)).group_by(b)).all())
+        hist = dict(
+            s.execute(
+                select(b, func.count()).where(where, DatasetSample.score.is_not(None)).group_by(b)
+            ).all()
+        )
         if bins in hist:  # score 1.0 belongs in the top bin
             hist[bins - 1] = hist.get(bins - 1, 0) + hist.pop(bins)
         score_hist = [(i / bins, (i + 1) / bins, int(hist.get(i, 0))) for i in range(bins)]
@@ -371,10 +457,16 @@ def review_stats(engine: Engine, actor: Principal, dataset_ref: int | str,
         if max_tok:
             width = max(1, -(-(max_tok + 1) // bins))
             tb = DatasetSample.token_count // width
-            th = dict(s.execute(select(tb, func.count()).where(
-                where, DatasetSample.token_count.is_not(None)).group_by(tb)).all())
-            token_hist = [(int(k) * width, (int(k) + 1) * width, int(n))
-                          for k, n in sorted(th.items())]
+            th = dict(
+                s.execute(
+                    select(tb, func.count())
+                    .where(where, DatasetSample.token_count.is_not(None))
+                    .group_by(tb)
+                ).all()
+            )
+            token_hist = [
+                (int(k) * width, (int(k) + 1) * width, int(n)) for k, n in sorted(th.items())
+            ]
         reviewers: dict[str, dict[str, int]] = {}
         for who, status, n in s.execute(
             select(DatasetSample.reviewed_by, DatasetSample.status, func.count())
@@ -384,10 +476,16 @@ def review_stats(engine: Engine, actor: Principal, dataset_ref: int | str,
             reviewers.setdefault(who, {})[status] = int(n)
         scored = s.scalar(select(func.count()).where(where, DatasetSample.score.is_not(None)))
         edited = s.scalar(select(func.count()).where(where, DatasetSample.edited_by.is_not(None)))
-        return ReviewStats(counts=counts, by_source=by_source, reasons=reasons,
-                           score_histogram=score_hist, token_histogram=token_hist,
-                           reviewers=reviewers, scored=int(scored or 0),
-                           edited=int(edited or 0))
+        return ReviewStats(
+            counts=counts,
+            by_source=by_source,
+            reasons=reasons,
+            score_histogram=score_hist,
+            token_histogram=token_hist,
+            reviewers=reviewers,
+            scored=int(scored or 0),
+            edited=int(edited or 0),
+        )
 
 
 # Highlighting -----------------------------------------------------------------------------
@@ -398,7 +496,8 @@ def part_offsets(view: SampleView) -> list[tuple[str, str, int]]:
     if view.kind == "text":
         return [("text", view.text or "", 0)]
     parts = ([("system", view.system)] if view.system else []) + [
-        (m["role"], m["content"]) for m in view.messages or []]
+        (m["role"], m["content"]) for m in view.messages or []
+    ]
     out, pos = [], 0
     for role, content in parts:
         out.append((role, content, pos))
@@ -412,7 +511,8 @@ def highlight_html(text: str, spans: list[tuple[int, int, str]], offset: int = 0
     every character of the sample goes through html.escape."""
     local = sorted(
         (max(s - offset, 0), min(e - offset, len(text)), r)
-        for s, e, r in spans if e > offset and s < offset + len(text)
+        for s, e, r in spans
+        if e > offset and s < offset + len(text)
     )
     out, pos = [], 0
     for start, end, reason in local:
@@ -420,8 +520,9 @@ def highlight_html(text: str, spans: list[tuple[int, int, str]], offset: int = 0
             continue
         start = max(start, pos)
         out.append(html.escape(text[pos:start]))
-        out.append(f'<mark title="{html.escape(reason, quote=True)}">'
-                   f"{html.escape(text[start:end])}</mark>")
+        out.append(
+            f'<mark title="{html.escape(reason, quote=True)}">{html.escape(text[start:end])}</mark>'
+        )
         pos = end
     out.append(html.escape(text[pos:]))
     return "".join(out).replace("\n", "<br>")

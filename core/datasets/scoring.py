@@ -61,9 +61,18 @@ class ScoringRunInfo(BaseModel):
 
 def _info(r: ScoringRun) -> ScoringRunInfo:
     return ScoringRunInfo(
-        id=r.id, dataset_id=r.dataset_id, status=r.status, total=r.total, done=r.done,
-        error=r.error, stats=r.stats, started_by=r.started_by, created_at=r.created_at,
-        started_at=r.started_at, finished_at=r.finished_at, heartbeat_at=r.heartbeat_at,
+        id=r.id,
+        dataset_id=r.dataset_id,
+        status=r.status,
+        total=r.total,
+        done=r.done,
+        error=r.error,
+        stats=r.stats,
+        started_by=r.started_by,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        heartbeat_at=r.heartbeat_at,
     )
 
 
@@ -97,8 +106,14 @@ def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> Sco
                 )
         total = s.scalar(select(func.count()).where(DatasetSample.dataset_id == d.id)) or 0
         run = ScoringRun(
-            dataset_id=d.id, status="queued", total=total, done=0, started_by=actor.username,
-            thresholds=d.thresholds, created_at=now, heartbeat_at=now,
+            dataset_id=d.id,
+            status="queued",
+            total=total,
+            done=0,
+            started_by=actor.username,
+            thresholds=d.thresholds,
+            created_at=now,
+            heartbeat_at=now,
         )
         s.add(run)
         s.flush()
@@ -121,8 +136,11 @@ def start_scoring(engine: Engine, actor: Principal, dataset_ref: int | str) -> S
         with (logs / f"scoring-{run.id}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "core.datasets.scoring", str(run.id)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         with session_scope(engine) as s:
             s.execute(update(ScoringRun).where(ScoringRun.id == run.id).values(pid=proc.pid))
@@ -191,12 +209,20 @@ def _iter_samples(engine: Engine, dataset_id: int) -> Iterator[tuple[int, str, s
     while True:
         with session_scope(engine) as s:
             rows = s.execute(
-                select(rejected_last.label("rl"), DatasetSample.id, DatasetSample.kind,
-                       DatasetSample.text, DatasetSample.messages, DatasetSample.system,
-                       DatasetSample.content_sha256)
+                select(
+                    rejected_last.label("rl"),
+                    DatasetSample.id,
+                    DatasetSample.kind,
+                    DatasetSample.text,
+                    DatasetSample.messages,
+                    DatasetSample.system,
+                    DatasetSample.content_sha256,
+                )
                 .where(DatasetSample.dataset_id == dataset_id)
-                .where((rejected_last > last[0])
-                       | ((rejected_last == last[0]) & (DatasetSample.id > last[1])))
+                .where(
+                    (rejected_last > last[0])
+                    | ((rejected_last == last[0]) & (DatasetSample.id > last[1]))
+                )
                 .order_by(rejected_last, DatasetSample.id)
                 .limit(FETCH)
             ).all()
@@ -211,8 +237,14 @@ def _reference(engine: Engine, dataset_id: int) -> list[tuple[str, str]]:
     out = []
     with session_scope(engine) as s:
         for name, sid, kind, text, messages, system in s.execute(
-            select(Dataset.name, DatasetSample.id, DatasetSample.kind, DatasetSample.text,
-                   DatasetSample.messages, DatasetSample.system)
+            select(
+                Dataset.name,
+                DatasetSample.id,
+                DatasetSample.kind,
+                DatasetSample.text,
+                DatasetSample.messages,
+                DatasetSample.system,
+            )
             .join(Dataset, Dataset.id == DatasetSample.dataset_id)
             .where(DatasetSample.dataset_id != dataset_id, DatasetSample.status != "rejected")
             .order_by(DatasetSample.id)
@@ -233,7 +265,10 @@ def execute_run(
         if run is None or run.status != "queued":
             return
         run.status, run.started_at, run.heartbeat_at, run.pid = (
-            "running", utcnow(), utcnow(), os.getpid(),
+            "running",
+            utcnow(),
+            utcnow(),
+            os.getpid(),
         )
         dataset_id, total = run.dataset_id, run.total
         thresholds = QualityThresholds.from_dict(run.thresholds or {})
@@ -259,11 +294,15 @@ def execute_run(
                     reasons = list(res.reasons)
                     s.execute(
                         update(DatasetSample)
-                        .where(DatasetSample.id == int(res.id),
-                               # An edit while scoring wins: its stale score is not written.
-                               DatasetSample.content_sha256 == shas.pop(res.id))
+                        .where(
+                            DatasetSample.id == int(res.id),
+                            # An edit while scoring wins: its stale score is not written.
+                            DatasetSample.content_sha256 == shas.pop(res.id),
+                        )
                         .values(
-                            score=float(res.score), signals=dict(res.signals), reasons=reasons,
+                            score=float(res.score),
+                            signals=dict(res.signals),
+                            reasons=reasons,
                             reason_codes="," + ",".join(reasons) + "," if reasons else "",
                             flagged_spans=[list(sp) for sp in res.flagged_spans],
                             duplicate_of=res.duplicate_of,

@@ -95,9 +95,16 @@ class DatasetInfo(BaseModel):
 
 def _info(d: Dataset, counts: dict[str, int] | None = None, **extra: Any) -> DatasetInfo:
     return DatasetInfo(
-        id=d.id, name=d.name, description=d.description, kind=d.kind, thresholds=d.thresholds,
-        created_by=d.created_by, created_at=d.created_at, updated_at=d.updated_at,
-        counts=counts or {}, **extra,
+        id=d.id,
+        name=d.name,
+        description=d.description,
+        kind=d.kind,
+        thresholds=d.thresholds,
+        created_by=d.created_by,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
+        counts=counts or {},
+        **extra,
     )
 
 
@@ -111,20 +118,27 @@ def check_name(name: str) -> str:
     return name
 
 
-def sample_content(kind: str, text: str | None, messages: list[dict] | None,
-                   system: str | None) -> dict[str, Any]:
+def sample_content(
+    kind: str, text: str | None, messages: list[dict] | None, system: str | None
+) -> dict[str, Any]:
     return {"kind": kind, "text": text, "messages": messages, "system": system}
 
 
-def content_sha256(kind: str, text: str | None, messages: list[dict] | None,
-                   system: str | None) -> str:
-    blob = json.dumps(sample_content(kind, text, messages, system), ensure_ascii=False,
-                      sort_keys=True, separators=(",", ":"))
+def content_sha256(
+    kind: str, text: str | None, messages: list[dict] | None, system: str | None
+) -> str:
+    blob = json.dumps(
+        sample_content(kind, text, messages, system),
+        ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def joined_text(kind: str, text: str | None, messages: list[dict] | None,
-                system: str | None) -> str:
+def joined_text(
+    kind: str, text: str | None, messages: list[dict] | None, system: str | None
+) -> str:
     """The text the quality library scores: for chats the contents joined with blank lines
     (system first), so flagged spans can be mapped back onto the messages."""
     if kind == "text":
@@ -214,8 +228,12 @@ def _counts(s: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for ds_id, total, pending, accepted, rejected, scored, mean in rows:
         out[ds_id] = {
-            "counts": {"total": int(total), "pending": int(pending or 0),
-                       "accepted": int(accepted or 0), "rejected": int(rejected or 0)},
+            "counts": {
+                "total": int(total),
+                "pending": int(pending or 0),
+                "accepted": int(accepted or 0),
+                "rejected": int(rejected or 0),
+            },
             "scored": int(scored or 0),
             "mean_score": None if mean is None else round(float(mean), 4),
         }
@@ -227,8 +245,14 @@ def _counts(s: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any]]:
         ).all()
     )
     for ds_id in dataset_ids:
-        out.setdefault(ds_id, {"counts": {"total": 0, "pending": 0, "accepted": 0,
-                                          "rejected": 0}, "scored": 0, "mean_score": None})
+        out.setdefault(
+            ds_id,
+            {
+                "counts": {"total": 0, "pending": 0, "accepted": 0, "rejected": 0},
+                "scored": 0,
+                "mean_score": None,
+            },
+        )
         out[ds_id]["versions"] = int(versions.get(ds_id, 0))
     return out
 

@@ -75,10 +75,19 @@ def datasets_root(data_path: Path | None = None) -> Path:
 def _info(v: DatasetVersion, dataset_name: str) -> VersionInfo:
     path = Path(v.path)
     return VersionInfo(
-        id=v.id, dataset_id=v.dataset_id, dataset_name=dataset_name, number=v.number,
-        name=v.name, path=path, train_path=path / "train.parquet",
-        eval_path=path / "eval.parquet", manifest=v.manifest, manifest_sha256=v.manifest_sha256,
-        counts=v.counts, created_by=v.created_by, created_at=v.created_at,
+        id=v.id,
+        dataset_id=v.dataset_id,
+        dataset_name=dataset_name,
+        number=v.number,
+        name=v.name,
+        path=path,
+        train_path=path / "train.parquet",
+        eval_path=path / "eval.parquet",
+        manifest=v.manifest,
+        manifest_sha256=v.manifest_sha256,
+        counts=v.counts,
+        created_by=v.created_by,
+        created_at=v.created_at,
     )
 
 
@@ -231,10 +240,12 @@ def freeze(
                 for split, recs in zip(SPLITS, (train, evals), strict=True):
                     p = tmp / f"{split}.parquet"
                     write_parquet(recs, p)
-                    files[p.name] = {"sha256": file_sha256(p), "bytes": p.stat().st_size,
-                                     "rows": len(recs)}
-                counts = {"total": len(records), "train": len(train), "eval": len(evals),
-                          **kinds}
+                    files[p.name] = {
+                        "sha256": file_sha256(p),
+                        "bytes": p.stat().st_size,
+                        "rows": len(recs),
+                    }
+                counts = {"total": len(records), "train": len(train), "eval": len(evals), **kinds}
                 thresholds = QualityThresholds.from_dict(d.thresholds or {}).to_dict()
                 created_at = utcnow()
                 manifest = {
@@ -245,8 +256,11 @@ def freeze(
                     "name": name,
                     "created_by": actor.username,
                     "created_at": created_at.isoformat(),
-                    "split": {"method": "sha256(seed:id) rank", "eval_ratio": eval_ratio,
-                              "seed": seed},
+                    "split": {
+                        "method": "sha256(seed:id) rank",
+                        "eval_ratio": eval_ratio,
+                        "seed": seed,
+                    },
                     "counts": counts,
                     "files": files,
                     "schema": {f.name: str(f.type) for f in PARQUET_SCHEMA},
@@ -271,9 +285,15 @@ def freeze(
                 os.rename(tmp, final)
                 renamed = True
                 v = DatasetVersion(
-                    dataset_id=d.id, number=number, name=name, path=str(final),
-                    manifest=manifest, manifest_sha256=manifest_sha, counts=counts,
-                    created_by=actor.username, created_at=created_at,
+                    dataset_id=d.id,
+                    number=number,
+                    name=name,
+                    path=str(final),
+                    manifest=manifest,
+                    manifest_sha256=manifest_sha,
+                    counts=counts,
+                    created_by=actor.username,
+                    created_at=created_at,
                 )
                 s.add(v)
                 s.flush()
@@ -387,5 +407,11 @@ def diff_versions(
     removed = sorted(set(a) - set(b), key=key)
     common = set(a) & set(b)
     changed = sorted((i for i in common if a[i] != b[i]), key=key)
-    return VersionDiff(old=old.ref, new=new.ref, added=added, removed=removed, changed=changed,
-                       unchanged=len(common) - len(changed))
+    return VersionDiff(
+        old=old.ref,
+        new=new.ref,
+        added=added,
+        removed=removed,
+        changed=changed,
+        unchanged=len(common) - len(changed),
+    )

@@ -32,7 +32,9 @@ def test_bad_rows_import_nothing_until_skipped(db_engine, admin, tmp_path):
     with pytest.raises(ImportFailed) as err:
         import_file(db_engine, admin, ds.id, path)
     assert [(e.file, e.line) for e in err.value.errors] == [
-        ("alpaca.jsonl", BATCH + 11), ("alpaca.jsonl", BATCH + 12)]
+        ("alpaca.jsonl", BATCH + 11),
+        ("alpaca.jsonl", BATCH + 12),
+    ]
     assert "output" in err.value.errors[1].reason
     assert "nothing was imported" in str(err.value) and "--skip-bad" in str(err.value)
     assert _count(db_engine) == 0
@@ -43,6 +45,10 @@ def test_bad_rows_import_nothing_until_skipped(db_engine, admin, tmp_path):
     assert get_dataset(db_engine, admin, "imp").counts["pending"] == BATCH + 13
     with session_scope(db_engine) as s:
         last = s.get(DatasetSample, report.sample_ids[-1])
-        assert last.provenance == {"source": "import", "file": "alpaca.jsonl",
-                                   "line": BATCH + 15, "format": "alpaca"}
+        assert last.provenance == {
+            "source": "import",
+            "file": "alpaca.jsonl",
+            "line": BATCH + 15,
+            "format": "alpaca",
+        }
         assert last.source == "import" and last.kind == "chat"

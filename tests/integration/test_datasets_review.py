@@ -19,22 +19,42 @@ from core.datasets.scoring import score_dataset
 from core.datasets.service import SampleIn, add_samples, create_dataset
 from tests.conftest import principal
 
-TOPICS = ["Abfuhr von Restmüll", "Pflege der Bäume im Stadtpark", "Nutzung der Sporthallen",
-          "Anmeldung eines Hundes", "Genehmigung von Bauvorhaben", "Reinigung der Gehwege"]
-GOOD = ("Die Satzung der Stadt beschreibt ausführlich die {t}. Sie nennt die Pflichten der "
-        "Bürger, die Zuständigkeit des Amtes und die Fristen, die dabei gelten.")
+TOPICS = [
+    "Abfuhr von Restmüll",
+    "Pflege der Bäume im Stadtpark",
+    "Nutzung der Sporthallen",
+    "Anmeldung eines Hundes",
+    "Genehmigung von Bauvorhaben",
+    "Reinigung der Gehwege",
+]
+GOOD = (
+    "Die Satzung der Stadt beschreibt ausführlich die {t}. Sie nennt die Pflichten der "
+    "Bürger, die Zuständigkeit des Amtes und die Fristen, die dabei gelten."
+)
 
 
 @pytest.fixture
 def ds(db_engine, admin):
     info = create_dataset(db_engine, admin, "rev")
-    samples = [SampleIn(kind="text", text=GOOD.format(t=t), provenance={"source": "corpus"})
-               for t in TOPICS]
-    samples += [SampleIn(kind="text", text="Zu kurz.", provenance={"source": "import"}),
-                SampleIn(kind="chat", provenance={"source": "feedback", "rating": "down"},
-                         messages=[{"role": "user", "content": "Wer ist zuständig für Müll?"},
-                                   {"role": "assistant", "content": "Das Umweltamt der Stadt "
-                                    "ist für alle Fragen rund um den Müll zuständig."}])]
+    samples = [
+        SampleIn(kind="text", text=GOOD.format(t=t), provenance={"source": "corpus"})
+        for t in TOPICS
+    ]
+    samples += [
+        SampleIn(kind="text", text="Zu kurz.", provenance={"source": "import"}),
+        SampleIn(
+            kind="chat",
+            provenance={"source": "feedback", "rating": "down"},
+            messages=[
+                {"role": "user", "content": "Wer ist zuständig für Müll?"},
+                {
+                    "role": "assistant",
+                    "content": "Das Umweltamt der Stadt "
+                    "ist für alle Fragen rund um den Müll zuständig.",
+                },
+            ],
+        ),
+    ]
     ids = add_samples(db_engine, admin, info.id, samples)
     score_dataset(db_engine, admin, info.id)
     return info, ids
@@ -49,8 +69,7 @@ def test_filter_sort_page(db_engine, admin, ds):
     assert scores == sorted(scores)
     second = list_samples(db_engine, admin, info.id, sort="id_asc", offset=3, limit=3)
     assert [v.id for v in second.items] == ids[3:6]
-    assert list_samples(db_engine, admin, info.id,
-                        SampleFilter(reason="too_short")).total == 1
+    assert list_samples(db_engine, admin, info.id, SampleFilter(reason="too_short")).total == 1
     fb = list_samples(db_engine, admin, info.id, SampleFilter(source="feedback"))
     assert fb.total == 1 and fb.items[0].kind == "chat"
     assert list_samples(db_engine, admin, info.id, SampleFilter(search="umweltAMT")).total == 1
@@ -70,7 +89,9 @@ def test_conflict_names_the_other_reviewer(db_engine, admin, ds):
     assert err.value.changed_by == "alice" and "alice" in str(err.value)
     assert get_sample(db_engine, admin, ids[0]).status == "accepted"
     with pytest.raises(ReviewConflict):
-        edit_sample(db_engine, bob, ids[0], seen_by_bob.row_version, text="Neu " + GOOD.format(t="x"))
+        edit_sample(
+            db_engine, bob, ids[0], seen_by_bob.row_version, text="Neu " + GOOD.format(t="x")
+        )
     with pytest.raises(PermissionDenied):
         decide(db_engine, principal("user"), ids[0], "rejected", after.row_version)
 
@@ -81,17 +102,26 @@ def test_edit_keeps_original(db_engine, admin, ds):
     assert chat.score is not None
     msgs = [dict(m) for m in chat.messages]
     msgs[1]["content"] = "Das Umweltamt, Zimmer 12."
-    e1 = edit_sample(db_engine, admin, chat.id, chat.row_version, messages=msgs,
-                     system="Antworte knapp.")
-    assert e1.messages[1]["content"] == "Das Umweltamt, Zimmer 12." and e1.system == "Antworte knapp."
+    e1 = edit_sample(
+        db_engine, admin, chat.id, chat.row_version, messages=msgs, system="Antworte knapp."
+    )
+    assert (
+        e1.messages[1]["content"] == "Das Umweltamt, Zimmer 12." and e1.system == "Antworte knapp."
+    )
     assert e1.original["messages"] == chat.messages and e1.original["system"] is None
     assert e1.edited_by == "admin" and e1.edited_at is not None and e1.score is None
-    e2 = edit_sample(db_engine, admin, chat.id, e1.row_version, messages=chat.messages,
-                     decision="accepted")
+    e2 = edit_sample(
+        db_engine, admin, chat.id, e1.row_version, messages=chat.messages, decision="accepted"
+    )
     assert e2.original["messages"] == chat.messages and e2.status == "accepted"
     with pytest.raises(DatasetError, match="assistant"):
-        edit_sample(db_engine, admin, chat.id, e2.row_version,
-                    messages=[{"role": "user", "content": "nur Frage"}])
+        edit_sample(
+            db_engine,
+            admin,
+            chat.id,
+            e2.row_version,
+            messages=[{"role": "user", "content": "nur Frage"}],
+        )
 
 
 def test_bulk_and_stats(db_engine, admin, ds):

@@ -12,8 +12,10 @@ from core.datasets.scoring import get_scoring_run, score_dataset, start_scoring
 from core.datasets.service import SampleIn, add_samples, create_dataset, set_thresholds
 from core.db import session_scope
 
-GOOD = ("Die Abfallgebührensatzung der Stadt regelt, wie die Gebühren für die Abfuhr von "
-        "Restmüll, Biomüll und Sperrmüll berechnet werden und wann sie fällig sind.")
+GOOD = (
+    "Die Abfallgebührensatzung der Stadt regelt, wie die Gebühren für die Abfuhr von "
+    "Restmüll, Biomüll und Sperrmüll berechnet werden und wann sie fällig sind."
+)
 
 
 def _text(t: str, **kw) -> SampleIn:
@@ -24,16 +26,30 @@ def test_scores_reasons_and_cross_dataset_duplicates(db_engine, admin):
     other = create_dataset(db_engine, admin, "other")
     (other_id,) = add_samples(db_engine, admin, other.id, [_text(GOOD)])
     ds = create_dataset(db_engine, admin, "mine")
-    ids = add_samples(db_engine, admin, ds.id, [
-        _text("Kurz."),
-        _text(GOOD),  # copy of the other dataset's sample
-        _text("Schreiben Sie an info@example.org, wenn Sie Fragen zur Satzung der Stadt "
-              "haben, wir antworten schnell."),
-        SampleIn(kind="chat", messages=[
-            {"role": "user", "content": "Wann wird der Sperrmüll in der Stadt abgeholt?"},
-            {"role": "assistant", "content": "Der Sperrmüll wird auf Anmeldung zweimal im "
-                                             "Jahr kostenlos abgeholt."}]),
-    ])
+    ids = add_samples(
+        db_engine,
+        admin,
+        ds.id,
+        [
+            _text("Kurz."),
+            _text(GOOD),  # copy of the other dataset's sample
+            _text(
+                "Schreiben Sie an info@example.org, wenn Sie Fragen zur Satzung der Stadt "
+                "haben, wir antworten schnell."
+            ),
+            SampleIn(
+                kind="chat",
+                messages=[
+                    {"role": "user", "content": "Wann wird der Sperrmüll in der Stadt abgeholt?"},
+                    {
+                        "role": "assistant",
+                        "content": "Der Sperrmüll wird auf Anmeldung zweimal im "
+                        "Jahr kostenlos abgeholt.",
+                    },
+                ],
+            ),
+        ],
+    )
     seen = []
     run = score_dataset(db_engine, admin, "mine", progress=lambda d, t: seen.append((d, t)))
     assert run.status == "done" and run.done == 4 and seen[-1] == (4, 4)

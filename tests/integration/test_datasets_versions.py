@@ -32,17 +32,27 @@ def _samples(n: int, status: str = "accepted") -> list[SampleIn]:
     out = []
     for i in range(n):
         if i % 2:
-            out.append(SampleIn(kind="text", text=f"Satzung Nummer {i} regelt vieles.",
-                                provenance={"source": "manual", "n": i}, status=status))
+            out.append(
+                SampleIn(
+                    kind="text",
+                    text=f"Satzung Nummer {i} regelt vieles.",
+                    provenance={"source": "manual", "n": i},
+                    status=status,
+                )
+            )
         else:
-            out.append(SampleIn(
-                kind="chat",
-                messages=[{"role": "system", "content": "Du bist hilfreich."},
-                          {"role": "user", "content": f"Frage {i}?"},
-                          {"role": "assistant", "content": f"Antwort {i}."}],
-                provenance={"source": "import", "file": "x.jsonl", "line": i + 1},
-                status=status,
-            ))
+            out.append(
+                SampleIn(
+                    kind="chat",
+                    messages=[
+                        {"role": "system", "content": "Du bist hilfreich."},
+                        {"role": "user", "content": f"Frage {i}?"},
+                        {"role": "assistant", "content": f"Antwort {i}."},
+                    ],
+                    provenance={"source": "import", "file": "x.jsonl", "line": i + 1},
+                    status=status,
+                )
+            )
     return out
 
 
@@ -66,9 +76,14 @@ def test_create_add_and_counts(db_engine, admin):
 
 
 def test_system_message_is_split_off():
-    s = SampleIn(kind="chat", messages=[{"role": "system", "content": "S"},
-                                        {"role": "user", "content": "U"},
-                                        {"role": "assistant", "content": "A"}])
+    s = SampleIn(
+        kind="chat",
+        messages=[
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"},
+        ],
+    )
     assert s.system == "S" and [m.role for m in s.messages] == ["user", "assistant"]
     with pytest.raises(ValueError, match="assistant"):
         SampleIn(kind="chat", messages=[{"role": "user", "content": "U"}])
@@ -106,8 +121,7 @@ def test_freeze_is_deterministic_and_immutable(db_engine, admin, settings):
         get_version(db_engine, admin, "faq@v9")
 
     with pytest.raises(Exception, match="immutable"), db_engine.begin() as conn:
-        conn.execute(text("UPDATE dataset_versions SET counts = '{}' WHERE id = :i"),
-                     {"i": v1.id})
+        conn.execute(text("UPDATE dataset_versions SET counts = '{}' WHERE id = :i"), {"i": v1.id})
     # Read-only on disk (root ignores the bits, so check them rather than a failing write).
     assert all(not (f.stat().st_mode & 0o222) for f in v1.path.iterdir())
 

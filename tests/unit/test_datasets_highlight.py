@@ -19,4 +19,6 @@ def test_offsets_of_a_later_message_and_overlaps():
     out = highlight_html("Antwort mit a@b.de", spans, offset=8)
     assert out == 'Antwort mit <mark title="pii_email">a@b.de</mark>'
     assert highlight_html("Frage?", spans, offset=0) == "Frage?"
-    assert highlight_html('a"b\nc', [(0, 3, 'x"y')]) == '<mark title="x&quot;y">a&quot;b</mark><br>c'
+    assert (
+        highlight_html('a"b\nc', [(0, 3, 'x"y')]) == '<mark title="x&quot;y">a&quot;b</mark><br>c'
+    )

@@ -15,8 +15,11 @@ from core.datasets.importers import convert, detect_format, parse_file
 
 
 def _jsonl(path: Path, rows: list) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)
-                              for r in rows) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows)
+        + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -28,16 +31,29 @@ def _collect(path: Path, fmt: str | None = None):
     return fmt, detected, good, bad
 
 
-MESSAGES = {"messages": [{"role": "system", "content": "Sei knapp."},
-                         {"role": "user", "content": "Wann ist das Amt offen?"},
-                         {"role": "assistant", "content": "Montags 8 bis 12 Uhr.",
-                          "weight": 1}],
-            "id": "m1", "topic": "amt"}
-ALPACA = {"instruction": "Fasse zusammen.", "input": "Die Satzung regelt Gebühren.",
-          "output": "Gebühren.", "category": "summary"}
-SHAREGPT = {"conversations": [{"from": "system", "value": "Du hilfst."},
-                              {"from": "human", "value": "Hallo?"},
-                              {"from": "gpt", "value": "Guten Tag."}], "src": "x"}
+MESSAGES = {
+    "messages": [
+        {"role": "system", "content": "Sei knapp."},
+        {"role": "user", "content": "Wann ist das Amt offen?"},
+        {"role": "assistant", "content": "Montags 8 bis 12 Uhr.", "weight": 1},
+    ],
+    "id": "m1",
+    "topic": "amt",
+}
+ALPACA = {
+    "instruction": "Fasse zusammen.",
+    "input": "Die Satzung regelt Gebühren.",
+    "output": "Gebühren.",
+    "category": "summary",
+}
+SHAREGPT = {
+    "conversations": [
+        {"from": "system", "value": "Du hilfst."},
+        {"from": "human", "value": "Hallo?"},
+        {"from": "gpt", "value": "Guten Tag."},
+    ],
+    "src": "x",
+}
 TEXT = {"text": "Die Abfallgebührensatzung regelt die Gebühren.", "lang": "de"}
 
 
@@ -47,18 +63,21 @@ def test_messages_lossless(tmp_path):
     line, s = good[0]
     assert line == 1 and s.kind == "chat" and s.system == "Sei knapp."
     assert [m.role for m in s.messages] == ["user", "assistant"]
-    assert s.metadata == {"extra": {"id": "m1", "topic": "amt"},
-                          "message_extra": {"3": {"weight": 1}}}
-    assert s.provenance == {"source": "import", "file": "m.jsonl", "line": 1,
-                            "format": "messages"}
+    assert s.metadata == {
+        "extra": {"id": "m1", "topic": "amt"},
+        "message_extra": {"3": {"weight": 1}},
+    }
+    assert s.provenance == {"source": "import", "file": "m.jsonl", "line": 1, "format": "messages"}
 
 
 def test_alpaca_keeps_input_and_history():
     s = convert({**ALPACA, "history": [["Vorher?", "Ja."]], "system": "S"}, "alpaca")
     assert [m.role for m in s.messages] == ["user", "assistant", "user", "assistant"]
     assert s.messages[2].content == "Fasse zusammen.\n\nDie Satzung regelt Gebühren."
-    assert s.metadata["alpaca"] == {"instruction": "Fasse zusammen.",
-                                    "input": "Die Satzung regelt Gebühren."}
+    assert s.metadata["alpaca"] == {
+        "instruction": "Fasse zusammen.",
+        "input": "Die Satzung regelt Gebühren.",
+    }
     assert s.metadata["extra"] == {"category": "summary"}
     assert s.system == "S"
 
@@ -72,8 +91,9 @@ def test_sharegpt_and_text(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
-@pytest.mark.parametrize("rec,fmt", [(MESSAGES, "messages"), (ALPACA, "alpaca"),
-                                     (SHAREGPT, "sharegpt"), (TEXT, "text")])
+@pytest.mark.parametrize(
+    "rec,fmt", [(MESSAGES, "messages"), (ALPACA, "alpaca"), (SHAREGPT, "sharegpt"), (TEXT, "text")]
+)
 def test_every_file_type_detects_every_format(tmp_path, suffix, rec, fmt):
     path = tmp_path / f"data{suffix}"
     rows = [rec, rec]
@@ -87,11 +107,17 @@ def test_every_file_type_detects_every_format(tmp_path, suffix, rec, fmt):
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in rows:
-                w.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
-                            for k, v in r.items()})
+                w.writerow(
+                    {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()}
+                )
     else:
-        flat = [{k: json.dumps(v) if isinstance(v, list) and fmt != "messages" else v
-                 for k, v in r.items()} for r in rows]
+        flat = [
+            {
+                k: json.dumps(v) if isinstance(v, list) and fmt != "messages" else v
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
         pq.write_table(pa.Table.from_pylist(flat), path)
     got_fmt, _, good, bad = _collect(path)
     assert got_fmt == fmt and bad == [] and len(good) == 2
@@ -101,15 +127,18 @@ def test_every_file_type_detects_every_format(tmp_path, suffix, rec, fmt):
 
 
 def test_bad_rows_are_all_reported(tmp_path):
-    path = _jsonl(tmp_path / "bad.jsonl", [
-        MESSAGES,
-        "{not json",
-        {"messages": [{"role": "user", "content": "nur eine Frage"}]},
-        {"messages": [{"role": "robot", "content": "x"}]},
-        {"messages": "text"},
-        MESSAGES,
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 3}]},
-    ])
+    path = _jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            MESSAGES,
+            "{not json",
+            {"messages": [{"role": "user", "content": "nur eine Frage"}]},
+            {"messages": [{"role": "robot", "content": "x"}]},
+            {"messages": "text"},
+            MESSAGES,
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 3}]},
+        ],
+    )
     fmt, _, good, bad = _collect(path)
     assert fmt == "messages" and len(good) == 2
     assert [e.line for e in bad] == [2, 3, 4, 5, 7]
