@@ -1,0 +1,348 @@
+"""`clara train ...`, `clara worker`, `clara adapters ...`, `clara demo-model`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.cli.common import (
+    EXIT_USAGE,
+    CliFailure,
+    acting_user,
+    app,
+    console,
+    err_console,
+    print_json,
+    settings,
+    startup,
+)
+
+train_app = typer.Typer(help="Training jobs: submit, watch, cancel, retry.",
+                        no_args_is_help=True)
+adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(adapters_app, name="adapters")
+
+
+def _training_errors():  # noqa: ANN202
+    from core.training.adapters import AdapterError, AdapterNotFound
+    from core.training.jobs import TrainingError
+    from core.training.spec import SpecError
+
+    return (SpecError, TrainingError, AdapterError, AdapterNotFound)
+
+
+def _run(fn, *args, **kwargs):  # noqa: ANN001,ANN002,ANN003,ANN202
+    """Call core; turn its expected errors into one clear CLI line."""
+    try:
+        return fn(*args, **kwargs)
+    except _training_errors() as err:
+        raise CliFailure(str(err)) from None
+
+
+def _ts(value) -> str:  # noqa: ANN001
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+# clara train --------------------------------------------------------------------------------
+
+
+@train_app.command("submit")
+def submit(
+    spec_file: Path = typer.Argument(..., help="training spec (YAML)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate a spec (and everything it names) and queue it."""
+    from core.training.jobs import submit_job
+    from core.training.spec import load_spec
+
+    st = startup()
+    spec = _run(load_spec, spec_file)
+    job = _run(submit_job, st.engine, acting_user(st.engine), spec, settings=st.settings)
+    if json_out:
+        print_json(job)
+        return
+    console.print(f"queued job [bold]{job.id}[/bold] ({job.method} → adapter {job.name!r}); "
+                  f"follow it with `clara train logs {job.id} --follow`")
+
+
+@train_app.command("list")
+def list_(
+    state: list[str] = typer.Option(None, "--state", help="queued|running|succeeded|..."),
+    limit: int = 50,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """List training jobs, newest first."""
+    from core.training.jobs import list_jobs
+
+    st = startup()
+    jobs = list_jobs(st.engine, acting_user(st.engine), state or None, limit=limit)
+    if json_out:
+        print_json(jobs)
+        return
+    t = Table("id", "name", "method", "state", "step", "attempts", "owner", "created", "error")
+    for j in jobs:
+        t.add_row(str(j.id), j.name, j.method, j.state,
+                  f"{j.step}/{j.max_steps or '?'}", f"{j.attempts}/{j.max_attempts}", j.owner,
+                  _ts(j.created_at), (j.error or "")[:60])
+    console.print(t)
+
+
+@train_app.command("show")
+def show(job_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
+    """One job: state, progress, metrics summary, error."""
+    from core.training.jobs import get_job, job_metrics, job_progress
+
+    st = startup()
+    user = acting_user(st.engine)
+    job = _run(get_job, st.engine, user, job_id)
+    metrics = job_metrics(st.engine, user, job_id)
+    frac, eta = job_progress(job, metrics)
+    if json_out:
+        print_json({"job": job, "progress": frac, "eta_seconds": eta,
+                    "metrics": json.loads(metrics.to_json(orient="records", date_format="iso"))})
+        return
+    console.print(f"[bold]job {job.id}[/bold] {job.name!r} ({job.kind}/{job.method}) "
+                  f"state [bold]{job.state}[/bold]")
+    console.print(f"owner {job.owner}  priority {job.priority}  attempts "
+                  f"{job.attempts}/{job.max_attempts}  step {job.step}/{job.max_steps or '?'} "
+                  f"({frac:.0%}{f', ETA {eta:.0f}s' if eta else ''})")
+    console.print(f"base {job.base_model}  dataset version {job.dataset_version_id}")
+    console.print(f"created {_ts(job.created_at)}  started {_ts(job.started_at)}  "
+                  f"finished {_ts(job.finished_at)}")
+    if job.checkpoint:
+        console.print(f"checkpoint {job.checkpoint}")
+    if job.adapter_id:
+        console.print(f"adapter id {job.adapter_id}")
+    if job.error:
+        console.print(f"[red]error:[/red] {job.error}")
+    if len(metrics):
+        train = metrics[metrics["phase"] == "train"]
+        if len(train):
+            last = train.iloc[-1]
+            console.print(f"last loss {last['loss']:.4f} at step {int(last['step'])}")
+        for phase in ("eval_before", "eval_after"):
+            rows = metrics[metrics["phase"] == phase]
+            if len(rows):
+                console.print(f"{phase}: perplexity {rows.iloc[-1]['eval_perplexity']:.2f}")
+    console.print(f"log {job.log_path}")
+
+
+@train_app.command("logs")
+def logs(
+    job_id: int,
+    lines: int = typer.Option(50, "--lines", "-n"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until it ends"),
+) -> None:
+    """The job's log (last lines); --follow keeps printing until the job finishes."""
+    from core.training.jobs import FINISHED_STATES, get_job, job_log_tail
+
+    st = startup()
+    user = acting_user(st.engine)
+    job = _run(get_job, st.engine, user, job_id)
+    if not follow:
+        console.print(job_log_tail(st.engine, user, job_id, lines), markup=False,
+                      highlight=False)
+        return
+    pos = 0
+    while True:
+        path = Path(job.log_path) if job.log_path else None
+        if path and path.exists():
+            with path.open("rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+            if chunk:
+                typer.echo(chunk.decode("utf-8", errors="replace"), nl=False)
+        if job.state in FINISHED_STATES:
+            break
+        time.sleep(1.0)
+        job = get_job(st.engine, user, job_id)
+    err_console.print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+
+
+@train_app.command("cancel")
+def cancel(job_id: int) -> None:
+    """Cancel a queued job, or stop a running one (it checkpoints first)."""
+    from core.training.jobs import cancel_job
+
+    st = startup()
+    job = _run(cancel_job, st.engine, acting_user(st.engine), job_id)
+    what = "cancelled" if job.state == "cancelled" else "cancel requested (the worker stops it)"
+    console.print(f"job {job.id}: {what}")
+
+
+@train_app.command("retry")
+def retry(job_id: int) -> None:
+    """Queue a failed or cancelled job again (resumes from its last checkpoint)."""
+    from core.training.jobs import retry_job
+
+    st = startup()
+    job = _run(retry_job, st.engine, acting_user(st.engine), job_id)
+    console.print(f"job {job.id}: {job.state}")
+
+
+@train_app.command("presets")
+def presets_cmd(name: str | None = typer.Argument(None)) -> None:
+    """List the presets, or print one as YAML to start a spec from."""
+    import yaml
+
+    from core.training.spec import PRESETS, preset
+
+    if name is None:
+        for key, value in PRESETS.items():
+            console.print(f"[bold]{key}[/bold]: {value.get('description', '')}")
+        return
+    data = _run(preset, name, name="my-adapter", dataset_version="DATASET@v1")
+    typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+@train_app.command("sleep-job", hidden=True)
+def sleep_job(seconds: float = 0.0, count: int = 1, name: str = "sleep",
+              json_out: bool = typer.Option(False, "--json")) -> None:
+    """Queue jobs that only sleep (checks of queue and workers)."""
+    from core.training.jobs import submit_sleep_job
+
+    st = startup()
+    user = acting_user(st.engine)
+    jobs = [submit_sleep_job(st.engine, user, seconds, name=name) for _ in range(count)]
+    if json_out:
+        print_json([j.id for j in jobs])
+    else:
+        console.print(f"queued {len(jobs)} sleep job(s)")
+
+
+# clara worker -------------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker(
+    concurrency: int = typer.Option(None, "--concurrency", "-c",
+                                    help="jobs at once (default CLARA_WORKER_CONCURRENCY)"),
+    once: bool = typer.Option(False, "--once", help="run until the queue is empty, then exit"),
+    lease_seconds: float = typer.Option(30.0, "--lease-seconds",
+                                        help="a job whose worker is silent this long is "
+                                        "taken over by another worker"),
+    poll_interval: float = typer.Option(0.25, "--poll-interval", hidden=True),
+) -> None:
+    """Run training jobs from the queue (each in its own child process)."""
+    from workers.trainer import Worker
+
+    st = startup()
+    if concurrency is not None and concurrency < 1:
+        raise CliFailure("--concurrency must be at least 1", EXIT_USAGE)
+    if lease_seconds < 2:
+        raise CliFailure("--lease-seconds must be at least 2", EXIT_USAGE)
+    w = Worker(st.settings, concurrency=concurrency or st.settings.worker_concurrency,
+               lease_seconds=lease_seconds, poll_interval=poll_interval, once=once,
+               engine=st.engine, log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}",
+                                                     flush=True))
+    raise typer.Exit(w.run())
+
+
+# clara demo-model ---------------------------------------------------------------------------
+
+
+@app.command("demo-model")
+def demo_model(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Build (once) the small demo base model from the sample corpus and print its folder."""
+    from core.training.demo_model import MANIFEST, DemoModelError, ensure_demo_model
+
+    cfg = settings()
+    cfg.ensure_dirs()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task("demo model", total=1.0)
+        try:
+            path = ensure_demo_model(
+                cfg, progress=lambda msg, frac: progress.update(task, description=msg,
+                                                                 completed=frac))
+        except DemoModelError as err:
+            raise CliFailure(str(err)) from None
+    manifest = json.loads((path / MANIFEST).read_text())
+    if json_out:
+        print_json({"path": str(path), **manifest})
+        return
+    console.print(f"demo model: [bold]{path}[/bold]  ({manifest['parameters']:,} parameters, "
+                  f"size {manifest['size']}, final pre-training loss "
+                  f"{manifest['final_loss']:.3f})")
+
+
+# clara adapters -----------------------------------------------------------------------------
+
+
+@adapters_app.command("list")
+def adapters_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Registered adapters, newest first."""
+    from core.training.adapters import list_adapters
+
+    st = startup()
+    items = list_adapters(st.engine, acting_user(st.engine))
+    if json_out:
+        print_json(items)
+        return
+    t = Table("id", "name", "method", "dataset version", "job", "ppl before", "ppl after",
+              "created by", "created")
+    for a in items:
+        m = a.metrics
+        t.add_row(str(a.id), a.name, a.method, str(a.dataset_version_id or "-"),
+                  str(a.job_id or "-"), _num(m.get("eval_perplexity_before")),
+                  _num(m.get("eval_perplexity_after")), a.created_by, _ts(a.created_at))
+    console.print(t)
+
+
+def _num(v) -> str:  # noqa: ANN001
+    return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
+
+@adapters_app.command("show")
+def adapters_show(name: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """One adapter with its manifest data and lineage (dataset version → job → adapter)."""
+    from core.training.adapters import get_adapter, lineage
+
+    st = startup()
+    user = acting_user(st.engine)
+    info = _run(get_adapter, st.engine, user, name)
+    lin = _run(lineage, st.engine, user, name)
+    if json_out:
+        print_json({"adapter": info, "lineage": lin})
+        return
+    console.print(f"[bold]{info.name}[/bold] (id {info.id}, {info.method}) at {info.path}")
+    console.print(f"base {info.base_model}  fingerprint {info.base_model_fingerprint[:16]}…")
+    for step in lin["chain"]:
+        v, j, a = step["dataset_version"], step["job"], step["adapter"]
+        console.print(f"  {v.get('ref') or v.get('id')} → job {j['id'] if j else '-'} → "
+                      f"{a['name']}")
+    for k, v in sorted(info.metrics.items()):
+        console.print(f"  {k}: {v}")
+    console.print("  libraries: " + ", ".join(f"{k} {v}" for k, v in
+                                               info.library_versions.items() if v))
+
+
+@adapters_app.command("merge")
+def adapters_merge(name: str, out_dir: Path) -> None:
+    """Export base + adapter as full safetensors weights with the tokenizer."""
+    from core.training.adapters import merge_adapter
+
+    st = startup()
+    with console.status(f"merging {name}…"):
+        out = _run(merge_adapter, st.engine, acting_user(st.engine), name, out_dir,
+                   settings=st.settings)
+    console.print(f"merged model written to [bold]{out}[/bold]")
+
+
+@adapters_app.command("delete")
+def adapters_delete(name: str, yes: bool = typer.Option(False, "--yes", "-y")) -> None:
+    """Delete an adapter (row and files)."""
+    from core.training.adapters import delete_adapter
+
+    if not yes:
+        typer.confirm(f"delete adapter {name!r} and its files?", abort=True)
+    st = startup()
+    info = _run(delete_adapter, st.engine, acting_user(st.engine), name)
+    console.print(f"deleted adapter {info.name}")

@@ -1,0 +1,271 @@
+"""The demo base model: a small Llama-architecture causal LM pre-trained on the sample corpus.
+
+Built once per data dir (data_dir/models/demo-llama/), deterministically: a byte-level BPE
+tokenizer trained with `tokenizers` on examples/corpus, a `LlamaConfig` model, and a short
+pre-training loop so that generations look like the corpus and fine-tuning visibly lowers
+the loss. Two processes building at once are serialised by a file lock; the build happens in
+a temporary folder that is renamed into place, so a reader never sees half a model.
+
+CLARA_DEMO_MODEL_SIZE (tiny | small, default small) picks the size; tests use tiny.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.config import Settings, get_settings
+
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "examples" / "corpus"
+MANIFEST = "clara-demo-model.json"
+DEMO_DIRNAME = "demo-llama"
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|unk|>",
+                  "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    block: int
+    steps: int
+    batch: int
+    lr: float
+
+
+SIZES = {
+    # ~0.14 M parameters: builds in seconds, for tests.
+    "tiny": DemoSize(1024, 64, 2, 4, 2, 128, 64, 80, 16, 5e-3),
+    # ~1.4 M parameters: a couple of minutes on 2 cores.
+    "small": DemoSize(4096, 128, 4, 4, 2, 384, 128, 160, 8, 3e-3),
+}
+SEED = 1234
+ProgressFn = Callable[[str, float], None]
+
+
+class DemoModelError(RuntimeError):
+    pass
+
+
+def demo_size_name() -> str:
+    name = os.environ.get("CLARA_DEMO_MODEL_SIZE", "small").strip().lower() or "small"
+    if name not in SIZES:
+        raise DemoModelError(f"CLARA_DEMO_MODEL_SIZE: must be one of {', '.join(SIZES)} "
+                             f"(got {name!r})")
+    return name
+
+
+def demo_model_dir(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    return settings.data_path / "models" / DEMO_DIRNAME
+
+
+def _corpus_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
+    """The plain text of the sample corpus files that need no special reader."""
+    texts: list[str] = []
+    if not corpus_dir.is_dir():
+        raise DemoModelError(f"sample corpus not found at {corpus_dir}")
+    for path in sorted(corpus_dir.iterdir()):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        try:
+            if suffix in (".md", ".txt"):
+                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            elif suffix == ".html":
+                from bs4 import BeautifulSoup
+
+                texts.append(BeautifulSoup(path.read_text(encoding="utf-8", errors="replace"),
+                                           "html.parser").get_text("\n"))
+            elif suffix == ".jsonl":
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(row, dict):
+                        texts.extend(str(v) for v in row.values() if isinstance(v, str)
+                                     and len(v) > 40)
+            elif suffix == ".csv":
+                with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+                    for row in csv.reader(fh):
+                        texts.extend(c for c in row if len(c) > 40)
+        except (OSError, UnicodeError):
+            continue  # a broken sample file must not stop the demo model
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise DemoModelError(f"no readable text in {corpus_dir}")
+    return texts
+
+
+def _corpus_digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _is_complete(folder: Path, size: str) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return manifest.get("size") == size and (folder / "config.json").exists()
+
+
+def ensure_demo_model(settings: Settings | None = None, *,
+                      progress: ProgressFn | None = None) -> Path:
+    """The demo model folder, built on first use (file-locked, atomic rename)."""
+    target = demo_model_dir(settings)
+    size = demo_size_name()
+    if _is_complete(target, size):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{DEMO_DIRNAME}.lock"
+    with lock_path.open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _is_complete(target, size):  # another process built it while we waited
+                return target
+            tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}-", dir=target.parent))
+            try:
+                build_demo_model(tmp, size=size, progress=progress)
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+                elif target.exists():
+                    shutil.rmtree(target)
+                tmp.rename(target)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def build_demo_model(out_dir: Path, *, size: str = "small", corpus_dir: Path = CORPUS_DIR,
+                     progress: ProgressFn | None = None) -> Path:
+    """Train tokenizer and model from scratch into `out_dir` (deterministic for a given corpus)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    cfg = SIZES[size]
+    report = progress or (lambda _msg, _frac: None)
+    started = time.monotonic()
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    texts = _corpus_texts(corpus_dir)
+    report("training tokenizer", 0.0)
+
+    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                            show_progress=False),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>",
+        unk_token="<|unk|>", additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    # Whole documents are tokenised once below and cut into blocks; no length warning needed.
+    tokenizer.model_max_length = 10**9
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        intermediate_size=cfg.intermediate, max_position_embeddings=cfg.block * 4,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, rms_norm_eps=1e-5,
+    )
+    model = LlamaForCausalLM(config)
+
+    ids: list[int] = []
+    for t in texts:
+        ids.extend([tokenizer.bos_token_id, *tokenizer(t)["input_ids"], tokenizer.eos_token_id])
+    blocks = torch.tensor(ids[: len(ids) // cfg.block * cfg.block]).view(-1, cfg.block)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    try:
+        gen = torch.Generator().manual_seed(SEED)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
+                                                    pct_start=0.1)
+        model.train()
+        losses = []
+        for step in range(cfg.steps):
+            idx = torch.randint(0, blocks.shape[0], (cfg.batch,), generator=gen)
+            batch = blocks[idx]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if step % 10 == 0 or step == cfg.steps - 1:
+                report(f"pre-training step {step + 1}/{cfg.steps} loss {losses[-1]:.3f}",
+                       (step + 1) / cfg.steps)
+    finally:
+        torch.set_num_threads(threads)
+    tokenizer.model_max_length = cfg.block * 4
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    manifest = {
+        "what": "CLARA demo base model (Llama architecture, pre-trained on examples/corpus)",
+        "size": size,
+        "size_settings": asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_sha256": _corpus_digest(texts),
+        "corpus_tokens": len(ids),
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "seed": SEED,
+        "build_seconds": round(time.monotonic() - started, 1),
+        "library_versions": library_versions(),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    report("done", 1.0)
+    return out_dir
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate",
+                 "datasets", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

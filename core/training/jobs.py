@@ -1,0 +1,364 @@
+"""Training jobs as the UI and CLI see them: submit (with every check up front), list,
+show, cancel, retry, metrics, logs."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, func, select, update
+
+from core.audit import audited
+from core.auth import Principal, require
+from core.config import Settings, get_settings
+from core.db import session_scope
+from core.db.base import utcnow
+from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
+from core.training.spec import SpecError, TrainingSpec, parse_spec, spec_from_dict
+
+DEMO = "demo"  # base_model value meaning "the demo model of the worker's data dir"
+
+
+class TrainingError(Exception):
+    """An expected training failure with a message meant for a person."""
+
+
+class JobNotFound(TrainingError):
+    def __init__(self, job_id: int | str) -> None:
+        super().__init__(f"no training job {job_id}; `clara train list` shows the jobs")
+
+
+class SubmitRefused(TrainingError):
+    """The spec is valid but refers to something missing or unusable."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class JobStateError(TrainingError):
+    pass
+
+
+class JobInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    name: str
+    owner: str
+    method: str
+    spec: dict[str, Any]
+    base_model: str
+    dataset_version_id: int | None
+    state: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    fencing_token: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    cancel_requested: bool
+    pid: int | None
+    worker_host: str | None
+    step: int
+    max_steps: int | None
+    checkpoint: str | None
+    log_path: str | None
+    output_dir: str | None
+    error: str | None
+    adapter_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def jobs_root(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).data_path / "training" / "jobs"
+
+
+def job_log_path(settings: Settings | None, job_id: int) -> Path:
+    return (settings or get_settings()).data_path / "logs" / "training" / f"job-{job_id}.log"
+
+
+# Submit ----------------------------------------------------------------------------------
+
+
+def coerce_spec(spec: TrainingSpec | dict[str, Any] | str) -> TrainingSpec:
+    if isinstance(spec, TrainingSpec):
+        return spec
+    if isinstance(spec, dict):
+        return spec_from_dict(spec)
+    return parse_spec(spec)
+
+
+def preflight(engine: Engine, actor: Principal, spec: TrainingSpec,
+              settings: Settings | None = None) -> dict[str, Any]:
+    """Everything a spec refers to must exist now; returns what the job row records."""
+    from core.datasets.errors import VersionNotFound
+    from core.datasets.versions import get_version
+    from core.training.base_model import BaseModelNotFound, check_target_modules, local_model_dir
+
+    settings = settings or get_settings()
+    try:
+        version = get_version(engine, actor, spec.dataset_version)
+    except VersionNotFound:
+        raise SubmitRefused(
+            "dataset_version",
+            f"no dataset version {spec.dataset_version!r}; freeze one on the Datasets page "
+            "(or `clara dataset freeze NAME`) and use its id or NAME@vN",
+        ) from None
+    if not version.counts.get("train"):
+        raise SubmitRefused("dataset_version",
+                            f"{version.dataset_name}@v{version.number} has no training samples")
+
+    parent = None
+    base = spec.base_model or settings.base_model or DEMO
+    if spec.method == "continue":
+        from core.training.adapters import AdapterNotFound, get_adapter
+
+        try:
+            parent = get_adapter(engine, actor, spec.adapter)
+        except AdapterNotFound as err:
+            raise SubmitRefused("adapter", str(err)) from None
+        if spec.base_model and spec.base_model != parent.base_model:
+            from core.training.base_model import base_model_fingerprint
+
+            try:
+                fp = base_model_fingerprint(spec.base_model)
+            except BaseModelNotFound as err:
+                raise SubmitRefused("base_model", str(err)) from None
+            if fp != parent.base_model_fingerprint:
+                raise SubmitRefused("base_model", f"adapter {parent.name!r} was trained on a "
+                                    "different base model; leave base_model empty to use its own")
+        base = parent.base_model
+    if base != DEMO:
+        try:
+            local_model_dir(base)
+        except BaseModelNotFound as err:
+            raise SubmitRefused("base_model", str(err)) from None
+    check_base = base
+    if base == DEMO:
+        from core.training.demo_model import _is_complete, demo_model_dir, demo_size_name
+
+        folder = demo_model_dir(settings)
+        check_base = str(folder) if _is_complete(folder, demo_size_name()) else None
+    if check_base and spec.method != "continue":
+        try:
+            check_target_modules(check_base, spec.lora_kwargs().get("target_modules"))
+        except ValueError as err:
+            raise SubmitRefused("peft.target_modules", str(err).split(": ", 1)[-1]) from None
+
+    with session_scope(engine) as s:
+        if s.scalar(select(Adapter.id).where(Adapter.name == spec.name)) is not None:
+            raise SubmitRefused("name", f"an adapter named {spec.name!r} already exists; choose "
+                                "another name or delete it (`clara adapters delete`)")
+        busy = s.scalar(select(TrainingJob.id).where(
+            TrainingJob.name == spec.name, TrainingJob.kind == "sft",
+            TrainingJob.state.in_(("queued", "running"))))
+        if busy is not None:
+            raise SubmitRefused("name", f"job {busy} is already training an adapter named "
+                                f"{spec.name!r}")
+    return {"base_model": base, "dataset_version_id": version.id}
+
+
+def submit_job(engine: Engine, actor: Principal, spec: TrainingSpec | dict[str, Any] | str,
+               *, settings: Settings | None = None) -> JobInfo:
+    """Validate the spec and everything it names, then queue it. Nothing is queued on error."""
+    with audited(engine, actor, "training.submit") as ctx:
+        require(actor, "training:create")
+        spec = coerce_spec(spec)
+        ctx.target = spec.name
+        settings = settings or get_settings()
+        refs = preflight(engine, actor, spec, settings)
+        max_steps = spec.trainer.get("max_steps")
+        with session_scope(engine) as s:
+            job = TrainingJob(
+                kind="sft", name=spec.name, owner=actor.username, method=spec.method,
+                spec=spec.model_dump(mode="json"), priority=spec.priority,
+                max_attempts=spec.max_attempts,
+                max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
+                **refs,
+            )
+            s.add(job)
+            s.flush()
+            job.log_path = str(job_log_path(settings, job.id))
+            job.output_dir = str(jobs_root(settings) / str(job.id))
+            ctx.detail["job_id"] = job.id
+            return JobInfo.model_validate(job)
+
+
+def submit_sleep_job(engine: Engine, actor: Principal, seconds: float = 0.0, *,
+                     name: str = "sleep", priority: int = 0, max_attempts: int = 3,
+                     settings: Settings | None = None) -> JobInfo:
+    """A job that only sleeps: exercises queue, worker and child processes without training."""
+    with audited(engine, actor, "training.submit", target=name) as ctx:
+        require(actor, "training:create")
+        settings = settings or get_settings()
+        with session_scope(engine) as s:
+            job = TrainingJob(kind="sleep", name=name, owner=actor.username, method="sleep",
+                              spec={"seconds": float(seconds)}, priority=priority,
+                              max_attempts=max_attempts)
+            s.add(job)
+            s.flush()
+            job.log_path = str(job_log_path(settings, job.id))
+            job.output_dir = str(jobs_root(settings) / str(job.id))
+            ctx.detail["job_id"] = job.id
+            return JobInfo.model_validate(job)
+
+
+# Read --------------------------------------------------------------------------------------
+
+
+def list_jobs(engine: Engine, actor: Principal, states: list[str] | tuple[str, ...] | None = None,
+              *, limit: int = 100, offset: int = 0, kind: str | None = None) -> list[JobInfo]:
+    require(actor, "training:read")
+    with session_scope(engine) as s:
+        q = select(TrainingJob)
+        if states:
+            q = q.where(TrainingJob.state.in_(list(states)))
+        if kind:
+            q = q.where(TrainingJob.kind == kind)
+        q = q.order_by(TrainingJob.id.desc()).offset(offset).limit(limit)
+        return [JobInfo.model_validate(j) for j in s.scalars(q)]
+
+
+def count_jobs(engine: Engine, actor: Principal) -> dict[str, int]:
+    require(actor, "training:read")
+    with session_scope(engine) as s:
+        rows = s.execute(select(TrainingJob.state, func.count()).group_by(TrainingJob.state))
+        return {state: n for state, n in rows}
+
+
+def _job_id(ref: int | str) -> int:
+    try:
+        return int(ref)
+    except (TypeError, ValueError):
+        raise JobNotFound(ref) from None
+
+
+def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
+    require(actor, "training:read")
+    with session_scope(engine) as s:
+        job = s.get(TrainingJob, _job_id(job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return JobInfo.model_validate(job)
+
+
+METRIC_COLUMNS = ["job_id", "attempt", "phase", "step", "epoch", "loss", "learning_rate",
+                  "grad_norm", "tokens_per_second", "eval_loss", "eval_perplexity", "at"]
+
+
+def job_metrics(engine: Engine, actor: Principal, job_id: int | str,
+                since_id: int = 0) -> pd.DataFrame:
+    """The job's metric rows (all attempts), oldest first."""
+    require(actor, "training:read")
+    with session_scope(engine) as s:
+        rows = s.scalars(
+            select(TrainingMetric)
+            .where(TrainingMetric.job_id == _job_id(job_id), TrainingMetric.id > since_id)
+            .order_by(TrainingMetric.id)
+        ).all()
+        data = [{c: getattr(r, c) for c in METRIC_COLUMNS} | {"id": r.id, **(r.extra or {})}
+                for r in rows]
+    return pd.DataFrame(data, columns=None if data else ["id", *METRIC_COLUMNS])
+
+
+def job_log_tail(engine: Engine, actor: Principal, job_id: int | str, lines: int = 50) -> str:
+    job = get_job(engine, actor, job_id)
+    if not job.log_path or not Path(job.log_path).exists():
+        return ""
+    with open(job.log_path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 256 * 1024))
+        data = fh.read().decode("utf-8", errors="replace")
+    # Progress bars redraw with carriage returns; keep only what was last drawn.
+    text_lines = [ln.rsplit("\r", 1)[-1] for ln in data.splitlines()]
+    return "\n".join(text_lines[-lines:])
+
+
+def job_progress(job: JobInfo, metrics: pd.DataFrame | None = None) -> tuple[float, float | None]:
+    """(fraction done, ETA in seconds or None) from the step counter and the step rate."""
+    if job.state == "succeeded":
+        return 1.0, 0.0
+    if not job.max_steps:
+        return 0.0, None
+    frac = min(1.0, job.step / job.max_steps)
+    eta = None
+    if metrics is not None and len(metrics) >= 2 and job.state == "running":
+        train = metrics[metrics["phase"] == "train"].dropna(subset=["step"])
+        if len(train) >= 2:
+            first, last = train.iloc[0], train.iloc[-1]
+            dt = (last["at"] - first["at"]).total_seconds()
+            ds = last["step"] - first["step"]
+            if dt > 0 and ds > 0:
+                eta = (job.max_steps - job.step) * dt / ds
+    return frac, eta
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None or math.isnan(loss):
+        return None
+    return math.exp(min(loss, 50.0))
+
+
+# Change ------------------------------------------------------------------------------------
+
+
+def cancel_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
+    """Queued: cancelled at once. Running: the worker stops the process (checkpoint first)."""
+    with audited(engine, actor, "training.cancel", target=str(job_id)):
+        require(actor, "training:cancel")
+        with session_scope(engine) as s:
+            job = s.get(TrainingJob, _job_id(job_id), with_for_update=True)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.state == "queued":
+                job.state, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
+            elif job.state == "running":
+                job.cancel_requested = True
+            else:
+                raise JobStateError(f"job {job.id} is {job.state}; only queued or running jobs "
+                                    "can be cancelled")
+            s.flush()
+            return JobInfo.model_validate(job)
+
+
+def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    with audited(engine, actor, "training.retry", target=str(job_id)):
+        require(actor, "training:cancel")
+        jid = _job_id(job_id)
+        with session_scope(engine) as s:
+            job = s.get(TrainingJob, jid)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.state not in ("failed", "cancelled"):
+                raise JobStateError(f"job {job.id} is {job.state}; only failed or cancelled jobs "
+                                    "can be retried")
+            if job.kind == "sft" and s.scalar(select(Adapter.id).where(Adapter.name == job.name)):
+                raise JobStateError(f"an adapter named {job.name!r} exists now; submit under "
+                                    "another name instead")
+            res = s.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == jid, TrainingJob.state.in_(("failed", "cancelled")))
+                .values(state="queued", attempts=0, cancel_requested=False, error=None,
+                        finished_at=None, lease_owner=None, lease_expires_at=None)
+            )
+            if not res.rowcount:
+                raise JobStateError(f"job {jid} changed state meanwhile; look again")
+        return get_job(engine, actor, jid)
+
+
+__all__ = [
+    "DEMO", "FINISHED_STATES", "JobInfo", "JobNotFound", "JobStateError", "SpecError",
+    "SubmitRefused", "TrainingError", "cancel_job", "count_jobs", "get_job", "job_log_tail",
+    "job_metrics", "job_progress", "list_jobs", "retry_job", "submit_job", "submit_sleep_job",
+]

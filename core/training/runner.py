@@ -1,0 +1,245 @@
+"""One SFT run: base model (+ LoRA / QLoRA / an existing adapter) trained with TRL on rows of
+a frozen dataset version. Device-agnostic (cuda when available, else cpu) and free of any
+database or queue knowledge, so benchmarks and the GPU check can call `run_sft` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.training.callbacks import MetricsCallback, MetricSink, StopCallback, TokenCounter
+from core.training.spec import TrainingSpec
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+DEFAULT_TRAINER_ARGS: dict[str, Any] = {
+    "logging_steps": 5,
+    "save_steps": 20,
+    "save_strategy": "steps",
+    "save_total_limit": 2,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": False,
+}
+
+
+@dataclass
+class RunResult:
+    adapter_dir: Path | None
+    stopped_early: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
+        return d
+
+
+def rows_from_parquet(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a dataset-version Parquet file (columns id, kind, text, messages)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def to_trl_records(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """Text samples → {"text"}, chat samples → {"messages"}; a mix becomes all text (TRL
+    needs one format per dataset), chat rendered with the model's chat template."""
+    def messages(r: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"role": m["role"], "content": m["content"]} for m in (r.get("messages") or [])]
+
+    kinds = {r.get("kind") or ("chat" if r.get("messages") else "text") for r in rows}
+    if kinds == {"chat"}:
+        return [{"messages": messages(r)} for r in rows]
+    out = []
+    for r in rows:
+        if r.get("kind") == "chat" or (r.get("messages") and not r.get("text")):
+            out.append({"text": tokenizer.apply_chat_template(messages(r), tokenize=False)})
+        else:
+            out.append({"text": r.get("text") or ""})
+    return [r for r in out if r.get("text") or r.get("messages")]
+
+
+def set_torch_threads() -> int:
+    """All cores by default (training is the only work of this process); CLARA_TRAIN_THREADS
+    overrides when several jobs share a machine."""
+    import torch
+
+    n = int(os.environ.get("CLARA_TRAIN_THREADS") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def latest_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = output_dir / CHECKPOINT_DIR
+    if not ckpt_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(ckpt_dir))
+    # A checkpoint is usable only when the trainer finished writing its state.
+    if last and (Path(last) / "trainer_state.json").exists():
+        return last
+    return None
+
+
+def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    kwargs = dict(DEFAULT_TRAINER_ARGS)
+    kwargs.update(spec.trainer)
+    kwargs.update(output_dir=str(output_dir / CHECKPOINT_DIR), report_to="none",
+                  use_cpu=device == "cpu")
+    if device == "cuda" and "bf16" not in spec.trainer and "fp16" not in spec.trainer:
+        kwargs["bf16"] = torch.cuda.is_bf16_supported()
+    if "max_steps" not in kwargs and "num_train_epochs" not in kwargs:
+        kwargs["num_train_epochs"] = 1
+    return SFTConfig(**kwargs)
+
+
+def _counting_trainer_class():  # noqa: ANN202
+    from trl import SFTTrainer
+
+    class CountingSFTTrainer(SFTTrainer):
+        """Counts real vs. padded tokens of each training batch (tokens/s, padding share)."""
+
+        token_counter: TokenCounter
+
+        def training_step(self, model, inputs, *args, **kwargs):  # noqa: ANN001,ANN201
+            ids = inputs.get("input_ids")
+            if ids is not None:
+                total = int(ids.numel())
+                mask = inputs.get("attention_mask")
+                self.token_counter.total += total
+                self.token_counter.real += int(mask.sum()) if mask is not None else total
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return CountingSFTTrainer
+
+
+def run_sft(
+    spec: TrainingSpec,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    output_dir: str | Path,
+    *,
+    base_model: str,
+    parent_adapter_path: str | Path | None = None,
+    sink: MetricSink | None = None,
+    stop: threading.Event | None = None,
+    guard: Callable[[], bool] | None = None,
+    on_lost: Callable[[], None] | None = None,
+    on_checkpoint: Callable[[str, int], None] | None = None,
+    device: str | None = None,
+    eval_before: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train; resume from the newest checkpoint in `output_dir` when there is one.
+
+    The finished adapter is written to output_dir/adapter (via a temp folder and a rename).
+    `stop` set → a checkpoint is saved at the end of the current step and the run returns
+    with `stopped_early=True` and no adapter.
+    """
+    import datasets
+    from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+
+    from core.training.base_model import default_device, load_base_model
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    threads = set_torch_threads() if device == "cpu" else None
+    sink = sink or (lambda row: None)
+    stop = stop or threading.Event()
+    started = time.monotonic()
+
+    quant = spec.quantization if spec.method in ("qlora", "continue") else None
+    log(f"loading base model {base_model} on {device}"
+        + (f" ({quant.bits}-bit {quant.quant_type})" if quant else "")
+        + (f", {threads} threads" if threads else ""))
+    model, tokenizer = load_base_model(base_model, quantization=quant, device=device)
+    peft_config = None
+    if spec.method == "continue":
+        if parent_adapter_path is None:
+            raise ValueError("method continue needs the parent adapter's path")
+        if quant is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
+    else:
+        if quant is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **spec.lora_kwargs())
+
+    train_ds = datasets.Dataset.from_list(to_trl_records(train_rows, tokenizer))
+    eval_records = to_trl_records(eval_rows, tokenizer)
+    eval_ds = datasets.Dataset.from_list(eval_records) if eval_records else None
+    args = build_sft_config(spec, output_dir, device)
+    counter = TokenCounter()
+    stopper = StopCallback(stop, guard=guard, on_lost=on_lost, on_checkpoint=on_checkpoint)
+    trainer_cls = _counting_trainer_class()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[MetricsCallback(sink, counter), stopper],
+    )
+    trainer.token_counter = counter
+    if hasattr(trainer.model, "print_trainable_parameters"):
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
+        log(f"trainable parameters: {trainable:,} of {total:,}")
+
+    metrics: dict[str, Any] = {"train_samples": len(train_ds),
+                               "eval_samples": len(eval_ds) if eval_ds is not None else 0,
+                               "device": device}
+    resume = latest_checkpoint(output_dir)
+    if eval_ds is not None and eval_before and resume is None:
+        ev = trainer.evaluate()
+        metrics["eval_loss_before"] = ev["eval_loss"]
+        metrics["eval_perplexity_before"] = math.exp(min(ev["eval_loss"], 50))
+        sink({"phase": "eval_before", "step": 0, "eval_loss": ev["eval_loss"],
+              "eval_perplexity": metrics["eval_perplexity_before"]})
+        log(f"eval before training: loss {ev['eval_loss']:.4f} "
+            f"perplexity {metrics['eval_perplexity_before']:.2f}")
+    if resume:
+        log(f"resuming from {resume}")
+    out = trainer.train(resume_from_checkpoint=resume)
+    metrics.update({
+        "train_loss": out.training_loss, "steps": trainer.state.global_step,
+        "train_runtime_s": round(time.monotonic() - started, 2),
+        "tokens": counter.real, "padding_share": round(counter.padding_share, 4),
+        "packing": bool(args.packing),
+    })
+    train_s = out.metrics.get("train_runtime") or 0
+    if train_s > 0:
+        metrics["tokens_per_second"] = counter.real / train_s
+    if stopper.stopped_early:
+        log(f"stopped at step {trainer.state.global_step}; checkpoint saved")
+        return RunResult(None, True, metrics, resume)
+    if eval_ds is not None:
+        ev = trainer.evaluate()
+        metrics["eval_loss_after"] = ev["eval_loss"]
+        metrics["eval_perplexity_after"] = math.exp(min(ev["eval_loss"], 50))
+        sink({"phase": "eval_after", "step": trainer.state.global_step,
+              "eval_loss": ev["eval_loss"], "eval_perplexity": metrics["eval_perplexity_after"]})
+        log(f"eval after training: loss {ev['eval_loss']:.4f} "
+            f"perplexity {metrics['eval_perplexity_after']:.2f}")
+    final = output_dir / ADAPTER_DIR
+    tmp = output_dir / f".{ADAPTER_DIR}-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "clara-run.json").write_text(json.dumps(metrics, indent=2, default=str))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    log(f"adapter written to {final}")
+    return RunResult(final, False, metrics, resume)

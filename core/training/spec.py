@@ -1,0 +1,316 @@
+"""The training spec: what to train, on what, how — validated before anything is queued.
+
+`peft` and `trainer` are passed by name to PEFT `LoraConfig` and TRL `SFTConfig`. Their keys
+are checked against the dataclass fields of the *installed* versions (not a copied list), so
+YAML written for TRL/PEFT carries over and a typo gets the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# The runner owns these: where files go, which device, where logs go.
+RUNNER_OWNED = {
+    "output_dir", "logging_dir", "report_to", "use_cpu", "push_to_hub", "hub_model_id",
+    "hub_token", "resume_from_checkpoint", "overwrite_output_dir", "run_name",
+}
+# Set by the runner from the spec itself; PEFT's own bookkeeping fields.
+PEFT_OWNED = {"task_type", "peft_type", "base_model_name_or_path", "auto_mapping", "peft_version",
+              "inference_mode", "revision"}
+
+
+class SpecError(ValueError):
+    """An invalid spec; names the file, the line (when known) and the field."""
+
+    def __init__(self, message: str, *, field: str = "", file: str | None = None,
+                 line: int | None = None, errors: list[dict[str, Any]] | None = None) -> None:
+        self.field, self.file, self.line = field, file, line
+        self.errors = errors or [{"field": field, "message": message, "line": line}]
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        super().__init__(f"{where}{field + ': ' if field else ''}{message}")
+
+
+@functools.cache
+def sft_fields() -> dict[str, Any]:
+    from trl import SFTConfig
+
+    return _typed_fields(SFTConfig)
+
+
+@functools.cache
+def lora_fields() -> dict[str, Any]:
+    from peft import LoraConfig
+
+    return _typed_fields(LoraConfig)
+
+
+def _typed_fields(cls: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # forward refs the library never resolves: fall back to "any type"
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def closest(name: str, choices: list[str]) -> str | None:
+    found = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def _unknown(section: str, key: str, choices: list[str]) -> str:
+    hint = closest(key, choices)
+    return f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+
+
+@functools.cache
+def _adapter_for(hint: Any) -> TypeAdapter | None:
+    try:
+        return TypeAdapter(hint)
+    except Exception:  # exotic library types (enums of callables, configs): accept as given
+        return None
+
+
+def _check_library_keys(section: str, values: dict[str, Any], fields: dict[str, Any],
+                        owned: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in owned:
+            raise SpecError("is set by the CLARA runner and may not be given in a spec",
+                            field=f"{section}.{key}")
+        if key not in fields:
+            raise SpecError(_unknown(section, key, sorted(set(fields) - owned)),
+                            field=f"{section}.{key}")
+        adapter = _adapter_for(fields[key])
+        if adapter is not None and value is not None:
+            try:
+                # Validate only: the user's own value (5, not 5.0) is what SFTConfig receives.
+                adapter.validate_python(value, strict=False)
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"]
+                raise SpecError(f"{msg} (got {value!r})", field=f"{section}.{key}") from None
+        out[key] = value
+    return out
+
+
+class QuantizationSpec(BaseModel):
+    """bitsandbytes quantization of the frozen base model (QLoRA)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+    def to_bnb(self):  # noqa: ANN201 - transformers.BitsAndBytesConfig
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if self.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, self.compute_dtype),
+        )
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="adapter name: a-z, 0-9, '_' and '-'")
+    dataset_version: int | str = Field(description="dataset version id or 'name@vN'")
+    method: Literal["lora", "qlora", "continue"] = "lora"
+    base_model: str | None = Field(
+        default=None, description="local folder or model id; CLARA_BASE_MODEL / demo when unset"
+    )
+    adapter: str | None = Field(default=None, description="adapter to continue (method continue)")
+    priority: int = 0
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    peft: dict[str, Any] = Field(default_factory=dict)
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    quantization: QuantizationSpec | None = None
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _closest_top_level(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise SpecError(_unknown("spec", str(key), known), field=str(key))
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainingSpec:
+        if not NAME_RE.match(self.name):
+            raise SpecError("must be 1-64 characters of a-z, 0-9, '_' or '-' (it becomes the "
+                            "adapter name)", field="name")
+        if self.method == "qlora" and self.quantization is None:
+            raise SpecError("method qlora needs quantization settings, e.g. "
+                            "{bits: 4, quant_type: nf4, double_quant: true}", field="quantization")
+        if self.method == "lora" and self.quantization is not None:
+            raise SpecError("quantization is only used with method qlora (or continue)",
+                            field="quantization")
+        if self.method == "continue" and not self.adapter:
+            raise SpecError("method continue needs the name of the adapter to continue",
+                            field="adapter")
+        if self.method != "continue" and self.adapter:
+            raise SpecError("adapter is only used with method continue", field="adapter")
+        self.peft = _check_library_keys("peft", self.peft, lora_fields(), PEFT_OWNED)
+        self.trainer = _check_library_keys("trainer", self.trainer, sft_fields(), RUNNER_OWNED)
+        if self.method == "continue" and self.peft:
+            raise SpecError("continue keeps the LoRA settings of the adapter; remove peft",
+                            field="peft")
+        return self
+
+    # Convenience views --------------------------------------------------------------
+    def lora_kwargs(self) -> dict[str, Any]:
+        kw = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+        kw.update(self.peft)
+        return kw
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
+                              sort_keys=False, allow_unicode=True)
+
+
+# YAML with line numbers ------------------------------------------------------------------
+
+
+def _line_of(root: yaml.Node | None, field: str) -> int | None:
+    node = root
+    line = None
+    for part in field.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if getattr(k, "value", None) == part:
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            break
+    return line
+
+
+def parse_spec(text: str, *, file: str | None = None) -> TrainingSpec:
+    """Parse YAML text into a TrainingSpec; every error names file, line and field."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise SpecError("a spec is a YAML mapping (name:, dataset_version:, method:, ...)",
+                        file=file, line=1)
+    return spec_from_dict(data, file=file, root=root)
+
+
+def spec_from_dict(data: dict[str, Any], *, file: str | None = None,
+                   root: yaml.Node | None = None) -> TrainingSpec:
+    try:
+        return TrainingSpec.model_validate(data)
+    except SpecError as err:
+        raise SpecError(str(err.args[0]).split(": ", 1)[-1] if err.field else str(err),
+                        field=err.field, file=file, line=_line_of(root, err.field)) from None
+    except ValidationError as err:
+        errors = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            ctx_err = (e.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, SpecError):
+                field = ctx_err.field or field
+                msg = str(ctx_err).split(": ", 1)[-1] if ctx_err.field else str(ctx_err)
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                if e["type"] != "missing" and "input" in e:
+                    msg += f" (got {e['input']!r})"
+            errors.append({"field": field, "message": msg, "line": _line_of(root, field)})
+        first = errors[0]
+        raise SpecError(first["message"], field=first["field"], file=file, line=first["line"],
+                        errors=errors) from None
+
+
+def load_spec(path: str | Path) -> TrainingSpec:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError(f"cannot read spec file: {err.strerror}", file=str(p)) from None
+    return parse_spec(text, file=str(p))
+
+
+def save_spec(spec: TrainingSpec, path: str | Path) -> Path:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(spec.to_yaml(), encoding="utf-8")
+    tmp.replace(p)
+    return p
+
+
+# Presets -----------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo-lora": {
+        "method": "lora",
+        "description": "LoRA on all linear layers of the demo model; a minute on a CPU",
+        "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
+        "trainer": {"learning_rate": 2e-3, "max_steps": 60, "per_device_train_batch_size": 4,
+                    "gradient_accumulation_steps": 1, "max_length": 256, "packing": True,
+                    "lr_scheduler_type": "cosine", "warmup_steps": 5, "logging_steps": 5,
+                    "save_steps": 20, "seed": 42},
+    },
+    "demo-qlora": {
+        "method": "qlora",
+        "description": "QLoRA: 4-bit NF4 base with double quantization, LoRA on attention",
+        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True,
+                         "compute_dtype": "bfloat16"},
+        "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "trainer": {"learning_rate": 2e-3, "max_steps": 40, "per_device_train_batch_size": 4,
+                    "max_length": 256, "packing": True, "lr_scheduler_type": "cosine",
+                    "warmup_steps": 4, "logging_steps": 5, "save_steps": 20, "seed": 42},
+    },
+    "continue": {
+        "method": "continue",
+        "description": "Continue training an existing adapter on a new dataset version",
+        "trainer": {"learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
+                    "max_length": 256, "packing": True, "logging_steps": 5, "save_steps": 20,
+                    "seed": 42},
+    },
+}
+
+
+def preset(preset_name: str, /, **overrides: Any) -> dict[str, Any]:
+    """A preset as a plain dict (merge your name, dataset_version, ... over it)."""
+    if preset_name not in PRESETS:
+        hint = closest(preset_name, list(PRESETS))
+        did = f"; did you mean {hint!r}?" if hint else ""
+        raise SpecError(f"unknown preset {preset_name!r}{did} (known: {', '.join(PRESETS)})",
+                        field="preset")
+    import copy
+
+    data = copy.deepcopy(PRESETS[preset_name])
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return data

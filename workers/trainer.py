@@ -1,0 +1,277 @@
+"""`clara worker`: claims training jobs and runs each in a child process, heartbeating.
+
+One loop, no threads: reap finished children, renew leases (and stop cancelled or lost jobs),
+claim while a slot is free, sleep briefly. Children are started with an argument list in
+their own process group with output to the job's log; stop = SIGTERM to the group (the
+trainer checkpoints at the next step and exits), SIGKILL after a grace period. The pid is
+recorded together with the process start time, and a signal is only sent after checking
+that the pid still belongs to that very process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from sqlalchemy import Engine, select
+
+from core.config import Settings, get_settings
+from core.db import get_engine, session_scope
+from core.training.child import ERROR_MARK, EXIT_LOST, EXIT_OK, EXIT_STOPPED
+from core.training.models import TrainingJob
+from core.training.queue import (
+    ClaimedJob,
+    claim_next_job,
+    finish_job,
+    renew_lease,
+    update_running,
+)
+
+DEFAULT_LEASE_S = 30.0
+STOP_GRACE_S = 8.0  # SIGTERM → SIGKILL; cancel must finish within 10 s
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def signal_process_group(pid: int, started_at: float | None, sig: int) -> bool:
+    """Signal the group of `pid` only if `pid` is still the process started at `started_at`."""
+    if started_at is None:
+        return False
+    current = process_start_time(pid)
+    if current is None or abs(current - started_at) > 0.01:
+        return False  # exited, or the pid was reused by an unrelated process
+    try:
+        os.killpg(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+@dataclass
+class Slot:
+    job: ClaimedJob
+    proc: subprocess.Popen
+    started_at: float | None
+    log_path: Path
+    stop_sent_at: float | None = None
+    stop_reason: str | None = None  # cancel | shutdown | lost
+    last_beat: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    def __init__(self, settings: Settings | None = None, *, concurrency: int = 1,
+                 lease_seconds: float = DEFAULT_LEASE_S, poll_interval: float = 0.25,
+                 once: bool = False, grace_seconds: float = STOP_GRACE_S,
+                 engine: Engine | None = None, log=print) -> None:  # noqa: ANN001
+        self.settings = settings or get_settings()
+        self.engine = engine or get_engine(self.settings)
+        self.concurrency = max(1, concurrency)
+        self.lease_seconds = lease_seconds
+        self.heartbeat_every = max(0.5, lease_seconds / 4)
+        self.poll_interval = poll_interval
+        self.once = once
+        self.grace = grace_seconds
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.slots: list[Slot] = []
+        self._stopping = False
+        self._last_cancel_check = 0.0
+        self.log = log
+
+    # Lifecycle -------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:  # noqa: ANN001
+        self._stopping = True
+
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.log(f"worker {self.worker_id}: concurrency {self.concurrency}, "
+                 f"lease {self.lease_seconds:.0f}s")
+        try:
+            idle = False
+            while not self._stopping:
+                self._reap()
+                self._check_cancels()
+                self._heartbeat()
+                claimed_any = self._fill_slots()
+                if self.once and not self.slots and not claimed_any:
+                    idle = True
+                    break
+                time.sleep(self.poll_interval)
+            if not idle:
+                self._shutdown()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.log(f"worker {self.worker_id}: stopped")
+        return 0
+
+    def _fill_slots(self) -> bool:
+        claimed_any = False
+        while len(self.slots) < self.concurrency and not self._stopping:
+            job = claim_next_job(self.engine, self.worker_id, self.lease_seconds, host=self.host)
+            if job is None:
+                break
+            claimed_any = True
+            self._start(job)
+        return claimed_any
+
+    def _start(self, job: ClaimedJob) -> None:
+        with session_scope(self.engine) as s:
+            row = s.get(TrainingJob, job.id)
+            log_path = Path(row.log_path or self.settings.data_path / "logs" / "training"
+                            / f"job-{job.id}.log")
+            output_dir = Path(row.output_dir or self.settings.data_path / "training" / "jobs"
+                              / str(job.id))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as fh:
+            fh.write(f"\n===== attempt {job.attempt} on {self.worker_id} at "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
+            env = {**os.environ, "CLARA_WORKER_PID": str(os.getpid()),
+                   "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "core.training.child", str(job.id), str(job.token)],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env,
+            )
+        started = process_start_time(proc.pid)
+        update_running(self.engine, job.id, job.token, pid=proc.pid, pid_started_at=started)
+        self.slots.append(Slot(job, proc, started, log_path))
+        self.log(f"job {job.id}: started attempt {job.attempt} (pid {proc.pid})")
+
+    # Supervision -----------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.stop_sent_at is not None and now - slot.stop_sent_at > self.grace:
+                signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
+            if now - slot.last_beat < self.heartbeat_every and slot.stop_sent_at is None:
+                continue
+            slot.last_beat = now
+            state = renew_lease(self.engine, slot.job.id, slot.job.token, self.lease_seconds)
+            if not state.held and slot.stop_reason is None:
+                self.log(f"job {slot.job.id}: lease lost; stopping its process")
+                self._stop(slot, "lost", signal.SIGKILL)
+            elif state.cancel_requested and slot.stop_reason is None:
+                self.log(f"job {slot.job.id}: cancel requested; stopping (checkpoint first)")
+                self._stop(slot, "cancel")
+
+    def _check_cancels(self) -> None:
+        """Cheap and frequent (every second), so a cancel stops the job within 10 s even when
+        the lease, and with it the heartbeat interval, is long."""
+        now = time.monotonic()
+        if not self.slots or now - self._last_cancel_check < 1.0:
+            return
+        self._last_cancel_check = now
+        ids = [s.job.id for s in self.slots if s.stop_reason is None]
+        if not ids:
+            return
+        with session_scope(self.engine) as s:
+            wanted = set(s.scalars(select(TrainingJob.id).where(
+                TrainingJob.id.in_(ids), TrainingJob.cancel_requested.is_(True))))
+        for slot in self.slots:
+            if slot.job.id in wanted and slot.stop_reason is None:
+                self.log(f"job {slot.job.id}: cancel requested; stopping (checkpoint first)")
+                self._stop(slot, "cancel")
+
+    def _stop(self, slot: Slot, reason: str, sig: int = signal.SIGTERM) -> None:
+        slot.stop_reason = reason
+        slot.stop_sent_at = time.monotonic()
+        signal_process_group(slot.proc.pid, slot.started_at, sig)
+
+    def _reap(self) -> None:
+        for slot in list(self.slots):
+            rc = slot.proc.poll()
+            if rc is None:
+                continue
+            self.slots.remove(slot)
+            # The group may hold grandchildren (dataloader workers): end them with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(slot.proc.pid, signal.SIGKILL)
+            self._finish(slot, rc)
+
+    def _finish(self, slot: Slot, rc: int) -> None:
+        job = slot.job
+        if rc == EXIT_LOST or slot.stop_reason == "lost":
+            self.log(f"job {job.id}: given up (lease lost)")
+            return
+        if rc == EXIT_OK:
+            ok = finish_job(self.engine, job.id, job.token, "succeeded")
+            self.log(f"job {job.id}: succeeded" + ("" if ok else " (but the lease was lost)"))
+            return
+        if slot.stop_reason == "cancel":
+            finish_job(self.engine, job.id, job.token, "cancelled",
+                       error="cancelled on request" + ("" if rc == EXIT_STOPPED else
+                                                       f" (stopped with exit code {rc})"))
+            self.log(f"job {job.id}: cancelled")
+            return
+        if slot.stop_reason == "shutdown" or rc == EXIT_STOPPED:
+            # A later worker resumes it from the checkpoint just written.
+            finish_job(self.engine, job.id, job.token, "queued",
+                       error=None)
+            self.log(f"job {job.id}: stopped for worker shutdown; back in the queue")
+            return
+        reason = self._error_from_log(slot.log_path, rc)
+        with session_scope(self.engine) as s:
+            row = s.get(TrainingJob, job.id)
+            retry = rc < 0 and row is not None and row.attempts < row.max_attempts
+        if retry:
+            # Killed by a signal (out of memory, operator): a new attempt resumes from the
+            # last checkpoint. An exception would only repeat itself, so that one fails.
+            finish_job(self.engine, job.id, job.token, "queued", error=reason)
+            self.log(f"job {job.id}: {reason}; queued again")
+        else:
+            finish_job(self.engine, job.id, job.token, "failed", error=reason)
+            self.log(f"job {job.id}: failed: {reason}")
+
+    @staticmethod
+    def _error_from_log(log_path: Path, rc: int) -> str:
+        try:
+            with log_path.open("rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 64 * 1024))
+                tail = fh.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            tail = []
+        for line in reversed(tail):
+            if line.startswith(ERROR_MARK):
+                return line[len(ERROR_MARK):].strip()
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
+            hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+            return f"the training process was killed by {name}{hint}; see the job log"
+        return f"the training process exited with code {rc}; see the job log"
+
+    def _shutdown(self) -> None:
+        if not self.slots:
+            return
+        self.log(f"stopping {len(self.slots)} running job(s); they will resume elsewhere")
+        for slot in self.slots:
+            if slot.stop_reason is None:
+                self._stop(slot, "shutdown")
+        deadline = time.monotonic() + self.grace
+        while self.slots and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.1)
+        for slot in list(self.slots):
+            signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
+            slot.proc.wait()
+        self._reap()
+
+
+def run_worker(settings: Settings | None = None, **kwargs) -> int:  # noqa: ANN003
+    return Worker(settings, **kwargs).run()
