@@ -1,0 +1,396 @@
+"""`clara dataset ...`: create, build, import, score, review, freeze, diff, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.cli.common import CliFailure, acting_user, app, console, print_json, startup
+from core.datasets.errors import DatasetError, ImportFailed
+
+dataset_app = typer.Typer(help="Build, score, review, freeze and export datasets.",
+                          no_args_is_help=True)
+review_app = typer.Typer(help="Accept or reject samples (by id or by filter).",
+                         no_args_is_help=True)
+dataset_app.add_typer(review_app, name="review")
+app.add_typer(dataset_app, name="dataset")
+
+JSON = typer.Option(False, "--json", help="machine-readable output")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _fail(err: DatasetError) -> CliFailure:
+    return CliFailure(str(err))
+
+
+@dataset_app.command("create")
+def create(
+    name: str,
+    description: str = typer.Option("", help="what the dataset is for"),
+    kind: str = typer.Option("standard", help="standard or feedback"),
+    json_out: bool = JSON,
+) -> None:
+    """Create an empty dataset."""
+    from core.datasets.service import create_dataset
+
+    st = startup()
+    try:
+        info = create_dataset(st.engine, acting_user(st.engine), name, description, kind)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(info)
+    else:
+        console.print(f"created dataset [bold]{info.name}[/bold] (id {info.id})")
+
+
+@dataset_app.command("build")
+def build(
+    name: str,
+    docs: str = typer.Option("", help="comma-separated document ids"),
+    saved_search: str = typer.Option("", "--saved-search", help="name of a saved corpus search"),
+    template: str = typer.Option("text", help="built-in template name or a JSON/YAML file"),
+    unit: str = typer.Option("document", help="document or chunk"),
+    max_tokens: int = typer.Option(1024, help="split longer documents into parts"),
+    k: int = typer.Option(0, help="top k of the saved search (0: its own k)"),
+    json_out: bool = JSON,
+) -> None:
+    """Add samples built from corpus documents or a saved search (dataset created if new)."""
+    from core.datasets.builder import build_from_documents, build_from_saved_search
+    from core.datasets.service import get_or_create_dataset
+
+    st = startup()
+    actor = acting_user(st.engine)
+    tpl: object = template
+    if template.endswith((".json", ".yaml", ".yml")):
+        import yaml
+
+        p = Path(template)
+        if not p.is_file():
+            raise CliFailure(f"template file {p} not found")
+        tpl = yaml.safe_load(p.read_text(encoding="utf-8"))
+    ids = [d.strip() for d in docs.split(",") if d.strip()]
+    if bool(ids) == bool(saved_search):
+        raise CliFailure("give either --docs or --saved-search")
+    try:
+        ds = get_or_create_dataset(st.engine, actor, name)
+        if ids:
+            rep = build_from_documents(st.engine, actor, ds.id, ids, tpl, unit, max_tokens)
+        else:
+            rep = build_from_saved_search(st.engine, actor, ds.id, saved_search, tpl, unit,
+                                          max_tokens, k or None)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(rep)
+        return
+    console.print(f"{rep.dataset}: added {rep.added} sample(s) from {rep.documents} document(s)"
+                  f"; {rep.split_documents} split, {rep.skipped_existing} already present")
+    if rep.missing:
+        console.print(f"[yellow]not found:[/yellow] {', '.join(rep.missing)}")
+
+
+@dataset_app.command("import")
+def import_(
+    name: str,
+    file: Path,
+    fmt: str = typer.Option(None, "--format",
+                            help="messages, alpaca, sharegpt or text (detected when omitted)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="import the good rows, report the "
+                                  "bad ones (default: all or nothing)"),
+    json_out: bool = JSON,
+) -> None:
+    """Import JSONL / JSON / CSV / Parquet instruction data (dataset created if new)."""
+    from core.datasets.importers import import_file
+    from core.datasets.service import get_or_create_dataset
+
+    st = startup()
+    actor = acting_user(st.engine)
+    try:
+        ds = get_or_create_dataset(st.engine, actor, name)
+        with _progress() as prog:
+            task = prog.add_task(f"importing {file.name}", total=None)
+            rep = import_file(st.engine, actor, ds.id, file, fmt, skip_bad,
+                              progress=lambda n: prog.update(task, completed=n))
+    except ImportFailed as err:
+        if json_out:
+            print_json({"imported": 0, "errors": [str(e) for e in err.errors]})
+        raise CliFailure(str(err)) from None
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(rep)
+        return
+    how = "detected" if rep.detected else "given"
+    console.print(f"imported {rep.imported} sample(s) into [bold]{rep.dataset}[/bold] "
+                  f"(format {rep.format}, {how})")
+    if rep.skipped:
+        console.print(f"[yellow]skipped {rep.skipped} bad row(s):[/yellow]")
+        for e in rep.errors:
+            console.print(f"  {e}", markup=False)
+
+
+@dataset_app.command("score")
+def score(
+    name: str,
+    background: bool = typer.Option(False, help="start in the background and return"),
+    json_out: bool = JSON,
+) -> None:
+    """Run the quality pipeline over a dataset (scores, reasons, duplicates)."""
+    from core.datasets.scoring import score_dataset, start_scoring
+
+    st = startup()
+    actor = acting_user(st.engine)
+    try:
+        if background:
+            run = start_scoring(st.engine, actor, name)
+        else:
+            with _progress() as prog:
+                task = prog.add_task(f"scoring {name}", total=None)
+                run = score_dataset(st.engine, actor, name,
+                                    progress=lambda d, t: prog.update(task, completed=d,
+                                                                      total=t))
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(run)
+    elif background:
+        console.print(f"scoring run {run.id} started for {run.total} sample(s)")
+    else:
+        kept = run.stats["pipeline"]["pipeline"]["kept"] if run.stats else "?"
+        console.print(f"scored {run.done} sample(s); {kept} above the minimum score")
+
+
+@dataset_app.command("list")
+def list_(json_out: bool = JSON) -> None:
+    """List datasets with counts by status and their mean quality score."""
+    from core.datasets.service import list_datasets
+
+    st = startup()
+    items = list_datasets(st.engine, acting_user(st.engine))
+    if json_out:
+        print_json(items)
+        return
+    t = Table("name", "kind", "total", "pending", "accepted", "rejected", "scored", "mean score",
+              "versions")
+    for d in items:
+        c = d.counts
+        t.add_row(d.name, d.kind, str(c["total"]), str(c["pending"]), str(c["accepted"]),
+                  str(c["rejected"]), str(d.scored),
+                  "-" if d.mean_score is None else f"{d.mean_score:.2f}", str(d.versions))
+    console.print(t)
+
+
+@dataset_app.command("show")
+def show(name: str, json_out: bool = JSON) -> None:
+    """A dataset: counts, thresholds, versions and the latest scoring run."""
+    from core.datasets.scoring import latest_scoring_run
+    from core.datasets.service import get_dataset
+    from core.datasets.versions import list_versions
+
+    st = startup()
+    actor = acting_user(st.engine)
+    try:
+        info = get_dataset(st.engine, actor, name)
+        versions = list_versions(st.engine, actor, info.id)
+        run = latest_scoring_run(st.engine, actor, info.id)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json({"dataset": info, "versions": versions, "latest_scoring_run": run})
+        return
+    console.print(f"[bold]{info.name}[/bold] ({info.kind}) {info.description}")
+    console.print("samples: " + ", ".join(f"{k} {v}" for k, v in info.counts.items()))
+    if run:
+        console.print(f"latest scoring run {run.id}: {run.status} {run.done}/{run.total}")
+    t = Table("version", "id", "train", "eval", "created", "by", "manifest sha256")
+    for v in versions:
+        t.add_row(v.ref, str(v.id), str(v.counts["train"]), str(v.counts["eval"]),
+                  v.created_at.strftime("%Y-%m-%d %H:%M"), v.created_by, v.manifest_sha256[:16])
+    console.print(t)
+
+
+@dataset_app.command("review-stats")
+def review_stats_(name: str, json_out: bool = JSON) -> None:
+    """Review progress, reasons and score distribution of a dataset."""
+    from core.datasets.quality.reasons import reason_label
+    from core.datasets.review import review_stats
+
+    st = startup()
+    try:
+        stats = review_stats(st.engine, acting_user(st.engine), name)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(stats)
+        return
+    c = stats.counts
+    console.print(f"{c['total']} samples: {c['accepted']} accepted, {c['rejected']} rejected, "
+                  f"{c['pending']} pending; {stats.scored} scored, {stats.edited} edited")
+    t = Table("reason", "samples")
+    for code, n in sorted(stats.reasons.items(), key=lambda kv: -kv[1]):
+        t.add_row(f"{code} ({reason_label(code)})", str(n))
+    console.print(t)
+
+
+def _filters(status: str, reason: str, source: str, min_score: float | None,
+             max_score: float | None):  # noqa: ANN202
+    from core.datasets.review import SampleFilter
+
+    return SampleFilter(status=[s for s in status.split(",") if s] or None,
+                        reason=reason or None, source=source or None,
+                        min_score=min_score, max_score=max_score)
+
+
+def _review(decision: str, name: str, ids: str, status: str, reason: str, source: str,
+            min_score: float | None, max_score: float | None, json_out: bool) -> None:
+    from core.datasets.review import bulk_decide, decide, get_sample
+
+    st = startup()
+    actor = acting_user(st.engine)
+    try:
+        if ids:
+            wanted = [int(i) for i in ids.split(",") if i.strip()]
+            for sid in wanted:
+                cur = get_sample(st.engine, actor, sid)
+                decide(st.engine, actor, sid, decision, cur.row_version)
+            changed = len(wanted)
+        else:
+            f = _filters(status, reason, source, min_score, max_score)
+            changed = bulk_decide(st.engine, actor, name, decision, f)
+    except (DatasetError, ValueError) as err:
+        raise CliFailure(str(err)) from None
+    if json_out:
+        print_json({"changed": changed, "decision": decision})
+    else:
+        console.print(f"{decision} {changed} sample(s)")
+
+
+_IDS = typer.Option("", help="comma-separated sample ids (default: all matching the filters)")
+_STATUS = typer.Option("pending", help="comma-separated statuses to match")
+_REASON = typer.Option("", help="reason code to match")
+_SOURCE = typer.Option("", help="source to match (corpus, import, feedback, manual)")
+
+
+@review_app.command("accept")
+def accept(name: str, ids: str = _IDS, status: str = _STATUS, reason: str = _REASON,
+           source: str = _SOURCE, min_score: float = typer.Option(None),
+           max_score: float = typer.Option(None), json_out: bool = JSON) -> None:
+    """Accept samples by id or every sample matching the filters."""
+    _review("accepted", name, ids, status, reason, source, min_score, max_score, json_out)
+
+
+@review_app.command("reject")
+def reject(name: str, ids: str = _IDS, status: str = _STATUS, reason: str = _REASON,
+           source: str = _SOURCE, min_score: float = typer.Option(None),
+           max_score: float = typer.Option(None), json_out: bool = JSON) -> None:
+    """Reject samples by id or every sample matching the filters."""
+    _review("rejected", name, ids, status, reason, source, min_score, max_score, json_out)
+
+
+@dataset_app.command("thresholds")
+def thresholds(
+    name: str,
+    set_: list[str] = typer.Option([], "--set", help="field=value (value as JSON), repeatable"),
+    json_out: bool = JSON,
+) -> None:
+    """Show or change the dataset's quality thresholds."""
+    from core.datasets.service import set_thresholds, thresholds_for
+
+    st = startup()
+    actor = acting_user(st.engine)
+    try:
+        current = thresholds_for(st.engine, actor, name)
+        if set_:
+            for item in set_:
+                key, sep, raw = item.partition("=")
+                if not sep:
+                    raise CliFailure(f"--set {item!r}: write field=value")
+                try:
+                    current[key.strip()] = json.loads(raw)
+                except json.JSONDecodeError:
+                    current[key.strip()] = raw
+            set_thresholds(st.engine, actor, name, current)
+            current = thresholds_for(st.engine, actor, name)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(current)
+    else:
+        for k, v in current.items():
+            console.print(f"{k} = {json.dumps(v, ensure_ascii=False)}", markup=False)
+
+
+@dataset_app.command("freeze")
+def freeze_(
+    name: str,
+    eval_ratio: float = typer.Option(0.1, help="share of samples in the eval split"),
+    seed: int = typer.Option(42, help="seed of the split"),
+    label: str = typer.Option(None, "--name", help="optional label of the version"),
+    json_out: bool = JSON,
+) -> None:
+    """Freeze the accepted samples into a new immutable version (Parquet + manifest)."""
+    from core.datasets.versions import freeze
+
+    st = startup()
+    try:
+        v = freeze(st.engine, acting_user(st.engine), name, eval_ratio, seed, label)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(v)
+    else:
+        console.print(f"froze [bold]{v.ref}[/bold] (id {v.id}): {v.counts['train']} train, "
+                      f"{v.counts['eval']} eval → {v.path}")
+
+
+@dataset_app.command("diff")
+def diff(old: str, new: str, json_out: bool = JSON) -> None:
+    """Samples added, removed and changed between two versions (name@vN or id)."""
+    from core.datasets.versions import diff_versions
+
+    st = startup()
+    try:
+        d = diff_versions(st.engine, acting_user(st.engine), old, new)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(d)
+        return
+    console.print(f"{d.old} → {d.new}: {len(d.added)} added, {len(d.removed)} removed, "
+                  f"{len(d.changed)} changed, {d.unchanged} unchanged")
+    for label, ids in (("added", d.added), ("removed", d.removed), ("changed", d.changed)):
+        if ids:
+            console.print(f"  {label}: {', '.join(ids[:50])}{' ...' if len(ids) > 50 else ''}")
+
+
+@dataset_app.command("export")
+def export(
+    version: str,
+    fmt: str = typer.Option("messages", "--format", help="messages, alpaca, sharegpt or text"),
+    file_type: str = typer.Option("jsonl", "--file-type", help="jsonl, parquet or csv"),
+    out: Path = typer.Option(None, help="output folder (default under the data dir)"),
+    json_out: bool = JSON,
+) -> None:
+    """Export a version with a LLaMA-Factory dataset_info.json and an Axolotl snippet."""
+    from core.datasets.export import export_version
+
+    st = startup()
+    try:
+        exp = export_version(st.engine, acting_user(st.engine), version, fmt, file_type, out)
+    except DatasetError as err:
+        raise _fail(err) from None
+    if json_out:
+        print_json(exp)
+    else:
+        console.print(f"exported {exp.version} as {fmt}/{file_type} to {exp.path}")
+        for name, meta in exp.files.items():
+            console.print(f"  {name}: {meta['rows']} rows, sha256 {meta['sha256'][:16]}")
