@@ -12,7 +12,6 @@ from core.cli import users as _users  # noqa: E402,F401
 from core.cli import training as _training  # noqa: E402,F401
 from core.cli import chat as _chat  # noqa: E402,F401
 from core.cli import datasets as _datasets  # noqa: E402,F401
-from core.cli import datasets as _datasets  # noqa: E402,F401
 
 
 def main() -> None:
