@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from core.cli.common import app, fail_cleanly
+
 # Each import registers its commands on `app` (typer sub-apps or plain commands).
 from core.cli import system as _system  # noqa: E402,F401
 from core.cli import users as _users  # noqa: E402,F401
-from core.cli.common import app, fail_cleanly
 
 
 def main() -> None:

@@ -3,9 +3,10 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from core.db.base import Base
+
 # Import every area's models so that autogenerate (for developers) sees all tables.
 import core.db.models  # noqa: F401,E402
-from core.db.base import Base
 
 config = context.config
 target_metadata = Base.metadata
