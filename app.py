@@ -6,6 +6,7 @@ import streamlit as st
 import streamlit_authenticator as stauth
 from streamlit_authenticator.utilities.exceptions import LoginError
 
+from core.audit import record
 from core.config import ConfigError
 from core.db import DatabaseUnavailable
 from ui import session
@@ -27,15 +28,21 @@ def _login_page() -> None:
         authenticator.login(
             location="main",
             key="login",
-            fields={"Form name": "Login", "Username": "Username", "Password": "Password",
-                    "Login": "Login"},
+            fields={
+                "Form name": "Login",
+                "Username": "Username",
+                "Password": "Password",
+                "Login": "Login",
+            },
         )
     except LoginError as err:
         st.error(str(err))
     if st.session_state.get("authentication_status") is False:
         st.error(st.session_state.get("login_error") or "Wrong user name or password.")
     if st.session_state.get("authentication_status"):
-        st.rerun()
+        # No st.rerun() here: the cookie component must reach the browser first; it
+        # reruns the script itself once the cookie is set.
+        st.success("Logged in.")
 
 
 if cfg.auth_enabled:
@@ -50,24 +57,27 @@ if cfg.auth_enabled:
     authenticator.authentication_controller.authentication_model.check_credentials = (
         session.check_credentials_with_core
     )
-    if not st.session_state.get("authentication_status"):
-        # Restores a session from the signed cookie when there is one.
-        try:
-            authenticator.login(location="unrendered", key="login_cookie")
-        except LoginError:
-            pass
     user = session.principal()
     if user is None:
         if st.session_state.get("authentication_status"):
             # Logged in by cookie but since disabled or deleted: end that session.
             for k in ("authentication_status", "username", "name", "roles"):
                 st.session_state.pop(k, None)
-        st.navigation([st.Page(_login_page, title="Login", icon=":material/login:")],
-                      position="hidden").run()
+        st.navigation(
+            [st.Page(_login_page, title="Login", icon=":material/login:")], position="hidden"
+        ).run()
         st.stop()
     with st.sidebar:
         st.markdown(f"**{user.full_name or user.username}**  \n`{user.username}` · {user.role}")
-        authenticator.logout("Logout", location="sidebar", key="logout")
+        # Not key="logout": the authenticator keeps its own session_state["logout"].
+        authenticator.logout(
+            "Logout",
+            location="sidebar",
+            key="sidebar_logout",
+            callback=lambda _info: record(
+                session.engine(), user.username, "auth.logout", target=user.username
+            ),
+        )
 else:
     user = session.principal()
     st.warning(
@@ -78,7 +88,10 @@ else:
 st.session_state.setdefault("selection_documents", [])
 
 sections: dict[str, list] = {}
-for entry in pages_for(user.can):
+visible = pages_for(user.can)
+# Read by tests and by pages that offer links to other pages.
+st.session_state["nav_pages"] = [entry.title for entry in visible]
+for entry in visible:
     sections.setdefault(entry.section, []).append(
         st.Page(entry.path, title=entry.title, icon=entry.icon, default=entry.default)
     )

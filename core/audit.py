@@ -62,12 +62,24 @@ def audited(
     try:
         yield ctx
     except PermissionDenied as err:
-        record(engine, actor.username, action, ctx.target, "denied",
-               {**ctx.detail, "permission": err.permission})
+        record(
+            engine,
+            actor.username,
+            action,
+            ctx.target,
+            "denied",
+            {**ctx.detail, "permission": err.permission},
+        )
         raise
     except Exception as err:
-        record(engine, actor.username, action, ctx.target, "failed",
-               {**ctx.detail, "error": str(err)[:500]})
+        record(
+            engine,
+            actor.username,
+            action,
+            ctx.target,
+            "failed",
+            {**ctx.detail, "error": str(err)[:500]},
+        )
         raise
     record(engine, actor.username, action, ctx.target, "ok", ctx.detail)
 

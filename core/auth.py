@@ -148,8 +148,11 @@ def permissions_of(role: str) -> list[str]:
 # Passwords ------------------------------------------------------------------------------
 
 
-def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=12)).decode("ascii")
+def hash_password(password: str, rounds: int | None = None) -> str:
+    from core.config import get_settings
+
+    rounds = rounds or get_settings().bcrypt_rounds
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=rounds)).decode("ascii")
 
 
 def verify_password(password: str, password_hash: str) -> bool:
@@ -159,8 +162,17 @@ def verify_password(password: str, password_hash: str) -> bool:
         return False
 
 
-# Spent on unknown user names so that timing does not reveal whether a user exists.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+_dummy_hashes: dict[int, str] = {}
+
+
+def _dummy_hash() -> str:
+    """Checked for unknown user names so that timing does not reveal whether a user exists."""
+    from core.config import get_settings
+
+    rounds = get_settings().bcrypt_rounds
+    if rounds not in _dummy_hashes:
+        _dummy_hashes[rounds] = hash_password(secrets.token_urlsafe(16), rounds)
+    return _dummy_hashes[rounds]
 
 
 def _check_password_policy(password: str) -> None:
@@ -261,11 +273,14 @@ def _update_user(engine: Engine, username: str, **changes: object) -> UserInfo:
 
 def _admins_left(engine: Engine, excluding: str) -> int:
     with session_scope(engine) as s:
-        return s.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(User.role == "admin", User.disabled.is_(False), User.username != excluding)
-        ) or 0
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "admin", User.disabled.is_(False), User.username != excluding)
+            )
+            or 0
+        )
 
 
 def set_role(engine: Engine, actor: Principal, username: str, role: str) -> UserInfo:
@@ -277,7 +292,9 @@ def set_role(engine: Engine, actor: Principal, username: str, role: str) -> User
         return _update_user(engine, username, role=role)
 
 
-def set_disabled(engine: Engine, actor: Principal, username: str, disabled: bool = True) -> UserInfo:
+def set_disabled(
+    engine: Engine, actor: Principal, username: str, disabled: bool = True
+) -> UserInfo:
     action = "users.disable" if disabled else "users.enable"
     with audited(engine, actor, action, target=username):
         require(actor, "users:manage")
@@ -337,7 +354,11 @@ def record_login_failure(
     record(engine, name, "auth.login", target=name, outcome="failed")
     if locked is not None:
         record(
-            engine, "system", "auth.lockout", target=name, outcome="ok",
+            engine,
+            "system",
+            "auth.lockout",
+            target=name,
+            outcome="ok",
             detail={"until": locked.isoformat(), "failures": max_failures},
         )
     return locked
@@ -354,15 +375,21 @@ def authenticate(
     name = username.strip().lower()
     until = lockout_until(engine, name)
     if until is not None:
-        record(engine, name[:64] or "(empty)", "auth.login", target=name[:255], outcome="denied",
-               detail={"reason": "locked"})
+        record(
+            engine,
+            name[:64] or "(empty)",
+            "auth.login",
+            target=name[:255],
+            outcome="denied",
+            detail={"reason": "locked"},
+        )
         raise AccountLocked(until)
     with session_scope(engine) as s:
         user = s.scalar(select(User).where(User.username == name))
         ok = (
             verify_password(password, user.password_hash)
             if user is not None
-            else verify_password(password, _DUMMY_HASH) and False
+            else verify_password(password, _dummy_hash()) and False
         )
         if ok and not user.disabled:
             user.last_login_at = utcnow()
@@ -406,6 +433,12 @@ def ensure_admin(engine: Engine, admin_password: str | None = None) -> str | Non
                 full_name="Administrator",
             )
         )
-    record(engine, "system", "users.bootstrap_admin", target="admin", outcome="ok",
-           detail={"password": "generated" if generated else "CLARA_ADMIN_PASSWORD"})
+    record(
+        engine,
+        "system",
+        "users.bootstrap_admin",
+        target="admin",
+        outcome="ok",
+        detail={"password": "generated" if generated else "CLARA_ADMIN_PASSWORD"},
+    )
     return generated

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     auth_secret: SecretStr = SecretStr(DEFAULT_AUTH_SECRET)
     admin_password: SecretStr | None = None
     session_expiry_days: float = Field(default=1.0, gt=0)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="bcrypt cost factor")
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_seconds: int = Field(default=300, ge=1)
 
@@ -192,7 +193,9 @@ def _one_line(err: ValidationError) -> str:
     if first.get("type") == "literal_error" and "expected" in ctx:
         allowed = ctx["expected"].replace("'", "")
         return f"{var}: must be one of {allowed} (got {got!r})"
-    shown = "" if isinstance(got, dict) or "PASSWORD" in var or "SECRET" in var else f" (got {got!r})"
+    shown = (
+        "" if isinstance(got, dict) or "PASSWORD" in var or "SECRET" in var else f" (got {got!r})"
+    )
     return f"{var}: {msg}{shown}"
 
 

@@ -54,21 +54,36 @@ def children_for_up(
 ) -> list[ChildSpec]:
     env = {"CLARA_UI_PORT": str(port), "CLARA_HOST": host}
     streamlit_argv = [
-        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
-        "--server.port", str(port),
-        "--server.address", host,
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_PATH),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
     ]
-    if cfg.env == "production":
+    if cfg.env != "development":
+        # No file watcher outside development: it only costs inotify watches on the venv.
         streamlit_argv += ["--server.fileWatcherType", "none", "--server.runOnSave", "false"]
     children = [ChildSpec("ui", streamlit_argv, env, host, port, "CLARA_UI_PORT")]
     if worker and cfg.start_worker and importlib.util.find_spec("workers.trainer"):
         children.append(
             ChildSpec(
                 "worker",
-                [sys.executable, "-m", "core.cli", "worker",
-                 "--concurrency", str(cfg.worker_concurrency)],
+                [
+                    sys.executable,
+                    "-m",
+                    "core.cli",
+                    "worker",
+                    "--concurrency",
+                    str(cfg.worker_concurrency),
+                ],
             )
         )
     if chat and cfg.start_chat and importlib.util.find_spec("workers.chat"):
@@ -127,8 +142,11 @@ class Supervisor:
         try:
             for spec in self.children:
                 self.running[spec.name] = _Running(spec, self._start(spec), time.monotonic())
-                print(f"  started {spec.name} (pid {self.running[spec.name].proc.pid}, "
-                      f"log {self.log_dir / (spec.name + '.log')})", flush=True)
+                print(
+                    f"  started {spec.name} (pid {self.running[spec.name].proc.pid}, "
+                    f"log {self.log_dir / (spec.name + '.log')})",
+                    flush=True,
+                )
             while not self._stop:
                 time.sleep(0.5)
                 for name, r in list(self.running.items()):
@@ -138,8 +156,11 @@ class Supervisor:
                     now = time.monotonic()
                     r.restarts = [t for t in r.restarts if now - t < self.RESTART_WINDOW]
                     if len(r.restarts) >= self.MAX_RESTARTS:
-                        print(f"  {name} keeps exiting (last code {rc}); stopping everything. "
-                              f"See {self.log_dir / (name + '.log')}", flush=True)
+                        print(
+                            f"  {name} keeps exiting (last code {rc}); stopping everything. "
+                            f"See {self.log_dir / (name + '.log')}",
+                            flush=True,
+                        )
                         self._stop, code = True, 1
                         break
                     r.restarts.append(now)

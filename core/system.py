@@ -60,7 +60,9 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-def system_status(engine: Engine, actor: Principal, settings: Settings | None = None) -> SystemStatus:
+def system_status(
+    engine: Engine, actor: Principal, settings: Settings | None = None
+) -> SystemStatus:
     require(actor, "system:read")
     settings = settings or get_settings()
     counts: dict[str, int] = {}
@@ -69,13 +71,13 @@ def system_status(engine: Engine, actor: Principal, settings: Settings | None = 
     try:
         connect(engine)
         revision = current_revision(engine)
-        names = sorted(
-            n for n in inspect(engine).get_table_names() if n != "alembic_version"
-        )
+        names = sorted(n for n in inspect(engine).get_table_names() if n != "alembic_version")
         with engine.connect() as conn:
             for name in names:
                 # Table names come from the database's own catalogue, not from user input.
-                counts[name] = conn.execute(select(func.count()).select_from(table(name))).scalar_one()
+                counts[name] = conn.execute(
+                    select(func.count()).select_from(table(name))
+                ).scalar_one()
         ok = True
     except Exception as err:  # status page must render whatever went wrong
         ok, error = False, str(err).splitlines()[0]

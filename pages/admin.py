@@ -13,7 +13,9 @@ st.title("Users")
 users = auth.list_users(engine, user)
 st.dataframe(
     pd.DataFrame([u.__dict__ for u in users]).drop(columns=["id"]),
-    hide_index=True, width="stretch", key="admin_users_table",
+    hide_index=True,
+    width="stretch",
+    key="admin_users_table",
 )
 
 

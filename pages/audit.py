@@ -15,9 +15,12 @@ actor = c2.text_input("User", key="audit_actor")
 page_no = c3.number_input("Page", min_value=1, value=1, step=1, key="audit_page")
 
 result = read_audit_log(
-    session.engine(), user,
-    offset=(int(page_no) - 1) * PAGE_SIZE, limit=PAGE_SIZE,
-    action_prefix=action or None, user=actor or None,
+    session.engine(),
+    user,
+    offset=(int(page_no) - 1) * PAGE_SIZE,
+    limit=PAGE_SIZE,
+    action_prefix=action or None,
+    user=actor or None,
 )
 pages = max(1, -(-result.total // PAGE_SIZE))
 st.caption(f"{result.total} entries · page {int(page_no)} of {pages}")

@@ -21,11 +21,15 @@ c4.metric("Data dir size", f"{status.data_dir_bytes / 1e6:.1f} MB")
 if not status.database_ok:
     st.error(f"Database problem: {status.database_error}")
 if status.schema_revision != status.schema_head:
-    st.warning(f"Schema {status.schema_revision} is behind {status.schema_head}: run `clara db upgrade`.")
+    st.warning(
+        f"Schema {status.schema_revision} is behind {status.schema_head}: run `clara db upgrade`."
+    )
 
 st.subheader("System status")
-st.write(f"**Database:** `{status.database_url}`  \n**Data dir:** `{status.data_dir}`  \n"
-         f"**Authentication:** {'on' if status.auth_enabled else 'off'}")
+st.write(
+    f"**Database:** `{status.database_url}`  \n**Data dir:** `{status.data_dir}`  \n"
+    f"**Authentication:** {'on' if status.auth_enabled else 'off'}"
+)
 st.dataframe(
     pd.DataFrame(sorted(status.table_counts.items()), columns=["table", "rows"]),
     hide_index=True,

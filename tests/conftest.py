@@ -26,10 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never read the developer's .env or real data dir.
 for _k in list(os.environ):
-    if _k.startswith("CLARA_") and _k not in ("CLARA_TEST_PG_URL", "CLARA_TEST_NEO4J_URI",
-                                               "CLARA_TEST_NEO4J_USER",
-                                               "CLARA_TEST_NEO4J_PASSWORD"):
+    if _k.startswith("CLARA_") and _k not in (
+        "CLARA_TEST_PG_URL",
+        "CLARA_TEST_NEO4J_URI",
+        "CLARA_TEST_NEO4J_USER",
+        "CLARA_TEST_NEO4J_PASSWORD",
+    ):
         del os.environ[_k]
+# bcrypt's production cost (12) makes every login take ~0.3 s; the tests check behaviour.
+os.environ["CLARA_BCRYPT_ROUNDS"] = "4"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"

@@ -49,7 +49,10 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     t = Table("user", "role", "name", "e-mail", "status", "last login")
     for u in users:
         t.add_row(
-            u.username, u.role, u.full_name, u.email,
+            u.username,
+            u.role,
+            u.full_name,
+            u.email,
             "disabled" if u.disabled else "active",
             u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-",
         )

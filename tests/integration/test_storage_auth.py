@@ -66,9 +66,14 @@ def test_user_lifecycle_and_audit(db_engine, admin):
 
     actions = read_audit_log(db_engine, admin, limit=100).rows
     done = set(zip(actions.action, actions.outcome, strict=True))
-    for expected in [("users.add", "ok"), ("users.set_role", "ok"),
-                     ("users.reset_password", "ok"), ("users.disable", "ok"),
-                     ("auth.login", "ok"), ("auth.login", "failed")]:
+    for expected in [
+        ("users.add", "ok"),
+        ("users.set_role", "ok"),
+        ("users.reset_password", "ok"),
+        ("users.disable", "ok"),
+        ("auth.login", "ok"),
+        ("auth.login", "failed"),
+    ]:
         assert expected in done
     row = actions[actions.action == "users.add"].iloc[0]
     assert row.actor == "admin" and row.target == "Alice"

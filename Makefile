@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  `make run` (install + start)  and  `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+# The CPU build of torch first, so that nothing later pulls a multi-GB CUDA build.
+# On a machine with a GPU, e.g. `make run TORCH=torch==2.13.0 TORCH_INDEX=...` as you need.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint bench clean-data
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VENV)/bin/python -m pip install -q -e ".[test]" "$(TORCH)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/clara up
+
+test: install
+	./scripts/ensure-services.sh
+	$(VENV)/bin/python -m pytest
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow and not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	@echo "see bench/README.md for each benchmark's command"
