@@ -8,6 +8,7 @@ Public API:
     RepetitionSignals, SymbolWordRatio, WordStatistics,
     PIISignals, Blocklist, ExactDuplicates, NearDuplicates the steps
     MinHasher                                              datasketch-equal MinHash signatures
+    language_identifier                                    cached offline langid classifier
     REASON_LABELS, REASON_LABELS_DE, REASON_PENALTIES,
     ALL_REASONS, score_reasons, reason_label               reason codes (reasons.py)
 """
@@ -20,6 +21,7 @@ from core.datasets.quality.dedup import (
     content_hash,
     normalise_for_dedup,
 )
+from core.datasets.quality.language import LanguageSignal, language_identifier
 from core.datasets.quality.minhash import MinHasher, signature_from_bytes, signature_to_bytes
 from core.datasets.quality.models import QualityInput, QualityResult, QualityThresholds
 from core.datasets.quality.pii import PIISignals, find_pii, iban_is_valid, mask_pii
@@ -36,7 +38,6 @@ from core.datasets.quality.reasons import (
 from core.datasets.quality.repetition import RepetitionSignals
 from core.datasets.quality.signals import (
     EncodingSignals,
-    LanguageSignal,
     LengthSignals,
     SymbolWordRatio,
     WordStatistics,
@@ -70,6 +71,7 @@ __all__ = [
     "find_pii",
     "gopher_steps",
     "iban_is_valid",
+    "language_identifier",
     "mask_pii",
     "normalise_for_dedup",
     "reason_label",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -20,19 +20,24 @@ from core.datasets.quality.base import QualityStep, Sample
 from core.datasets.quality.minhash import MinHasher, signature_from_bytes
 from core.datasets.quality.models import QualityThresholds
 
+_NON_WORD_RUN = re.compile(r"[^\w\s]+")
 
-@functools.cache
-def _punctuation_table() -> dict[int, str]:
-    # Every code point of Unicode category P* maps to a space (so "z.B." and "z. B." agree).
-    # Built once per process (~0.3 s); str.translate with it is a C loop.
-    return {
-        cp: " " for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("P")
-    }
+
+@functools.lru_cache(maxsize=4096)
+def _blank_punctuation(run: str) -> str:
+    # Punctuation (category P*) becomes a space; symbols such as € or + stay.
+    return "".join(" " if unicodedata.category(c)[0] == "P" else c for c in run)
 
 
 def normalise_for_dedup(text: str) -> str:
-    """NFKC, casefold, punctuation to spaces, whitespace runs collapsed, trimmed."""
-    t = unicodedata.normalize("NFKC", text).casefold().translate(_punctuation_table())
+    """NFKC, casefold, punctuation to spaces, whitespace runs collapsed, trimmed.
+
+    Punctuation becomes a space (not nothing) so that "z.B." and "z. B." agree. Only runs of
+    non-word characters are looked at (a regex finds them), and their few distinct forms are
+    cached: str.translate with a full Unicode punctuation table is ~5x slower on German text.
+    """
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = _NON_WORD_RUN.sub(lambda m: _blank_punctuation(m.group()), t)
     return " ".join(t.split())
 
 

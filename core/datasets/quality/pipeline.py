@@ -18,13 +18,13 @@ from typing import Any
 from core.datasets.quality.base import QualityStep, Sample
 from core.datasets.quality.blocklist import Blocklist
 from core.datasets.quality.dedup import ExactDuplicates, NearDuplicates
+from core.datasets.quality.language import LanguageSignal
 from core.datasets.quality.models import QualityInput, QualityResult, QualityThresholds
 from core.datasets.quality.pii import PIISignals
 from core.datasets.quality.reasons import score_reasons
 from core.datasets.quality.repetition import RepetitionSignals
 from core.datasets.quality.signals import (
     EncodingSignals,
-    LanguageSignal,
     LengthSignals,
     SymbolWordRatio,
     WordStatistics,

@@ -1,11 +1,8 @@
-"""Per-sample signal steps: length, encoding, language, symbols and word statistics."""
+"""Per-sample signal steps: length, encoding, symbols and word statistics."""
 
 from __future__ import annotations
 
-import copy
 import re
-import threading
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.datasets.quality import reasons as R
@@ -121,89 +118,6 @@ class EncodingSignals(QualityStep):
             s.signals["replacement_chars"] = n_repl
             if n_repl > t.max_replacement_chars:
                 self.flag(s, R.REPLACEMENT_CHARS, repl)
-
-
-# --------------------------------------------------------------------------------------------
-# Language
-
-_LANGID_LOCK = threading.Lock()
-_LANGID_BASE: Any = None
-_LANGID_BY_SET: dict[tuple[str, ...] | None, Any] = {}
-
-
-def langid_identifier(candidates: Sequence[str] | None) -> Any:
-    """A langid identifier restricted to `candidates` (None: all 97 languages).
-
-    Loading the model takes seconds, so it is loaded once per process; each candidate set gets
-    a shallow copy (set_languages replaces arrays instead of changing them, so copies sharing
-    the full model are independent).
-    """
-    global _LANGID_BASE
-    key = None if candidates is None else tuple(sorted(set(candidates)))
-    with _LANGID_LOCK:
-        ident = _LANGID_BY_SET.get(key)
-        if ident is None:
-            if _LANGID_BASE is None:
-                from langid.langid import LanguageIdentifier, model
-
-                _LANGID_BASE = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-            ident = copy.copy(_LANGID_BASE)
-            if key is not None:
-                ident.set_languages(list(key))
-            _LANGID_BY_SET[key] = ident
-    return ident
-
-
-def _language_sample(text: str, limit: int) -> str:
-    # The head alone can be a greeting or a heading; head + middle covers the body too.
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    mid = len(text) // 2
-    return text[:half] + "\n" + text[mid : mid + half]
-
-
-class LanguageSignal(QualityStep):
-    """Offline language identification with langid (model shipped in the wheel, no download).
-
-    Signals: language (ISO 639-1, "und" if too short to tell) and language_confidence. Flags
-    wrong_language when the best language is not expected, uncertain_language when it is
-    expected but below min_language_confidence.
-    """
-
-    name = "language"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._ident: Any = None
-        self._classify: Callable[[str], tuple[str, float]] | None = None
-
-    def setup(self, thresholds: QualityThresholds) -> None:
-        candidates = thresholds.language_candidates
-        if candidates is not None:
-            candidates = sorted(set(candidates) | set(thresholds.expected_languages))
-        self._ident = langid_identifier(candidates)
-        self._classify = self._ident.classify
-
-    def process(self, batch: list[Sample], thresholds: QualityThresholds) -> None:
-        t = thresholds
-        if self._classify is None:
-            self.setup(t)
-        classify = self._classify
-        assert classify is not None
-        expected = set(t.expected_languages)
-        for s in batch:
-            if len(s.text.strip()) < t.language_min_chars:
-                s.signals["language"] = "und"
-                s.signals["language_confidence"] = 0.0
-                continue
-            lang, conf = classify(_language_sample(s.text, t.language_sample_chars))
-            s.signals["language"] = lang
-            s.signals["language_confidence"] = round(conf, 4)
-            if lang not in expected:
-                self.flag(s, R.WRONG_LANGUAGE)
-            elif conf < t.min_language_confidence:
-                self.flag(s, R.UNCERTAIN_LANGUAGE)
 
 
 # --------------------------------------------------------------------------------------------
