@@ -418,3 +418,23 @@ def import_file(
             errors=errors,
             sample_ids=ids,
         )
+
+
+def import_upload(
+    engine: Engine,
+    actor: Principal,
+    dataset_id: int | str,
+    filename: str,
+    data: bytes,
+    fmt: str | None = None,
+    skip_bad: bool = False,
+) -> ImportReport:
+    """Import an uploaded file (the page hands over bytes); same rules as import_file."""
+    import tempfile
+
+    safe = Path(filename).name or "upload"
+    file_type(Path(safe))  # refuse an unsupported type before writing anything
+    with tempfile.TemporaryDirectory(prefix="clara-import-") as tmp:
+        path = Path(tmp) / safe
+        path.write_bytes(data)
+        return import_file(engine, actor, dataset_id, path, fmt, skip_bad)
