@@ -54,7 +54,9 @@ class Embedder:
                 "all-MiniLM-L6-v2 (HF_HUB_OFFLINE=1 forbids downloads)."
             ) from None
         self.location = location
-        self.dimension = self.model.get_sentence_embedding_dimension()
+        dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dimension = dim()
         self.max_seq_length = self.model.max_seq_length
         self._lock = threading.Lock()
 

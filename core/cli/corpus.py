@@ -1,0 +1,307 @@
+"""`clara corpus ...`: ingest, search, show, stats, delete, embed, load-sample, searches."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from core.cli.common import (
+    EXIT_FAILED,
+    CliFailure,
+    acting_user,
+    app,
+    console,
+    err_console,
+    print_json,
+    startup,
+)
+
+corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.",
+                         no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator:
+    """A rich progress callback for core's (stage, done, total, detail) reports."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
+                  console=err_console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int | None, detail: str) -> None:
+            if stage not in tasks:
+                label = {"files": "ingesting", "embedding": "embedding"}.get(stage, stage)
+                tasks[stage] = bar.add_task(label, total=total, detail="")
+            bar.update(tasks[stage], completed=done, total=total, detail=detail[:40])
+
+        yield update
+
+
+def _print_report(report, json_out: bool) -> None:  # noqa: ANN001
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        s = report.summary()
+        console.print(
+            f"files: {s['files']}   added: [bold]{s['added']}[/]   updated: {s['updated']}   "
+            f"unchanged: {s['unchanged']}   failed files: {s['failed_files']}   "
+            f"partial: {s['partial_files']}   embedded chunks: {s['embedded']}   "
+            f"pending embeddings: {s['pending_embeddings']}   ({s['seconds']} s)"
+        )
+        for f in report.files:
+            for w in f.warnings:
+                err_console.print(f"[yellow]warning:[/] {f.path}: {w}")
+        for f in report.failed_files:
+            label = "[red]failed[/]" if f.status == "failed" else "[yellow]partly failed[/]"
+            for p in f.problems:
+                err_console.print(f"{label} {f.path}: {p}")
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@corpus_app.command("ingest")
+def ingest(
+    paths: list[str] = typer.Argument(..., help="files or folders (folders recursively)"),
+    type_: str | None = typer.Option(None, "--type", help="document_type for documents without one"),
+    domain: str | None = typer.Option(None, help="domain for documents without one"),
+    map_: str | None = typer.Option(None, "--map",
+                                    help="column mapping for jsonl/json/csv/parquet, e.g. "
+                                         "text=body,title=headline,id=key,links=refs"),
+    glob: list[str] = typer.Option([], "--glob", help="only files matching (repeatable)"),
+    exclude: list[str] = typer.Option([], "--exclude", help="skip files matching (repeatable)"),
+    no_embed: bool = typer.Option(False, "--no-embed",
+                                  help="leave embeddings pending (`clara corpus embed` later)"),
+    chunk_tokens: int = typer.Option(240, help="chunk size in embedding-model tokens"),
+    chunk_overlap: int = typer.Option(32, help="overlap between chunks in tokens"),
+    max_doc_mb: float = typer.Option(10.0, help="largest single document / line in MB"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Ingest files and folders; prints a per-file report, exit code 1 if anything failed."""
+    from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
+
+    st = startup()
+    try:
+        opts = IngestOptions(document_type=type_, domain=domain, mapping=map_, globs=glob,
+                             exclude=exclude, chunk_tokens=chunk_tokens,
+                             chunk_overlap=chunk_overlap,
+                             max_document_bytes=int(max_doc_mb * 1024 * 1024),
+                             embed=not no_embed)
+        with _progress(not json_out) as progress:
+            report = ingest_paths(st.engine, acting_user(st.engine), paths, opts, st.settings,
+                                  progress)
+    except (IngestError, ValueError) as err:
+        raise CliFailure(str(err)) from None
+    _print_report(report, json_out)
+
+
+@corpus_app.command("load-sample")
+def load_sample_cmd(
+    no_embed: bool = typer.Option(False, "--no-embed"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Ingest the sample corpus (examples/corpus: German municipal documents)."""
+    from core.corpus.sample import load_sample, sample_available
+
+    if not sample_available():
+        raise CliFailure("the sample corpus (examples/corpus) is not part of this installation")
+    st = startup()
+    with _progress(not json_out) as progress:
+        report = load_sample(st.engine, acting_user(st.engine), st.settings,
+                             embed=not no_embed, progress=progress)
+    _print_report(report, json_out)
+
+
+@corpus_app.command("embed")
+def embed(
+    batch_size: int = typer.Option(256, help="chunks per batch"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Compute the pending embeddings."""
+    from core.corpus.ingest import embed_pending, pending_count
+
+    st = startup()
+    user = acting_user(st.engine)
+    with _progress(not json_out) as progress:
+        n = embed_pending(st.engine, user, st.settings, batch_size=batch_size, progress=progress)
+    left = pending_count(st.engine, user)
+    if json_out:
+        print_json({"embedded": n, "pending": left})
+    else:
+        console.print(f"embedded {n} chunks; {left} pending")
+
+
+def _parse_weights(spec: str | None) -> dict[str, float] | None:
+    if not spec:
+        return None
+    out = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise CliFailure(f"--weights {spec!r}: write vector=0.5,graph=0.3,keyword=0.2")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise CliFailure(f"--weights: {v!r} is not a number") from None
+    return out
+
+
+@corpus_app.command("search")
+def search_cmd(
+    query: str = typer.Argument("", help="the question or keywords"),
+    mode: str = typer.Option("hybrid", help="keyword | vector | graph | hybrid"),
+    k: int = typer.Option(10, "--k", "-k", help="number of results"),
+    filter_: list[str] = typer.Option([], "--filter",
+                                      help="KEY=VALUE: document_type, domain, date_from, "
+                                           "date_to or a metadata key (repeatable)"),
+    weights: str | None = typer.Option(None, help="vector=0.5,graph=0.3,keyword=0.2"),
+    fusion: str = typer.Option("weighted", help="weighted | rrf"),
+    seed: list[str] = typer.Option([], "--seed", help="graph mode: expand from these ids"),
+    hops: int = typer.Option(1, help="graph expansion depth (1-4)"),
+    save: str | None = typer.Option(None, help="also save this search under a name"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Search the corpus; every result shows its per-mode scores."""
+    from pydantic import ValidationError
+
+    from core.corpus.documents import DocumentFilters
+    from core.corpus.search import SearchRequest, save_search, search
+
+    st = startup()
+    user = acting_user(st.engine)
+    try:
+        req = SearchRequest(query=query, mode=mode, k=k, fusion=fusion, seed_ids=seed, hops=hops,
+                            filters=DocumentFilters.parse(filter_),
+                            **({"weights": w} if (w := _parse_weights(weights)) else {}))
+    except (ValidationError, ValueError) as err:
+        raise CliFailure(_one_line(err)) from None
+    if not query and not seed:
+        raise CliFailure("give a query (or --seed ids with --mode graph)")
+    results = search(st.engine, user, req, st.settings)
+    if save:
+        save_search(st.engine, user, save, req)
+    if json_out:
+        print_json([r.model_dump(mode="json") for r in results])
+        return
+    t = Table("#", "score", "doc_id", "title", "keyword", "vector", "graph", "snippet",
+              show_lines=False)
+    for r in results:
+        t.add_row(str(r.rank), f"{r.score:.3f}", r.doc_id, r.title[:50],
+                  *(f"{r.scores[m]:.2f}" if m in r.scores else "-"
+                    for m in ("keyword", "vector", "graph")),
+                  r.snippet[:120])
+    console.print(t)
+    if not results:
+        console.print("no results")
+
+
+def _one_line(err: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        return f"{loc}: {e.get('msg', 'invalid')}".removeprefix(": ")
+    return str(err)
+
+
+@corpus_app.command("show")
+def show(
+    doc_id: str,
+    json_out: bool = typer.Option(False, "--json"),
+    chunks: bool = typer.Option(False, "--chunks", help="also list the chunks"),
+) -> None:
+    """Show one document: metadata, text and related documents."""
+    from core.corpus.documents import (
+        DocumentNotFound,
+        get_document,
+        iter_chunks,
+        related_documents,
+    )
+
+    st = startup()
+    user = acting_user(st.engine)
+    try:
+        doc = get_document(st.engine, user, doc_id)
+    except DocumentNotFound as err:
+        raise CliFailure(str(err)) from None
+    related = related_documents(st.engine, user, doc_id, st.settings)
+    chunk_list = list(iter_chunks(st.engine, user, [doc_id])) if chunks else []
+    if json_out:
+        print_json({"document": doc, "related": related["edges"],
+                    **({"chunks": chunk_list} if chunks else {})})
+        return
+    console.print(f"[bold]{doc.title}[/bold]  ({doc.doc_id}, revision {doc.revision})")
+    console.print(f"type: {doc.document_type}  domain: {doc.domain}  date: {doc.date}  "
+                  f"source: {doc.source_path}")
+    console.print(f"sha256: {doc.sha256}  ingested: {doc.ingested_at:%Y-%m-%d %H:%M:%S}")
+    if doc.metadata:
+        console.print(f"metadata: {doc.metadata}", markup=False)
+    console.rule()
+    console.print(doc.text, markup=False, highlight=False)
+    console.rule()
+    t = Table("from", "relation", "to", "evidence")
+    for e in related["edges"]:
+        if doc_id in (e["src"], e["dst"]):
+            t.add_row(e["src"], e["type"], e["dst"], e["evidence"][:60])
+    console.print(t)
+    for c in chunk_list:
+        console.print(f"[{c.chunk_index}] {c.start_char}-{c.end_char} ({c.token_count} tokens)",
+                      markup=False)
+
+
+@corpus_app.command("stats")
+def stats(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Counts: documents, chunks, pending embeddings, edges, per type and domain."""
+    from core.corpus.documents import corpus_stats
+
+    st = startup()
+    s = corpus_stats(st.engine, acting_user(st.engine))
+    if json_out:
+        print_json(s)
+        return
+    for key in ("documents", "chunks", "embedded_chunks", "pending_embeddings", "edges",
+                "characters"):
+        console.print(f"{key}: {s[key]}")
+    for group in ("by_document_type", "by_domain", "by_edge_type"):
+        console.print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in s[group].items()))
+
+
+@corpus_app.command("delete")
+def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y",
+                                                 help="do not ask")) -> None:
+    """Delete a document from the database, keyword, vector and graph indexes."""
+    from core.corpus.documents import DocumentNotFound
+    from core.corpus.ingest import delete_document
+
+    st = startup()
+    if not yes and not typer.confirm(f"Delete {doc_id} from all indexes?"):
+        raise CliFailure("not deleted")
+    try:
+        delete_document(st.engine, acting_user(st.engine), doc_id, st.settings)
+    except DocumentNotFound as err:
+        raise CliFailure(str(err)) from None
+    console.print(f"deleted {doc_id}")
+
+
+@corpus_app.command("searches")
+def searches(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List saved searches."""
+    from core.corpus.search import list_saved_searches
+
+    st = startup()
+    rows = list_saved_searches(st.engine, acting_user(st.engine))
+    if json_out:
+        print_json([r.model_dump(mode="json") for r in rows])
+        return
+    t = Table("name", "mode", "query", "k", "by")
+    for r in rows:
+        t.add_row(r.name, r.request.mode, r.request.query[:60], str(r.request.k), r.created_by)
+    console.print(t)
