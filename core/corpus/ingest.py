@@ -400,6 +400,19 @@ def ingest_paths(
     return report
 
 
+def ingest_server_folder(
+    engine: Engine,
+    actor: Principal,
+    folder: str | Path,
+    options: IngestOptions | None = None,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest a folder on the server (a web user naming server paths needs admin rights)."""
+    require(actor, "corpus:ingest_server_path")
+    return ingest_paths(engine, actor, [folder], options, settings, progress)
+
+
 class IngestError(Exception):
     """The request itself is invalid (bad mapping, path missing); nothing was ingested."""
 

@@ -1,6 +1,6 @@
 """Search: keyword, vector, graph and hybrid, each result with its per-mode breakdown.
 
-Hybrid fuses min-max-normalised mode scores with user weights (default vector 0.5, graph
+Hybrid fuses normalised mode scores (see _normalise) with user weights (default vector 0.5, graph
 0.3, keyword 0.2) or, optionally, by reciprocal rank fusion. The graph score of a document
 is the support it gets from the top keyword/vector hits it is related to, so documents that
 several good hits cite rise even when their own wording differs from the question.
@@ -153,9 +153,18 @@ def _minmax(scores: dict[str, float]) -> dict[str, float]:
     return {d: (s - floor) / (hi - floor) for d, s in scores.items()}
 
 
+def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
+    """BM25 / ts_rank and graph support only mean something relative to the query's other
+    candidates: min-max. Cosine similarity is already on a fixed scale: stretching it would
+    turn the best of many weak matches into a perfect one, so it is only clipped to 0..1."""
+    if mode == "vector":
+        return {d: min(1.0, max(0.0, s)) for d, s in scores.items()}
+    return _minmax(scores)
+
+
 def _fuse(per_mode: dict[str, dict[str, float]], weights: dict[str, float], fusion: str
           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    norm = {m: _minmax(s) for m, s in per_mode.items()}
+    norm = {m: _normalise(m, s) for m, s in per_mode.items()}
     total = sum(weights.get(m, 0.0) for m in per_mode) or 1.0
     fused: dict[str, float] = defaultdict(float)
     for mode, scores in per_mode.items():
@@ -226,7 +235,7 @@ def search(
         fused, norm = _fuse(per_mode, w, req.fusion)
     else:
         only = per_mode.get(req.mode, {})
-        fused, norm = dict(only), {req.mode: _minmax(only)}
+        fused, norm = dict(only), {req.mode: _normalise(req.mode, only)}
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
     return _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
 
