@@ -1,0 +1,271 @@
+"""Real training through the real queue and `clara worker` processes, on the demo model.
+
+The demo model is built once per session (tiny size) into a shared folder and linked into
+each test's data dir, as `clara demo-model` would have left it there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import select
+
+from core.datasets.service import SampleIn, add_samples, create_dataset
+from core.datasets.versions import freeze
+from core.db import session_scope
+from core.training.adapters import (
+    MANIFEST,
+    AdapterNotFound,
+    delete_adapter,
+    get_adapter,
+    lineage,
+    list_adapters,
+    merge_adapter,
+)
+from core.training.jobs import (
+    SubmitRefused,
+    cancel_job,
+    get_job,
+    job_metrics,
+    list_jobs,
+    retry_job,
+    submit_job,
+)
+from core.training.models import Adapter
+from core.training.spec import preset
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+os.environ["CLARA_DEMO_MODEL_SIZE"] = "tiny"
+os.environ.setdefault("CLARA_TRAIN_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_demo_model(tmp_path_factory) -> Path:
+    from core.training.demo_model import build_demo_model
+
+    folder = tmp_path_factory.mktemp("demo-model") / "demo-llama"
+    folder.mkdir()
+    return build_demo_model(folder, size="tiny")
+
+
+@pytest.fixture
+def demo(settings, shared_demo_model) -> Path:
+    target = settings.data_path / "models" / "demo-llama"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(shared_demo_model, target_is_directory=True)
+    return target
+
+
+def make_version(engine, admin, name: str = "faq", n: int = 48, offset: int = 0):
+    ds = create_dataset(engine, admin, name)
+    samples = [
+        SampleIn(kind="chat", status="accepted", messages=[
+            {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
+            {"role": "assistant",
+             "content": f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr."},
+        ])
+        for k in range(1 + offset, n + 1 + offset)
+    ]
+    add_samples(engine, admin, ds.id, samples)
+    return freeze(engine, admin, ds.id, eval_ratio=0.2)
+
+
+def spec(name: str, version_id: int, method: str = "lora", **trainer) -> dict:
+    kind = {"lora": "demo-lora", "qlora": "demo-qlora", "continue": "continue"}[method]
+    d = preset(kind, name=name, dataset_version=version_id)
+    d["trainer"].update(max_steps=8, per_device_train_batch_size=4, max_length=64,
+                        learning_rate=1e-2, logging_steps=2, save_steps=4, warmup_steps=0)
+    d["trainer"].update(trainer)
+    return d
+
+
+def run_worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "core.cli", "worker", *args],
+                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "core.cli", "worker", *args], cwd=ROOT,
+                            env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def wait_for(predicate, what: str, limit: float = 300.0):  # noqa: ANN001
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_submit_refuses_what_is_missing(db_engine, admin, demo):
+    version = make_version(db_engine, admin, n=10)
+    with pytest.raises(SubmitRefused, match="no dataset version 'nope@v3'") as err:
+        submit_job(db_engine, admin, spec("a", "nope@v3"))
+    assert err.value.field == "dataset_version"
+    bad_base = spec("a", version.id) | {"base_model": str(demo.parent / "missing-model")}
+    with pytest.raises(SubmitRefused, match="missing-model does not exist"):
+        submit_job(db_engine, admin, bad_base)
+    with pytest.raises(SubmitRefused, match="no adapter 'ghost'"):
+        submit_job(db_engine, admin, spec("a", version.id, "continue") | {"adapter": "ghost"})
+    wrong_targets = spec("a", version.id)
+    wrong_targets["peft"]["target_modules"] = ["c_attn", "c_proj"]
+    with pytest.raises(SubmitRefused, match="has none of \\['c_attn', 'c_proj'\\]") as err:
+        submit_job(db_engine, admin, wrong_targets)
+    assert "q_proj" in str(err.value) and err.value.field == "peft.target_modules"
+    assert list_jobs(db_engine, admin) == []  # nothing was queued
+    ok = submit_job(db_engine, admin, spec("a", f"{version.dataset_name}@v1"))
+    assert ok.state == "queued" and ok.dataset_version_id == version.id
+    with pytest.raises(SubmitRefused, match="already training an adapter named 'a'"):
+        submit_job(db_engine, admin, spec("a", version.id))
+
+
+def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
+    version = make_version(db_engine, admin)
+    job = submit_job(db_engine, admin, spec("hund", version.id))
+    run_worker("--once")
+    done = get_job(db_engine, admin, job.id)
+    assert done.state == "succeeded", done.error
+    metrics = job_metrics(db_engine, admin, job.id)
+    train = metrics[metrics["phase"] == "train"]
+    assert list(train["step"]) == [2, 4, 6, 8]
+    assert train["loss"].iloc[-1] < train["loss"].iloc[0]
+    assert train["tokens_per_second"].notna().all() and train["learning_rate"].notna().all()
+    adapter = get_adapter(db_engine, admin, "hund")
+    m = adapter.metrics
+    assert m["eval_perplexity_after"] < m["eval_perplexity_before"]
+    assert set(adapter.library_versions) >= {"torch", "transformers", "peft", "trl",
+                                             "bitsandbytes"}
+    assert adapter.dataset_manifest_sha256 == version.manifest_sha256
+    assert adapter.job_id == job.id and done.adapter_id == adapter.id
+    assert (adapter.path / "adapter_config.json").exists() and (adapter.path / MANIFEST).exists()
+    assert adapter.path.parent == settings.data_path / "adapters"
+
+    version2 = make_version(db_engine, admin, "faq2", n=24, offset=100)
+    job2 = submit_job(db_engine, admin, spec("hund-v2", version2.id, "continue",
+                                             max_steps=4) | {"adapter": "hund"})
+    run_worker("--once")
+    assert get_job(db_engine, admin, job2.id).state == "succeeded"
+    child = get_adapter(db_engine, admin, "hund-v2")
+    assert child.parent_adapter_id == adapter.id
+    assert child.base_model_fingerprint == adapter.base_model_fingerprint
+    chain = lineage(db_engine, admin, "hund-v2")["chain"]
+    assert [c["adapter"]["name"] for c in chain] == ["hund-v2", "hund"]
+    assert chain[0]["dataset_version"]["ref"] == "faq2@v1"
+    assert chain[1]["job"]["id"] == job.id
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = merge_adapter(db_engine, admin, "hund", settings.data_path / "export" / "hund")
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert model.generate(**tok("Für 3 Hunde", return_tensors="pt"), max_new_tokens=3,
+                          do_sample=False).shape[1] > 0
+
+    removed = delete_adapter(db_engine, admin, "hund-v2")
+    assert not removed.path.exists()
+    with pytest.raises(AdapterNotFound):
+        get_adapter(db_engine, admin, "hund-v2")
+
+
+def test_qlora_4bit_job(db_engine, admin, demo):
+    version = make_version(db_engine, admin)
+    job = submit_job(db_engine, admin, spec("hund-q", version.id, "qlora"))
+    run_worker("--once")
+    done = get_job(db_engine, admin, job.id)
+    assert done.state == "succeeded", done.error
+    adapter = get_adapter(db_engine, admin, "hund-q")
+    assert adapter.method == "qlora"
+    assert adapter.spec["quantization"]["quant_type"] == "nf4"
+    assert adapter.metrics["eval_perplexity_after"] < adapter.metrics["eval_perplexity_before"]
+    log = Path(done.log_path).read_text()
+    assert "4-bit nf4" in log
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_failing_job_keeps_log_and_registers_nothing(db_engine, admin, demo, settings):
+    version = make_version(db_engine, admin, n=10)
+    job = submit_job(db_engine, admin, spec("broken", version.id))
+    # The frozen files change on disk after submit: the job must fail, clearly.
+    train = version.path / "train.parquet"
+    train.chmod(0o644)
+    train.write_bytes(train.read_bytes() + b"x")
+    run_worker("--once")
+    failed = get_job(db_engine, admin, job.id)
+    assert failed.state == "failed"
+    assert "does not match its manifest" in failed.error
+    assert "does not match its manifest" in Path(failed.log_path).read_text()
+    assert list_adapters(db_engine, admin) == []
+    assert not (settings.data_path / "adapters" / "broken").exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
+    version = make_version(db_engine, admin)
+    job = submit_job(db_engine, admin, spec("long", version.id, max_steps=400, save_steps=200))
+    worker = start_worker("--lease-seconds", "10")
+    try:
+        wait_for(lambda: get_job(db_engine, admin, job.id).step >= 2, "training to start")
+        cancel_job(db_engine, admin, job.id)
+        cancelled = wait_for(
+            lambda: (j := get_job(db_engine, admin, job.id)).state == "cancelled" and j,
+            "the cancel", limit=60)
+        assert cancelled.checkpoint and Path(cancelled.checkpoint).is_dir()
+        stopped_at = cancelled.step
+        assert stopped_at < 400
+        with session_scope(db_engine) as s:
+            assert s.scalar(select(Adapter.id)) is None
+        retry_job(db_engine, admin, job.id)
+        wait_for(lambda: get_job(db_engine, admin, job.id).step > stopped_at + 2,
+                 "the retried job to resume")
+        cancel_job(db_engine, admin, job.id)
+        wait_for(lambda: get_job(db_engine, admin, job.id).state == "cancelled",
+                 "the second cancel", limit=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    log = Path(get_job(db_engine, admin, job.id).log_path).read_text()
+    assert f"resuming from {cancelled.checkpoint}" in log
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_worker_killed_mid_job_resumes_from_checkpoint(db_engine, admin, demo):
+    version = make_version(db_engine, admin)
+    job = submit_job(db_engine, admin, spec("survivor", version.id, max_steps=16))
+    worker = start_worker("--lease-seconds", "4")
+    try:
+        running = wait_for(
+            lambda: (j := get_job(db_engine, admin, job.id)).checkpoint and j.step >= 4 and j,
+            "the first checkpoint")
+        child = psutil.Process(running.pid)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    # The orphaned training process dies with its worker, before anyone can take the job.
+    child.wait(timeout=30)
+    assert get_job(db_engine, admin, job.id).state == "running"  # until its lease expires
+    run_worker("--once", "--lease-seconds", "4")
+    done = get_job(db_engine, admin, job.id)
+    assert done.state == "succeeded", done.error
+    assert done.attempts == 2 and done.fencing_token == 2
+    metrics = job_metrics(db_engine, admin, job.id)
+    second = metrics[(metrics["attempt"] == 2) & (metrics["phase"] == "train")]
+    assert second["step"].min() > 4  # continued, not restarted
+    assert "resuming from" in Path(done.log_path).read_text()
+    assert get_adapter(db_engine, admin, "survivor").job_id == job.id
