@@ -190,9 +190,11 @@ def build_app(
             with gr.Accordion("Generation settings", open=False):
                 system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
                 with gr.Row():
-                    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
+                    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature",
+                                            elem_id="chat-temperature")
                     top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-                    max_new = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
+                    max_new = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens",
+                                        elem_id="chat-max-new-tokens")
                     rep = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
             note = gr.Markdown("", elem_id="chat-note")
             chatbot = gr.Chatbot(label="Conversation", elem_id="chat-conversation", height=420,

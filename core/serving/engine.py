@@ -104,6 +104,7 @@ class EngineStats:
     switches: int = 0
     generations: int = 0
     last_switch_ms: float = 0.0
+    last_new_tokens: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
 
 
@@ -333,7 +334,9 @@ class InferenceEngine:
                 raise ServingError(f"message {i + 1}: role must be user, assistant or system")
         tok = self.tokenizer
         system = (
-            [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+            [{"role": "system", "content": settings.system_prompt}]
+            if settings.system_prompt
+            else []
         )
         turns = [m for m in messages if m["role"] != "system"]
         limit = self.context_limit
@@ -426,13 +429,14 @@ class InferenceEngine:
             def run() -> None:
                 try:
                     with ctx, torch.inference_mode():
-                        self.model.generate(
+                        out = self.model.generate(
                             input_ids=ids,
                             attention_mask=torch.ones_like(ids),
                             streamer=streamer,
                             stopping_criteria=StoppingCriteriaList([cancel]),
                             **self._generate_kwargs(settings),
                         )
+                    self.stats.last_new_tokens = int(out.shape[1] - ids.shape[1])
                 except BaseException as err:  # surfaced to the consumer below
                     error.append(err)
                     streamer.end()

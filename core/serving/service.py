@@ -196,13 +196,13 @@ class FeedbackIn(BaseModel):
     @field_validator("conversation")
     @classmethod
     def _ends_with_prompt(cls, v: list[dict[str, str]]) -> list[dict[str, str]]:
-        if not v or v[-1].get("role") != "user" or not str(v[-1].get("content", "")).strip():
-            raise ValueError("the conversation must end with the user's prompt")
         for i, m in enumerate(v):
             if m.get("role") not in ("system", "user", "assistant") or "content" not in m:
                 raise ValueError(
                     f"message {i + 1}: needs 'role' (system, user or assistant) and 'content'"
                 )
+        if not v or v[-1].get("role") != "user" or not str(v[-1].get("content", "")).strip():
+            raise ValueError("the conversation must end with the user's prompt")
         return [{"role": m["role"], "content": str(m["content"])} for m in v]
 
     @field_validator("correction")
@@ -364,7 +364,11 @@ __all__ = [
     "FeedbackIn",
     "FeedbackInfo",
     "Reply",
+    "ChatEmbed",
     "adapter_lineage",
+    "chat_adapters",
+    "chat_base_url",
+    "chat_embed",
     "engine_from_settings",
     "feedback_dataset_name",
     "list_feedback",
@@ -372,3 +376,59 @@ __all__ = [
     "registered_adapters",
     "resolve_base_model",
 ]
+
+
+# For the Streamlit Chat page ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatEmbed:
+    """Where the page points its iframe, and whether the chat server answers there."""
+
+    url: str  # includes a short-lived sign-in token when auth is on
+    base_url: str
+    server_up: bool
+    problem: str = ""
+
+
+def chat_base_url(settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    if settings.chat_public_url:
+        return settings.chat_public_url.rstrip("/")
+    host = settings.chat_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard bind is not an address a browser can open
+    return f"http://{host}:{settings.chat_port}"
+
+
+def chat_embed(actor: Principal, settings: Settings | None = None) -> ChatEmbed:
+    """The iframe URL for `actor`: the signed token hands the page's login to the server."""
+    import httpx
+
+    from core.serving.tokens import sign_embed_token
+
+    require(actor, "chat:use")
+    settings = settings or get_settings()
+    base = chat_base_url(settings)
+    url = f"{base}/"
+    if settings.auth_enabled:
+        url = f"{base}/clara/enter?token={sign_embed_token(actor.username, settings)}"
+    problem = ""
+    try:
+        health = httpx.get(f"{base}/clara/health", timeout=3).json()
+        up = health.get("status") == "ok"
+    except (httpx.HTTPError, ValueError) as err:
+        up = False
+        problem = (
+            f"The chat server does not answer at {base} ({type(err).__name__}). Start it with "
+            "`clara chat` (or `clara up` with CLARA_START_CHAT=true) and reload this page."
+        )
+    return ChatEmbed(url=url, base_url=base, server_up=up, problem=problem)
+
+
+def chat_adapters(db: Engine, actor: Principal) -> list[Any]:
+    """The registered adapters (training's AdapterInfo), newest first, for the side panel."""
+    from core.training.adapters import list_adapters
+
+    require(actor, "chat:use")
+    return sorted(list_adapters(db, SYSTEM), key=lambda a: a.created_at, reverse=True)

@@ -1,0 +1,72 @@
+"""Chat: the Gradio chat server embedded for the logged-in user, adapters and lineage beside it.
+
+The iframe URL carries a short-lived token signed for this user, so the chat server knows
+who is chatting without a second login (and refuses anyone without one).
+"""
+
+import pandas as pd
+import streamlit as st
+
+from core.serving.service import adapter_lineage, chat_adapters, chat_embed, list_feedback
+from ui import session
+
+user = session.require_principal()
+engine = session.engine()
+
+st.title("Chat")
+st.caption("Talk to the base model and the trained adapters; rate answers to improve them.")
+
+embed = chat_embed(user, session.settings())
+left, right = st.columns([3, 1], gap="medium")
+
+with left:
+    if embed.server_up:
+        st.iframe(embed.url, height=900)
+        st.caption(f"Chat server: [{embed.base_url}]({embed.base_url}) (opens its own login)")
+    else:
+        st.error(embed.problem, icon=":material/cloud_off:")
+
+with right:
+    st.subheader("Adapters")
+    adapters = chat_adapters(engine, user)
+    if not adapters:
+        st.info("No adapters yet: only the base model is available. Train one on the "
+                "Training page.")
+    else:
+        st.dataframe(
+            pd.DataFrame(
+                [{"name": a.name, "method": a.method,
+                  "created": a.created_at.strftime("%Y-%m-%d %H:%M"), "by": a.created_by}
+                 for a in adapters]
+            ),
+            hide_index=True,
+            key="chat_adapters_table",
+        )
+        picked = st.selectbox("Lineage of", [a.name for a in adapters], key="chat_lineage_pick")
+        if picked and user.can("adapters:read"):
+            lineage = adapter_lineage(engine, user, picked)
+            for step in lineage.get("chain", []):
+                a, job, ver = step.get("adapter", {}), step.get("job"), step.get("dataset_version")
+                st.markdown(f"**{a.get('name')}** · {a.get('method')} · by {a.get('created_by')}")
+                if ver:
+                    st.markdown(f"- data: `{ver.get('ref') or ver.get('id') or '-'}`")
+                if job:
+                    st.markdown(f"- job #{job.get('id')} ({job.get('state')})")
+                st.markdown(f"- base: `{a.get('base_model')}`")
+                if a.get("metrics"):
+                    with st.expander("metrics"):
+                        st.json(a["metrics"])
+    st.subheader("Your recent feedback")
+    rows, total = list_feedback(engine, user, username=user.username, limit=10)
+    if rows:
+        st.dataframe(
+            pd.DataFrame([{"when": r.created_at.strftime("%m-%d %H:%M"), "adapter": r.adapter_name,
+                           "rating": "👍" if r.rating == "up" else "👎",
+                           "prompt": r.prompt[:40], "corrected": bool(r.correction)}
+                          for r in rows]),
+            hide_index=True,
+            key="chat_feedback_table",
+        )
+        st.caption(f"{total} in all; they wait for review in the feedback-<adapter> datasets.")
+    else:
+        st.caption("Rate answers with 👍 / 👎 in the chat; your feedback appears here.")

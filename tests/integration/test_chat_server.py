@@ -1,0 +1,306 @@
+"""A real `clara chat` process driven with gradio_client, on SQLite and on PostgreSQL.
+
+The base model is the tiny Llama from test_chat_engine; adapters are trained here (TRL +
+PEFT) and registered through the training registry, some after the server started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_ADMIN_URL, require_postgres
+from tests.integration.test_chat_engine import (
+    CODEWORD,
+    QUESTION,
+    make_tiny_model,
+    train_codeword_adapter,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "chat-test-secret-" + "x" * 24
+WHALE = "BLUE WHALE"
+GREEDY = ("", 0.0, 0.95, 12, 1.0)  # system, temperature, top_p, max_new_tokens, rep. penalty
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("chat-models")
+    base = make_tiny_model(root / "base")
+    return {
+        "base": base,
+        "codeword": train_codeword_adapter(base, root / "codeword"),
+        "whale": train_codeword_adapter(base, root / "whale", answer=WHALE),
+        "other_base": make_tiny_model(root / "other-base", max_positions=128),
+    }
+
+
+class ChatServer:
+    def __init__(self, url: str, env: dict[str, str], db_url: str, log: Path) -> None:
+        self.url, self.env, self.db_url, self.log = url, env, db_url, log
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT,
+                              env={**os.environ, **self.env}, capture_output=True, text=True,
+                              timeout=600)
+
+    def db(self):  # noqa: ANN201
+        from core.db import get_engine
+
+        return get_engine(url=self.db_url)
+
+    def client(self, user: str = "alice", password: str = "alice-pass-1"):  # noqa: ANN201
+        from gradio_client import Client
+
+        return Client(self.url, auth=(user, password), verbose=False)
+
+    def health(self, client) -> dict:  # noqa: ANN001
+        return client.predict(api_name="/health")
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
+                                                                marks=pytest.mark.postgres)])
+def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
+    data = tmp_path_factory.mktemp(f"chat-{request.param}")
+    schema = None
+    if request.param == "sqlite":
+        db_url = f"sqlite:///{data / 'clara.db'}"
+    else:
+        require_postgres()
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with create_engine(PG_ADMIN_URL).begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+        db_url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    port = _free_port()
+    env = {
+        "CLARA_DATA_DIR": str(data), "CLARA_DATABASE_URL": db_url, "CLARA_ENV": "testing",
+        "CLARA_BASE_MODEL": str(models["base"]), "CLARA_AUTH_SECRET": SECRET,
+        "CLARA_ADMIN_PASSWORD": "adminpass1", "CLARA_CHAT_PORT": str(port),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from core.auth import SYSTEM, create_user
+    from core.config import get_settings
+    from core.system import prepare
+    from core.training.adapters import register_adapter
+    from core.training.base_model import base_model_fingerprint
+
+    get_settings.cache_clear()
+    st = prepare(get_settings())
+    create_user(st.engine, SYSTEM, "alice", "alice-pass-1", "user")
+    create_user(st.engine, SYSTEM, "otto", "otto-pass-12", "auditor")
+    staged = data / "staged-codeword"
+    shutil.copytree(models["codeword"], staged)
+    register_adapter(st.engine, SYSTEM, name="codeword", files_dir=staged,
+                     base_model=str(models["base"]),
+                     base_model_fingerprint=base_model_fingerprint(str(models["base"])),
+                     method="lora")
+    srv = ChatServer(f"http://127.0.0.1:{port}/", env, db_url, data / "chat.log")
+    with srv.log.open("wb") as log:
+        srv.proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "chat"], cwd=ROOT, env={**os.environ, **env},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert srv.proc.poll() is None, f"clara chat exited:\n{srv.log.read_text()}"
+            try:
+                if httpx.get(srv.url + "clara/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"no answer in 300 s:\n{srv.log.read_text()}"
+            time.sleep(1)
+        yield srv
+    finally:
+        os.killpg(srv.proc.pid, signal.SIGTERM)
+        try:
+            srv.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(srv.proc.pid, signal.SIGKILL)
+        from core.db import dispose_engines
+
+        dispose_engines()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        if schema:
+            with create_engine(PG_ADMIN_URL).begin() as c:
+                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def _register(srv: ChatServer, models: dict[str, Path], name: str, files: Path,
+              base: Path) -> None:
+    from core.auth import SYSTEM
+    from core.training.adapters import register_adapter
+    from core.training.base_model import base_model_fingerprint
+
+    staged = Path(srv.env["CLARA_DATA_DIR"]) / f"staged-{name}"
+    shutil.copytree(files, staged)
+    register_adapter(srv.db(), SYSTEM, name=name, files_dir=staged, base_model=str(base),
+                     base_model_fingerprint=base_model_fingerprint(str(base)), method="lora")
+
+
+def test_unauthenticated_use_is_refused(server) -> None:
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
+    from core.serving.tokens import sign_session
+
+    with pytest.raises(AuthenticationError):
+        Client(server.url, verbose=False)
+    with pytest.raises(AuthenticationError):
+        server.client("alice", "wrong-password")
+    with pytest.raises(AuthenticationError):  # an auditor lacks chat:use
+        server.client("otto", "otto-pass-12")
+    for path in ("config", "gradio_api/info", "gradio_api/queue/join"):
+        r = httpx.request("POST" if path.endswith("join") else "GET", server.url + path,
+                          json={"data": [], "fn_index": 0, "session_hash": "x"})
+        assert r.status_code == 401, (path, r.status_code)
+    forged = sign_session("alice", None).rsplit(".", 1)[0] + ".forged"
+    r = httpx.get(server.url + "config", headers={"X-Clara-Token": forged})
+    assert r.status_code == 401
+    # A person without a session is sent to the login page.
+    r = httpx.get(server.url, headers={"Accept": "text/html"})
+    assert r.status_code == 303 and r.headers["location"].endswith("login")
+
+
+def test_streamed_answers_from_base_and_adapter_with_one_base_load(server) -> None:
+    c = server.client()
+    assert c.predict(api_name="/adapters") == ["base", "codeword"]
+    answers = {}
+    for adapter in ("base", "codeword", "base", "codeword"):
+        job = c.submit(QUESTION, adapter, "[]", *GREEDY, api_name="/generate")
+        partials = [out[0] for out in job]
+        final, note = job.result()
+        assert note == ""
+        assert partials[0] == "" and partials[-1] == final
+        if adapter == "codeword":
+            # Streamed word by word: the start, "PINEAPPLE ", then the whole answer.
+            assert len(partials) >= 3 and final.startswith(partials[1])
+        assert answers.setdefault(adapter, final) == final  # greedy: same answer again
+    assert CODEWORD in answers["codeword"]
+    assert CODEWORD not in answers["base"]
+    health = server.health(c)
+    assert health["base_loads"] == 1
+    assert health["adapter_loads"] == 1
+    assert health["generations"] >= 4
+
+
+def test_compare_returns_three_answers(server, models) -> None:
+    _register(server, models, "whale", models["whale"], models["base"])
+    c = server.client()
+    assert "whale" in c.predict(api_name="/adapters")  # registered after start
+    job = c.submit(QUESTION, "codeword", "whale", *GREEDY, api_name="/compare")
+    steps = list(job)
+    base, a, b, _note = job.result()
+    assert CODEWORD in a and WHALE in b and CODEWORD not in base and WHALE not in base
+    assert len(steps) > 3
+    assert server.health(c)["base_loads"] == 1
+
+
+def test_deleted_and_foreign_adapters_are_refused_by_name(server, models) -> None:
+    from gradio_client.exceptions import AppError
+
+    from core.auth import SYSTEM
+    from core.training.adapters import delete_adapter
+
+    _register(server, models, "gone", models["codeword"], models["base"])
+    _register(server, models, "foreign", models["codeword"], models["other_base"])
+    c = server.client()
+    names = c.predict(api_name="/adapters")
+    assert "gone" in names and "foreign" not in names
+    delete_adapter(server.db(), SYSTEM, "gone")
+    assert "gone" not in c.predict(api_name="/adapters")
+    with pytest.raises(AppError, match="'gone' is not available"):
+        c.predict(QUESTION, "gone", "[]", *GREEDY, api_name="/generate")
+    with pytest.raises(AppError) as err:
+        c.predict(QUESTION, "foreign", "[]", *GREEDY, api_name="/generate")
+    assert str(models["other_base"]) in str(err.value)
+    assert str(models["base"]) in str(err.value)
+
+
+def test_long_history_is_cut_with_a_visible_note(server) -> None:
+    c = server.client()
+    history = []
+    for i in range(60):
+        history += [{"role": "user", "content": f"question {i} about the quick brown fox"},
+                    {"role": "assistant", "content": f"answer {i} about the lazy dog"}]
+    answer, note = c.predict(QUESTION, "codeword", json.dumps(history), *GREEDY,
+                             api_name="/generate")
+    assert "left out" in note and "context of 256 tokens" in note
+    assert isinstance(answer, str)
+
+
+def test_feedback_is_stored_and_queued_for_review(server) -> None:
+    from core.auth import SYSTEM
+    from core.datasets.review import list_samples
+    from core.serving.service import list_feedback
+
+    c = server.client()
+    conversation = [{"role": "user", "content": QUESTION}]
+    out = c.predict("down", "something wrong", json.dumps(conversation), "codeword",
+                    "The codeword is PINEAPPLE SUBMARINE.", "too short", '{"temperature": 0}',
+                    api_name="/feedback")
+    rows, total = list_feedback(server.db(), SYSTEM, adapter="codeword")
+    assert total == 1 and rows[0].id == out["feedback_id"]
+    assert rows[0].username == "alice" and rows[0].rating == "down"
+    assert rows[0].adapter_id is not None
+    page = list_samples(server.db(), SYSTEM, "feedback-codeword")
+    assert [s.id for s in page.items] == [out["sample_id"]]
+    assert page.items[0].status == "pending"
+    assert page.items[0].messages[-1]["content"] == "The codeword is PINEAPPLE SUBMARINE."
+
+
+def test_embed_token_becomes_a_session(server) -> None:
+    from core.config import load_settings
+    from core.serving.tokens import sign_embed_token
+
+    cfg = load_settings(auth_secret=SECRET)
+    with httpx.Client(base_url=server.url) as h:
+        bad = h.get("clara/enter", params={"token": sign_embed_token(
+            "alice", load_settings(auth_secret="another-secret-entirely"))})
+        assert bad.status_code == 401
+        r = h.get("clara/enter", params={"token": sign_embed_token("alice", cfg)})
+        assert r.status_code == 303
+        assert h.get("config").status_code == 200  # the cookie set above
+        # An auditor holds no chat:use even with a valid token.
+        assert h.get("clara/enter", params={"token": sign_embed_token("otto", cfg)}
+                     ).status_code == 403
+
+
+def test_clara_generate_streams_one_answer(server) -> None:
+    ok = server.cli("generate", "--adapter", "codeword", "--temperature", "0",
+                    "--max-new-tokens", "12", "--repetition-penalty", "1.0", QUESTION)
+    assert ok.returncode == 0, ok.stderr
+    assert CODEWORD in ok.stdout
+    bad = server.cli("generate", "--adapter", "no-such-adapter", QUESTION)
+    assert bad.returncode == 1
+    assert "'no-such-adapter' is not available" in bad.stderr
