@@ -24,6 +24,7 @@ PAGES: list[PageEntry] = [
     PageEntry("pages/corpus.py", "Corpus", ":material/library_books:", "corpus:search"),
     PageEntry("pages/datasets.py", "Datasets", ":material/dataset:", "datasets:read"),
     PageEntry("pages/review.py", "Review", ":material/rule:", "datasets:review"),
+    PageEntry("pages/training.py", "Training", ":material/model_training:", "training:read"),
     PageEntry("pages/chat.py", "Chat", ":material/chat:", "chat:use"),
     PageEntry("pages/audit.py", "Audit log", ":material/receipt_long:", "audit:read", "Admin"),
     PageEntry("pages/admin.py", "Users", ":material/group:", "users:manage", "Admin"),

@@ -314,3 +314,31 @@ def preset(preset_name: str, /, **overrides: Any) -> dict[str, Any]:
         else:
             data[key] = value
     return data
+
+
+def preset_yaml(preset_name: str, **overrides: Any) -> str:
+    """A preset as YAML text, as the Training page's YAML editor starts it."""
+    data = {k: v for k, v in preset(preset_name, **overrides).items() if k != "description"}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def merge_yaml_settings(data: dict[str, Any], text: str) -> dict[str, Any]:
+    """Merge a YAML mapping of extra settings (e.g. `trainer: {weight_decay: 0.01}`) into a
+    spec dict: sections merge key by key, other keys replace."""
+    if not text.strip():
+        return data
+    try:
+        more = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}",
+                        field="extra") from None
+    if not isinstance(more, dict):
+        raise SpecError("must be a YAML mapping such as `trainer: {weight_decay: 0.01}`",
+                        field="extra")
+    out = dict(data)
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,347 @@
+"""Training: a spec form generated from presets (or YAML), the job queue with live charts,
+log tail, cancel and retry, and the adapter registry with lineage and side-by-side metrics."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core.auth import PermissionDenied
+from core.datasets.versions import list_versions
+from core.training.adapters import AdapterNotFound, lineage, list_adapters
+from core.training.jobs import (
+    TrainingError,
+    cancel_job,
+    count_jobs,
+    get_job,
+    job_log_tail,
+    job_metrics,
+    job_progress,
+    list_jobs,
+    retry_job,
+    submit_job,
+)
+from core.training.spec import (
+    PRESETS,
+    SpecError,
+    merge_yaml_settings,
+    parse_spec,
+    preset,
+    preset_yaml,
+    spec_from_dict,
+)
+from ui import session
+
+user = session.require_principal()
+engine = session.engine()
+st.title("Training")
+
+st.session_state.setdefault("training_errors", {})
+st.session_state.setdefault("training_flash", None)
+st.session_state.setdefault("training_selected_job", None)
+if st.session_state["training_flash"]:
+    st.success(st.session_state["training_flash"])
+    st.session_state["training_flash"] = None
+
+SECTIONS = ("peft", "trainer", "quantization")
+METHODS = ["lora", "qlora", "continue"]
+
+
+def _field_errors(field: str) -> None:
+    """Show the validation error of one field right under its widget."""
+    msg = st.session_state["training_errors"].get(field)
+    if msg:
+        st.error(msg, icon=":material/error:")
+
+
+def _load_preset() -> None:
+    """Fill every form widget from the chosen preset (its values are the form's defaults)."""
+    data = preset(st.session_state["training_preset"], name="", dataset_version="")
+    st.session_state["training_f_method"] = data["method"]
+    for section in SECTIONS:
+        for key, value in (data.get(section) or {}).items():
+            if isinstance(value, list):
+                value = ", ".join(map(str, value))
+            st.session_state[f"training_f_{section}.{key}"] = value
+    st.session_state["training_form_fields"] = {
+        s: list((data.get(s) or {}).keys()) for s in SECTIONS
+    }
+    st.session_state["training_yaml"] = preset_yaml(st.session_state["training_preset"],
+                                                    name="my-adapter", dataset_version="")
+    st.session_state["training_errors"] = {}
+
+
+def _widget(section: str, key: str):  # noqa: ANN202
+    """One input, its kind derived from the value the preset gives the field."""
+    wkey = f"training_f_{section}.{key}"
+    value = st.session_state.get(wkey)
+    label = key
+    if isinstance(value, bool):
+        out = st.checkbox(label, key=wkey)
+    elif isinstance(value, int):
+        out = st.number_input(label, key=wkey, step=1)
+    elif isinstance(value, float):
+        out = st.number_input(label, key=wkey, format="%.6g", step=value / 10 or 0.01)
+    else:
+        out = st.text_input(label, key=wkey)
+        if section == "peft" and key == "target_modules" and "," in str(out):
+            out = [part.strip() for part in str(out).split(",") if part.strip()]
+    _field_errors(f"{section}.{key}")
+    return out
+
+
+def _submit(data) -> None:  # noqa: ANN001 - dict or YAML text
+    st.session_state["training_errors"] = {}
+    try:
+        spec = parse_spec(data, file="spec") if isinstance(data, str) else spec_from_dict(data)
+        job = submit_job(engine, user, spec, settings=session.settings())
+    except SpecError as err:
+        errors = {e["field"]: e["message"] for e in err.errors} or {err.field: str(err)}
+        st.session_state["training_errors"] = errors
+        st.session_state["training_errors"]["_top"] = str(err)
+    except TrainingError as err:
+        field = getattr(err, "field", "_top")
+        st.session_state["training_errors"] = {field: str(err).split(": ", 1)[-1],
+                                               "_top": str(err)}
+    except PermissionDenied as err:
+        st.session_state["training_errors"] = {"_top": str(err)}
+    else:
+        st.session_state["training_selected_job"] = job.id
+        st.session_state["training_flash"] = f"Queued job {job.id} for adapter {job.name!r}."
+        st.session_state["training_errors"] = {}
+    st.rerun()
+
+
+tab_new, tab_jobs, tab_adapters = st.tabs(["New job", "Jobs", "Adapters"])
+
+# New job -------------------------------------------------------------------------------------
+with tab_new:
+    if not user.can("training:create"):
+        st.info("Your role may look at training jobs but not submit them.")
+    else:
+        if "training_form_fields" not in st.session_state:
+            st.session_state.setdefault("training_preset", "demo-lora")
+            _load_preset()
+        c1, c2 = st.columns([2, 3])
+        c1.selectbox("Preset", list(PRESETS), key="training_preset", on_change=_load_preset)
+        c2.caption(PRESETS[st.session_state["training_preset"]].get("description", ""))
+        mode = st.radio("Edit as", ["Form", "YAML"], horizontal=True, key="training_mode")
+        top = st.session_state["training_errors"].get("_top")
+        if top:
+            st.error(top)
+        versions = list_versions(engine, user) if user.can("datasets:read") else []
+        refs = [f"{v.dataset_name}@v{v.number}" for v in versions]
+        if mode == "Form":
+            with st.form("training_form"):
+                a, b, c = st.columns(3)
+                with a:
+                    name = st.text_input("Adapter name", key="training_f_name",
+                                         placeholder="a-z, 0-9, _ and -")
+                    _field_errors("name")
+                with b:
+                    if refs:
+                        version = st.selectbox("Dataset version", refs,
+                                               key="training_f_dataset_version")
+                    else:
+                        version = st.text_input("Dataset version (id or name@vN)",
+                                                key="training_f_dataset_version")
+                    _field_errors("dataset_version")
+                with c:
+                    method = st.selectbox("Method", METHODS, key="training_f_method")
+                    _field_errors("method")
+                a, b = st.columns(2)
+                with a:
+                    base = st.text_input("Base model (empty: configured / demo model)",
+                                         key="training_f_base_model")
+                    _field_errors("base_model")
+                with b:
+                    adapter_names = [x.name for x in list_adapters(engine, user)] \
+                        if user.can("adapters:read") else []
+                    parent = st.selectbox("Adapter to continue (method continue)",
+                                          ["", *adapter_names], key="training_f_adapter")
+                    _field_errors("adapter")
+                fields = st.session_state["training_form_fields"]
+                values: dict = {s: {} for s in SECTIONS}
+                for section, title in (("peft", "LoRA (PEFT LoraConfig)"),
+                                       ("quantization", "Quantization (bitsandbytes)"),
+                                       ("trainer", "Trainer (TRL SFTConfig)")):
+                    if not fields.get(section):
+                        continue
+                    st.markdown(f"**{title}**")
+                    cols = st.columns(4)
+                    for i, key in enumerate(fields[section]):
+                        with cols[i % 4]:
+                            values[section][key] = _widget(section, key)
+                    _field_errors(section)
+                extra = st.text_area("More TRL / PEFT settings (YAML, e.g. `trainer: "
+                                     "{weight_decay: 0.01}`)", key="training_f_extra",
+                                     height=80)
+                _field_errors("extra")
+                submitted = st.form_submit_button("Submit job", type="primary")
+            if submitted:
+                data = {"name": name, "dataset_version": version, "method": method}
+                if base.strip():
+                    data["base_model"] = base.strip()
+                if method == "continue" and parent:
+                    data["adapter"] = parent
+                for section in SECTIONS:
+                    if values[section] and (section != "quantization" or method == "qlora"):
+                        data[section] = dict(values[section])
+                if method == "continue":
+                    data.pop("peft", None)
+                try:
+                    data = merge_yaml_settings(data, extra)
+                except SpecError as err:
+                    st.session_state["training_errors"] = {"extra": str(err).split(": ", 1)[-1]}
+                    st.rerun()
+                _submit(data)
+        else:
+            st.caption("The spec as YAML: `peft` keys go to PEFT LoraConfig, `trainer` keys to "
+                       "TRL SFTConfig, unchanged.")
+            text = st.text_area("Spec (YAML)", key="training_yaml", height=420)
+            if st.button("Submit YAML", type="primary", key="training_submit_yaml"):
+                _submit(text)
+
+# Jobs ----------------------------------------------------------------------------------------
+COLUMNS = ["id", "name", "method", "state", "step", "max_steps", "attempts", "owner",
+           "created_at", "error"]
+
+
+def _jobs_frame(states) -> pd.DataFrame:  # noqa: ANN001
+    jobs = list_jobs(engine, user, states, limit=200)
+    return pd.DataFrame([j.model_dump() for j in jobs], columns=None if jobs else COLUMNS)
+
+
+@st.fragment(run_every=2)
+def _job_tables() -> None:
+    counts = count_jobs(engine, user)
+    cols = st.columns(5)
+    for col, state in zip(cols, ("queued", "running", "succeeded", "failed", "cancelled"),
+                          strict=True):
+        col.metric(state, counts.get(state, 0))
+    for title, states in (("Queued", ["queued"]), ("Running", ["running"]),
+                          ("Finished", ["succeeded", "failed", "cancelled"])):
+        frame = _jobs_frame(states)
+        st.markdown(f"**{title}** ({len(frame)})")
+        if len(frame):
+            st.dataframe(frame[COLUMNS], hide_index=True, width="stretch",
+                         key=f"training_table_{title.lower()}")
+
+
+def _charts(metrics: pd.DataFrame) -> None:
+    if metrics.empty:
+        st.caption("No metrics yet.")
+        return
+    train = metrics[metrics["phase"] == "train"]
+    evals = metrics[metrics["phase"].isin(["eval_before", "eval", "eval_after"])]
+    c1, c2, c3 = st.columns(3)
+    if len(train):
+        fig = px.line(train, x="step", y="loss", color="attempt", markers=True, title="Loss")
+        c1.plotly_chart(fig, width="stretch", key="training_chart_loss")
+        fig = px.line(train, x="step", y="learning_rate", markers=True, title="Learning rate")
+        c2.plotly_chart(fig, width="stretch", key="training_chart_lr")
+    if len(evals):
+        fig = px.scatter(evals, x="step", y="eval_perplexity", color="phase",
+                         title="Eval perplexity")
+        c3.plotly_chart(fig, width="stretch", key="training_chart_ppl")
+
+
+@st.fragment(run_every=2)
+def _job_detail(job_id: int) -> None:
+    try:
+        job = get_job(engine, user, job_id)
+    except TrainingError as err:
+        st.error(str(err))
+        return
+    metrics = job_metrics(engine, user, job_id)
+    frac, eta = job_progress(job, metrics)
+    st.markdown(f"### Job {job.id}: `{job.name}` — **{job.state}**")
+    st.caption(f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
+               f" · base {job.base_model} · dataset version {job.dataset_version_id}")
+    eta_txt = f", ETA {eta:.0f} s" if eta is not None else ""
+    st.progress(frac, text=f"step {job.step}/{job.max_steps or '?'} ({frac:.0%}{eta_txt})")
+    if job.cancel_requested and job.state == "running":
+        st.warning("Cancel requested: the worker stops the job after the current step.")
+    if job.error:
+        st.error(job.error)
+    b1, b2, _ = st.columns([1, 1, 4])
+    if job.state in ("queued", "running") and b1.button("Cancel", key="training_cancel"):
+        try:
+            cancel_job(engine, user, job.id)
+        except (TrainingError, PermissionDenied) as err:
+            st.error(str(err))
+        st.rerun(scope="fragment")
+    if job.state in ("failed", "cancelled") and b2.button("Retry", key="training_retry"):
+        try:
+            retry_job(engine, user, job.id)
+        except (TrainingError, PermissionDenied) as err:
+            st.error(str(err))
+        st.rerun(scope="fragment")
+    _charts(metrics)
+    last = metrics[metrics["phase"] == "train"].tail(1)
+    if len(last):
+        row = last.iloc[0]
+        m1, m2, m3 = st.columns(3)
+        m1.metric("loss", f"{row['loss']:.4f}")
+        m2.metric("tokens/s", f"{row['tokens_per_second'] or 0:.0f}")
+        m3.metric("grad norm", f"{row['grad_norm'] or 0:.3f}")
+    st.markdown("**Log** (last lines)")
+    st.code(job_log_tail(engine, user, job.id, 40) or "(no log yet)", language=None)
+
+
+with tab_jobs:
+    _job_tables()
+    recent = list_jobs(engine, user, limit=200)
+    if recent:
+        ids = [j.id for j in recent]
+        chosen = st.session_state.get("training_selected_job")
+        index = ids.index(chosen) if chosen in ids else 0
+        labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
+        job_id = st.selectbox("Job", ids, index=index, key="training_job_select",
+                              format_func=lambda i: labels.get(i, str(i)))
+        st.session_state["training_selected_job"] = job_id
+        _job_detail(job_id)
+    else:
+        st.caption("No jobs yet.")
+
+# Adapters ------------------------------------------------------------------------------------
+with tab_adapters:
+    adapters = list_adapters(engine, user) if user.can("adapters:read") else []
+    if not adapters:
+        st.caption("No adapters yet: a succeeded job registers one.")
+    else:
+        rows = [{"id": a.id, "name": a.name, "method": a.method, "job": a.job_id,
+                 "dataset version": a.dataset_version_id,
+                 "ppl before": a.metrics.get("eval_perplexity_before"),
+                 "ppl after": a.metrics.get("eval_perplexity_after"),
+                 "created by": a.created_by, "created": a.created_at} for a in adapters]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     key="training_adapters_table")
+        names = [a.name for a in adapters]
+        picked = st.multiselect("Compare adapters", names, default=names[:2],
+                                key="training_compare")
+        if picked:
+            by_name = {a.name: a for a in adapters}
+            keys = sorted({k for n in picked for k, v in by_name[n].metrics.items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)})
+            table = pd.DataFrame({n: [by_name[n].metrics.get(k) for k in keys] for n in picked},
+                                 index=keys)
+            st.dataframe(table, width="stretch", key="training_compare_table")
+            ppl = pd.DataFrame([{"adapter": n, "when": w,
+                                 "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}")}
+                                for n in picked for w in ("before", "after")])
+            st.plotly_chart(px.bar(ppl, x="adapter", y="perplexity", color="when",
+                                   barmode="group", title="Eval perplexity before / after"),
+                            width="stretch", key="training_compare_chart")
+        which = st.selectbox("Lineage of", names, key="training_lineage_of")
+        try:
+            lin = lineage(engine, user, which)
+        except AdapterNotFound as err:
+            st.error(str(err))
+        else:
+            for step in lin["chain"]:
+                v, j, a = step["dataset_version"], step["job"], step["adapter"]
+                st.markdown(f"- dataset version **{v.get('ref') or v.get('id')}** "
+                            f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
+                            f"**{j['id'] if j else '-'}** → adapter **{a['name']}**")
+            with st.expander("Lineage (JSON)"):
+                st.json(lin)
