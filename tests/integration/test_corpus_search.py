@@ -1,0 +1,171 @@
+"""Search on both engines: each mode, German stemming, filters in the stores, hybrid weights,
+graph expansion, saved searches."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.corpus.documents import DocumentFilters
+from core.corpus.ingest import IngestOptions, ingest_paths
+from core.corpus.search import (
+    SavedSearchNotFound,
+    SearchRequest,
+    list_saved_searches,
+    run_saved_search,
+    save_search,
+    search,
+)
+
+DOCS = {
+    "hundesteuer.md": """---
+title: Hundesteuersatzung
+document_type: satzung
+domain: steuern
+date: 2022-12-08
+zustaendig: Steueramt
+---
+Die Steuer für gefährliche Hunde beträgt jährlich 720 Euro. Für den ersten Hund 96 Euro.
+""",
+    "faq-hund.md": """---
+title: Fragen zur Hundehaltung
+document_type: faq
+domain: steuern
+date: 2024-03-01
+zustaendig: Steueramt
+links: [hundesteuer]
+---
+Wie melde ich meinen Welpen an? Die Anmeldung erfolgt im Bürgerbüro nach der Hundesteuersatzung.
+""",
+    "abfall.md": """---
+title: Merkblatt Abfallgebühren
+document_type: merkblatt
+domain: umwelt
+date: 2025-01-02
+zustaendig: Umweltamt
+links: [wertstoffhof]
+---
+Die Gebühren für die Biotonne und die Restmülltonne werden jährlich festgesetzt.
+""",
+    "wertstoffhof.md": """---
+title: Wertstoffhof
+document_type: merkblatt
+domain: umwelt
+date: 2023-05-01
+zustaendig: Umweltamt
+---
+Sperrmüll und Grünschnitt können am Wertstoffhof abgegeben werden. Öffnungszeiten Dienstag
+bis Samstag.
+""",
+    "parken.md": """---
+title: Bewohnerparken
+document_type: merkblatt
+domain: ordnung
+date: 2025-01-02
+zustaendig: "Ordnungsamt'; DROP TABLE corpus_documents; --"
+---
+Der Bewohnerparkausweis für Anwohner kostet 120 Euro im Jahr. Siehe auch Merkblatt
+Abfallgebühren.
+""",
+}
+
+
+@pytest.fixture
+def corpus(db_engine, admin, settings, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    report = ingest_paths(db_engine, admin, [folder], IngestOptions(embed=True), settings)
+    assert report.ok and report.added == 5 and report.pending_embeddings == 0
+    return db_engine
+
+
+def ids(results):
+    return [r.doc_id for r in results]
+
+
+def test_keyword_german_stemming_prefix_and_title_weight(corpus, admin, settings):
+    run = lambda q, **kw: ids(search(corpus, admin, q, settings, mode="keyword", **kw))  # noqa: E731
+    # Inflected forms meet: "Gebühr" finds "Gebühren", "Hunden" finds "Hunde".
+    assert run("Gebühr")[0] == "abfall"
+    assert "hundesteuer" in run("Hunden")
+    # Compound prefix: "Hundesteuer" finds the "Hundesteuersatzung" title on both engines.
+    assert run("Hundesteuer")[0] == "hundesteuer"
+    # OR semantics: one matching word is enough.
+    assert run("Sperrmüll Raumfahrt") == ["wertstoffhof"]
+    res = search(corpus, admin, "Biotonne", settings, mode="keyword")
+    assert "«Biotonne»" in res[0].snippet and res[0].scores == {"keyword": 1.0}
+    assert run("und oder der") == [] or isinstance(run("und oder der"), list)
+
+
+def test_vector_mode_ranks_by_embedding_similarity(corpus, admin, settings):
+    res = search(corpus, admin, "Sperrmüll und Grünschnitt am Wertstoffhof abgeben",
+                 settings, mode="vector", k=3)
+    assert res[0].doc_id == "wertstoffhof"
+    assert set(res[0].scores) == {"vector"} and 0 < res[0].raw_scores["vector"] <= 1
+
+
+@pytest.mark.parametrize("mode", ["keyword", "vector", "hybrid", "graph"])
+def test_filters_apply_in_every_mode(corpus, admin, settings, mode):
+    q = "Gebühren Hund Steuer Wertstoffhof Bewohnerparkausweis"
+    cases = [
+        (DocumentFilters(domain=["umwelt"]), {"abfall", "wertstoffhof"}),
+        (DocumentFilters(document_type=["satzung", "faq"]), {"hundesteuer", "faq-hund"}),
+        (DocumentFilters(date_from="2024-06-01"), {"abfall", "parken"}),
+        (DocumentFilters(date_from="2023-01-01", date_to="2023-12-31"), {"wertstoffhof"}),
+        (DocumentFilters(metadata={"zustaendig": "Steueramt"}), {"hundesteuer", "faq-hund"}),
+        (DocumentFilters(metadata={"zustaendig": "Ordnungsamt'; DROP TABLE corpus_documents; --"}),
+         {"parken"}),
+    ]
+    for filters, allowed in cases:
+        got = set(ids(search(corpus, admin, SearchRequest(query=q, mode=mode, k=10,
+                                                          filters=filters), settings)))
+        assert got and got <= allowed, (filters, got)
+    assert len(ids(search(corpus, admin, q, settings, mode="keyword", k=10))) == 5
+
+
+def test_graph_expands_from_given_documents_and_hops(corpus, admin, settings):
+    one = search(corpus, admin, SearchRequest(mode="graph", seed_ids=["abfall"], hops=1),
+                 settings)
+    assert ids(one)[0] == "abfall"
+    # abfall links to wertstoffhof; parken cites "Merkblatt Abfallgebühren" in its text.
+    assert set(ids(one)) == {"abfall", "wertstoffhof", "parken"}
+    assert all(r.related_via for r in one if r.doc_id != "abfall")
+    two = search(corpus, admin, SearchRequest(mode="graph", seed_ids=["faq-hund"], hops=2),
+                 settings)
+    assert set(ids(two)) == {"faq-hund", "hundesteuer"}
+
+
+def test_hybrid_weights_change_the_order(corpus, admin, settings):
+    q = "Welpen Bürgerbüro"
+    kw_heavy = search(corpus, admin, q, settings, mode="hybrid",
+                      weights={"keyword": 1.0, "vector": 0.0, "graph": 0.0})
+    graph_heavy = search(corpus, admin, q, settings, mode="hybrid",
+                         weights={"keyword": 0.05, "vector": 0.0, "graph": 1.0})
+    assert ids(kw_heavy)[0] == "faq-hund"
+    assert ids(graph_heavy)[0] == "hundesteuer"
+    full = search(corpus, admin, q, settings)
+    assert set(full[0].scores) == {"keyword", "vector", "graph"}
+    rrf = search(corpus, admin, q, settings, fusion="rrf")
+    assert ids(rrf) and rrf[0].score < 0.05  # RRF scores are 1/(60+rank) sums
+
+
+def test_saved_searches_round_trip(corpus, admin, settings):
+    req = SearchRequest(query="Gebühren", mode="keyword", k=3,
+                        filters=DocumentFilters(domain=["umwelt"]))
+    save_search(corpus, admin, "abfall", req)
+    save_search(corpus, admin, "abfall", req.model_copy(update={"k": 2}))  # replaces
+    (saved,) = list_saved_searches(corpus, admin)
+    assert saved.request.k == 2 and saved.request.filters.domain == ["umwelt"]
+    assert ids(run_saved_search(corpus, admin, "abfall", settings=settings))[0] == "abfall"
+    with pytest.raises(SavedSearchNotFound):
+        run_saved_search(corpus, admin, "nope", settings=settings)
+
+
+def test_bad_requests_are_refused_clearly():
+    with pytest.raises(ValueError, match="unknown weight"):
+        SearchRequest(query="x", weights={"bm25": 1})
+    with pytest.raises(ValueError, match="at least one weight"):
+        SearchRequest(query="x", weights={"vector": 0, "graph": 0, "keyword": 0})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        DocumentFilters.parse(["domain"])
