@@ -482,7 +482,7 @@ def create_server(
 
 
 def serve(host: str | None = None, port: int | None = None,
-          settings: Settings | None = None) -> None:
+          settings: Settings | None = None, quantization: str | None = None) -> None:
     """Run the chat server until stopped (what `clara chat` and `clara up` start)."""
     import uvicorn
 
@@ -490,7 +490,7 @@ def serve(host: str | None = None, port: int | None = None,
 
     settings = settings or get_settings()
     st = prepare(settings)
-    inference = engine_from_settings(settings)
+    inference = engine_from_settings(settings, quantization)
     inference.load()  # fail at start, with the model's own error, not at the first question
     app = create_server(st.engine, inference, settings)
     uvicorn.run(app, host=host or settings.chat_host, port=port or settings.chat_port,

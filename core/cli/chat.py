@@ -21,6 +21,9 @@ app.add_typer(feedback_app, name="feedback")
 def chat(
     host: str | None = typer.Option(None, help="bind address (default CLARA_CHAT_HOST)"),
     port: int | None = typer.Option(None, help="port (default CLARA_CHAT_PORT)"),
+    quantization: str | None = typer.Option(
+        None, help="load the base model in 4bit or 8bit (bitsandbytes); "
+        "default CLARA_CHAT_QUANTIZATION"),
 ) -> None:
     """Run the chat server (Gradio; embedded by the Streamlit Chat page)."""
     from workers.chat import serve
@@ -30,9 +33,11 @@ def chat(
         f"chat server on http://{host or cfg.chat_host}:{port or cfg.chat_port} "
         f"(auth {'on' if cfg.auth_enabled else 'OFF'}); loading the base model…"
     )
+    from core.training.base_model import BaseModelNotFound
+
     try:
-        serve(host, port, cfg)
-    except ServingError as err:
+        serve(host, port, cfg, quantization)
+    except (ServingError, BaseModelNotFound) as err:
         raise CliFailure(str(err)) from None
 
 
@@ -64,6 +69,7 @@ def generate(
     max_new_tokens: int = typer.Option(256, min=1, max=4096),
     repetition_penalty: float = typer.Option(1.1, min=1.0, max=2.0),
     history: Path | None = typer.Option(None, help="JSON file with earlier messages"),
+    quantization: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes)"),
 ) -> None:
     """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
     from core.cli.common import err_console
@@ -79,7 +85,12 @@ def generate(
         system_prompt=system, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
     )
-    service = ChatService(st.engine, engine_from_settings(st.settings))
+    from core.training.base_model import BaseModelNotFound
+
+    try:
+        service = ChatService(st.engine, engine_from_settings(st.settings, quantization))
+    except (ServingError, BaseModelNotFound) as err:
+        raise CliFailure(str(err)) from None
     messages = [*_history(history), {"role": "user", "content": prompt}]
     try:
         reply = service.reply(user, messages, adapter, gen)
@@ -88,7 +99,7 @@ def generate(
         for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except ServingError as err:
+    except (ServingError, BaseModelNotFound) as err:
         raise CliFailure(str(err)) from None
     sys.stdout.write("\n")
 
