@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -190,6 +190,6 @@ def test_worker_requeues_job_of_killed_worker_and_fails_crashing_child(db_engine
     assert w.returncode == 0, out
     failed = get_job(db_engine, admin, crash.id)
     assert failed.state == "failed" and failed.error == "RuntimeError: sleep job asked to fail"
-    assert "CLARA-ERROR" in open(failed.log_path).read()
+    assert "CLARA-ERROR" in Path(failed.log_path).read_text()
     done = get_job(db_engine, admin, orphan.id)
     assert done.state == "succeeded" and done.attempts == 2 and done.fencing_token == 2

@@ -1,0 +1,83 @@
+"""The Training page in headless Chromium against `clara up` with its training worker:
+submit from a preset, watch the loss chart grow, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.e2e.conftest import login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def trainbench(make_workbench, tmp_path_factory):
+    wb = make_workbench(CLARA_START_WORKER="true", CLARA_DEMO_MODEL_SIZE="tiny",
+                        CLARA_TRAIN_THREADS="1")
+    r = wb.cli("demo-model")
+    assert r.returncode == 0, r.stderr
+    rows = tmp_path_factory.mktemp("data") / "faq.jsonl"
+    rows.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
+        {"role": "assistant", "content": f"Für {k} Hunde sind es {90 * k} Euro im Jahr."},
+    ]}) for k in range(1, 41)) + "\n")
+    for args in (("dataset", "import", "faq", str(rows), "--format", "messages"),
+                 ("dataset", "review", "accept", "faq"),
+                 ("dataset", "freeze", "faq", "--eval-ratio", "0.2")):
+        r = wb.cli(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return wb
+
+
+def _loss_points(page) -> int:
+    chart = page.locator(".js-plotly-plot").first
+    if chart.count() == 0:
+        return 0
+    return chart.locator(".scatterlayer .trace .points path").count()
+
+
+def test_submit_watch_cancel_retry(trainbench, page):
+    login(page, trainbench)
+    page.get_by_test_id("stSidebar").get_by_text("Training", exact=True).click()
+    page.get_by_role("heading", name="Training").wait_for()
+
+    # The form comes from the preset; a bad name is refused next to its field.
+    page.get_by_label("Adapter name").fill("Not Valid")
+    page.get_by_label("max_steps").fill("400")
+    page.get_by_label("save_steps").fill("200")
+    page.get_by_label("logging_steps").fill("1")
+    page.get_by_label("max_length").fill("64")
+    page.get_by_role("button", name="Submit job").click()
+    page.get_by_text("must be 1-64 characters").first.wait_for()
+
+    page.get_by_label("Adapter name").fill("e2e-hund")
+    page.get_by_role("button", name="Submit job").click()
+    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'e2e-hund'")).wait_for()
+
+    page.get_by_role("tab", name="Jobs").click()
+    page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=180_000)
+    # The loss chart appears and then grows while the job trains (fragment auto-refresh).
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot .scatterlayer .points path')"
+        ".length >= 2", timeout=240_000)
+    first = _loss_points(page)
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')[0]"
+        f".querySelectorAll('.points path').length > {first}", timeout=240_000)
+
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)
+    page.get_by_text("cancelled on request").first.wait_for()
+
+    page.get_by_role("button", name="Retry").click()
+    page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=120_000)
+    # The retried attempt resumes from the checkpoint written at cancel time.
+    page.get_by_text("resuming from").first.wait_for(timeout=240_000)
+    r = trainbench.cli("train", "list", "--json")
+    jobs = json.loads(r.stdout)
+    assert jobs[0]["name"] == "e2e-hund" and jobs[0]["attempts"] == 1
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)
