@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from core.datasets.quality import QualityThresholds, RepetitionSignals, Sample
+from core.datasets.quality import QualityThresholds, RepetitionSignals, Sample, repetition
 from tests.unit.test_quality_fixtures import CLEAN_DE
 
 T = QualityThresholds()
@@ -49,14 +49,20 @@ def _texts() -> list[str]:
     # Small vocabularies make every kind of repeat, overlap and tie.
     for vocab in ("a b c d", "der die das und ist", "x"):
         words = vocab.split()
-        for length in (3, 12, 60, 300):
+        for length in (3, 12, 60, 300, 1500):
             out.append(" ".join(rng.choice(words) for _ in range(length)))
     out.append(CLEAN_DE["wohngeld"] + " " + CLEAN_DE["wohngeld"][:200])
+    out.append("\n\n".join(CLEAN_DE.values()) * 4)  # long, with long repeats
     return out
 
 
+@pytest.mark.parametrize("backend", ["python", "numpy"])
 @pytest.mark.parametrize("text", _texts())
-def test_ngram_signals_equal_datatrove_definitions(text: str) -> None:
+def test_ngram_signals_equal_datatrove_definitions(
+    text: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Short texts normally take the Python path and long ones numpy: force each.
+    monkeypatch.setattr(repetition, "SMALL_DOC_TOKENS", 10**9 if backend == "python" else 0)
     s = run(text)
     tokens = s.tokens
     for n in (2, 3, 4):

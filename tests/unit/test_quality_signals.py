@@ -236,6 +236,19 @@ def test_empty_blocklist_and_clean_text() -> None:
         assert run(Blocklist(), text, t).reasons == []
 
 
+def test_vectorised_automaton_walk_equals_the_sequential_walk() -> None:
+    import random
+
+    from core.datasets.quality import language_identifier
+
+    ident = language_identifier(["de", "en"])
+    rng = random.Random(3)
+    samples = [t.encode() for t in (*CLEAN_DE.values(), ENGLISH, "日本語 Ключ € …")]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randint(1, 40))) for _ in range(200)]
+    for data in samples:
+        assert ident.states(data).tolist() == ident.states_sequential(data)
+
+
 @pytest.mark.slow
 def test_language_identifier_equals_langid() -> None:
     # Decoding langid's own model takes 5-15 s, hence "slow".

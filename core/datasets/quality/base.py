@@ -12,6 +12,7 @@ from core.datasets.quality.models import QualityThresholds, SignalValue, Span
 # tokenizer gives datatrove's Gopher filters (punctuation as separate tokens), at a fraction of
 # the cost. Word tokens are exactly the matches of r"\w+", which near-dup shingling relies on.
 TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
+_WORD_RE = re.compile(r"\w+")
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LINE_RE = re.compile(r"\n+")
 
@@ -88,7 +89,11 @@ class Sample:
     def words(self) -> list[str]:
         """Only the word tokens: exactly re.findall(r"\\w+", text)."""
         if self._words is None:
-            self._words = [t for t in self.tokens if _is_word(t)]
+            if self._tokens is None:
+                # Only words needed (so far): one regex pass is cheaper than tokens + filter.
+                self._words = _WORD_RE.findall(self.text)
+            else:
+                self._words = [t for t in self._tokens if _is_word(t)]
         return self._words
 
     @property
@@ -110,15 +115,16 @@ class QualityStep:
     """One job in the pipeline: measure signals for a batch of samples and flag reasons.
 
     Subclasses implement `process`. The pipeline calls `setup` once before the first batch of
-    a run, times every `process` call, and counts the samples each step saw; a step counts its
-    own findings with `self.flag(sample, reason, ...)` (one counter per reason).
+    a run, times every `process` call (wall and CPU) and counts the samples each step saw; a
+    step counts its own findings with `self.flag(sample, reason, ...)` (one per reason).
     """
 
     name: str = "step"
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
-        self.seconds = 0.0
+        self.seconds = 0.0  # wall-clock
+        self.cpu_seconds = 0.0  # this process's CPU time: what the step costs on a busy machine
 
     def setup(self, thresholds: QualityThresholds) -> None:  # noqa: B027 - optional hook
         """Prepare for a run with these thresholds (build indexes, compile patterns)."""
@@ -133,11 +139,13 @@ class QualityStep:
     def stats(self) -> dict[str, int | float]:
         out: dict[str, int | float] = dict(self.counters)
         out["seconds"] = round(self.seconds, 4)
+        out["cpu_seconds"] = round(self.cpu_seconds, 4)
         return out
 
     def reset_counters(self) -> None:
         self.counters.clear()
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

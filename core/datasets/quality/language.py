@@ -6,16 +6,17 @@ Two things around langid itself, both giving the same answers as `langid.classif
   here. The decoded arrays are cached as an .npz file (CLARA_CACHE_DIR, else
   $XDG_CACHE_HOME/clara or ~/.cache/clara; written atomically, ignored when unwritable), so
   later processes load it in well under a second.
-* Classifying: langid walks its byte-level automaton with a dict increment per byte; here the
-  walk appends states to a list and the feature vector is one bincount, about twice as fast.
+* Classifying: langid walks its byte-level automaton in a Python loop, one byte at a time.
+  The automaton is an Aho-Corasick machine over byte n-grams of at most `depth` (4) bytes, so
+  the state after byte i only depends on bytes i-depth+1..i: all states are computed at once
+  with `depth` vectorised steps from the start state, and the feature vector is a bincount.
+  Same numbers as langid, 5-10x faster (tests compare both).
 """
 
 from __future__ import annotations
 
-import array
 import os
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -91,6 +92,23 @@ def _load_model() -> dict[str, Any]:
     return model
 
 
+def _automaton_depth(transitions: np.ndarray) -> int:
+    """Longest shortest-path from the start state: in an Aho-Corasick machine every state is
+    the trie node of one string and is first reached by reading exactly that string, so this is
+    the longest n-gram length (the window the vectorised walk needs)."""
+    depth = np.full(transitions.shape[0], -1, dtype=np.int64)
+    depth[0] = 0
+    frontier = np.array([0])
+    d = 0
+    while frontier.size:
+        nxt = np.unique(transitions[frontier].ravel())
+        nxt = nxt[depth[nxt] < 0]
+        d += 1
+        depth[nxt] = d
+        frontier = nxt
+    return int(depth.max())
+
+
 class LanguageIdentifier:
     """langid's naive Bayes over byte n-grams, restricted to `languages` (None: all 97)."""
 
@@ -107,43 +125,50 @@ class LanguageIdentifier:
         self._ptc = np.ascontiguousarray(model["nb_ptc"][:, keep])
         self._pc = model["nb_pc"][keep]
         self._num_feats = self._ptc.shape[0]
-        # array('H') indexing from Python is as fast as a list's and 4x smaller.
-        self._nextmove = array.array("H", model["tk_nextmove"].astype(np.uint16).tobytes())
-        # state -> slice of out_features, as a dense per-state table for vectorised lookup.
-        n_states = int(model["tk_nextmove"].max()) + 1
-        starts = np.zeros(n_states + 1, dtype=np.int64)
+        nextmove = model["tk_nextmove"].astype(np.int64)
+        self._nextmove = nextmove
+        n_states = nextmove.size // 256
+        self._depth = _automaton_depth(nextmove.reshape(n_states, 256))
+        # Output features per state, flattened: state s owns out_feat[start[s]:start[s+1]].
         lengths = np.zeros(n_states, dtype=np.int64)
         lengths[model["out_states"]] = model["out_lengths"]
-        np.cumsum(lengths, out=starts[1:])
         order = np.argsort(model["out_states"], kind="stable")
         offs = np.concatenate(([0], np.cumsum(model["out_lengths"])))
         feats = [model["out_features"][offs[i] : offs[i + 1]] for i in order]
-        self._out_start = starts
-        self._out_len = lengths
+        self._n_states = n_states
+        self._out_state = np.repeat(np.arange(n_states), lengths)  # owner of each output
         self._out_feat = np.concatenate(feats) if feats else np.empty(0, dtype=np.int64)
 
-    def feature_vector(self, text: str) -> np.ndarray:
+    def states(self, data: bytes) -> np.ndarray:
+        """Automaton state after each byte (what langid's loop visits), vectorised."""
+        b = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+        d = self._depth
+        padded = np.concatenate((np.full(d - 1, -1, dtype=np.int64), b))
+        state = np.zeros(len(b), dtype=np.int64)
         nextmove = self._nextmove
-        state = 0
-        states: list[int] = []
-        append = states.append
-        for byte in text.encode("utf-8"):
+        for k in range(d):
+            window = padded[k : k + len(b)]  # byte i-d+1+k for every position i
+            valid = window >= 0  # windows reaching before the text start from state 0
+            moved = nextmove[(state << 8) + np.where(valid, window, 0)]
+            state = np.where(valid, moved, state)
+        return state
+
+    def states_sequential(self, data: bytes) -> list[int]:
+        """langid's own walk (reference for tests)."""
+        nextmove = self._nextmove.tolist()
+        state, out = 0, []
+        for byte in data:
             state = nextmove[(state << 8) + byte]
-            append(state)
-        counts = Counter(states)
-        st = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        ct = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-        n_out = self._out_len[st]
-        has = n_out > 0
-        st, ct, n_out = st[has], ct[has], n_out[has]
-        if st.size == 0:
+            out.append(state)
+        return out
+
+    def feature_vector(self, text: str) -> np.ndarray:
+        data = text.encode("utf-8")
+        if not data:
             return np.zeros(self._num_feats, dtype=np.float64)
-        # Expand each state to its output features, each weighted by the state's count.
-        idx = np.repeat(self._out_start[st], n_out) + (
-            np.arange(n_out.sum()) - np.repeat(np.cumsum(n_out) - n_out, n_out)
-        )
+        counts = np.bincount(self.states(data), minlength=self._n_states)
         return np.bincount(
-            self._out_feat[idx], weights=np.repeat(ct, n_out), minlength=self._num_feats
+            self._out_feat, weights=counts[self._out_state], minlength=self._num_feats
         )
 
     def classify(self, text: str) -> tuple[str, float]:

@@ -107,6 +107,7 @@ class QualityPipeline:
         self._batches = 0
         self._kept = 0
         self._seconds = 0.0
+        self._cpu_seconds = 0.0
 
     def run(self, samples: Iterable[QualityInput | tuple[str, str]]) -> Iterator[QualityResult]:
         """Yield one QualityResult per input, in input order."""
@@ -133,11 +134,12 @@ class QualityPipeline:
 
     def _run_batch(self, batch: list[Sample]) -> list[QualityResult]:
         t = self.thresholds
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for step in self.steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step.process(batch, t)
             step.seconds += time.perf_counter() - t0
+            step.cpu_seconds += time.process_time() - c0
             step.counters["samples"] += len(batch)
         results = []
         overrides = t.penalty_overrides or None
@@ -161,13 +163,15 @@ class QualityPipeline:
         self._samples += len(batch)
         self._batches += 1
         self._seconds += time.perf_counter() - start
+        self._cpu_seconds += time.process_time() - cpu_start
         if self.on_progress is not None:
             self.on_progress(self._samples)
         return results
 
     def stats(self) -> dict[str, dict[str, int | float]]:
         """Counters of the whole pipeline ("pipeline") and of every step (by step name): samples
-        seen, one counter per reason flagged, seconds spent, and step-specific counters."""
+        seen, one counter per reason flagged, seconds spent (wall-clock and CPU), and
+        step-specific counters."""
         out: dict[str, dict[str, int | float]] = {
             "pipeline": {
                 "samples": self._samples,
@@ -175,6 +179,7 @@ class QualityPipeline:
                 "kept": self._kept,
                 "dropped": self._samples - self._kept,
                 "seconds": round(self._seconds, 4),
+                "cpu_seconds": round(self._cpu_seconds, 4),
             }
         }
         for step in self.steps:

@@ -11,6 +11,7 @@ per document) and to datatrove's duplicate n-grams being joined without separato
 from __future__ import annotations
 
 from collections import Counter
+from operator import itemgetter
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def _top_ngram_chars(keys: np.ndarray, span_chars: np.ndarray) -> tuple[int, int
     if top == 1:
         return int(span_chars[0]), 0
     tied = sk[starts[counts == top]]
-    first = int(np.argmax(np.isin(keys, tied)))  # first position holding one of the tied keys
+    # First position holding one of the tied keys (usually there is only one).
+    hit = keys == tied[0] if tied.size == 1 else np.isin(keys, tied)
+    first = int(np.argmax(hit))
     return int(span_chars[first]) * top, first
 
 
@@ -152,55 +155,22 @@ class RepetitionSignals(QualityStep):
             self.flag(s, R.DUPLICATE_LINES, _part_spans(text, lines, l_where))
 
         tokens = s.tokens
-        n_tok = len(tokens)
         check_ngrams = len(s.words) >= t.gopher_min_words
         top_limits = t.max_top_ngram_char_fraction
         dup_limits = t.max_duplicate_ngram_char_fraction
-        if n_tok < 2:
-            for n in top_limits:
-                sig[f"top_{n}gram_char_fraction"] = 0.0
-            for n in dup_limits:
-                sig[f"dup_{n}gram_char_fraction"] = 0.0
-            return
-
-        h1 = np.fromiter(map(hash, tokens), dtype=np.int64, count=n_tok).view(np.uint64)
-        lens = np.fromiter(map(len, tokens), dtype=np.int64, count=n_tok)
-        cum = np.zeros(n_tok + 1, dtype=np.int64)
-        np.cumsum(lens, out=cum[1:])
-        max_n = max([*top_limits, *dup_limits, 1])
-        # hashes[n] = rolling hash of the n-gram starting at each position.
-        hashes: dict[int, np.ndarray] = {1: h1}
-        h = h1
-        for n in range(2, min(max_n, n_tok) + 1):
-            h = h[:-1] * _MULT + h1[n - 1 :]
-            hashes[n] = h
+        backend = _NgramsPython if len(tokens) < SMALL_DOC_TOKENS else _NgramsNumpy
+        grams = backend(tokens)
 
         top_fail: list[int] = []
         for n in sorted(top_limits):
-            keys = hashes.get(n)
-            if keys is None:
-                sig[f"top_{n}gram_char_fraction"] = 0.0
-                continue
-            # datatrove joins top n-grams with spaces: n - 1 separators.
-            span_chars = cum[n:] - cum[:-n] + (n - 1)
-            frac = _top_ngram_chars(keys, span_chars)[0] / n_chars
+            frac = grams.top_chars(n) / n_chars
             sig[f"top_{n}gram_char_fraction"] = round(frac, 4)
             if frac > top_limits[n]:
                 top_fail.append(n)
 
         dup_fail: list[tuple[int, list[int]]] = []
-        # Positions of repeated n-grams are a subset of those of repeated shorter n-grams (a
-        # repeated n-gram has a repeated prefix), so each n only sorts the previous candidates.
-        cand: np.ndarray | None = None
         for n in sorted(dup_limits):
-            keys = hashes.get(n)
-            if keys is None or (cand is not None and cand.size == 0):
-                sig[f"dup_{n}gram_char_fraction"] = 0.0
-                continue
-            pos = np.arange(len(keys)) if cand is None else cand[cand < len(keys)]
-            cand = pos[_repeated(keys[pos])]
-            nchars = cum[cand + n] - cum[cand]
-            chars, where = _dup_ngram_chars(cand, keys[cand], nchars, n)
+            chars, where = grams.dup_chars(n)
             frac = chars / n_chars
             sig[f"dup_{n}gram_char_fraction"] = round(frac, 4)
             if frac > dup_limits[n]:
@@ -210,12 +180,138 @@ class RepetitionSignals(QualityStep):
             offsets = [m.span() for m in TOKEN_RE.finditer(text)]
             if top_fail:
                 n = top_fail[0]
-                keys = hashes[n]
-                _, first = _top_ngram_chars(keys, cum[n:] - cum[:-n])
-                starts = np.flatnonzero(keys == keys[first]).tolist()
-                spans = [(offsets[i][0], offsets[i + n - 1][1]) for i in starts]
+                spans = [(offsets[i][0], offsets[i + n - 1][1]) for i in grams.top_positions(n)]
                 self.flag(s, R.TOP_NGRAM, merge_spans(spans))
             if dup_fail:
                 n, where = dup_fail[0]
                 spans = [(offsets[i][0], offsets[i + n - 1][1]) for i in where]
                 self.flag(s, R.DUPLICATE_NGRAMS, merge_spans(spans))
+
+
+# Below this many tokens plain Python (tuples in a Counter) beats numpy, whose per-call
+# overhead dominates on chat-sized samples; above it numpy wins by far. Both give the same
+# numbers (tests run every text through both).
+SMALL_DOC_TOKENS = 400
+
+
+class _NgramsPython:
+    """n-gram statistics with tuples and Counters (short texts)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self._grams: dict[int, list[tuple[str, ...]]] = {}
+        self._counts: dict[int, Counter] = {}
+        self._cand: dict[int, list[int]] = {}  # n -> positions of n-grams occurring twice+
+
+    def _get(self, n: int) -> tuple[list[tuple[str, ...]], Counter]:
+        if n not in self._grams:
+            grams = list(zip(*(self.tokens[i:] for i in range(n)), strict=False))
+            self._grams[n] = grams
+            self._counts[n] = Counter(grams)
+        return self._grams[n], self._counts[n]
+
+    def _top(self, n: int) -> tuple[tuple[str, ...], int] | None:
+        grams, counts = self._get(n)
+        if not grams:
+            return None
+        # max() keeps the first of equal counts, and a Counter iterates in first-seen order:
+        # the same choice as Counter.most_common(1) in datatrove.
+        return max(counts.items(), key=itemgetter(1))
+
+    def top_chars(self, n: int) -> int:
+        top = self._top(n)
+        if top is None:
+            return 0
+        gram, count = top
+        return (sum(map(len, gram)) + n - 1) * count
+
+    def top_positions(self, n: int) -> list[int]:
+        top = self._top(n)
+        grams, _ = self._get(n)
+        return [] if top is None else [i for i, g in enumerate(grams) if g == top[0]]
+
+    def dup_chars(self, n: int) -> tuple[int, list[int]]:
+        tokens = self.tokens
+        last = len(tokens) - n  # last start position of an n-gram
+        shorter = [m for m in self._cand if m < n]
+        if shorter:
+            # A repeated n-gram has a repeated prefix: only look where shorter ones repeated.
+            pos = [p for p in self._cand[max(shorter)] if p <= last]
+            grams = [tuple(tokens[p : p + n]) for p in pos]
+        else:
+            grams = self._get(n)[0]
+            pos = list(range(len(grams)))
+        counts = Counter(grams)
+        cand = [(p, g) for p, g in zip(pos, grams, strict=True) if counts[g] > 1]
+        self._cand[n] = [p for p, _ in cand]
+        seen: set[tuple[str, ...]] = set()
+        total, idx, where = 0, 0, []
+        for p, g in cand:
+            if p < idx:  # inside the jump after a repeat
+                continue
+            if g in seen:
+                total += sum(map(len, g))
+                where.append(p)
+                idx = p + n
+            else:
+                seen.add(g)
+                idx = p + 1
+        return total, where
+
+
+class _NgramsNumpy:
+    """n-gram statistics on rolling 64-bit hashes (long texts)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        n_tok = len(tokens)
+        self.n_tok = n_tok
+        self.h1 = np.fromiter(map(hash, tokens), dtype=np.int64, count=n_tok).view(np.uint64)
+        lens = np.fromiter(map(len, tokens), dtype=np.int64, count=n_tok)
+        self.cum = np.zeros(n_tok + 1, dtype=np.int64)
+        np.cumsum(lens, out=self.cum[1:])
+        # hashes[n] = rolling hash of the n-gram starting at each position.
+        self._hashes: dict[int, np.ndarray] = {1: self.h1}
+        self._cand: dict[int, np.ndarray] = {}
+
+    def keys(self, n: int) -> np.ndarray | None:
+        if n > self.n_tok:
+            return None
+        top = max(self._hashes)
+        h = self._hashes[top]
+        for m in range(top + 1, n + 1):
+            h = h[:-1] * _MULT + self.h1[m - 1 :]
+            self._hashes[m] = h
+        return self._hashes[n]
+
+    def top_chars(self, n: int) -> int:
+        keys = self.keys(n)
+        if keys is None:
+            return 0
+        # datatrove joins top n-grams with spaces: n - 1 separators.
+        return _top_ngram_chars(keys, self.cum[n:] - self.cum[:-n] + (n - 1))[0]
+
+    def top_positions(self, n: int) -> list[int]:
+        keys = self.keys(n)
+        if keys is None:
+            return []
+        _, first = _top_ngram_chars(keys, self.cum[n:] - self.cum[:-n])
+        return np.flatnonzero(keys == keys[first]).tolist()
+
+    def dup_chars(self, n: int) -> tuple[int, list[int]]:
+        keys = self.keys(n)
+        if keys is None:
+            return 0, []
+        # Positions of repeated n-grams are a subset of those of repeated shorter n-grams (a
+        # repeated n-gram has a repeated prefix), so only the previous candidates are sorted.
+        shorter = [m for m in self._cand if m < n]
+        if shorter:
+            prev = self._cand[max(shorter)]
+            pos = prev[prev < len(keys)]
+        else:
+            pos = np.arange(len(keys))
+        cand = pos[_repeated(keys[pos])] if pos.size else pos
+        self._cand[n] = cand
+        if cand.size == 0:
+            return 0, []
+        nchars = self.cum[cand + n] - self.cum[cand]
+        return _dup_ngram_chars(cand, keys[cand], nchars, n)
