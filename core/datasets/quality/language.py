@@ -127,6 +127,7 @@ class LanguageIdentifier:
         self._num_feats = self._ptc.shape[0]
         nextmove = model["tk_nextmove"].astype(np.int64)
         self._nextmove = nextmove
+        self._nextmove_list: list[int] | None = None
         n_states = nextmove.size // 256
         self._depth = _automaton_depth(nextmove.reshape(n_states, 256))
         # Output features per state, flattened: state s owns out_feat[start[s]:start[s+1]].
@@ -155,7 +156,9 @@ class LanguageIdentifier:
 
     def states_sequential(self, data: bytes) -> list[int]:
         """langid's own walk (reference for tests)."""
-        nextmove = self._nextmove.tolist()
+        if self._nextmove_list is None:
+            self._nextmove_list = self._nextmove.tolist()
+        nextmove = self._nextmove_list
         state, out = 0, []
         for byte in data:
             state = nextmove[(state << 8) + byte]
