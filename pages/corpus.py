@@ -96,6 +96,8 @@ def _show_report(report: dict) -> None:
 
 
 _status()
+if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"):
+    _start_embedding()  # e.g. after `clara up` loaded the sample without embeddings
 
 stats_now = corpus_stats(engine, user)
 if stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_available():

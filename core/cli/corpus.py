@@ -305,3 +305,33 @@ def searches(json_out: bool = typer.Option(False, "--json")) -> None:
     for r in rows:
         t.add_row(r.name, r.request.mode, r.request.query[:60], str(r.request.k), r.created_by)
     console.print(t)
+
+
+def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
+    """`clara up` on an empty corpus: load the sample corpus if the user wants it.
+
+    CLARA_LOAD_SAMPLE=yes|no decides without asking; otherwise a terminal is asked and a
+    non-interactive start leaves the corpus empty (the Corpus page offers a button).
+    Embeddings are left pending: the Corpus page computes them in the background.
+    """
+    import os
+    import sys
+
+    from core.auth import SYSTEM
+    from core.corpus.documents import corpus_stats
+    from core.corpus.sample import load_sample, sample_available
+
+    choice = os.environ.get("CLARA_LOAD_SAMPLE", "").strip().lower()
+    if choice in ("no", "false", "0") or not sample_available():
+        return
+    if corpus_stats(st.engine, SYSTEM)["documents"]:
+        return
+    if choice not in ("yes", "true", "1"):
+        if not sys.stdin.isatty():
+            return
+        if not typer.confirm("The corpus is empty. Load the sample corpus (≈60 German "
+                             "documents)?", default=True):
+            return
+    report = load_sample(st.engine, SYSTEM, st.settings, embed=False)
+    console.print(f"sample corpus: {report.added} documents added "
+                  f"({report.pending_embeddings} chunks wait for embeddings)")

@@ -114,6 +114,9 @@ def up(
     from core.supervisor import PortTaken, Supervisor, check_port, children_for_up
 
     st = startup()
+    from core.cli.corpus import offer_sample
+
+    offer_sample(st)
     cfg = st.settings
     if cfg.env != "production" and not cfg.auth_enabled:
         err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
