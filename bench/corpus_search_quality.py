@@ -66,18 +66,29 @@ def main() -> None:
     t0 = time.perf_counter()
     report = load_sample(st.engine, SYSTEM, st.settings, embed=True)
     ingest_s = time.perf_counter() - t0
-    questions = [json.loads(line) for line in
-                 (ROOT / "bench/data/search_questions.jsonl").read_text().splitlines() if line]
-    out = {"questions": len(questions), "documents": report.added + report.unchanged,
-           "ingest_seconds": round(ingest_s, 1), "modes": {}}
+    questions = [
+        json.loads(line)
+        for line in (ROOT / "bench/data/search_questions.jsonl").read_text().splitlines()
+        if line
+    ]
+    out = {
+        "questions": len(questions),
+        "documents": report.added + report.unchanged,
+        "ingest_seconds": round(ingest_s, 1),
+        "modes": {},
+    }
     for name, cfg in CONFIGS.items():
-        out["modes"][name] = {k: round(v, 3) for k, v in
-                              evaluate(st.engine, SYSTEM, st.settings, questions, cfg).items()}
+        out["modes"][name] = {
+            k: round(v, 3)
+            for k, v in evaluate(st.engine, SYSTEM, st.settings, questions, cfg).items()
+        }
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{out['questions']} questions, {out['documents']} documents "
-          f"(ingest incl. embeddings {out['ingest_seconds']} s)")
+    print(
+        f"{out['questions']} questions, {out['documents']} documents "
+        f"(ingest incl. embeddings {out['ingest_seconds']} s)"
+    )
     print(f"{'mode':<12} {'hit@1':>6} {'hit@5':>6} {'MRR@10':>7}")
     for name, m in out["modes"].items():
         print(f"{name:<12} {m['hit@1']:>6.3f} {m['hit@5']:>6.3f} {m['mrr@10']:>7.3f}")

@@ -79,20 +79,26 @@ def _progress_callback(bar):  # noqa: ANN001, ANN202
 
 def _show_report(report: dict) -> None:
     s = report["summary"]
-    msg = (f"{s['files']} files: {s['added']} added, {s['updated']} updated, "
-           f"{s['unchanged']} unchanged, {s['failed_files']} failed, "
-           f"{s['partial_files']} partly failed.")
+    msg = (
+        f"{s['files']} files: {s['added']} added, {s['updated']} updated, "
+        f"{s['unchanged']} unchanged, {s['failed_files']} failed, "
+        f"{s['partial_files']} partly failed."
+    )
     (st.success if not (s["failed_files"] or s["partial_files"]) else st.warning)(msg)
-    problems = [{"file": f["path"], "status": f["status"], "problem": p}
-                for f in report["files"] for p in f["problems"]]
-    warnings = [{"file": f["path"], "warning": w} for f in report["files"]
-                for w in f["warnings"]]
+    problems = [
+        {"file": f["path"], "status": f["status"], "problem": p}
+        for f in report["files"]
+        for p in f["problems"]
+    ]
+    warnings = [{"file": f["path"], "warning": w} for f in report["files"] for w in f["warnings"]]
     if problems:
-        st.dataframe(pd.DataFrame(problems), hide_index=True, width="stretch",
-                     key="corpus_report_problems")
+        st.dataframe(
+            pd.DataFrame(problems), hide_index=True, width="stretch", key="corpus_report_problems"
+        )
     if warnings:
-        st.dataframe(pd.DataFrame(warnings), hide_index=True, width="stretch",
-                     key="corpus_report_warnings")
+        st.dataframe(
+            pd.DataFrame(warnings), hide_index=True, width="stretch", key="corpus_report_warnings"
+        )
 
 
 _status()
@@ -101,12 +107,13 @@ if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"
 
 stats_now = corpus_stats(engine, user)
 if stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_available():
-    st.info("The corpus is empty. Load the sample corpus (about 60 German municipal "
-            "documents) to try search and dataset building.")
+    st.info(
+        "The corpus is empty. Load the sample corpus (about 60 German municipal "
+        "documents) to try search and dataset building."
+    )
     if st.button("Load sample corpus", key="corpus_load_sample", type="primary"):
         bar = st.progress(0.0, text="loading the sample corpus")
-        report = load_sample(engine, user, cfg, embed=False,
-                             progress=_progress_callback(bar))
+        report = load_sample(engine, user, cfg, embed=False, progress=_progress_callback(bar))
         st.session_state["corpus_report"] = report.to_dict()
         _start_embedding()
         st.rerun()
@@ -115,8 +122,7 @@ if st.session_state["corpus_report"]:
     with st.expander("Last ingest report", expanded=True):
         _show_report(st.session_state["corpus_report"])
 
-tab_search, tab_browse, tab_doc, tab_ingest = st.tabs(["Search", "Browse", "Document",
-                                                       "Ingest"])
+tab_search, tab_browse, tab_doc, tab_ingest = st.tabs(["Search", "Browse", "Document", "Ingest"])
 facets = facet_values(engine, user)
 
 
@@ -124,12 +130,15 @@ def _filters_ui(prefix: str) -> DocumentFilters:
     c1, c2, c3, c4 = st.columns(4)
     types = c1.multiselect("Document type", facets["document_type"], key=f"{prefix}_types")
     domains = c2.multiselect("Domain", facets["domain"], key=f"{prefix}_domains")
-    date_from = c3.date_input("From", value=None, key=f"{prefix}_from",
-                              min_value=dt.date(1900, 1, 1))
-    date_to = c4.date_input("To", value=None, key=f"{prefix}_to",
-                            min_value=dt.date(1900, 1, 1))
-    meta_raw = st.text_input("Metadata (key=value, comma separated)", key=f"{prefix}_meta",
-                             placeholder="zustaendig=Umweltamt")
+    date_from = c3.date_input(
+        "From", value=None, key=f"{prefix}_from", min_value=dt.date(1900, 1, 1)
+    )
+    date_to = c4.date_input("To", value=None, key=f"{prefix}_to", min_value=dt.date(1900, 1, 1))
+    meta_raw = st.text_input(
+        "Metadata (key=value, comma separated)",
+        key=f"{prefix}_meta",
+        placeholder="zustaendig=Umweltamt",
+    )
     meta = {}
     for part in meta_raw.split(","):
         if "=" in part:
@@ -138,27 +147,38 @@ def _filters_ui(prefix: str) -> DocumentFilters:
                 meta[k.strip()] = v.strip()
         elif part.strip():
             st.warning(f"Ignored {part.strip()!r}: write key=value.")
-    return DocumentFilters(document_type=types, domain=domains, date_from=date_from,
-                           date_to=date_to, metadata=meta)
+    return DocumentFilters(
+        document_type=types, domain=domains, date_from=date_from, date_to=date_to, metadata=meta
+    )
 
 
 with tab_search:
-    query = st.text_input("Search", key="corpus_query",
-                          placeholder="z. B. Wie hoch ist die Hundesteuer?")
+    query = st.text_input(
+        "Search", key="corpus_query", placeholder="z. B. Wie hoch ist die Hundesteuer?"
+    )
     c1, c2, c3 = st.columns([2, 2, 1])
-    mode = c1.radio("Mode", ["hybrid", "keyword", "vector", "graph"], horizontal=True,
-                    key="corpus_mode")
-    fusion = c2.radio("Fusion", ["weighted", "rrf"], horizontal=True, key="corpus_fusion",
-                      help="weighted: normalised scores × weights; rrf: reciprocal rank fusion")
+    mode = c1.radio(
+        "Mode", ["hybrid", "keyword", "vector", "graph"], horizontal=True, key="corpus_mode"
+    )
+    fusion = c2.radio(
+        "Fusion",
+        ["weighted", "rrf"],
+        horizontal=True,
+        key="corpus_fusion",
+        help="weighted: normalised scores × weights; rrf: reciprocal rank fusion",
+    )
     k = c3.number_input("Results", 1, 100, 10, key="corpus_k")
     w1, w2, w3 = st.columns(3)
     weights = {
-        "vector": w1.slider("Vector weight", 0.0, 1.0, DEFAULT_WEIGHTS["vector"], 0.05,
-                            key="corpus_w_vector"),
-        "graph": w2.slider("Graph weight", 0.0, 1.0, DEFAULT_WEIGHTS["graph"], 0.05,
-                           key="corpus_w_graph"),
-        "keyword": w3.slider("Keyword weight", 0.0, 1.0, DEFAULT_WEIGHTS["keyword"], 0.05,
-                             key="corpus_w_keyword"),
+        "vector": w1.slider(
+            "Vector weight", 0.0, 1.0, DEFAULT_WEIGHTS["vector"], 0.05, key="corpus_w_vector"
+        ),
+        "graph": w2.slider(
+            "Graph weight", 0.0, 1.0, DEFAULT_WEIGHTS["graph"], 0.05, key="corpus_w_graph"
+        ),
+        "keyword": w3.slider(
+            "Keyword weight", 0.0, 1.0, DEFAULT_WEIGHTS["keyword"], 0.05, key="corpus_w_keyword"
+        ),
     }
     with st.expander("Filters"):
         filters = _filters_ui("corpus_search")
@@ -169,29 +189,43 @@ with tab_search:
         elif not query.strip():
             st.error("Type a question or keywords first.")
         else:
-            req = SearchRequest(query=query, mode=mode, k=int(k), weights=weights,
-                                fusion=fusion, filters=filters)
+            req = SearchRequest(
+                query=query, mode=mode, k=int(k), weights=weights, fusion=fusion, filters=filters
+            )
             results = search(engine, user, req, cfg)
             st.session_state["corpus_results"] = [r.model_dump() for r in results]
             st.session_state["corpus_last_request"] = req.model_dump(mode="json")
     results = st.session_state["corpus_results"]
     if results:
-        rows = [{"#": r["rank"], "doc_id": r["doc_id"], "title": r["title"],
-                 "score": round(r["score"], 3),
-                 **{m: r["scores"].get(m) for m in ("keyword", "vector", "graph")},
-                 "snippet": r["snippet"], "related via": r["related_via"]} for r in results]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                     key="corpus_results_table",
-                     column_config={"snippet": st.column_config.TextColumn(width="large")})
+        rows = [
+            {
+                "#": r["rank"],
+                "doc_id": r["doc_id"],
+                "title": r["title"],
+                "score": round(r["score"], 3),
+                **{m: r["scores"].get(m) for m in ("keyword", "vector", "graph")},
+                "snippet": r["snippet"],
+                "related via": r["related_via"],
+            }
+            for r in results
+        ]
+        st.dataframe(
+            pd.DataFrame(rows),
+            hide_index=True,
+            width="stretch",
+            key="corpus_results_table",
+            column_config={"snippet": st.column_config.TextColumn(width="large")},
+        )
         ids = [r["doc_id"] for r in results]
         c1, c2 = st.columns([3, 1])
-        picked = c1.multiselect("Select results for a dataset", ids, default=ids,
-                                key="corpus_pick")
+        picked = c1.multiselect("Select results for a dataset", ids, default=ids, key="corpus_pick")
         if c2.button("Add to selection", key="corpus_add_selection"):
             sel = st.session_state["selection_documents"]
             st.session_state["selection_documents"] = sel + [d for d in picked if d not in sel]
-            st.success(f"{len(st.session_state['selection_documents'])} documents selected; "
-                       "open the Datasets page to turn them into samples.")
+            st.success(
+                f"{len(st.session_state['selection_documents'])} documents selected; "
+                "open the Datasets page to turn them into samples."
+            )
         c1, c2 = st.columns([3, 1])
         open_id = c1.selectbox("Open a result", ids, key="corpus_open_result")
         if c2.button("Open document", key="corpus_open_btn"):
@@ -217,8 +251,7 @@ with tab_browse:
     pages = max(1, math.ceil(total / PAGE_SIZE))
     c1, c2 = st.columns([1, 3])
     page_no = c1.number_input("Page", 1, pages, 1, key="corpus_browse_page")
-    frame, total = list_documents(engine, user, (int(page_no) - 1) * PAGE_SIZE, PAGE_SIZE,
-                                  bfilters)
+    frame, total = list_documents(engine, user, (int(page_no) - 1) * PAGE_SIZE, PAGE_SIZE, bfilters)
     c2.caption(f"{total} documents · page {int(page_no)} of {pages}")
     st.dataframe(frame, hide_index=True, width="stretch", key="corpus_browse_table")
     if len(frame):
@@ -230,7 +263,8 @@ with tab_browse:
         if c3.button("Select page", key="corpus_browse_select"):
             sel = st.session_state["selection_documents"]
             st.session_state["selection_documents"] = sel + [
-                d for d in frame["doc_id"] if d not in sel]
+                d for d in frame["doc_id"] if d not in sel
+            ]
 
 
 def _graph_figure(rel: dict) -> go.Figure:
@@ -245,19 +279,39 @@ def _graph_figure(rel: dict) -> go.Figure:
     for e in rel["edges"]:
         if e["src"] in pos and e["dst"] in pos:
             (x0, y0), (x1, y1) = pos[e["src"]], pos[e["dst"]]
-            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text",
-                                     text=e["type"], line={"width": 1, "color": "#999"},
-                                     showlegend=False))
-    fig.add_trace(go.Scatter(
-        x=[pos[n["doc_id"]][0] for n in nodes], y=[pos[n["doc_id"]][1] for n in nodes],
-        mode="markers+text", text=[n["doc_id"] for n in nodes], textposition="top center",
-        hovertext=[n["title"] for n in nodes], hoverinfo="text",
-        marker={"size": [18 if n["doc_id"] == rel["center"] else 11 for n in nodes],
-                "color": ["#d62728" if n["doc_id"] == rel["center"] else "#1f77b4"
-                          for n in nodes]},
-        showlegend=False))
-    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"visible": False}, yaxis={"visible": False})
+            fig.add_trace(
+                go.Scatter(
+                    x=[x0, x1],
+                    y=[y0, y1],
+                    mode="lines",
+                    hoverinfo="text",
+                    text=e["type"],
+                    line={"width": 1, "color": "#999"},
+                    showlegend=False,
+                )
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=[pos[n["doc_id"]][0] for n in nodes],
+            y=[pos[n["doc_id"]][1] for n in nodes],
+            mode="markers+text",
+            text=[n["doc_id"] for n in nodes],
+            textposition="top center",
+            hovertext=[n["title"] for n in nodes],
+            hoverinfo="text",
+            marker={
+                "size": [18 if n["doc_id"] == rel["center"] else 11 for n in nodes],
+                "color": ["#d62728" if n["doc_id"] == rel["center"] else "#1f77b4" for n in nodes],
+            },
+            showlegend=False,
+        )
+    )
+    fig.update_layout(
+        height=420,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+    )
     return fig
 
 
@@ -270,20 +324,28 @@ with tab_doc:
             st.error(str(err))
         else:
             st.subheader(doc.title)
-            st.caption(f"{doc.doc_id} · revision {doc.revision} · {doc.document_type or '-'}"
-                       f" · {doc.domain or '-'} · {doc.date or 'no date'}")
-            if st.button("Add to selection", key="corpus_doc_select"):
-                if doc.doc_id not in st.session_state["selection_documents"]:
-                    st.session_state["selection_documents"].append(doc.doc_id)
+            st.caption(
+                f"{doc.doc_id} · revision {doc.revision} · {doc.document_type or '-'}"
+                f" · {doc.domain or '-'} · {doc.date or 'no date'}"
+            )
+            picked = st.button("Add to selection", key="corpus_doc_select")
+            if picked and doc.doc_id not in st.session_state["selection_documents"]:
+                st.session_state["selection_documents"].append(doc.doc_id)
             c1, c2 = st.columns([3, 2])
             with c1:
                 # Plain text on purpose: documents may contain markup that must not render.
                 st.text(doc.text)
             with c2:
                 st.markdown("**Metadata**")
-                st.json({"source_path": doc.source_path, "sha256": doc.sha256,
-                         "ingested_at": doc.ingested_at.isoformat(), **doc.metadata},
-                        expanded=False)
+                st.json(
+                    {
+                        "source_path": doc.source_path,
+                        "sha256": doc.sha256,
+                        "ingested_at": doc.ingested_at.isoformat(),
+                        **doc.metadata,
+                    },
+                    expanded=False,
+                )
                 st.markdown("**Related documents**")
                 hops = st.radio("Hops", [1, 2], horizontal=True, key="corpus_doc_hops")
                 rel = related_documents(engine, user, doc.doc_id, cfg, hops=int(hops))
@@ -291,7 +353,10 @@ with tab_doc:
                     st.plotly_chart(_graph_figure(rel), key="corpus_doc_graph")
                     st.dataframe(
                         pd.DataFrame([n for n in rel["nodes"] if n["doc_id"] != doc.doc_id]),
-                        hide_index=True, width="stretch", key="corpus_doc_related")
+                        hide_index=True,
+                        width="stretch",
+                        key="corpus_doc_related",
+                    )
                 else:
                     st.caption("No related documents.")
                 revs = document_revisions(engine, user, doc.doc_id)
@@ -306,19 +371,31 @@ with tab_ingest:
         c1, c2, c3 = st.columns(3)
         itype = c1.text_input("Document type (default)", key="corpus_ingest_type")
         idomain = c2.text_input("Domain (default)", key="corpus_ingest_domain")
-        imap = c3.text_input("Column mapping (tabular files)", key="corpus_ingest_map",
-                             placeholder="text=body,title=headline,id=key,links=refs")
-        opts = IngestOptions(document_type=itype or None, domain=idomain or None,
-                             mapping=imap or None, embed=False)
+        imap = c3.text_input(
+            "Column mapping (tabular files)",
+            key="corpus_ingest_map",
+            placeholder="text=body,title=headline,id=key,links=refs",
+        )
+        opts = IngestOptions(
+            document_type=itype or None, domain=idomain or None, mapping=imap or None, embed=False
+        )
         uploads = st.file_uploader(
-            "Files", accept_multiple_files=True, key="corpus_uploads",
-            type=["txt", "md", "html", "htm", "pdf", "jsonl", "json", "csv", "parquet"])
-        if st.button("Ingest uploaded files", key="corpus_ingest_upload_btn",
-                     disabled=not uploads):
+            "Files",
+            accept_multiple_files=True,
+            key="corpus_uploads",
+            type=["txt", "md", "html", "htm", "pdf", "jsonl", "json", "csv", "parquet"],
+        )
+        if st.button("Ingest uploaded files", key="corpus_ingest_upload_btn", disabled=not uploads):
             bar = st.progress(0.0, text="ingesting")
             try:
-                report = ingest_uploads(engine, user, [(u.name, u.getvalue()) for u in uploads],
-                                        opts, cfg, _progress_callback(bar))
+                report = ingest_uploads(
+                    engine,
+                    user,
+                    [(u.name, u.getvalue()) for u in uploads],
+                    opts,
+                    cfg,
+                    _progress_callback(bar),
+                )
             except (IngestError, ValueError) as err:
                 st.error(str(err))
             else:
@@ -334,15 +411,16 @@ with tab_ingest:
                 bar = st.progress(0.0, text="ingesting")
                 try:
                     opts.globs = [pattern] if pattern else []
-                    report = ingest_server_folder(engine, user, folder, opts, cfg,
-                                          _progress_callback(bar))
+                    report = ingest_server_folder(
+                        engine, user, folder, opts, cfg, _progress_callback(bar)
+                    )
                 except (IngestError, ValueError) as err:
                     st.error(str(err))
                 else:
                     st.session_state["corpus_report"] = report.to_dict()
                     _start_embedding()
                     st.rerun()
-        if stats_now["pending_embeddings"] and not BackgroundEmbedding.running():
-            if st.button("Compute pending embeddings", key="corpus_embed_btn"):
-                _start_embedding()
-                st.rerun()
+        idle = stats_now["pending_embeddings"] and not BackgroundEmbedding.running()
+        if idle and st.button("Compute pending embeddings", key="corpus_embed_btn"):
+            _start_embedding()
+            st.rerun()

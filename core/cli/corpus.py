@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,8 +20,7 @@ from core.cli.common import (
     startup,
 )
 
-corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.",
-                         no_args_is_help=True)
+corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
 
@@ -31,9 +30,15 @@ def _progress(enabled: bool) -> Iterator:
     if not enabled:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
-                  console=err_console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=err_console,
+        transient=False,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int | None, detail: str) -> None:
@@ -70,15 +75,21 @@ def _print_report(report, json_out: bool) -> None:  # noqa: ANN001
 @corpus_app.command("ingest")
 def ingest(
     paths: list[str] = typer.Argument(..., help="files or folders (folders recursively)"),
-    type_: str | None = typer.Option(None, "--type", help="document_type for documents without one"),
+    type_: str | None = typer.Option(
+        None, "--type", help="document_type for documents without one"
+    ),
     domain: str | None = typer.Option(None, help="domain for documents without one"),
-    map_: str | None = typer.Option(None, "--map",
-                                    help="column mapping for jsonl/json/csv/parquet, e.g. "
-                                         "text=body,title=headline,id=key,links=refs"),
+    map_: str | None = typer.Option(
+        None,
+        "--map",
+        help="column mapping for jsonl/json/csv/parquet, e.g. "
+        "text=body,title=headline,id=key,links=refs",
+    ),
     glob: list[str] = typer.Option([], "--glob", help="only files matching (repeatable)"),
     exclude: list[str] = typer.Option([], "--exclude", help="skip files matching (repeatable)"),
-    no_embed: bool = typer.Option(False, "--no-embed",
-                                  help="leave embeddings pending (`clara corpus embed` later)"),
+    no_embed: bool = typer.Option(
+        False, "--no-embed", help="leave embeddings pending (`clara corpus embed` later)"
+    ),
     chunk_tokens: int = typer.Option(240, help="chunk size in embedding-model tokens"),
     chunk_overlap: int = typer.Option(32, help="overlap between chunks in tokens"),
     max_doc_mb: float = typer.Option(10.0, help="largest single document / line in MB"),
@@ -89,14 +100,21 @@ def ingest(
 
     st = startup()
     try:
-        opts = IngestOptions(document_type=type_, domain=domain, mapping=map_, globs=glob,
-                             exclude=exclude, chunk_tokens=chunk_tokens,
-                             chunk_overlap=chunk_overlap,
-                             max_document_bytes=int(max_doc_mb * 1024 * 1024),
-                             embed=not no_embed)
+        opts = IngestOptions(
+            document_type=type_,
+            domain=domain,
+            mapping=map_,
+            globs=glob,
+            exclude=exclude,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_document_bytes=int(max_doc_mb * 1024 * 1024),
+            embed=not no_embed,
+        )
         with _progress(not json_out) as progress:
-            report = ingest_paths(st.engine, acting_user(st.engine), paths, opts, st.settings,
-                                  progress)
+            report = ingest_paths(
+                st.engine, acting_user(st.engine), paths, opts, st.settings, progress
+            )
     except (IngestError, ValueError) as err:
         raise CliFailure(str(err)) from None
     _print_report(report, json_out)
@@ -114,8 +132,9 @@ def load_sample_cmd(
         raise CliFailure("the sample corpus (examples/corpus) is not part of this installation")
     st = startup()
     with _progress(not json_out) as progress:
-        report = load_sample(st.engine, acting_user(st.engine), st.settings,
-                             embed=not no_embed, progress=progress)
+        report = load_sample(
+            st.engine, acting_user(st.engine), st.settings, embed=not no_embed, progress=progress
+        )
     _print_report(report, json_out)
 
 
@@ -158,9 +177,11 @@ def search_cmd(
     query: str = typer.Argument("", help="the question or keywords"),
     mode: str = typer.Option("hybrid", help="keyword | vector | graph | hybrid"),
     k: int = typer.Option(10, "--k", "-k", help="number of results"),
-    filter_: list[str] = typer.Option([], "--filter",
-                                      help="KEY=VALUE: document_type, domain, date_from, "
-                                           "date_to or a metadata key (repeatable)"),
+    filter_: list[str] = typer.Option(
+        [],
+        "--filter",
+        help="KEY=VALUE: document_type, domain, date_from, date_to or a metadata key (repeatable)",
+    ),
     weights: str | None = typer.Option(None, help="vector=0.5,graph=0.3,keyword=0.2"),
     fusion: str = typer.Option("weighted", help="weighted | rrf"),
     seed: list[str] = typer.Option([], "--seed", help="graph mode: expand from these ids"),
@@ -177,9 +198,16 @@ def search_cmd(
     st = startup()
     user = acting_user(st.engine)
     try:
-        req = SearchRequest(query=query, mode=mode, k=k, fusion=fusion, seed_ids=seed, hops=hops,
-                            filters=DocumentFilters.parse(filter_),
-                            **({"weights": w} if (w := _parse_weights(weights)) else {}))
+        req = SearchRequest(
+            query=query,
+            mode=mode,
+            k=k,
+            fusion=fusion,
+            seed_ids=seed,
+            hops=hops,
+            filters=DocumentFilters.parse(filter_),
+            **({"weights": w} if (w := _parse_weights(weights)) else {}),
+        )
     except (ValidationError, ValueError) as err:
         raise CliFailure(_one_line(err)) from None
     if not query and not seed:
@@ -190,13 +218,21 @@ def search_cmd(
     if json_out:
         print_json([r.model_dump(mode="json") for r in results])
         return
-    t = Table("#", "score", "doc_id", "title", "keyword", "vector", "graph", "snippet",
-              show_lines=False)
+    t = Table(
+        "#", "score", "doc_id", "title", "keyword", "vector", "graph", "snippet", show_lines=False
+    )
     for r in results:
-        t.add_row(str(r.rank), f"{r.score:.3f}", r.doc_id, r.title[:50],
-                  *(f"{r.scores[m]:.2f}" if m in r.scores else "-"
-                    for m in ("keyword", "vector", "graph")),
-                  r.snippet[:120])
+        t.add_row(
+            str(r.rank),
+            f"{r.score:.3f}",
+            r.doc_id,
+            r.title[:50],
+            *(
+                f"{r.scores[m]:.2f}" if m in r.scores else "-"
+                for m in ("keyword", "vector", "graph")
+            ),
+            r.snippet[:120],
+        )
     console.print(t)
     if not results:
         console.print("no results")
@@ -235,12 +271,19 @@ def show(
     related = related_documents(st.engine, user, doc_id, st.settings)
     chunk_list = list(iter_chunks(st.engine, user, [doc_id])) if chunks else []
     if json_out:
-        print_json({"document": doc, "related": related["edges"],
-                    **({"chunks": chunk_list} if chunks else {})})
+        print_json(
+            {
+                "document": doc,
+                "related": related["edges"],
+                **({"chunks": chunk_list} if chunks else {}),
+            }
+        )
         return
     console.print(f"[bold]{doc.title}[/bold]  ({doc.doc_id}, revision {doc.revision})")
-    console.print(f"type: {doc.document_type}  domain: {doc.domain}  date: {doc.date}  "
-                  f"source: {doc.source_path}")
+    console.print(
+        f"type: {doc.document_type}  domain: {doc.domain}  date: {doc.date}  "
+        f"source: {doc.source_path}"
+    )
     console.print(f"sha256: {doc.sha256}  ingested: {doc.ingested_at:%Y-%m-%d %H:%M:%S}")
     if doc.metadata:
         console.print(f"metadata: {doc.metadata}", markup=False)
@@ -253,8 +296,9 @@ def show(
             t.add_row(e["src"], e["type"], e["dst"], e["evidence"][:60])
     console.print(t)
     for c in chunk_list:
-        console.print(f"[{c.chunk_index}] {c.start_char}-{c.end_char} ({c.token_count} tokens)",
-                      markup=False)
+        console.print(
+            f"[{c.chunk_index}] {c.start_char}-{c.end_char} ({c.token_count} tokens)", markup=False
+        )
 
 
 @corpus_app.command("stats")
@@ -267,16 +311,21 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
     if json_out:
         print_json(s)
         return
-    for key in ("documents", "chunks", "embedded_chunks", "pending_embeddings", "edges",
-                "characters"):
+    for key in (
+        "documents",
+        "chunks",
+        "embedded_chunks",
+        "pending_embeddings",
+        "edges",
+        "characters",
+    ):
         console.print(f"{key}: {s[key]}")
     for group in ("by_document_type", "by_domain", "by_edge_type"):
         console.print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in s[group].items()))
 
 
 @corpus_app.command("delete")
-def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y",
-                                                 help="do not ask")) -> None:
+def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Delete a document from the database, keyword, vector and graph indexes."""
     from core.corpus.documents import DocumentNotFound
     from core.corpus.ingest import delete_document
@@ -329,9 +378,12 @@ def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
     if choice not in ("yes", "true", "1"):
         if not sys.stdin.isatty():
             return
-        if not typer.confirm("The corpus is empty. Load the sample corpus (≈60 German "
-                             "documents)?", default=True):
+        if not typer.confirm(
+            "The corpus is empty. Load the sample corpus (≈60 German documents)?", default=True
+        ):
             return
     report = load_sample(st.engine, SYSTEM, st.settings, embed=False)
-    console.print(f"sample corpus: {report.added} documents added "
-                  f"({report.pending_embeddings} chunks wait for embeddings)")
+    console.print(
+        f"sample corpus: {report.added} documents added "
+        f"({report.pending_embeddings} chunks wait for embeddings)"
+    )

@@ -42,8 +42,12 @@ def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer | Non
 class Chunker:
     """Splits text into overlapping windows of at most `size` tokens."""
 
-    def __init__(self, tokenizer=None, size: int = DEFAULT_CHUNK_TOKENS,  # noqa: ANN001
-                 overlap: int = DEFAULT_CHUNK_OVERLAP) -> None:
+    def __init__(
+        self,
+        tokenizer=None,
+        size: int = DEFAULT_CHUNK_TOKENS,  # noqa: ANN001
+        overlap: int = DEFAULT_CHUNK_OVERLAP,
+    ) -> None:
         if size < 16:
             raise ValueError("chunk size must be at least 16 tokens")
         if not 0 <= overlap < size // 2:
@@ -54,8 +58,9 @@ class Chunker:
         if self.tokenizer is None:
             # No tokenizer file (a hub model id not cached yet): words approximate tokens.
             return [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)]
-        return [o for o in self.tokenizer.encode(text, add_special_tokens=False).offsets
-                if o[1] > o[0]]
+        return [
+            o for o in self.tokenizer.encode(text, add_special_tokens=False).offsets if o[1] > o[0]
+        ]
 
     def split(self, text: str) -> list[TextChunk]:
         offsets = self._offsets(text)
@@ -73,8 +78,11 @@ class Chunker:
                 break
             nxt = max(start_tok + 1, end_tok - self.overlap)
             # Start the next window at a word start, not inside a word.
-            while nxt < end_tok and offsets[nxt][0] == offsets[nxt - 1][1] \
-                    and text[offsets[nxt][0]].isalnum():
+            while (
+                nxt < end_tok
+                and offsets[nxt][0] == offsets[nxt - 1][1]
+                and text[offsets[nxt][0]].isalnum()
+            ):
                 nxt += 1
             start_tok = nxt
         return chunks

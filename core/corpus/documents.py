@@ -83,15 +83,23 @@ class DocumentFilters(BaseModel):
             if key in ("document_type", "type", "domain"):
                 data.setdefault("document_type" if key == "type" else key, []).append(value)
             elif key in ("date_from", "date_to", "from", "to"):
-                data["date_from" if key in ("date_from", "from") else "date_to"] = \
+                data["date_from" if key in ("date_from", "from") else "date_to"] = (
                     dt.date.fromisoformat(value)
+                )
             else:
                 data["metadata"][key] = value
         return cls(**data)
 
     def is_empty(self) -> bool:
-        return not (self.document_type or self.domain or self.date_from or self.date_to
-                    or self.metadata or self.doc_ids or self.title_contains)
+        return not (
+            self.document_type
+            or self.domain
+            or self.date_from
+            or self.date_to
+            or self.metadata
+            or self.doc_ids
+            or self.title_contains
+        )
 
     def sql(self) -> list[sa.ColumnElement]:
         """Conditions on corpus_documents; every value is a bound parameter."""
@@ -140,9 +148,16 @@ def _escape_like(s: str) -> str:
 
 def _view(d: Document) -> DocumentView:
     return DocumentView(
-        doc_id=d.doc_id, revision=d.revision, title=d.title, text=d.text,
-        document_type=d.document_type, domain=d.domain, date=d.date,
-        metadata=d.metadata_ or {}, source_path=d.source_path, sha256=d.sha256,
+        doc_id=d.doc_id,
+        revision=d.revision,
+        title=d.title,
+        text=d.text,
+        document_type=d.document_type,
+        domain=d.domain,
+        date=d.date,
+        metadata=d.metadata_ or {},
+        source_path=d.source_path,
+        sha256=d.sha256,
         ingested_at=d.ingested_at,
     )
 
@@ -167,8 +182,10 @@ def iter_documents(engine: Engine, actor: Principal, doc_ids: list[str]) -> Iter
     for i in range(0, len(doc_ids), _BATCH):
         part = doc_ids[i : i + _BATCH]
         with session_scope(engine) as s:
-            found = {d.doc_id: _view(d) for d in
-                     s.scalars(sa.select(Document).where(Document.doc_id.in_(part)))}
+            found = {
+                d.doc_id: _view(d)
+                for d in s.scalars(sa.select(Document).where(Document.doc_id.in_(part)))
+            }
         for doc_id in part:
             if doc_id in found:
                 yield found[doc_id]
@@ -182,18 +199,41 @@ def iter_chunks(engine: Engine, actor: Principal, doc_ids: list[str]) -> Iterato
         order = {d: n for n, d in enumerate(part)}
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.select(Chunk.doc_id, Chunk.revision, Chunk.chunk_index, Chunk.text,
-                          Chunk.start_char, Chunk.end_char, Chunk.token_count)
-                .where(Chunk.doc_id.in_(part))
+                sa.select(
+                    Chunk.doc_id,
+                    Chunk.revision,
+                    Chunk.chunk_index,
+                    Chunk.text,
+                    Chunk.start_char,
+                    Chunk.end_char,
+                    Chunk.token_count,
+                ).where(Chunk.doc_id.in_(part))
             ).all()
         rows.sort(key=lambda r: (order[r[0]], r[2]))
         for r in rows:
-            yield ChunkView(doc_id=r[0], revision=r[1], chunk_index=r[2], text=r[3],
-                            start_char=r[4], end_char=r[5], token_count=r[6])
+            yield ChunkView(
+                doc_id=r[0],
+                revision=r[1],
+                chunk_index=r[2],
+                text=r[3],
+                start_char=r[4],
+                end_char=r[5],
+                token_count=r[6],
+            )
 
 
-LIST_COLUMNS = ["doc_id", "title", "document_type", "domain", "date", "revision", "chars",
-                "chunks", "ingested_at", "source_path"]
+LIST_COLUMNS = [
+    "doc_id",
+    "title",
+    "document_type",
+    "domain",
+    "date",
+    "revision",
+    "chars",
+    "chunks",
+    "ingested_at",
+    "source_path",
+]
 
 
 def list_documents(
@@ -210,19 +250,39 @@ def list_documents(
         filters = DocumentFilters(**filters)
     conds = (filters or DocumentFilters()).sql()
     limit = max(1, min(int(limit), 1000))
-    orders = {"doc_id": Document.doc_id, "date": Document.date.desc(),
-              "ingested_at": Document.ingested_at.desc(), "title": Document.title}
-    n_chunks = (sa.select(sa.func.count()).where(Chunk.doc_id == Document.doc_id)
-                .correlate(Document).scalar_subquery())
+    orders = {
+        "doc_id": Document.doc_id,
+        "date": Document.date.desc(),
+        "ingested_at": Document.ingested_at.desc(),
+        "title": Document.title,
+    }
+    n_chunks = (
+        sa.select(sa.func.count())
+        .where(Chunk.doc_id == Document.doc_id)
+        .correlate(Document)
+        .scalar_subquery()
+    )
     with engine.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(Document).where(*conds)
-                             ).scalar_one()
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(Document).where(*conds)
+        ).scalar_one()
         rows = conn.execute(
-            sa.select(Document.doc_id, Document.title, Document.document_type, Document.domain,
-                      Document.date, Document.revision, sa.func.length(Document.text),
-                      n_chunks, Document.ingested_at, Document.source_path)
-            .where(*conds).order_by(orders.get(order_by, Document.doc_id), Document.doc_id)
-            .offset(max(0, int(offset))).limit(limit)
+            sa.select(
+                Document.doc_id,
+                Document.title,
+                Document.document_type,
+                Document.domain,
+                Document.date,
+                Document.revision,
+                sa.func.length(Document.text),
+                n_chunks,
+                Document.ingested_at,
+                Document.source_path,
+            )
+            .where(*conds)
+            .order_by(orders.get(order_by, Document.doc_id), Document.doc_id)
+            .offset(max(0, int(offset)))
+            .limit(limit)
         ).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=LIST_COLUMNS)
     return frame, int(total)
@@ -232,56 +292,96 @@ def document_revisions(engine: Engine, actor: Principal, doc_id: str) -> pd.Data
     require(actor, "corpus:search")
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(DocumentRevision.revision, DocumentRevision.sha256,
-                      DocumentRevision.source_path, DocumentRevision.ingested_at)
-            .where(DocumentRevision.doc_id == doc_id).order_by(DocumentRevision.revision)
+            sa.select(
+                DocumentRevision.revision,
+                DocumentRevision.sha256,
+                DocumentRevision.source_path,
+                DocumentRevision.ingested_at,
+            )
+            .where(DocumentRevision.doc_id == doc_id)
+            .order_by(DocumentRevision.revision)
         ).all()
-    return pd.DataFrame([tuple(r) for r in rows],
-                        columns=["revision", "sha256", "source_path", "ingested_at"])
+    return pd.DataFrame(
+        [tuple(r) for r in rows], columns=["revision", "sha256", "source_path", "ingested_at"]
+    )
 
 
 def facet_values(engine: Engine, actor: Principal) -> dict[str, list[str]]:
     """Distinct document types and domains (for filter widgets)."""
     require(actor, "corpus:search")
     with engine.connect() as conn:
-        types = conn.execute(sa.select(Document.document_type).distinct()
-                             .where(Document.document_type.is_not(None))).scalars().all()
-        domains = conn.execute(sa.select(Document.domain).distinct()
-                               .where(Document.domain.is_not(None))).scalars().all()
+        types = (
+            conn.execute(
+                sa.select(Document.document_type)
+                .distinct()
+                .where(Document.document_type.is_not(None))
+            )
+            .scalars()
+            .all()
+        )
+        domains = (
+            conn.execute(sa.select(Document.domain).distinct().where(Document.domain.is_not(None)))
+            .scalars()
+            .all()
+        )
     return {"document_type": sorted(types), "domain": sorted(domains)}
 
 
 def corpus_stats(engine: Engine, actor: Principal) -> dict[str, Any]:
     require(actor, "corpus:search")
     with engine.connect() as conn:
+
         def count(stmt) -> int:  # noqa: ANN001
             return int(conn.execute(stmt).scalar_one() or 0)
 
         docs = count(sa.select(sa.func.count()).select_from(Document))
         chunks = count(sa.select(sa.func.count()).select_from(Chunk))
-        pending = count(sa.select(sa.func.count()).select_from(Chunk)
-                        .where(Chunk.embedded.is_(False)))
-        edges = count(sa.select(sa.func.count()).select_from(Edge)
-                      .where(Edge.dst.in_(sa.select(Document.doc_id))))
+        pending = count(
+            sa.select(sa.func.count()).select_from(Chunk).where(Chunk.embedded.is_(False))
+        )
+        edges = count(
+            sa.select(sa.func.count())
+            .select_from(Edge)
+            .where(Edge.dst.in_(sa.select(Document.doc_id)))
+        )
         chars = count(sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(Document.text)), 0)))
-        by_type = dict(conn.execute(sa.select(Document.document_type, sa.func.count())
-                                    .group_by(Document.document_type)).all())
-        by_domain = dict(conn.execute(sa.select(Document.domain, sa.func.count())
-                                      .group_by(Document.domain)).all())
-        edge_types = dict(conn.execute(
-            sa.select(Edge.type, sa.func.count()).where(Edge.dst.in_(sa.select(Document.doc_id)))
-            .group_by(Edge.type)).all())
+        by_type = dict(
+            conn.execute(
+                sa.select(Document.document_type, sa.func.count()).group_by(Document.document_type)
+            ).all()
+        )
+        by_domain = dict(
+            conn.execute(
+                sa.select(Document.domain, sa.func.count()).group_by(Document.domain)
+            ).all()
+        )
+        edge_types = dict(
+            conn.execute(
+                sa.select(Edge.type, sa.func.count())
+                .where(Edge.dst.in_(sa.select(Document.doc_id)))
+                .group_by(Edge.type)
+            ).all()
+        )
     return {
-        "documents": docs, "chunks": chunks, "embedded_chunks": chunks - pending,
-        "pending_embeddings": pending, "edges": edges, "characters": chars,
+        "documents": docs,
+        "chunks": chunks,
+        "embedded_chunks": chunks - pending,
+        "pending_embeddings": pending,
+        "edges": edges,
+        "characters": chars,
         "by_document_type": {str(k): v for k, v in by_type.items()},
         "by_domain": {str(k): v for k, v in by_domain.items()},
         "by_edge_type": edge_types,
     }
 
 
-def related_documents(engine: Engine, actor: Principal, doc_id: str, settings=None,  # noqa: ANN001
-                      hops: int = 1) -> dict[str, Any]:
+def related_documents(
+    engine: Engine,
+    actor: Principal,
+    doc_id: str,
+    settings=None,  # noqa: ANN001
+    hops: int = 1,
+) -> dict[str, Any]:
     """Nodes and edges around one document, for the page's small graph."""
     require(actor, "corpus:search")
     from core.config import get_settings
@@ -291,17 +391,28 @@ def related_documents(engine: Engine, actor: Principal, doc_id: str, settings=No
     neighbours = store.neighbours([doc_id], hops=hops, limit=60)
     ids = [doc_id] + [n.doc_id for n in neighbours]
     with engine.connect() as conn:
-        titles = dict(conn.execute(sa.select(Document.doc_id, Document.title)
-                                   .where(Document.doc_id.in_(ids))).all())
+        titles = dict(
+            conn.execute(
+                sa.select(Document.doc_id, Document.title).where(Document.doc_id.in_(ids))
+            ).all()
+        )
         edges = conn.execute(
-            sa.select(Edge.src, Edge.dst, Edge.type, Edge.origin, Edge.evidence)
-            .where(Edge.src.in_(ids), Edge.dst.in_(ids))
+            sa.select(Edge.src, Edge.dst, Edge.type, Edge.origin, Edge.evidence).where(
+                Edge.src.in_(ids), Edge.dst.in_(ids)
+            )
         ).all()
     return {
         "center": doc_id,
-        "nodes": [{"doc_id": i, "title": titles.get(i, i),
-                   "hops": 0 if i == doc_id else next(n.hops for n in neighbours
-                                                      if n.doc_id == i)} for i in ids],
-        "edges": [{"src": e[0], "dst": e[1], "type": e[2], "origin": e[3], "evidence": e[4]}
-                  for e in edges],
+        "nodes": [
+            {
+                "doc_id": i,
+                "title": titles.get(i, i),
+                "hops": 0 if i == doc_id else next(n.hops for n in neighbours if n.doc_id == i),
+            }
+            for i in ids
+        ],
+        "edges": [
+            {"src": e[0], "dst": e[1], "type": e[2], "origin": e[3], "evidence": e[4]}
+            for e in edges
+        ],
     }

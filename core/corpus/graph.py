@@ -44,11 +44,14 @@ class Neighbour:
 
 
 class GraphStore(Protocol):
-    def replace_edges(self, src: str, edges: list[GraphEdge], conn: Connection | None = None) -> None: ...
+    def replace_edges(
+        self, src: str, edges: list[GraphEdge], conn: Connection | None = None
+    ) -> None: ...
     def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None: ...
     def delete_document(self, doc_id: str, conn: Connection | None = None) -> None: ...
-    def neighbours(self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None,
-                   limit: int = 200) -> list[Neighbour]: ...
+    def neighbours(
+        self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None, limit: int = 200
+    ) -> list[Neighbour]: ...
     def edges_of(self, doc_id: str) -> list[GraphEdge]: ...
     def count_edges(self) -> int: ...
 
@@ -110,7 +113,9 @@ class RelationalGraphStore:
 
         self._run(conn, go)
 
-    def replace_edges(self, src: str, edges: list[GraphEdge], conn: Connection | None = None) -> None:
+    def replace_edges(
+        self, src: str, edges: list[GraphEdge], conn: Connection | None = None
+    ) -> None:
         def go(c: Connection) -> None:
             c.execute(sa.delete(Edge).where(Edge.src == src))
             rows = _unique_rows(e for e in edges if e.src == src)
@@ -122,8 +127,9 @@ class RelationalGraphStore:
     def delete_document(self, doc_id: str, conn: Connection | None = None) -> None:
         self._run(conn, lambda c: c.execute(sa.delete(Edge).where(Edge.src == doc_id)))
 
-    def neighbours(self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None,
-                   limit: int = 200) -> list[Neighbour]:
+    def neighbours(
+        self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None, limit: int = 200
+    ) -> list[Neighbour]:
         if not doc_ids:
             return []
         hops = _check_hops(hops)
@@ -154,7 +160,8 @@ class RelationalGraphStore:
     def count_edges(self) -> int:
         with self.engine.connect() as c:
             return c.execute(
-                sa.select(sa.func.count()).select_from(Edge)
+                sa.select(sa.func.count())
+                .select_from(Edge)
                 .where(Edge.dst.in_(sa.select(Document.doc_id)))
             ).scalar_one()
 
@@ -168,8 +175,10 @@ class Neo4jGraphStore:
         self.driver = GraphDatabase.driver(uri, auth=(user, password))
         self.database = database
         with self.driver.session(database=self.database) as s:
-            s.run("CREATE CONSTRAINT clara_doc_id IF NOT EXISTS "
-                  "FOR (d:ClaraDocument) REQUIRE d.doc_id IS UNIQUE").consume()
+            s.run(
+                "CREATE CONSTRAINT clara_doc_id IF NOT EXISTS "
+                "FOR (d:ClaraDocument) REQUIRE d.doc_id IS UNIQUE"
+            ).consume()
 
     def close(self) -> None:
         self.driver.close()
@@ -179,8 +188,10 @@ class Neo4jGraphStore:
             s.execute_write(lambda tx: tx.run(query, **params).consume())
 
     def ensure_documents(self, doc_ids: Iterable[str]) -> None:
-        self._write("UNWIND $ids AS id MERGE (d:ClaraDocument {doc_id: id}) SET d.present = true",
-                    ids=list(doc_ids))
+        self._write(
+            "UNWIND $ids AS id MERGE (d:ClaraDocument {doc_id: id}) SET d.present = true",
+            ids=list(doc_ids),
+        )
 
     def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:  # noqa: ARG002
         rows = _unique_rows(edges)
@@ -194,17 +205,26 @@ class Neo4jGraphStore:
                 rows=rows,
             )
 
-    def replace_edges(self, src: str, edges: list[GraphEdge], conn: Connection | None = None) -> None:  # noqa: ARG002
-        self._write("MERGE (a:ClaraDocument {doc_id: $src}) SET a.present = true "
-                    "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e", src=src)
+    def replace_edges(
+        self, src: str, edges: list[GraphEdge], conn: Connection | None = None
+    ) -> None:  # noqa: ARG002
+        self._write(
+            "MERGE (a:ClaraDocument {doc_id: $src}) SET a.present = true "
+            "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e",
+            src=src,
+        )
         self.add_edges([e for e in edges if e.src == src])
 
     def delete_document(self, doc_id: str, conn: Connection | None = None) -> None:  # noqa: ARG002
-        self._write("MATCH (a:ClaraDocument {doc_id: $id}) SET a.present = false "
-                    "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e", id=doc_id)
+        self._write(
+            "MATCH (a:ClaraDocument {doc_id: $id}) SET a.present = false "
+            "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e",
+            id=doc_id,
+        )
 
-    def neighbours(self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None,
-                   limit: int = 200) -> list[Neighbour]:
+    def neighbours(
+        self, doc_ids: list[str], hops: int = 1, types: list[str] | None = None, limit: int = 200
+    ) -> list[Neighbour]:
         if not doc_ids:
             return []
         hops = _check_hops(hops)  # validated int: variable-length bounds cannot be parameters
@@ -231,14 +251,18 @@ class Neo4jGraphStore:
             "e.evidence AS evidence ORDER BY type, src, dst"
         )
         with self.driver.session(database=self.database) as s:
-            return [GraphEdge(r["src"], r["dst"], r["type"], r["origin"] or "",
-                              r["evidence"] or "") for r in s.run(query, id=doc_id).data()]
+            return [
+                GraphEdge(r["src"], r["dst"], r["type"], r["origin"] or "", r["evidence"] or "")
+                for r in s.run(query, id=doc_id).data()
+            ]
 
     def count_edges(self) -> int:
         with self.driver.session(database=self.database) as s:
-            rec = s.run("MATCH (a:ClaraDocument)-[e:RELATES]->(b:ClaraDocument) "
-                        "WHERE a.present = true AND b.present = true "
-                        "RETURN count(e) AS n").single()
+            rec = s.run(
+                "MATCH (a:ClaraDocument)-[e:RELATES]->(b:ClaraDocument) "
+                "WHERE a.present = true AND b.present = true "
+                "RETURN count(e) AS n"
+            ).single()
             return int(rec["n"]) if rec else 0
 
 
@@ -247,17 +271,25 @@ def _unique_rows(edges: Iterable[GraphEdge]) -> list[dict[str, str]]:
     for e in edges:
         if e.src == e.dst or not e.dst:
             continue
-        seen.setdefault((e.src, e.dst, e.type), {
-            "src": e.src, "dst": e.dst[:255], "type": e.type, "origin": e.origin[:32],
-            "evidence": e.evidence[:500],
-        })
+        seen.setdefault(
+            (e.src, e.dst, e.type),
+            {
+                "src": e.src,
+                "dst": e.dst[:255],
+                "type": e.type,
+                "origin": e.origin[:32],
+                "evidence": e.evidence[:500],
+            },
+        )
     return list(seen.values())
 
 
 _neo4j: dict[str, Neo4jGraphStore] = {}
 
 
-def get_graph_stores(engine: Engine, settings: Settings) -> tuple[RelationalGraphStore, Neo4jGraphStore | None]:
+def get_graph_stores(
+    engine: Engine, settings: Settings
+) -> tuple[RelationalGraphStore, Neo4jGraphStore | None]:
     """The relational store (always: it is the record of edges) and Neo4j when configured."""
     rel = RelationalGraphStore(engine)
     if not settings.graph_uri:
@@ -265,8 +297,10 @@ def get_graph_stores(engine: Engine, settings: Settings) -> tuple[RelationalGrap
     store = _neo4j.get(settings.graph_uri)
     if store is None:
         store = _neo4j[settings.graph_uri] = Neo4jGraphStore(
-            settings.graph_uri, settings.graph_user,
-            settings.graph_password.get_secret_value(), settings.graph_database,
+            settings.graph_uri,
+            settings.graph_user,
+            settings.graph_password.get_secret_value(),
+            settings.graph_database,
         )
     return rel, store
 

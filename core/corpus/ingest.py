@@ -29,8 +29,13 @@ from core.audit import audited
 from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus import keyword
+from core.corpus.chunking import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_TOKENS,
+    Chunker,
+    load_tokenizer,
+)
 from core.corpus.documents import DocumentNotFound
-from core.corpus.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_TOKENS, Chunker, load_tokenizer
 from core.corpus.graph import (
     GraphEdge,
     MentionFinder,
@@ -89,8 +94,9 @@ class FileReport:
     documents: list[DocumentOutcome] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: {"added": 0, "updated": 0,
-                                                            "unchanged": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"added": 0, "updated": 0, "unchanged": 0}
+    )
 
 
 @dataclass
@@ -131,11 +137,14 @@ class IngestReport:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "files": len(self.files), "added": self.added, "updated": self.updated,
-            "unchanged": self.unchanged, "failed_files": len([f for f in self.files
-                                                              if f.status == "failed"]),
+            "files": len(self.files),
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed_files": len([f for f in self.files if f.status == "failed"]),
             "partial_files": len([f for f in self.files if f.status == "partial"]),
-            "embedded": self.embedded, "pending_embeddings": self.pending_embeddings,
+            "embedded": self.embedded,
+            "pending_embeddings": self.pending_embeddings,
             "seconds": round(self.seconds, 2),
         }
 
@@ -143,9 +152,14 @@ class IngestReport:
         return {
             "summary": self.summary(),
             "files": [
-                {"path": f.path, "status": f.status, "counts": f.counts,
-                 "problems": f.problems, "warnings": f.warnings,
-                 "documents": [d.__dict__ for d in f.documents]}
+                {
+                    "path": f.path,
+                    "status": f.status,
+                    "counts": f.counts,
+                    "problems": f.problems,
+                    "warnings": f.warnings,
+                    "documents": [d.__dict__ for d in f.documents],
+                }
                 for f in self.files
             ],
         }
@@ -154,8 +168,9 @@ class IngestReport:
 # Files ------------------------------------------------------------------------------------
 
 
-def collect_files(paths: Iterable[str | Path], globs: list[str] | None = None,
-                  exclude: list[str] | None = None) -> list[Path]:
+def collect_files(
+    paths: Iterable[str | Path], globs: list[str] | None = None, exclude: list[str] | None = None
+) -> list[Path]:
     """Files under `paths` (folders recursively), filtered by glob patterns.
 
     A pattern matches the path relative to the folder given or the bare file name, so both
@@ -187,8 +202,10 @@ def collect_files(paths: Iterable[str | Path], globs: list[str] | None = None,
 
 
 def _glob(rel: str, name: str, pattern: str) -> bool:
-    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern) or (
-        pattern.startswith("**/") and fnmatch.fnmatch(rel, pattern[3:])
+    return (
+        fnmatch.fnmatch(rel, pattern)
+        or fnmatch.fnmatch(name, pattern)
+        or (pattern.startswith("**/") and fnmatch.fnmatch(rel, pattern[3:]))
     )
 
 
@@ -198,9 +215,13 @@ def _glob(rel: str, name: str, pattern: str) -> bool:
 def content_sha256(doc: SourceDocument) -> str:
     """Hash of everything a revision consists of (text, title, fields, metadata, links)."""
     payload = {
-        "title": doc.title, "text": doc.text, "document_type": doc.document_type,
-        "domain": doc.domain, "date": doc.date.isoformat() if doc.date else None,
-        "metadata": doc.metadata, "links": sorted(doc.links),
+        "title": doc.title,
+        "text": doc.text,
+        "document_type": doc.document_type,
+        "domain": doc.domain,
+        "date": doc.date.isoformat() if doc.date else None,
+        "metadata": doc.metadata,
+        "links": sorted(doc.links),
     }
     raw = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
@@ -230,38 +251,60 @@ class _Writer:
             doc.domain = self.opts.domain
         sha = content_sha256(doc)
         row = conn.execute(
-            sa.select(Document.id, Document.revision, Document.sha256)
-            .where(Document.doc_id == doc.doc_id)
+            sa.select(Document.id, Document.revision, Document.sha256).where(
+                Document.doc_id == doc.doc_id
+            )
         ).first()
         if row is not None and row.sha256 == sha:
             return DocumentOutcome(doc.doc_id, "unchanged", row.revision, doc.line)
         now = utcnow()
         values = {
-            "title": doc.title[:10_000], "text": doc.text, "document_type": doc.document_type,
-            "domain": doc.domain, "date": doc.date, "metadata": doc.metadata,
-            "source_path": doc.source_path, "sha256": sha, "ingested_at": now,
+            "title": doc.title[:10_000],
+            "text": doc.text,
+            "document_type": doc.document_type,
+            "domain": doc.domain,
+            "date": doc.date,
+            "metadata": doc.metadata,
+            "source_path": doc.source_path,
+            "sha256": sha,
+            "ingested_at": now,
             "language": self.opts.language,
         }
         if row is None:
             revision = 1
             pk = conn.execute(
-                sa.insert(Document).values(doc_id=doc.doc_id, revision=1, **values)
+                sa.insert(Document)
+                .values(doc_id=doc.doc_id, revision=1, **values)
                 .returning(Document.id)
             ).scalar_one()
             action = "added"
         else:
             revision, pk, action = row.revision + 1, row.id, "updated"
-            conn.execute(sa.update(Document).where(Document.id == pk)
-                         .values(revision=revision, **values))
+            conn.execute(
+                sa.update(Document).where(Document.id == pk).values(revision=revision, **values)
+            )
             conn.execute(sa.delete(Chunk).where(Chunk.doc_id == doc.doc_id))
             self.stale_vectors.add(doc.doc_id)
-        conn.execute(sa.insert(DocumentRevision).values(
-            doc_id=doc.doc_id, revision=revision, sha256=sha, source_path=doc.source_path,
-            ingested_at=now))
+        conn.execute(
+            sa.insert(DocumentRevision).values(
+                doc_id=doc.doc_id,
+                revision=revision,
+                sha256=sha,
+                source_path=doc.source_path,
+                ingested_at=now,
+            )
+        )
         chunks = [
-            {"doc_id": doc.doc_id, "revision": revision, "chunk_index": c.index, "text": c.text,
-             "start_char": c.start_char, "end_char": c.end_char, "token_count": c.token_count,
-             "embedded": False}
+            {
+                "doc_id": doc.doc_id,
+                "revision": revision,
+                "chunk_index": c.index,
+                "text": c.text,
+                "start_char": c.start_char,
+                "end_char": c.end_char,
+                "token_count": c.token_count,
+                "embedded": False,
+            }
             for c in self.chunker.split(doc.text)
         ]
         if chunks:
@@ -273,8 +316,9 @@ class _Writer:
         return DocumentOutcome(doc.doc_id, action, revision, doc.line)
 
 
-def _ingest_file(engine: Engine, path: Path, opts: IngestOptions, mapping: dict[str, str],
-                 writer: _Writer) -> FileReport:
+def _ingest_file(
+    engine: Engine, path: Path, opts: IngestOptions, mapping: dict[str, str], writer: _Writer
+) -> FileReport:
     report = FileReport(path=str(path))
     changed_before = len(writer.changed)
     stale_before = set(writer.stale_vectors)
@@ -348,13 +392,17 @@ def _link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -
                 for i in range(0, len(ids), 500):
                     part = ids[i : i + 500]
                     for doc_id, text in conn.execute(stmt.where(Document.doc_id.in_(part))):
-                        edges.extend(GraphEdge(doc_id, t, "cites", "mention", w)
-                                     for t, w in names.find(text, doc_id).items())
+                        edges.extend(
+                            GraphEdge(doc_id, t, "cites", "mention", w)
+                            for t, w in names.find(text, doc_id).items()
+                        )
             else:
                 for doc_id, text in conn.execute(stmt):
                     if doc_id not in changed_set:
-                        edges.extend(GraphEdge(doc_id, t, "cites", "mention", w)
-                                     for t, w in names.find(text, doc_id).items())
+                        edges.extend(
+                            GraphEdge(doc_id, t, "cites", "mention", w)
+                            for t, w in names.find(text, doc_id).items()
+                        )
 
     scan(changed, finder)
     if not corpus_was_empty:
@@ -366,8 +414,7 @@ def _link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -
 
 
 def _chunker(settings: Settings, opts: IngestOptions) -> Chunker:
-    return Chunker(load_tokenizer(model_location(settings)), opts.chunk_tokens,
-                   opts.chunk_overlap)
+    return Chunker(load_tokenizer(model_location(settings)), opts.chunk_tokens, opts.chunk_overlap)
 
 
 def ingest_paths(
@@ -417,9 +464,15 @@ class IngestError(Exception):
     """The request itself is invalid (bad mapping, path missing); nothing was ingested."""
 
 
-def _run_ingest(engine: Engine, settings: Settings, files: list[Path], opts: IngestOptions,
-                mapping: dict[str, str], progress: Progress | None,
-                display_names: dict[Path, str] | None = None) -> IngestReport:
+def _run_ingest(
+    engine: Engine,
+    settings: Settings,
+    files: list[Path],
+    opts: IngestOptions,
+    mapping: dict[str, str],
+    progress: Progress | None,
+    display_names: dict[Path, str] | None = None,
+) -> IngestReport:
     started = time.perf_counter()
     writer = _Writer(opts, _chunker(settings, opts))
     with engine.connect() as conn:
@@ -446,8 +499,9 @@ def _run_ingest(engine: Engine, settings: Settings, files: list[Path], opts: Ing
     return report
 
 
-def _mirror_graph(engine: Engine, settings: Settings, changed: list[str],
-                  report: IngestReport) -> None:
+def _mirror_graph(
+    engine: Engine, settings: Settings, changed: list[str], report: IngestReport
+) -> None:
     _rel, neo = get_graph_stores(engine, settings)
     if neo is None or not changed:
         return
@@ -457,8 +511,11 @@ def _mirror_graph(engine: Engine, settings: Settings, changed: list[str],
         with engine.connect() as conn:
             for i in range(0, len(changed), 500):
                 part = changed[i : i + 500]
-                rows = conn.execute(sa.select(Edge.src, Edge.dst, Edge.type, Edge.origin,
-                                              Edge.evidence).where(Edge.src.in_(part))).all()
+                rows = conn.execute(
+                    sa.select(Edge.src, Edge.dst, Edge.type, Edge.origin, Edge.evidence).where(
+                        Edge.src.in_(part)
+                    )
+                ).all()
                 by_src: dict[str, list[GraphEdge]] = {d: [] for d in part}
                 for r in rows:
                     by_src[r[0]].append(GraphEdge(*r))
@@ -467,8 +524,9 @@ def _mirror_graph(engine: Engine, settings: Settings, changed: list[str],
         # Incoming mention edges of older documents changed too.
         neo.add_edges([e for d in changed for e in rel.edges_of(d)])
     except Exception as err:  # noqa: BLE001 - the relational edges remain the record
-        report.files.append(FileReport(path="(neo4j)", status="partial",
-                                       problems=[f"graph mirror failed: {err}"]))
+        report.files.append(
+            FileReport(path="(neo4j)", status="partial", problems=[f"graph mirror failed: {err}"])
+        )
 
 
 def ingest_uploads(
@@ -482,12 +540,14 @@ def ingest_uploads(
     """Ingest uploaded files (name, content); they are kept under the data dir's uploads/."""
     opts = options or IngestOptions()
     settings = settings or get_settings()
-    with audited(engine, actor, "corpus.ingest_upload",
-                 target=", ".join(n for n, _ in uploads)[:255]) as audit:
+    with audited(
+        engine, actor, "corpus.ingest_upload", target=", ".join(n for n, _ in uploads)[:255]
+    ) as audit:
         require(actor, "corpus:ingest")
         mapping = parse_mapping(opts.mapping)
-        folder = settings.data_path / "uploads" / dt.datetime.now(dt.UTC).strftime(
-            "%Y%m%dT%H%M%S%f")
+        folder = (
+            settings.data_path / "uploads" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        )
         folder.mkdir(parents=True, exist_ok=True)
         files, names = [], {}
         for name, data in uploads:
@@ -517,9 +577,14 @@ def pending_count(engine: Engine, actor: Principal) -> int:
         ).scalar_one()
 
 
-def chunk_metadata(doc_id: str, chunk_index: int, document_type: str | None,
-                   domain: str | None, date: dt.date | None,
-                   metadata: dict[str, Any] | None) -> dict[str, Any]:
+def chunk_metadata(
+    doc_id: str,
+    chunk_index: int,
+    document_type: str | None,
+    domain: str | None,
+    date: dt.date | None,
+    metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
     """What Chroma stores per vector: the fields search filters on, inside the store."""
     meta: dict[str, Any] = {"doc_id": doc_id, "chunk_index": chunk_index}
     if document_type:
@@ -541,12 +606,20 @@ def _pending_batches(engine: Engine, batch_size: int) -> Iterator[list[Any]]:
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.select(Chunk.id, Chunk.doc_id, Chunk.chunk_index, Chunk.text,
-                          Document.document_type, Document.domain, Document.date,
-                          Document.metadata_)
+                sa.select(
+                    Chunk.id,
+                    Chunk.doc_id,
+                    Chunk.chunk_index,
+                    Chunk.text,
+                    Document.document_type,
+                    Document.domain,
+                    Document.date,
+                    Document.metadata_,
+                )
                 .join(Document, Document.doc_id == Chunk.doc_id)
                 .where(Chunk.embedded.is_(False), Chunk.id > last_id)
-                .order_by(Chunk.id).limit(batch_size)
+                .order_by(Chunk.id)
+                .limit(batch_size)
             ).all()
         if not rows:
             return
@@ -590,8 +663,9 @@ def embed_pending(
             metas = [chunk_metadata(r[1], r[2], r[4], r[5], r[6], r[7]) for r in rows]
             store.upsert(ids, vectors, metas)
             with engine.begin() as conn:
-                conn.execute(sa.update(Chunk).where(Chunk.id.in_([r[0] for r in rows]))
-                             .values(embedded=True))
+                conn.execute(
+                    sa.update(Chunk).where(Chunk.id.in_([r[0] for r in rows])).values(embedded=True)
+                )
             done += len(rows)
             if progress:
                 progress("embedding", done, total, "")
@@ -636,8 +710,9 @@ class BackgroundEmbedding:
 # Delete -----------------------------------------------------------------------------------
 
 
-def delete_document(engine: Engine, actor: Principal, doc_id: str,
-                    settings: Settings | None = None) -> None:
+def delete_document(
+    engine: Engine, actor: Principal, doc_id: str, settings: Settings | None = None
+) -> None:
     """Remove a document from the database, the keyword index, the vectors and the graph."""
     settings = settings or get_settings()
     with audited(engine, actor, "corpus.delete", target=doc_id):

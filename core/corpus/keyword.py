@@ -10,20 +10,25 @@ document and "Hundesteuer" still finds "Hundesteuersatzung".
 
 from __future__ import annotations
 
-
 import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from core.corpus.models import Document
-from core.corpus.text import MIN_PREFIX_STEM, GERMAN_STOPWORDS, query_terms, stemmed_text, tokens
+from core.corpus.text import GERMAN_STOPWORDS, MIN_PREFIX_STEM, query_terms, stemmed_text, tokens
 
 # Title matches count this many times a body match (BM25 column weight / tsvector weight A).
 TITLE_WEIGHT = 4.0
 # Very long bodies are indexed up to here (Postgres refuses tsvectors over 1 MB).
 MAX_INDEXED_CHARS = 400_000
-LANGUAGES = {"de": "german", "en": "english", "fr": "french", "it": "italian", "es": "spanish",
-             "nl": "dutch"}
+LANGUAGES = {
+    "de": "german",
+    "en": "english",
+    "fr": "french",
+    "it": "italian",
+    "es": "spanish",
+    "nl": "dutch",
+}
 
 _FTS = sa.table("corpus_fts", sa.column("rowid"), sa.column("title"), sa.column("body"))
 
@@ -43,8 +48,7 @@ def create_keyword_index(conn: Connection) -> None:
     else:
         conn.exec_driver_sql("ALTER TABLE corpus_documents ADD COLUMN search_vector tsvector")
         conn.exec_driver_sql(
-            "CREATE INDEX ix_corpus_documents_search ON corpus_documents "
-            "USING GIN (search_vector)"
+            "CREATE INDEX ix_corpus_documents_search ON corpus_documents USING GIN (search_vector)"
         )
 
 
@@ -53,8 +57,6 @@ def drop_keyword_index(conn: Connection) -> None:
         conn.exec_driver_sql("DROP TABLE IF EXISTS corpus_fts")
     else:
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_corpus_documents_search")
-
-
 
 
 def _pg_config(conn: Connection, language: str) -> str:
@@ -73,9 +75,7 @@ def _pg_config(conn: Connection, language: str) -> str:
 _PG_CONFIGS: dict[tuple[str, str], str] = {}
 
 
-def index_document(
-    conn: Connection, pk: int, title: str, body: str, language: str = "de"
-) -> None:
+def index_document(conn: Connection, pk: int, title: str, body: str, language: str = "de") -> None:
     body = body[:MAX_INDEXED_CHARS]
     if conn.dialect.name == "sqlite":
         stemmer = text_search_config(language)

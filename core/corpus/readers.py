@@ -73,8 +73,10 @@ def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
     mapping = dict(DEFAULT_MAPPING)
     if not spec:
         return mapping
-    items = spec.items() if isinstance(spec, dict) else (
-        p.split("=", 1) if "=" in p else (p, "") for p in spec.split(",") if p.strip()
+    items = (
+        spec.items()
+        if isinstance(spec, dict)
+        else (p.split("=", 1) if "=" in p else (p, "") for p in spec.split(",") if p.strip())
     )
     for key, col in items:
         key, col = key.strip(), col.strip()
@@ -196,17 +198,22 @@ def read_markdown(path: Path, max_bytes: int) -> SourceDocument:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f" line {mark.line + 2}" if mark else ""
-            raise FileProblem(str(path), f"front matter is not valid YAML at{line}: {err}") from None
+            raise FileProblem(
+                str(path), f"front matter is not valid YAML at{line}: {err}"
+            ) from None
         if not isinstance(loaded, dict):
             raise FileProblem(str(path), "front matter must be a mapping of key: value lines")
         meta = loaded
-        text = text[m.end():]
+        text = text[m.end() :]
     _require_text(text, str(path))
     heading = _MD_HEADING.search(text)
     title = str(meta.pop("title", "") or (heading.group(1).strip() if heading else path.stem))
     doc = SourceDocument(
-        doc_id=str(meta.pop("id", "") or path.stem), title=title, text=text.strip(),
-        source_path=str(path), warnings=warnings,
+        doc_id=str(meta.pop("id", "") or path.stem),
+        title=title,
+        text=text.strip(),
+        source_path=str(path),
+        warnings=warnings,
     )
     _meta_fields(doc, meta, str(path))
     for target in _MD_LINK.findall(text):
@@ -222,15 +229,37 @@ def read_text(path: Path, max_bytes: int) -> SourceDocument:
     _require_text(text, str(path))
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     title = first if len(first) <= 200 else path.stem
-    return SourceDocument(doc_id=path.stem, title=title, text=text.strip(),
-                          source_path=str(path), warnings=warnings)
+    return SourceDocument(
+        doc_id=path.stem, title=title, text=text.strip(), source_path=str(path), warnings=warnings
+    )
 
 
 # HTML -------------------------------------------------------------------------------------
 
 _HIDDEN_RULE = re.compile(r"([^{}]+)\{[^}]*display\s*:\s*none[^}]*\}", re.I)
-_BLOCK_TAGS = ("p", "div", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br",
-               "section", "article", "table", "ul", "ol", "dl", "blockquote", "pre")
+_BLOCK_TAGS = (
+    "p",
+    "div",
+    "li",
+    "dt",
+    "dd",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "tr",
+    "br",
+    "section",
+    "article",
+    "table",
+    "ul",
+    "ol",
+    "dl",
+    "blockquote",
+    "pre",
+)
 
 
 def read_html(path: Path, max_bytes: int) -> SourceDocument:
@@ -277,8 +306,14 @@ def read_html(path: Path, max_bytes: int) -> SourceDocument:
     if not title:
         h1 = soup.find("h1")
         title = h1.get_text(" ", strip=True) if h1 else path.stem
-    doc = SourceDocument(doc_id=str(meta.pop("id", "") or path.stem), title=title, text=text,
-                         source_path=str(path), warnings=warnings, links=links)
+    doc = SourceDocument(
+        doc_id=str(meta.pop("id", "") or path.stem),
+        title=title,
+        text=text,
+        source_path=str(path),
+        warnings=warnings,
+        links=links,
+    )
     _meta_fields(doc, meta, str(path))
     return doc
 
@@ -310,9 +345,10 @@ def read_pdf(path: Path, max_bytes: int) -> SourceDocument:
         raise FileProblem(
             str(path), "PDF has no text layer (scanned images?); run OCR first and ingest again"
         )
-    title = str(info.get("/Title") or "").strip() or next(
-        (ln.strip() for ln in text.splitlines() if ln.strip()), path.stem
-    )[:200]
+    title = (
+        str(info.get("/Title") or "").strip()
+        or next((ln.strip() for ln in text.splitlines() if ln.strip()), path.stem)[:200]
+    )
     doc = SourceDocument(doc_id=path.stem, title=title, text=text, source_path=str(path))
     doc.metadata["pages"] = offsets
     doc.metadata["page_count"] = len(pages_text)
@@ -447,7 +483,9 @@ def _rows_csv(
                 yield reader.line_num, f"CSV error: {err}"
 
 
-def _rows_parquet(path: Path, mapping: dict[str, str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _rows_parquet(
+    path: Path, mapping: dict[str, str]
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     import pyarrow.parquet as pq
 
     try:

@@ -19,7 +19,12 @@ def sample_available() -> bool:
     return SAMPLE_DIR.is_dir()
 
 
-def load_sample(engine: Engine, actor: Principal, settings: Settings | None = None,
-                embed: bool = True, progress: Progress | None = None) -> IngestReport:
+def load_sample(
+    engine: Engine,
+    actor: Principal,
+    settings: Settings | None = None,
+    embed: bool = True,
+    progress: Progress | None = None,
+) -> IngestReport:
     opts = IngestOptions(exclude=SAMPLE_EXCLUDE, embed=embed)
     return ingest_paths(engine, actor, [SAMPLE_DIR], opts, settings, progress)

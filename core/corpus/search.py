@@ -88,8 +88,9 @@ class SearchResult(BaseModel):
 # Per-mode retrieval -----------------------------------------------------------------------
 
 
-def keyword_candidates(engine: Engine, query: str, n: int, filters: DocumentFilters
-                       ) -> dict[str, float]:
+def keyword_candidates(
+    engine: Engine, query: str, n: int, filters: DocumentFilters
+) -> dict[str, float]:
     if not query.strip():
         return {}
     with engine.connect() as conn:
@@ -103,8 +104,9 @@ def _query_vector(location: str, query: str) -> np.ndarray:
     return _embedders[location].encode([query])[0]
 
 
-def vector_candidates(settings: Settings, query: str, n: int, filters: DocumentFilters
-                      ) -> tuple[dict[str, float], dict[str, int]]:
+def vector_candidates(
+    settings: Settings, query: str, n: int, filters: DocumentFilters
+) -> tuple[dict[str, float], dict[str, int]]:
     """Documents by their best chunk (max-pooling), and which chunk that was."""
     from core.corpus.vectors import get_embedder, get_vector_store
 
@@ -125,8 +127,9 @@ def vector_candidates(settings: Settings, query: str, n: int, filters: DocumentF
     return top, {d: best_chunk[d] for d in top}
 
 
-def graph_support(engine: Engine, settings: Settings, seeds: dict[str, float], hops: int
-                  ) -> tuple[dict[str, float], dict[str, str]]:
+def graph_support(
+    engine: Engine, settings: Settings, seeds: dict[str, float], hops: int
+) -> tuple[dict[str, float], dict[str, str]]:
     """Each neighbour's support: Σ over seeds of seed weight × edge weight / hops."""
     store = query_store(engine, settings)
     support: dict[str, float] = defaultdict(float)
@@ -162,8 +165,9 @@ def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
     return _minmax(scores)
 
 
-def _fuse(per_mode: dict[str, dict[str, float]], weights: dict[str, float], fusion: str
-          ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def _fuse(
+    per_mode: dict[str, dict[str, float]], weights: dict[str, float], fusion: str
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     norm = {m: _normalise(m, s) for m, s in per_mode.items()}
     total = sum(weights.get(m, 0.0) for m in per_mode) or 1.0
     fused: dict[str, float] = defaultdict(float)
@@ -216,9 +220,11 @@ def search(
             if req.mode == "graph":
                 per_mode["keyword"] = keyword_candidates(engine, req.query, n, req.filters)
                 per_mode["vector"], best_chunk = vector_candidates(
-                    settings, req.query, n, req.filters)
-            pre, _ = _fuse({m: per_mode[m] for m in ("keyword", "vector") if m in per_mode},
-                           w, req.fusion)
+                    settings, req.query, n, req.filters
+                )
+            pre, _ = _fuse(
+                {m: per_mode[m] for m in ("keyword", "vector") if m in per_mode}, w, req.fusion
+            )
             top = sorted(pre.items(), key=lambda kv: -kv[1])[:GRAPH_SEEDS]
             hi = top[0][1] if top else 1.0
             seeds = {d: s / hi for d, s in top}
@@ -226,8 +232,9 @@ def search(
         if req.mode == "graph":
             # Graph mode ranks the seeds (what the expansion started from) and their
             # neighbourhood by graph support alone.
-            per_mode = {"graph": {**support, **{d: support.get(d, 0) + s
-                                                for d, s in seeds.items()}}}
+            per_mode = {
+                "graph": {**support, **{d: support.get(d, 0) + s for d, s in seeds.items()}}
+            }
         else:
             per_mode["graph"] = support
 
@@ -240,27 +247,40 @@ def search(
     return _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
 
 
-def _materialise(engine: Engine, req: SearchRequest, ranked: list[tuple[str, float]],
-                 per_mode: dict[str, dict[str, float]], norm: dict[str, dict[str, float]],
-                 best_chunk: dict[str, int], via: dict[str, str]) -> list[SearchResult]:
+def _materialise(
+    engine: Engine,
+    req: SearchRequest,
+    ranked: list[tuple[str, float]],
+    per_mode: dict[str, dict[str, float]],
+    norm: dict[str, dict[str, float]],
+    best_chunk: dict[str, int],
+    via: dict[str, str],
+) -> list[SearchResult]:
     """Fetch the top documents (filters applied in SQL once more) and build results."""
     wanted = [d for d, _ in ranked[: req.k * 3]]
     if not wanted:
         return []
     with engine.connect() as conn:
         rows = {
-            r[0]: r for r in conn.execute(
-                sa.select(Document.doc_id, Document.title, Document.text, Document.document_type,
-                          Document.domain, Document.date)
-                .where(Document.doc_id.in_(wanted), *req.filters.sql())
+            r[0]: r
+            for r in conn.execute(
+                sa.select(
+                    Document.doc_id,
+                    Document.title,
+                    Document.text,
+                    Document.document_type,
+                    Document.domain,
+                    Document.date,
+                ).where(Document.doc_id.in_(wanted), *req.filters.sql())
             )
         }
         chunk_text = {}
         pairs = [(d, best_chunk[d]) for d in wanted if d in best_chunk and d in rows]
         if pairs:
             conds = [sa.and_(Chunk.doc_id == d, Chunk.chunk_index == i) for d, i in pairs]
-            for doc_id, text in conn.execute(sa.select(Chunk.doc_id, Chunk.text)
-                                             .where(sa.or_(*conds))):
+            for doc_id, text in conn.execute(
+                sa.select(Chunk.doc_id, Chunk.text).where(sa.or_(*conds))
+            ):
                 chunk_text[doc_id] = text
     terms = query_terms(req.query)
     results: list[SearchResult] = []
@@ -270,13 +290,21 @@ def _materialise(engine: Engine, req: SearchRequest, ranked: list[tuple[str, flo
             continue
         kw_hit = doc_id in per_mode.get("keyword", {})
         base = chunk_text.get(doc_id) if (not kw_hit and doc_id in chunk_text) else row[2]
-        results.append(SearchResult(
-            rank=len(results) + 1, doc_id=doc_id, title=row[1], score=round(score, 6),
-            scores={m: round(norm.get(m, {}).get(doc_id, 0.0), 4) for m in per_mode},
-            raw_scores={m: round(per_mode[m].get(doc_id, 0.0), 6) for m in per_mode},
-            snippet=snippet(base or "", terms), document_type=row[3], domain=row[4],
-            date=row[5], related_via=via.get(doc_id, ""),
-        ))
+        results.append(
+            SearchResult(
+                rank=len(results) + 1,
+                doc_id=doc_id,
+                title=row[1],
+                score=round(score, 6),
+                scores={m: round(norm.get(m, {}).get(doc_id, 0.0), 4) for m in per_mode},
+                raw_scores={m: round(per_mode[m].get(doc_id, 0.0), 6) for m in per_mode},
+                snippet=snippet(base or "", terms),
+                document_type=row[3],
+                domain=row[4],
+                date=row[5],
+                related_via=via.get(doc_id, ""),
+            )
+        )
         if len(results) >= req.k:
             break
     return results
@@ -298,8 +326,9 @@ class SavedSearchNotFound(Exception):
         super().__init__(f"no saved search named {name!r}; `clara corpus searches` lists them")
 
 
-def save_search(engine: Engine, actor: Principal, name: str, request: SearchRequest
-                ) -> SavedSearchView:
+def save_search(
+    engine: Engine, actor: Principal, name: str, request: SearchRequest
+) -> SavedSearchView:
     """Store (or replace) a named search: query, mode, weights, filters, k."""
     name = name.strip()
     with audited(engine, actor, "corpus.save_search", target=name):
@@ -316,20 +345,30 @@ def save_search(engine: Engine, actor: Principal, name: str, request: SearchRequ
             row.query, row.mode, row.k = request.query, request.mode, request.k
             row.weights = request.weights
             row.filters = request.filters.model_dump(mode="json")
-            row.options = {"fusion": request.fusion, "seed_ids": request.seed_ids,
-                           "hops": request.hops}
+            row.options = {
+                "fusion": request.fusion,
+                "seed_ids": request.seed_ids,
+                "hops": request.hops,
+            }
             s.flush()
             return _saved_view(row)
 
 
 def _saved_view(row: SavedSearch) -> SavedSearchView:
     opts = row.options or {}
-    req = SearchRequest(query=row.query, mode=row.mode, k=row.k, weights=row.weights or {},
-                        filters=DocumentFilters(**(row.filters or {})),
-                        fusion=opts.get("fusion", "weighted"),
-                        seed_ids=opts.get("seed_ids", []), hops=opts.get("hops", 1))
-    return SavedSearchView(id=row.id, name=row.name, request=req, created_by=row.created_by,
-                           created_at=row.created_at)
+    req = SearchRequest(
+        query=row.query,
+        mode=row.mode,
+        k=row.k,
+        weights=row.weights or {},
+        filters=DocumentFilters(**(row.filters or {})),
+        fusion=opts.get("fusion", "weighted"),
+        seed_ids=opts.get("seed_ids", []),
+        hops=opts.get("hops", 1),
+    )
+    return SavedSearchView(
+        id=row.id, name=row.name, request=req, created_by=row.created_by, created_at=row.created_at
+    )
 
 
 def list_saved_searches(engine: Engine, actor: Principal) -> list[SavedSearchView]:
@@ -337,8 +376,9 @@ def list_saved_searches(engine: Engine, actor: Principal) -> list[SavedSearchVie
     from core.db import session_scope
 
     with session_scope(engine) as s:
-        return [_saved_view(r) for r in
-                s.scalars(sa.select(SavedSearch).order_by(SavedSearch.name))]
+        return [
+            _saved_view(r) for r in s.scalars(sa.select(SavedSearch).order_by(SavedSearch.name))
+        ]
 
 
 def get_saved_search(engine: Engine, actor: Principal, name: str) -> SavedSearchView:
@@ -352,8 +392,13 @@ def get_saved_search(engine: Engine, actor: Principal, name: str) -> SavedSearch
         return _saved_view(row)
 
 
-def run_saved_search(engine: Engine, actor: Principal, name: str, k: int | None = None,
-                     settings: Settings | None = None) -> list[SearchResult]:
+def run_saved_search(
+    engine: Engine,
+    actor: Principal,
+    name: str,
+    k: int | None = None,
+    settings: Settings | None = None,
+) -> list[SearchResult]:
     saved = get_saved_search(engine, actor, name)
     req = saved.request if k is None else saved.request.model_copy(update={"k": k})
     return search(engine, actor, req, settings)

@@ -54,8 +54,10 @@ class Embedder:
                 "all-MiniLM-L6-v2 (HF_HUB_OFFLINE=1 forbids downloads)."
             ) from None
         self.location = location
-        dim = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension
+        dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dimension = dim()
         self.max_seq_length = self.model.max_seq_length
         self._lock = threading.Lock()
@@ -68,8 +70,11 @@ class Embedder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         with self._lock:
             return self.model.encode(
-                texts, batch_size=batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
 
 
@@ -99,8 +104,12 @@ class VectorHit:
 
 
 class VectorStore(Protocol):
-    def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None: ...
-    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[VectorHit]: ...
+    def upsert(
+        self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]
+    ) -> None: ...
+    def query(
+        self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[VectorHit]: ...
     def delete_documents(self, doc_ids: list[str]) -> None: ...
     def delete_ids(self, ids: list[str]) -> None: ...
     def count(self) -> int: ...
@@ -113,7 +122,8 @@ class ChromaVectorStore:
     def __init__(self, client, collection: str = COLLECTION) -> None:  # noqa: ANN001
         self.client = client
         self.collection = client.get_or_create_collection(
-            name=collection, embedding_function=None,
+            name=collection,
+            embedding_function=None,
             configuration={"hnsw": {"space": "cosine"}},
         )
 
@@ -130,34 +140,44 @@ class ChromaVectorStore:
 
     @classmethod
     def server(cls, url: str, collection: str = COLLECTION) -> ChromaVectorStore:
+        from urllib.parse import urlparse
+
         import chromadb
         from chromadb.config import Settings as ChromaSettings
-        from urllib.parse import urlparse
 
         u = urlparse(url)
         client = chromadb.HttpClient(
-            host=u.hostname or "127.0.0.1", port=u.port or (443 if u.scheme == "https" else 8000),
-            ssl=u.scheme == "https", settings=ChromaSettings(anonymized_telemetry=False),
+            host=u.hostname or "127.0.0.1",
+            port=u.port or (443 if u.scheme == "https" else 8000),
+            ssl=u.scheme == "https",
+            settings=ChromaSettings(anonymized_telemetry=False),
         )
         return cls(client, collection)
 
     def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None:
         if ids:
-            self.collection.upsert(ids=ids, embeddings=np.asarray(vectors, dtype=np.float32),
-                                   metadatas=metadatas)
+            self.collection.upsert(
+                ids=ids, embeddings=np.asarray(vectors, dtype=np.float32), metadatas=metadatas
+            )
 
-    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[VectorHit]:
+    def query(
+        self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[VectorHit]:
         if k <= 0:
             return []
         res = self.collection.query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=k,
-            where=where or None, include=["metadatas", "distances"],
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=k,
+            where=where or None,
+            include=["metadatas", "distances"],
         )
         hits = []
-        for cid, meta, dist in zip(res["ids"][0], res["metadatas"][0], res["distances"][0],
-                                   strict=True):
-            hits.append(VectorHit(cid, str(meta["doc_id"]), int(meta.get("chunk_index", 0)),
-                                  float(dist)))
+        for cid, meta, dist in zip(
+            res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True
+        ):
+            hits.append(
+                VectorHit(cid, str(meta["doc_id"]), int(meta.get("chunk_index", 0)), float(dist))
+            )
         return hits
 
     def delete_documents(self, doc_ids: list[str]) -> None:

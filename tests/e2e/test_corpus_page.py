@@ -35,8 +35,9 @@ def test_load_sample_search_open_document_and_select(workbench, page):
     page.get_by_text("Showing hundesteuersatzung", exact=False).wait_for()
 
     page.get_by_role("tab", name="Document").click()
-    page.get_by_role("heading", name="Hundesteuersatzung der Stadt Bergheim an der Lauter") \
-        .wait_for()
+    page.get_by_role(
+        "heading", name="Hundesteuersatzung der Stadt Bergheim an der Lauter"
+    ).wait_for()
     page.get_by_text("Related documents").wait_for()
     page.get_by_test_id("stPlotlyChart").first.wait_for()
     # The text is shown as text: the Markdown heading marks are visible, not rendered.
@@ -47,7 +48,8 @@ def test_load_sample_search_open_document_and_select(workbench, page):
     assert stats["documents"] == 60 and stats["by_edge_type"]["cites"] > 0
     related = json.loads(workbench.cli("corpus", "show", "hundesteuersatzung", "--json").stdout)
     assert {"faq-hundesteuer", "bescheid-hundesteuer-muster"} <= {
-        e["dst"] for e in related["related"]} | {e["src"] for e in related["related"]}
+        e["dst"] for e in related["related"]
+    } | {e["src"] for e in related["related"]}
 
 
 def test_up_loads_the_sample_when_asked(make_workbench):
@@ -55,6 +57,5 @@ def test_up_loads_the_sample_when_asked(make_workbench):
     proc = wb.cli("corpus", "stats", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["documents"] == 60
-    search = wb.cli("corpus", "search", "Winterdienst Schnee räumen", "--mode", "keyword",
-                    "--json")
+    search = wb.cli("corpus", "search", "Winterdienst Schnee räumen", "--mode", "keyword", "--json")
     assert json.loads(search.stdout)[0]["doc_id"] == "merkblatt-winterdienst"

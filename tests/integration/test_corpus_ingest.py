@@ -37,8 +37,13 @@ def _kw(engine, admin, settings, query):
 
 
 def test_sample_corpus_every_format_and_broken_files(db_engine, admin, settings):
-    report = ingest_paths(db_engine, admin, [SAMPLE_DIR], IngestOptions(
-        exclude=["README.md", "*/README.md"], embed=False), settings)
+    report = ingest_paths(
+        db_engine,
+        admin,
+        [SAMPLE_DIR],
+        IngestOptions(exclude=["README.md", "*/README.md"], embed=False),
+        settings,
+    )
     by_name = {Path(f.path).name: f for f in report.files}
     # 48 corpus files → 60 documents; broken/: 3 valid rows of fehlerhaft.jsonl + latin1.txt.
     assert report.added == 60 + 3 + 1
@@ -50,19 +55,27 @@ def test_sample_corpus_every_format_and_broken_files(db_engine, admin, settings)
     assert "'text'" in by_name["fehlende-spalte.csv"].problems[0]
     assert by_name["fehlerhaft.jsonl"].status == "partial"
     assert by_name["fehlerhaft.jsonl"].problems == [
-        "line 3: not valid JSON (Expecting value at column 1)"]
+        "line 3: not valid JSON (Expecting value at column 1)"
+    ]
     assert by_name["latin1.txt"].status == "ok" and "cp1252" in by_name["latin1.txt"].warnings[0]
     assert not report.ok
     # Failed files left nothing behind in any index.
-    assert _count(db_engine, Document, Document.doc_id.in_(["test-ent-1", "test-ent-2",
-                                                            "kaputt", "leer"])) == 0
+    assert (
+        _count(
+            db_engine, Document, Document.doc_id.in_(["test-ent-1", "test-ent-2", "kaputt", "leer"])
+        )
+        == 0
+    )
     stats = corpus_stats(db_engine, admin)
     assert stats["documents"] == 64 and stats["pending_embeddings"] == stats["chunks"] > 64
     # Graph edges of all three kinds: front matter, markdown/html links, citations in text.
     with db_engine.connect() as c:
         origins = set(c.execute(sa.select(Edge.origin).distinct()).scalars())
-        cites = set(c.execute(sa.select(Edge.dst).where(Edge.src == "bauen-im-innenbereich",
-                                                        Edge.type == "cites")).scalars())
+        cites = set(
+            c.execute(
+                sa.select(Edge.dst).where(Edge.src == "bauen-im-innenbereich", Edge.type == "cites")
+            ).scalars()
+        )
     assert {"links", "markdown_link", "html_link", "mention", "links_column"} <= origins
     assert "bauen-im-aussenbereich" in cites  # "§ 35 BauGB" in the text
     doc = get_document(db_engine, admin, "bebauungsplan-muehlwiese")
@@ -75,8 +88,11 @@ def test_reingest_is_idempotent_and_change_makes_revision(db_engine, admin, sett
     folder = tmp_path / "docs"
     folder.mkdir()
     f = folder / "merkblatt-test.md"
-    f.write_text("---\ntitle: Merkblatt Test\ndomain: umwelt\n---\n\nDie Biotonne wird "
-                 "wöchentlich geleert.\n", encoding="utf-8")
+    f.write_text(
+        "---\ntitle: Merkblatt Test\ndomain: umwelt\n---\n\nDie Biotonne wird "
+        "wöchentlich geleert.\n",
+        encoding="utf-8",
+    )
     r1 = ingest_paths(db_engine, admin, [folder], NO_EMBED, settings)
     assert (r1.added, r1.updated, r1.unchanged) == (1, 0, 0)
     r2 = ingest_paths(db_engine, admin, [folder], NO_EMBED, settings)
@@ -85,8 +101,11 @@ def test_reingest_is_idempotent_and_change_makes_revision(db_engine, admin, sett
     assert _count(db_engine, Chunk, Chunk.doc_id == "merkblatt-test") == 1
     assert "merkblatt-test" in _kw(db_engine, admin, settings, "Biotonne")
 
-    f.write_text("---\ntitle: Merkblatt Test\ndomain: umwelt\n---\n\nDie Papiertonne wird "
-                 "monatlich geleert.\n", encoding="utf-8")
+    f.write_text(
+        "---\ntitle: Merkblatt Test\ndomain: umwelt\n---\n\nDie Papiertonne wird "
+        "monatlich geleert.\n",
+        encoding="utf-8",
+    )
     r3 = ingest_paths(db_engine, admin, [folder], NO_EMBED, settings)
     assert (r3.added, r3.updated) == (0, 1)
     doc = get_document(db_engine, admin, "merkblatt-test")
@@ -101,18 +120,32 @@ def test_reingest_is_idempotent_and_change_makes_revision(db_engine, admin, sett
 
 def test_tabular_mapping_metadata_and_row_errors(db_engine, admin, settings, tmp_path):
     rows = [
-        {"key": "r1", "body": "Wertstoffhof Öffnungszeiten Dienstag bis Samstag.",
-         "headline": "Wertstoffhof", "refs": "r2", "zustaendig": "Umweltamt",
-         "domain": "umwelt", "date": "2024-02-01"},
-        {"key": "r2", "body": "Sperrmüll zweimal im Jahr kostenlos.", "headline": "Sperrmüll",
-         "zustaendig": "Umweltamt", "domain": "umwelt", "date": "2024-03-01"},
+        {
+            "key": "r1",
+            "body": "Wertstoffhof Öffnungszeiten Dienstag bis Samstag.",
+            "headline": "Wertstoffhof",
+            "refs": "r2",
+            "zustaendig": "Umweltamt",
+            "domain": "umwelt",
+            "date": "2024-02-01",
+        },
+        {
+            "key": "r2",
+            "body": "Sperrmüll zweimal im Jahr kostenlos.",
+            "headline": "Sperrmüll",
+            "zustaendig": "Umweltamt",
+            "domain": "umwelt",
+            "date": "2024-03-01",
+        },
         {"key": "r3", "headline": "ohne Text"},
     ]
     p = tmp_path / "faq.jsonl"
-    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{kaputt\n",
-                 encoding="utf-8")
-    opts = IngestOptions(mapping="text=body,title=headline,id=key,links=refs",
-                         document_type="faq", embed=False)
+    p.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{kaputt\n", encoding="utf-8"
+    )
+    opts = IngestOptions(
+        mapping="text=body,title=headline,id=key,links=refs", document_type="faq", embed=False
+    )
     report = ingest_paths(db_engine, admin, [p], opts, settings)
     (fr,) = report.files
     assert fr.status == "partial" and report.added == 2
@@ -127,15 +160,21 @@ def test_tabular_mapping_metadata_and_row_errors(db_engine, admin, settings, tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": ["p1"], "text": ["Parkett aus Parquet."], "title": ["P"]}),
-                   tmp_path / "t.parquet")
+    pq.write_table(
+        pa.table({"id": ["p1"], "text": ["Parkett aus Parquet."], "title": ["P"]}),
+        tmp_path / "t.parquet",
+    )
     (tmp_path / "t.csv").write_text("id;text;title\nc1;Ein CSV-Dokument;C\n", encoding="utf-8")
     (tmp_path / "t.json").write_text(json.dumps([{"id": "j1", "text": "Ein JSON-Dokument"}]))
-    report = ingest_paths(db_engine, admin, [tmp_path], IngestOptions(
-        globs=["*.parquet", "*.csv", "*.json"], embed=False), settings)
+    report = ingest_paths(
+        db_engine,
+        admin,
+        [tmp_path],
+        IngestOptions(globs=["*.parquet", "*.csv", "*.json"], embed=False),
+        settings,
+    )
     assert report.ok and report.added == 3
-    frame, total = list_documents(db_engine, admin, 0, 10,
-                                  {"doc_ids": ["p1", "c1", "j1", "r1"]})
+    frame, total = list_documents(db_engine, admin, 0, 10, {"doc_ids": ["p1", "c1", "j1", "r1"]})
     assert total == 4 and set(frame["doc_id"]) == {"p1", "c1", "j1", "r1"}
 
 
@@ -157,10 +196,11 @@ def test_failed_file_leaves_nothing_and_oversized_line(db_engine, admin, setting
 
 
 def test_delete_removes_document_from_every_index(db_engine, admin, settings, tmp_path):
-    (tmp_path / "a.md").write_text("---\ntitle: Dokument A\nlinks: [b]\n---\nAnlieger räumen "
-                                   "Schnee bis 7 Uhr.", encoding="utf-8")
-    (tmp_path / "b.md").write_text("# Dokument B\nWinterdienst und Streupflicht.",
-                                   encoding="utf-8")
+    (tmp_path / "a.md").write_text(
+        "---\ntitle: Dokument A\nlinks: [b]\n---\nAnlieger räumen Schnee bis 7 Uhr.",
+        encoding="utf-8",
+    )
+    (tmp_path / "b.md").write_text("# Dokument B\nWinterdienst und Streupflicht.", encoding="utf-8")
     report = ingest_paths(db_engine, admin, [tmp_path], IngestOptions(embed=True), settings)
     assert report.ok and report.embedded == 2 and report.pending_embeddings == 0
     from core.corpus.vectors import get_vector_store
@@ -174,8 +214,9 @@ def test_delete_removes_document_from_every_index(db_engine, admin, settings, tm
     assert _count(db_engine, Edge, Edge.src == "a") == 0
     assert store.document_ids("a") == []
     assert _kw(db_engine, admin, settings, "Schnee") == []
-    assert [r.doc_id for r in search(db_engine, admin, "Schnee räumen", settings,
-                                     mode="vector", k=5)] == ["b"]
+    assert [
+        r.doc_id for r in search(db_engine, admin, "Schnee räumen", settings, mode="vector", k=5)
+    ] == ["b"]
     assert list(iter_documents(db_engine, admin, ["a", "b"]))[0].doc_id == "b"
     with pytest.raises(DocumentNotFound):
         delete_document(db_engine, admin, "a", settings)
@@ -196,8 +237,11 @@ def test_permissions(db_engine, settings, tmp_path):
 
     log = read_audit_log(db_engine, p("admin", "admin"), action_prefix="corpus.")
     outcomes = set(zip(log.rows["action"], log.rows["outcome"], strict=True))
-    assert {("corpus.ingest", "denied"), ("corpus.ingest", "ok"),
-            ("corpus.delete", "denied")} <= outcomes
+    assert {
+        ("corpus.ingest", "denied"),
+        ("corpus.ingest", "ok"),
+        ("corpus.delete", "denied"),
+    } <= outcomes
 
 
 def test_sample_exclusions_match_readme():

@@ -99,8 +99,14 @@ def test_keyword_german_stemming_prefix_and_title_weight(corpus, admin, settings
 
 
 def test_vector_mode_ranks_by_embedding_similarity(corpus, admin, settings):
-    res = search(corpus, admin, "Sperrmüll und Grünschnitt am Wertstoffhof abgeben",
-                 settings, mode="vector", k=3)
+    res = search(
+        corpus,
+        admin,
+        "Sperrmüll und Grünschnitt am Wertstoffhof abgeben",
+        settings,
+        mode="vector",
+        k=3,
+    )
     assert res[0].doc_id == "wertstoffhof"
     assert set(res[0].scores) == {"vector"} and 0 < res[0].raw_scores["vector"] <= 1
 
@@ -114,34 +120,58 @@ def test_filters_apply_in_every_mode(corpus, admin, settings, mode):
         (DocumentFilters(date_from="2024-06-01"), {"abfall", "parken"}),
         (DocumentFilters(date_from="2023-01-01", date_to="2023-12-31"), {"wertstoffhof"}),
         (DocumentFilters(metadata={"zustaendig": "Steueramt"}), {"hundesteuer", "faq-hund"}),
-        (DocumentFilters(metadata={"zustaendig": "Ordnungsamt'; DROP TABLE corpus_documents; --"}),
-         {"parken"}),
+        (
+            DocumentFilters(
+                metadata={"zustaendig": "Ordnungsamt'; DROP TABLE corpus_documents; --"}
+            ),
+            {"parken"},
+        ),
     ]
     for filters, allowed in cases:
-        got = set(ids(search(corpus, admin, SearchRequest(query=q, mode=mode, k=10,
-                                                          filters=filters), settings)))
+        got = set(
+            ids(
+                search(
+                    corpus,
+                    admin,
+                    SearchRequest(query=q, mode=mode, k=10, filters=filters),
+                    settings,
+                )
+            )
+        )
         assert got and got <= allowed, (filters, got)
     assert len(ids(search(corpus, admin, q, settings, mode="keyword", k=10))) == 5
 
 
 def test_graph_expands_from_given_documents_and_hops(corpus, admin, settings):
-    one = search(corpus, admin, SearchRequest(mode="graph", seed_ids=["abfall"], hops=1),
-                 settings)
+    one = search(corpus, admin, SearchRequest(mode="graph", seed_ids=["abfall"], hops=1), settings)
     assert ids(one)[0] == "abfall"
     # abfall links to wertstoffhof; parken cites "Merkblatt Abfallgebühren" in its text.
     assert set(ids(one)) == {"abfall", "wertstoffhof", "parken"}
     assert all(r.related_via for r in one if r.doc_id != "abfall")
-    two = search(corpus, admin, SearchRequest(mode="graph", seed_ids=["faq-hund"], hops=2),
-                 settings)
+    two = search(
+        corpus, admin, SearchRequest(mode="graph", seed_ids=["faq-hund"], hops=2), settings
+    )
     assert set(ids(two)) == {"faq-hund", "hundesteuer"}
 
 
 def test_hybrid_weights_change_the_order(corpus, admin, settings):
     q = "Welpen Bürgerbüro"
-    kw_heavy = search(corpus, admin, q, settings, mode="hybrid",
-                      weights={"keyword": 1.0, "vector": 0.0, "graph": 0.0})
-    graph_heavy = search(corpus, admin, q, settings, mode="hybrid",
-                         weights={"keyword": 0.05, "vector": 0.0, "graph": 1.0})
+    kw_heavy = search(
+        corpus,
+        admin,
+        q,
+        settings,
+        mode="hybrid",
+        weights={"keyword": 1.0, "vector": 0.0, "graph": 0.0},
+    )
+    graph_heavy = search(
+        corpus,
+        admin,
+        q,
+        settings,
+        mode="hybrid",
+        weights={"keyword": 0.05, "vector": 0.0, "graph": 1.0},
+    )
     assert ids(kw_heavy)[0] == "faq-hund"
     assert ids(graph_heavy)[0] == "hundesteuer"
     full = search(corpus, admin, q, settings)
@@ -151,8 +181,9 @@ def test_hybrid_weights_change_the_order(corpus, admin, settings):
 
 
 def test_saved_searches_round_trip(corpus, admin, settings):
-    req = SearchRequest(query="Gebühren", mode="keyword", k=3,
-                        filters=DocumentFilters(domain=["umwelt"]))
+    req = SearchRequest(
+        query="Gebühren", mode="keyword", k=3, filters=DocumentFilters(domain=["umwelt"])
+    )
     save_search(corpus, admin, "abfall", req)
     save_search(corpus, admin, "abfall", req.model_copy(update={"k": 2}))  # replaces
     (saved,) = list_saved_searches(corpus, admin)

@@ -44,8 +44,10 @@ def chroma_server(tmp_path_factory):
     log = (path / "server.log").open("wb")
     proc = subprocess.Popen(
         [str(exe), "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"}, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -83,8 +85,9 @@ def _unit(v):
 
 
 def test_vector_store_contract(vector_store):
-    vecs = np.stack([_unit([1, 0, 0, 0]), _unit([0.9, 0.1, 0, 0]), _unit([0, 1, 0, 0]),
-                     _unit([0, 0, 1, 0])])
+    vecs = np.stack(
+        [_unit([1, 0, 0, 0]), _unit([0.9, 0.1, 0, 0]), _unit([0, 1, 0, 0]), _unit([0, 0, 1, 0])]
+    )
     metas = [
         {"doc_id": "a", "chunk_index": 0, "domain": "bauen", "date": 20230101, "m.k": "1"},
         {"doc_id": "a", "chunk_index": 1, "domain": "bauen", "date": 20230101, "m.k": "1"},
@@ -99,8 +102,9 @@ def test_vector_store_contract(vector_store):
     # Filters run inside the store.
     only = vector_store.query(_unit([1, 0, 0, 0]), 4, {"domain": {"$in": ["umwelt"]}})
     assert {h.doc_id for h in only} == {"b", "c"}
-    dated = vector_store.query(_unit([1, 0, 0, 0]), 4,
-                               {"$and": [{"date": {"$gte": 20240101}}, {"m.k": {"$eq": "2"}}]})
+    dated = vector_store.query(
+        _unit([1, 0, 0, 0]), 4, {"$and": [{"date": {"$gte": 20240101}}, {"m.k": {"$eq": "2"}}]}
+    )
     assert [h.doc_id for h in dated] == ["b"]
     # Upsert replaces, delete by document removes every chunk of it.
     vector_store.upsert(["4"], _unit([1, 0, 0, 0])[None, :], [{**metas[3], "chunk_index": 5}])
@@ -122,9 +126,21 @@ DOCS = ["a", "b", "c", "d", "e"]
 
 def test_graph_store_contract_relational(db_engine):
     with db_engine.begin() as c:
-        c.execute(sa.insert(Document), [
-            {"doc_id": d, "revision": 1, "title": d, "text": d, "sha256": "0" * 64,
-             "ingested_at": utcnow(), "metadata_": {}} for d in DOCS])
+        c.execute(
+            sa.insert(Document),
+            [
+                {
+                    "doc_id": d,
+                    "revision": 1,
+                    "title": d,
+                    "text": d,
+                    "sha256": "0" * 64,
+                    "ingested_at": utcnow(),
+                    "metadata_": {},
+                }
+                for d in DOCS
+            ],
+        )
 
     def remove(doc_id: str) -> None:
         # The relational store's record of documents is the documents table itself.
@@ -138,8 +154,11 @@ def test_graph_store_contract_neo4j():
     uri = os.environ.get("CLARA_TEST_NEO4J_URI")
     if not uri:
         pytest.skip("CLARA_TEST_NEO4J_URI is not set: no Neo4j server to test against")
-    store = Neo4jGraphStore(uri, os.environ.get("CLARA_TEST_NEO4J_USER", "neo4j"),
-                            os.environ.get("CLARA_TEST_NEO4J_PASSWORD", ""))
+    store = Neo4jGraphStore(
+        uri,
+        os.environ.get("CLARA_TEST_NEO4J_USER", "neo4j"),
+        os.environ.get("CLARA_TEST_NEO4J_PASSWORD", ""),
+    )
     try:
         with store.driver.session() as s:
             s.run("MATCH (n:ClaraDocument) DETACH DELETE n").consume()
@@ -152,9 +171,15 @@ def test_graph_store_contract_neo4j():
 
 
 def _graph_contract(g, remove) -> None:  # noqa: ANN001
-    g.add_edges([GraphEdge("a", "b", "links_to", "links"), GraphEdge("b", "c", "cites", "mention"),
-                 GraphEdge("c", "d", "part_of"), GraphEdge("a", "ghost", "links_to"),
-                 GraphEdge("a", "b", "links_to", "links")])  # duplicate: stored once
+    g.add_edges(
+        [
+            GraphEdge("a", "b", "links_to", "links"),
+            GraphEdge("b", "c", "cites", "mention"),
+            GraphEdge("c", "d", "part_of"),
+            GraphEdge("a", "ghost", "links_to"),
+            GraphEdge("a", "b", "links_to", "links"),
+        ]
+    )  # duplicate: stored once
     assert g.count_edges() == 3  # the edge to a document that does not exist is not counted
     one = {n.doc_id: n for n in g.neighbours(["a"], hops=1)}
     assert set(one) == {"b"} and one["b"].via == "links_to" and one["b"].from_doc == "a"
@@ -166,8 +191,10 @@ def _graph_contract(g, remove) -> None:  # noqa: ANN001
     assert {n.doc_id for n in g.neighbours(["d"], hops=1)} == {"c"}
     assert {n.doc_id for n in g.neighbours(["b", "c"], hops=1)} == {"a", "d"}
     assert {n.doc_id for n in g.neighbours(["a"], hops=3, types=["links_to"])} == {"b"}
-    assert {(e.src, e.dst, e.type) for e in g.edges_of("b")} == {("a", "b", "links_to"),
-                                                                   ("b", "c", "cites")}
+    assert {(e.src, e.dst, e.type) for e in g.edges_of("b")} == {
+        ("a", "b", "links_to"),
+        ("b", "c", "cites"),
+    }
     g.replace_edges("a", [GraphEdge("a", "e", "cites")])
     assert {n.doc_id for n in g.neighbours(["a"], hops=1)} == {"e"}
     # A deleted document is neither reachable nor a bridge between others.

@@ -29,7 +29,10 @@ def test_german_stems_fold_inflections_and_umlauts():
 
 def test_query_terms_drop_stop_words_and_duplicates():
     assert query_terms("Wie hoch ist die Hundesteuer für den Hund und die Hunde?") == [
-        "hoch", "hundesteu", "hund"]
+        "hoch",
+        "hundesteu",
+        "hund",
+    ]
     # A query of nothing but stop words still searches for them.
     assert query_terms("wer wir sind") != []
 
@@ -45,7 +48,9 @@ def test_pg_tsquery_or_semantics_with_prefixes():
 
 
 def test_snippet_marks_matches_with_plain_text_markers():
-    text = "Einleitung. " * 50 + "Die Hundesteuer beträgt 96 Euro für den ersten Hund." + " Ende." * 50
+    text = (
+        "Einleitung. " * 50 + "Die Hundesteuer beträgt 96 Euro für den ersten Hund." + " Ende." * 50
+    )
     s = snippet(text, query_terms("Hundesteuer Hund"), width=12)
     assert "«Hundesteuer»" in s and "«Hund»" in s
     assert s.startswith("… ") and s.endswith(" …")
@@ -92,18 +97,26 @@ def test_link_targets_and_citation_names():
     assert ("stand", "2024") not in document_names("m-2024", "Merkblatt (Stand 2024)")
     finder = MentionFinder()
     finder.add("bauen-im-aussenbereich", names)
-    finder.add("verwaltungsgebuehrensatzung",
-               document_names("verwaltungsgebuehrensatzung", "Verwaltungsgebührensatzung"))
-    found = finder.find("Nach § 35 BauGB und Tarifstelle 5 der Verwaltungsgebührensatzung",
-                        exclude="x")
+    finder.add(
+        "verwaltungsgebuehrensatzung",
+        document_names("verwaltungsgebuehrensatzung", "Verwaltungsgebührensatzung"),
+    )
+    found = finder.find(
+        "Nach § 35 BauGB und Tarifstelle 5 der Verwaltungsgebührensatzung", exclude="x"
+    )
     assert set(found) == {"bauen-im-aussenbereich", "verwaltungsgebuehrensatzung"}
 
 
 def test_readers_on_every_sample_format():
     docs = {}
-    for name in ("hundesteuersatzung.md", "abfallwirtschaftssatzung.txt",
-                 "faq-hundesteuer.html", "bebauungsplan-muehlwiese.pdf", "faq.jsonl",
-                 "entscheidungen.csv"):
+    for name in (
+        "hundesteuersatzung.md",
+        "abfallwirtschaftssatzung.txt",
+        "faq-hundesteuer.html",
+        "bebauungsplan-muehlwiese.pdf",
+        "faq.jsonl",
+        "entscheidungen.csv",
+    ):
         for d in read_file(SAMPLE / name):
             assert not isinstance(d, RowProblem)
             docs[d.doc_id] = d
@@ -144,9 +157,14 @@ def test_readers_on_broken_files(tmp_path):
     with pytest.raises(FileProblem, match="MB limit"):
         list(read_file(big, max_bytes=1024 * 1024))
     lines = tmp_path / "long.jsonl"
-    lines.write_text(json.dumps({"id": "a", "text": "kurz"}) + "\n"
-                     + json.dumps({"id": "b", "text": "y" * 5000}) + "\n"
-                     + json.dumps({"id": "c", "text": "auch kurz"}) + "\n")
+    lines.write_text(
+        json.dumps({"id": "a", "text": "kurz"})
+        + "\n"
+        + json.dumps({"id": "b", "text": "y" * 5000})
+        + "\n"
+        + json.dumps({"id": "c", "text": "auch kurz"})
+        + "\n"
+    )
     out = list(read_file(lines, max_bytes=1000))
     assert [getattr(o, "doc_id", None) for o in out] == ["a", None, "c"]
     assert "longer than" in out[1].reason and out[1].line == 2

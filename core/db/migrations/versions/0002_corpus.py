@@ -55,9 +55,13 @@ def upgrade() -> None:
         "corpus_chunks",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column(
-            "doc_id", sa.String(255),
-            sa.ForeignKey("corpus_documents.doc_id", ondelete="CASCADE",
-                          name="fk_corpus_chunks_doc_id_corpus_documents"),
+            "doc_id",
+            sa.String(255),
+            sa.ForeignKey(
+                "corpus_documents.doc_id",
+                ondelete="CASCADE",
+                name="fk_corpus_chunks_doc_id_corpus_documents",
+            ),
             nullable=False,
         ),
         sa.Column("revision", sa.Integer(), nullable=False),
@@ -74,9 +78,13 @@ def upgrade() -> None:
         "corpus_edges",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column(
-            "src", sa.String(255),
-            sa.ForeignKey("corpus_documents.doc_id", ondelete="CASCADE",
-                          name="fk_corpus_edges_src_corpus_documents"),
+            "src",
+            sa.String(255),
+            sa.ForeignKey(
+                "corpus_documents.doc_id",
+                ondelete="CASCADE",
+                name="fk_corpus_edges_src_corpus_documents",
+            ),
             nullable=False,
         ),
         sa.Column("dst", sa.String(255), nullable=False),
