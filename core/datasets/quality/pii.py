@@ -33,7 +33,11 @@ PHONE_RE = re.compile(
           |
             \(?0[1-9]\d{0,4}\)?
         )
-        (?:[ \t/-]?\d+){1,5}
+        # Subscriber digits: the first group may follow the area code directly, later groups
+        # need a separator, and groups are possessive (\d++). Every way to split a digit run
+        # is then decided once: optional separators between \d+ groups made the engine try
+        # all splits of long digit strings (seconds for 60 digits).
+        [ \t/-]?\d++(?:[ \t/-]\d++){0,4}
     )
     (?![\w@]|[.,]\d)
     """,
