@@ -153,6 +153,8 @@ def test_too_short_for_language_is_undetermined_not_wrong() -> None:
     s = run(LanguageSignal(), "OK, danke.")
     assert s.signals["language"] == "und"
     assert s.reasons == []
+    figures = "2023: 1.234.567 | 2024: 1.345.678 | 2025: 1.456.789 | Summe: 4.037.034 EUR"
+    assert run(LanguageSignal(), figures).signals["language"] == "und"
 
 
 def test_long_text_is_classified_on_head_and_middle() -> None:

@@ -16,6 +16,7 @@ Two things around langid itself, both giving the same answers as `langid.classif
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -29,6 +30,7 @@ from core.datasets.quality.base import QualityStep, Sample
 from core.datasets.quality.models import QualityThresholds
 
 _LOCK = threading.Lock()
+_NON_LETTERS = re.compile(r"[\W\d_]+")
 _MODEL: dict[str, Any] | None = None
 _BY_SET: dict[tuple[str, ...] | None, LanguageIdentifier] = {}
 
@@ -205,7 +207,7 @@ def language_sample(text: str, limit: int) -> str:
 
 
 class LanguageSignal(QualityStep):
-    """Signals language (ISO 639-1; "und" when shorter than language_min_chars) and
+    """Signals language (ISO 639-1; "und" with fewer than language_min_chars letters) and
     language_confidence. Flags wrong_language when the best language is not expected, and
     uncertain_language when it is expected but below min_language_confidence."""
 
@@ -232,11 +234,14 @@ class LanguageSignal(QualityStep):
         classify = self._ident.classify
         expected = set(t.expected_languages)
         for s in batch:
-            if len(s.text.strip()) < t.language_min_chars:
+            sample = language_sample(s.text, t.language_sample_chars)
+            # Count letters, not characters: a table of figures or a list of IDs has no
+            # language, and langid would still name one.
+            if len(_NON_LETTERS.sub("", sample)) < t.language_min_chars:
                 s.signals["language"] = "und"
                 s.signals["language_confidence"] = 0.0
                 continue
-            lang, conf = classify(language_sample(s.text, t.language_sample_chars))
+            lang, conf = classify(sample)
             s.signals["language"] = lang
             s.signals["language_confidence"] = round(conf, 4)
             if lang not in expected:

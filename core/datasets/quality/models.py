@@ -107,7 +107,7 @@ class QualityThresholds(BaseModel):
         description="Languages langid chooses among; None: all 97 of its model.",
     )
     language_min_chars: int = Field(
-        40, ge=0, description="Shorter texts are not language-checked (too little evidence)."
+        40, ge=0, description="Texts with fewer letters are not language-checked ('und')."
     )
     language_sample_chars: int = Field(
         2000, ge=100, description="Longer texts are classified on head + middle windows."
