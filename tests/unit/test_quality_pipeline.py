@@ -184,3 +184,16 @@ def test_run_one_and_result_dict_is_json_able() -> None:
     assert r.masked_text is not None and r.masked_text.endswith("Tel. [TELEFON]")
     assert 0.0 < r.score < 1.0 and r.keep
     json.dumps(r.to_dict())
+
+
+def test_default_steps_seed_both_dedup_steps_from_one_reference_generator() -> None:
+    ref = ((f"old-{k}", text) for k, text in CLEAN_DE.items())  # a generator, read twice
+    pipeline = QualityPipeline(default_steps(reference=ref))
+    exact, near = pipeline.run(
+        [
+            ("n1", CLEAN_DE["brief"]),
+            ("n2", CLEAN_DE["erklaerung"].replace("Monat", "Jahr")),
+        ]
+    )
+    assert exact.reasons == ["exact_duplicate"] and exact.duplicate_of == "old-brief"
+    assert near.reasons == ["near_duplicate"] and near.duplicate_of == "old-erklaerung"

@@ -49,9 +49,11 @@ def default_steps(
     near dedup (so exact copies are not hashed again).
 
     reference / reference_hashes / reference_signatures seed the dedup steps with samples of
-    other datasets (see ExactDuplicates and NearDuplicates). `reference` is consumed twice,
-    so pass a list, not a generator.
+    other datasets (see ExactDuplicates and NearDuplicates). `reference` is read by both
+    dedup steps, so it is materialised as a list here.
     """
+    if reference is not None:
+        reference = list(reference)
     steps: list[QualityStep] = [
         LengthSignals(tokenizer),
         EncodingSignals(),
