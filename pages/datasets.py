@@ -30,8 +30,10 @@ st.session_state.setdefault("selection_documents", [])
 st.session_state.setdefault("datasets_selected", None)
 st.session_state.setdefault("datasets_flash", None)
 
+# A fixed slot keeps the element tree stable between reruns, so open expanders stay open.
+flash_slot = st.empty()
 if st.session_state["datasets_flash"]:
-    st.success(st.session_state["datasets_flash"])
+    flash_slot.success(st.session_state["datasets_flash"])
     st.session_state["datasets_flash"] = None
 
 
@@ -44,9 +46,7 @@ datasets = list_datasets(engine, user)
 PAGE = 20
 if datasets:
     n_pages = (len(datasets) - 1) // PAGE + 1
-    page_no = (
-        st.number_input("Page", 1, n_pages, 1, key="datasets_list_page") if n_pages > 1 else 1
-    )
+    page_no = st.number_input("Page", 1, n_pages, 1, key="datasets_list_page") if n_pages > 1 else 1
     shown = datasets[(page_no - 1) * PAGE : page_no * PAGE]
     st.dataframe(
         pd.DataFrame(
@@ -78,8 +78,9 @@ with (
     st.form("datasets_create_form", clear_on_submit=True),
 ):
     c1, c2 = st.columns([1, 2])
-    new_name = c1.text_input("Name", key="datasets_new_name",
-                             help="letters, digits, '.', '_' or '-'")
+    new_name = c1.text_input(
+        "Name", key="datasets_new_name", help="letters, digits, '.', '_' or '-'"
+    )
     new_desc = c2.text_input("Description", key="datasets_new_desc")
     if st.form_submit_button("Create dataset"):
         try:
@@ -104,6 +105,37 @@ c[2].metric("Accepted", ds.counts["accepted"])
 c[3].metric("Rejected", ds.counts["rejected"])
 c[4].metric("Mean score", "-" if ds.mean_score is None else f"{ds.mean_score:.2f}")
 
+run = latest_scoring_run(engine, user, ds.id)
+
+
+@st.fragment(run_every=2 if run and run.active else None)
+def scoring_status() -> None:
+    r = latest_scoring_run(engine, user, ds.id)
+    if r is None:
+        st.caption("Not scored yet.")
+    elif r.active:
+        st.progress(r.fraction, text=f"Scoring run {r.id}: {r.done} / {r.total} samples")
+    elif r.status == "failed":
+        st.error(f"Scoring run {r.id} failed: {r.error}")
+    else:
+        st.success(
+            f"Scoring run {r.id} {r.status}: {r.done} sample(s) scored, finished "
+            f"{r.finished_at:%Y-%m-%d %H:%M:%S} UTC."
+        )
+    if run and run.active and r is not None and not r.active:
+        st.rerun()  # refresh the counts above once the run is over
+
+
+scoring_status()
+if st.button(
+    "Score dataset", key="datasets_score_btn", type="primary", disabled=bool(run and run.active)
+):
+    try:
+        start_scoring(engine, user, ds.id)
+        st.rerun()
+    except (DatasetError, PermissionDenied) as err:
+        st.error(str(err))
+
 tab_add, tab_quality, tab_versions, tab_export = st.tabs(
     ["Add samples", "Quality", "Versions", "Export"]
 )
@@ -116,28 +148,42 @@ with tab_add:
         key="datasets_source",
     )
     if source in ("Corpus selection", "Saved search"):
-        base = st.selectbox("Template", list(BUILTIN_TEMPLATES), index=2,
-                            key="datasets_template_base")
+        base = st.selectbox(
+            "Template", list(BUILTIN_TEMPLATES), index=2, key="datasets_template_base"
+        )
         t = BUILTIN_TEMPLATES[base]
-        kind = st.radio("Sample kind", ["chat", "text"], horizontal=True,
-                        index=0 if t.kind == "chat" else 1, key=f"datasets_tpl_kind_{base}")
+        kind = st.radio(
+            "Sample kind",
+            ["chat", "text"],
+            horizontal=True,
+            index=0 if t.kind == "chat" else 1,
+            key=f"datasets_tpl_kind_{base}",
+        )
         if kind == "text":
             tpl_text = st.text_area("Text", t.text, key=f"datasets_tpl_text_{base}")
             fields = {"text": tpl_text}
         else:
-            tpl_system = st.text_input("System prompt (optional)", t.system or "",
-                                       key=f"datasets_tpl_system_{base}")
+            tpl_system = st.text_input(
+                "System prompt (optional)", t.system or "", key=f"datasets_tpl_system_{base}"
+            )
             tpl_user = st.text_area("User", t.user, height=70, key=f"datasets_tpl_user_{base}")
-            tpl_assistant = st.text_area("Assistant", t.assistant, height=70,
-                                         key=f"datasets_tpl_assistant_{base}")
+            tpl_assistant = st.text_area(
+                "Assistant", t.assistant, height=70, key=f"datasets_tpl_assistant_{base}"
+            )
             fields = {"system": tpl_system or None, "user": tpl_user, "assistant": tpl_assistant}
         st.caption("Placeholders: " + ", ".join(f"`{{{p}}}` {d}" for p, d in PLACEHOLDERS.items()))
         c1, c2 = st.columns(2)
-        unit = c1.radio("Unit", ["document", "chunk"], horizontal=True, key="datasets_unit",
-                        help="whole documents (split when longer than the limit) or the "
-                        "corpus's retrieval chunks")
-        max_tokens = c2.number_input("Max tokens per sample", 16, 32768, 1024, step=128,
-                                     key="datasets_max_tokens")
+        unit = c1.radio(
+            "Unit",
+            ["document", "chunk"],
+            horizontal=True,
+            key="datasets_unit",
+            help="whole documents (split when longer than the limit) or the "
+            "corpus's retrieval chunks",
+        )
+        max_tokens = c2.number_input(
+            "Max tokens per sample", 16, 32768, 1024, step=128, key="datasets_max_tokens"
+        )
         try:
             unchanged = kind == t.kind and all(getattr(t, k) == v for k, v in fields.items())
             template = SampleTemplate(name=base if unchanged else "custom", kind=kind, **fields)
@@ -149,15 +195,21 @@ with tab_add:
             st.write(f"{len(selected)} document(s) selected on the Corpus page.")
             if selected:
                 st.caption(", ".join(selected[:20]) + (" ..." if len(selected) > 20 else ""))
-            if st.button("Build samples from selection", key="datasets_build_selection",
-                         disabled=not selected or template is None):
+            if st.button(
+                "Build samples from selection",
+                key="datasets_build_selection",
+                disabled=not selected or template is None,
+            ):
                 try:
-                    rep = build_from_documents(engine, user, ds.id, selected, template, unit,
-                                               int(max_tokens))
-                    _flash(f"Added {rep.added} sample(s) from {rep.documents} document(s) "
-                           f"({rep.split_documents} split, {rep.skipped_existing} already there"
-                           + (f"; not found: {', '.join(rep.missing)}" if rep.missing else "")
-                           + ").")
+                    rep = build_from_documents(
+                        engine, user, ds.id, selected, template, unit, int(max_tokens)
+                    )
+                    _flash(
+                        f"Added {rep.added} sample(s) from {rep.documents} document(s) "
+                        f"({rep.split_documents} split, {rep.skipped_existing} already there"
+                        + (f"; not found: {', '.join(rep.missing)}" if rep.missing else "")
+                        + ")."
+                    )
                 except (DatasetError, PermissionDenied) as err:
                     st.error(str(err))
         else:
@@ -165,87 +217,82 @@ with tab_add:
             if not searches:
                 st.info("No saved searches yet: save one on the Corpus page.")
             else:
-                s_name = st.selectbox("Saved search", [s.name for s in searches],
-                                      key="datasets_saved_search")
+                s_name = st.selectbox(
+                    "Saved search", [s.name for s in searches], key="datasets_saved_search"
+                )
                 k = st.number_input("Top k documents", 1, 1000, 10, key="datasets_search_k")
-                if st.button("Build samples from saved search", key="datasets_build_search",
-                             disabled=template is None):
+                if st.button(
+                    "Build samples from saved search",
+                    key="datasets_build_search",
+                    disabled=template is None,
+                ):
                     try:
-                        rep = build_from_saved_search(engine, user, ds.id, s_name, template,
-                                                      unit, int(max_tokens), int(k))
+                        rep = build_from_saved_search(
+                            engine, user, ds.id, s_name, template, unit, int(max_tokens), int(k)
+                        )
                         _flash(f"Added {rep.added} sample(s) from {rep.documents} document(s).")
                     except (DatasetError, PermissionDenied) as err:
                         st.error(str(err))
     else:
-        up = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv",
-                                                                    "parquet"],
-                              key="datasets_upload")
-        fmt_label = st.selectbox("Format", ["detect automatically", *FORMATS],
-                                 key="datasets_import_format",
-                                 help="; ".join(FORMATS.values()))
+        up = st.file_uploader(
+            "JSONL, JSON, CSV or Parquet",
+            type=["jsonl", "json", "csv", "parquet"],
+            key="datasets_upload",
+        )
+        fmt_label = st.selectbox(
+            "Format",
+            ["detect automatically", *FORMATS],
+            key="datasets_import_format",
+            help="; ".join(FORMATS.values()),
+        )
         skip_bad = st.checkbox("Skip bad rows (import the good ones)", key="datasets_skip_bad")
         if st.button("Import", key="datasets_import_btn", disabled=up is None):
             fmt = None if fmt_label == "detect automatically" else fmt_label
             try:
                 rep = import_upload(engine, user, ds.id, up.name, up.getvalue(), fmt, skip_bad)
-                _flash(f"Imported {rep.imported} sample(s) from {rep.file} (format {rep.format})"
-                       + (f"; skipped {rep.skipped} bad row(s)." if rep.skipped else "."))
+                _flash(
+                    f"Imported {rep.imported} sample(s) from {rep.file} (format {rep.format})"
+                    + (f"; skipped {rep.skipped} bad row(s)." if rep.skipped else ".")
+                )
             except ImportFailed as err:
-                st.error(f"{len(err.errors)} bad row(s), {err.good_rows} good: nothing was "
-                         "imported. Fix the file, or tick “Skip bad rows” to import the good "
-                         "rows only.")
-                st.dataframe(pd.DataFrame([e.__dict__ for e in err.errors[:1000]]),
-                             hide_index=True, key="datasets_import_errors")
+                st.error(
+                    f"{len(err.errors)} bad row(s), {err.good_rows} good: nothing was "
+                    "imported. Fix the file, or tick “Skip bad rows” to import the good "
+                    "rows only."
+                )
+                st.dataframe(
+                    pd.DataFrame([e.__dict__ for e in err.errors[:1000]]),
+                    hide_index=True,
+                    key="datasets_import_errors",
+                )
             except (DatasetError, PermissionDenied) as err:
                 st.error(str(err))
 
-with tab_quality:
-    run = latest_scoring_run(engine, user, ds.id)
-
-    @st.fragment(run_every=2 if run and run.active else None)
-    def scoring_status() -> None:
-        r = latest_scoring_run(engine, user, ds.id)
-        if r is None:
-            st.caption("Not scored yet.")
-        elif r.active:
-            st.progress(r.fraction, text=f"Scoring run {r.id}: {r.done} / {r.total} samples")
-        elif r.status == "failed":
-            st.error(f"Scoring run {r.id} failed: {r.error}")
-        else:
-            st.success(f"Scoring run {r.id} {r.status}: {r.done} sample(s) scored, finished "
-                       f"{r.finished_at:%Y-%m-%d %H:%M:%S} UTC.")
-        if run and run.active and r is not None and not r.active:
-            st.rerun()  # refresh the counts above once the run is over
-
-    scoring_status()
-    if st.button("Score dataset", key="datasets_score_btn", type="primary",
-                 disabled=bool(run and run.active)):
+with tab_quality, st.expander("Quality thresholds"):
+    current = thresholds_for(engine, user, ds.id)
+    st.caption(
+        "Stored with the dataset and written into every version's manifest. "
+        "Defaults come from the quality library."
+    )
+    edited = st.text_area(
+        "Thresholds (JSON)",
+        json.dumps(current, indent=2, ensure_ascii=False),
+        height=300,
+        key=f"datasets_thresholds_{ds.id}",
+    )
+    if st.button("Save thresholds", key="datasets_thresholds_save"):
         try:
-            start_scoring(engine, user, ds.id)
-            st.rerun()
+            set_thresholds(engine, user, ds.id, json.loads(edited))
+            _flash("Thresholds saved; score the dataset again to apply them.")
+        except json.JSONDecodeError as err:
+            st.error(f"Not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}")
         except (DatasetError, PermissionDenied) as err:
             st.error(str(err))
-    with st.expander("Quality thresholds"):
-        current = thresholds_for(engine, user, ds.id)
-        st.caption("Stored with the dataset and written into every version's manifest. "
-                   "Defaults come from the quality library.")
-        edited = st.text_area("Thresholds (JSON)", json.dumps(current, indent=2,
-                                                              ensure_ascii=False),
-                              height=300, key=f"datasets_thresholds_{ds.id}")
-        if st.button("Save thresholds", key="datasets_thresholds_save"):
-            try:
-                set_thresholds(engine, user, ds.id, json.loads(edited))
-                _flash("Thresholds saved; score the dataset again to apply them.")
-            except json.JSONDecodeError as err:
-                st.error(f"Not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}")
-            except (DatasetError, PermissionDenied) as err:
-                st.error(str(err))
 
 with tab_versions:
     with st.form("datasets_freeze_form"):
         c1, c2, c3 = st.columns(3)
-        ratio = c1.number_input("Eval share", 0.0, 0.9, 0.1, step=0.05,
-                                key="datasets_eval_ratio")
+        ratio = c1.number_input("Eval share", 0.0, 0.9, 0.1, step=0.05, key="datasets_eval_ratio")
         seed = c2.number_input("Seed", 0, 2**31 - 1, 42, key="datasets_seed")
         label = c3.text_input("Label (optional)", key="datasets_version_label")
         if st.form_submit_button(f"Freeze {ds.counts['accepted']} accepted sample(s)"):
@@ -257,11 +304,24 @@ with tab_versions:
     versions = list_versions(engine, user, ds.id)
     if versions:
         st.dataframe(
-            pd.DataFrame([{"version": v.ref, "id": v.id, "label": v.name,
-                           "train": v.counts["train"], "eval": v.counts["eval"],
-                           "created": v.created_at, "by": v.created_by,
-                           "manifest sha256": v.manifest_sha256} for v in versions]),
-            hide_index=True, width="stretch", key="datasets_versions_table",
+            pd.DataFrame(
+                [
+                    {
+                        "version": v.ref,
+                        "id": v.id,
+                        "label": v.name,
+                        "train": v.counts["train"],
+                        "eval": v.counts["eval"],
+                        "created": v.created_at,
+                        "by": v.created_by,
+                        "manifest sha256": v.manifest_sha256,
+                    }
+                    for v in versions
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="datasets_versions_table",
         )
         refs = [v.ref for v in versions]
         shown_ref = st.selectbox("Manifest of", refs, key="datasets_manifest_ref")
@@ -272,8 +332,10 @@ with tab_versions:
             new = c2.selectbox("to", refs, index=0, key="datasets_diff_new")
             if st.button("Diff", key="datasets_diff_btn"):
                 d = diff_versions(engine, user, old, new)
-                st.write(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} "
-                         f"changed, {d.unchanged} unchanged")
+                st.write(
+                    f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} "
+                    f"changed, {d.unchanged} unchanged"
+                )
                 st.json(d.model_dump(), expanded=False)
     else:
         st.caption("No versions yet.")
@@ -289,8 +351,7 @@ with tab_export:
         ftype = c3.selectbox("File type", FILE_TYPES, key="datasets_export_type")
         if st.button("Export", key="datasets_export_btn"):
             try:
-                st.session_state["datasets_export"] = export_version(engine, user, ref, fmt,
-                                                                     ftype)
+                st.session_state["datasets_export"] = export_version(engine, user, ref, fmt, ftype)
             except (DatasetError, PermissionDenied) as err:
                 st.error(str(err))
         exp = st.session_state.get("datasets_export")
@@ -299,6 +360,9 @@ with tab_export:
             names = [*exp.files, "dataset_info.json", "axolotl.yaml"]
             cols = st.columns(len(names))
             for col, fname in zip(cols, names, strict=True):
-                col.download_button(f"Download {fname}", (exp.path / fname).read_bytes(),
-                                    file_name=f"{exp.version.replace('@', '-')}-{fname}",
-                                    key=f"datasets_download_{fname}")
+                col.download_button(
+                    f"Download {fname}",
+                    (exp.path / fname).read_bytes(),
+                    file_name=f"{exp.version.replace('@', '-')}-{fname}",
+                    key=f"datasets_download_{fname}",
+                )
