@@ -31,10 +31,6 @@ class VersionNotFound(DatasetError):
         )
 
 
-class VersionFrozen(DatasetError):
-    """A frozen version cannot be changed; freeze a new one from the dataset instead."""
-
-
 class TemplateError(DatasetError):
     """A sample template names an unknown placeholder or is malformed."""
 
