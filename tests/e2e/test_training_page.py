@@ -55,7 +55,9 @@ def test_submit_watch_cancel_retry(trainbench, page):
 
     page.get_by_label("Adapter name").fill("e2e-hund")
     page.get_by_role("button", name="Submit job").click()
-    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'e2e-hund'")).wait_for()
+    # The first submit imports transformers in the server (target-module check): allow time.
+    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'e2e-hund'")).wait_for(
+        timeout=180_000)
 
     page.get_by_role("tab", name="Jobs").click()
     page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=180_000)
