@@ -62,8 +62,20 @@ class Chunker:
             o for o in self.tokenizer.encode(text, add_special_tokens=False).offsets if o[1] > o[0]
         ]
 
+    def split_many(self, texts: list[str]) -> list[list[TextChunk]]:
+        """Chunks of several texts; the tokenizer encodes them in one parallel batch."""
+        if self.tokenizer is None:
+            return [self.split(t) for t in texts]
+        encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [
+            self._split(t, [o for o in e.offsets if o[1] > o[0]])
+            for t, e in zip(texts, encoded, strict=True)
+        ]
+
     def split(self, text: str) -> list[TextChunk]:
-        offsets = self._offsets(text)
+        return self._split(text, self._offsets(text))
+
+    def _split(self, text: str, offsets: list[tuple[int, int]]) -> list[TextChunk]:
         if not offsets:
             return [TextChunk(0, text, 0, len(text), 0)] if text.strip() else []
         chunks: list[TextChunk] = []

@@ -367,21 +367,28 @@ class MentionFinder:
 
     def __init__(self) -> None:
         self.names: dict[tuple[str, ...], set[str]] = {}
-        self.lengths: set[int] = set()
+        # first token → the lengths of the names that start with it, longest first
+        self.starts: dict[str, list[int]] = {}
 
     def add(self, doc_id: str, names: Iterable[tuple[str, ...]]) -> None:
         for n in names:
             self.names.setdefault(n, set()).add(doc_id)
-            self.lengths.add(len(n))
+            lengths = self.starts.setdefault(n[0], [])
+            if len(n) not in lengths:
+                lengths.append(len(n))
+                lengths.sort(reverse=True)
 
     def find(self, text: str, exclude: str) -> dict[str, str]:
         """doc_id → the matched words, for unambiguous names of documents other than `exclude`."""
         toks = name_tokens(text)
         found: dict[str, str] = {}
-        lengths = sorted(self.lengths, reverse=True)
-        for i in range(len(toks)):
+        starts, names = self.starts, self.names
+        for i, tok in enumerate(toks):
+            lengths = starts.get(tok)
+            if not lengths:
+                continue
             for n in lengths:
-                owners = self.names.get(toks[i : i + n])
+                owners = names.get(tuple(toks[i : i + n]))
                 if owners and len(owners) == 1:
                     (owner,) = owners
                     if owner != exclude and owner not in found:

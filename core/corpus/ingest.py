@@ -236,84 +236,121 @@ def _explicit_edges(doc: SourceDocument) -> list[GraphEdge]:
     return edges
 
 
+WRITE_BATCH = 200
+
+
 class _Writer:
+    """Writes documents in batches: a handful of statements per batch instead of per row."""
+
     def __init__(self, opts: IngestOptions, chunker: Chunker) -> None:
         self.opts, self.chunker = opts, chunker
         self.stale_vectors: set[str] = set()
         self.changed: list[str] = []
 
-    def write(self, conn: Connection, doc: SourceDocument) -> DocumentOutcome:
+    def prepare(self, doc: SourceDocument) -> None:
+        """Checks that need no database; raises ValueError for a bad row."""
         if not doc.doc_id or len(doc.doc_id) > 255:
-            raise ValueError(f"document id {doc.doc_id[:40]!r}… must be 1-255 characters")
+            raise ValueError(f"document id {doc.doc_id[:40]!r} must be 1-255 characters")
         if self.opts.document_type and not doc.document_type:
             doc.document_type = self.opts.document_type
         if self.opts.domain and not doc.domain:
             doc.domain = self.opts.domain
-        sha = content_sha256(doc)
-        row = conn.execute(
-            sa.select(Document.id, Document.revision, Document.sha256).where(
-                Document.doc_id == doc.doc_id
+
+    def write_batch(self, conn: Connection, docs: list[SourceDocument]) -> list[DocumentOutcome]:
+        existing = {
+            r.doc_id: r
+            for r in conn.execute(
+                sa.select(Document.id, Document.doc_id, Document.revision, Document.sha256).where(
+                    Document.doc_id.in_([d.doc_id for d in docs])
+                )
             )
-        ).first()
-        if row is not None and row.sha256 == sha:
-            return DocumentOutcome(doc.doc_id, "unchanged", row.revision, doc.line)
-        now = utcnow()
-        values = {
-            "title": doc.title[:10_000],
-            "text": doc.text,
-            "document_type": doc.document_type,
-            "domain": doc.domain,
-            "date": doc.date,
-            "metadata": doc.metadata,
-            "source_path": doc.source_path,
-            "sha256": sha,
-            "ingested_at": now,
-            "language": self.opts.language,
         }
-        if row is None:
-            revision = 1
-            pk = conn.execute(
-                sa.insert(Document)
-                .values(doc_id=doc.doc_id, revision=1, **values)
-                .returning(Document.id)
-            ).scalar_one()
-            action = "added"
-        else:
-            revision, pk, action = row.revision + 1, row.id, "updated"
-            conn.execute(
-                sa.update(Document).where(Document.id == pk).values(revision=revision, **values)
-            )
-            conn.execute(sa.delete(Chunk).where(Chunk.doc_id == doc.doc_id))
-            self.stale_vectors.add(doc.doc_id)
-        conn.execute(
-            sa.insert(DocumentRevision).values(
-                doc_id=doc.doc_id,
-                revision=revision,
-                sha256=sha,
-                source_path=doc.source_path,
-                ingested_at=now,
-            )
-        )
-        chunks = [
-            {
-                "doc_id": doc.doc_id,
-                "revision": revision,
-                "chunk_index": c.index,
-                "text": c.text,
-                "start_char": c.start_char,
-                "end_char": c.end_char,
-                "token_count": c.token_count,
-                "embedded": False,
+        now = utcnow()
+        outcomes: list[DocumentOutcome] = []
+        new_rows, revisions, chunks, edges, indexed = [], [], [], [], []
+        updated_ids: list[str] = []
+        pending = []
+        for doc in docs:
+            sha = content_sha256(doc)
+            row = existing.get(doc.doc_id)
+            if row is not None and row.sha256 == sha:
+                outcomes.append(DocumentOutcome(doc.doc_id, "unchanged", row.revision, doc.line))
+                continue
+            values = {
+                "title": doc.title[:10_000],
+                "text": doc.text,
+                "document_type": doc.document_type,
+                "domain": doc.domain,
+                "date": doc.date,
+                "metadata": doc.metadata,
+                "source_path": doc.source_path,
+                "sha256": sha,
+                "ingested_at": now,
+                "language": self.opts.language,
             }
-            for c in self.chunker.split(doc.text)
-        ]
+            if row is None:
+                revision = 1
+                new_rows.append({"doc_id": doc.doc_id, "revision": 1, **values})
+                outcomes.append(DocumentOutcome(doc.doc_id, "added", 1, doc.line))
+            else:
+                revision = row.revision + 1
+                conn.execute(
+                    sa.update(Document)
+                    .where(Document.id == row.id)
+                    .values(revision=revision, **values)
+                )
+                updated_ids.append(doc.doc_id)
+                outcomes.append(DocumentOutcome(doc.doc_id, "updated", revision, doc.line))
+            pending.append((doc, revision))
+            revisions.append(
+                {
+                    "doc_id": doc.doc_id,
+                    "revision": revision,
+                    "sha256": sha,
+                    "source_path": doc.source_path,
+                    "ingested_at": now,
+                }
+            )
+            edges.extend(_explicit_edges(doc))
+            indexed.append((doc.doc_id, doc.title, doc.text))
+        split = self.chunker.split_many([d.text for d, _r in pending])
+        for (doc, revision), doc_chunks in zip(pending, split, strict=True):
+            chunks.extend(
+                {
+                    "doc_id": doc.doc_id,
+                    "revision": revision,
+                    "chunk_index": c.index,
+                    "text": c.text,
+                    "start_char": c.start_char,
+                    "end_char": c.end_char,
+                    "token_count": c.token_count,
+                    "embedded": False,
+                }
+                for c in doc_chunks
+            )
+        if updated_ids:
+            conn.execute(sa.delete(Chunk).where(Chunk.doc_id.in_(updated_ids)))
+            conn.execute(sa.delete(Edge).where(Edge.src.in_(updated_ids)))
+            self.stale_vectors.update(updated_ids)
+        if new_rows:
+            conn.execute(sa.insert(Document), new_rows)
+        if revisions:
+            conn.execute(sa.insert(DocumentRevision), revisions)
         if chunks:
             conn.execute(sa.insert(Chunk), chunks)
-        keyword.index_document(conn, pk, doc.title, doc.text, self.opts.language)
-        conn.execute(sa.delete(Edge).where(Edge.src == doc.doc_id))
-        RelationalGraphStore(conn.engine).add_edges(_explicit_edges(doc), conn=conn)
-        self.changed.append(doc.doc_id)
-        return DocumentOutcome(doc.doc_id, action, revision, doc.line)
+        if indexed:
+            keyword.index_documents(conn, indexed, self.opts.language)
+        rows = _unique_edge_rows(edges)
+        if rows:
+            conn.execute(sa.insert(Edge), rows)
+        self.changed.extend(d for d, _t, _b in indexed)
+        return outcomes
+
+
+def _unique_edge_rows(edges: list[GraphEdge]) -> list[dict[str, str]]:
+    from core.corpus.graph import _unique_rows
+
+    return _unique_rows(edges)
 
 
 def _ingest_file(
@@ -322,33 +359,47 @@ def _ingest_file(
     report = FileReport(path=str(path))
     changed_before = len(writer.changed)
     stale_before = set(writer.stale_vectors)
+
+    def flush(conn: Connection, batch: list[SourceDocument]) -> None:
+        for outcome in writer.write_batch(conn, batch):
+            report.counts[outcome.action] += 1
+            if len(report.documents) < MAX_OUTCOMES_PER_FILE:
+                report.documents.append(outcome)
+        batch.clear()
+
     try:
         with engine.begin() as conn:
+            batch: list[SourceDocument] = []
+            ids: set[str] = set()
             for item in read_file(path, mapping, opts.max_document_bytes):
                 if isinstance(item, RowProblem):
                     report.problems.append(f"line {item.line}: {item.reason}")
                     continue
                 report.warnings.extend(item.warnings)
                 try:
-                    with conn.begin_nested():
-                        outcome = writer.write(conn, item)
-                except (ValueError, sa.exc.IntegrityError, sa.exc.DataError) as err:
+                    writer.prepare(item)
+                except ValueError as err:
                     where = f"line {item.line}: " if item.line else ""
-                    report.problems.append(f"{where}document {item.doc_id!r}: {_reason(err)}")
+                    report.problems.append(f"{where}{err}")
                     continue
-                report.counts[outcome.action] += 1
-                if len(report.documents) < MAX_OUTCOMES_PER_FILE:
-                    report.documents.append(outcome)
+                if item.doc_id in ids:  # the same id twice: the later row is a new revision
+                    flush(conn, batch)
+                    ids.clear()
+                batch.append(item)
+                ids.add(item.doc_id)
+                if len(batch) >= WRITE_BATCH:
+                    flush(conn, batch)
+                    ids.clear()
+            if batch:
+                flush(conn, batch)
     except FileProblem as err:
         report.status, report.problems = "failed", [err.reason]
-        report.counts = {"added": 0, "updated": 0, "unchanged": 0}
-        report.documents = []
     except (OSError, sa.exc.SQLAlchemyError) as err:
         report.status, report.problems = "failed", [f"{type(err).__name__}: {_reason(err)}"]
-        report.counts = {"added": 0, "updated": 0, "unchanged": 0}
-        report.documents = []
     if report.status == "failed":
         # The transaction rolled back: forget what this file had announced.
+        report.counts = {"added": 0, "updated": 0, "unchanged": 0}
+        report.documents = []
         del writer.changed[changed_before:]
         writer.stale_vectors = stale_before
         return report

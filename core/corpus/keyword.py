@@ -95,6 +95,48 @@ def index_document(conn: Connection, pk: int, title: str, body: str, language: s
         )
 
 
+def index_documents(
+    conn: Connection, docs: list[tuple[str, str, str]], language: str = "de"
+) -> None:
+    """Index many (doc_id, title, body) at once; replaces what was indexed for them."""
+    if conn.dialect.name == "sqlite":
+        stemmer = text_search_config(language)
+        ids = sa.bindparam("ids", expanding=True)
+        conn.execute(
+            sa.text(
+                "DELETE FROM corpus_fts WHERE rowid IN "
+                "(SELECT id FROM corpus_documents WHERE doc_id IN :ids)"
+            ).bindparams(ids),
+            {"ids": [d for d, _t, _b in docs]},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO corpus_fts(rowid, title, body) "
+                "SELECT id, :t, :b FROM corpus_documents WHERE doc_id = :d"
+            ),
+            [
+                {
+                    "d": d,
+                    "t": stemmed_text(t, stemmer),
+                    "b": stemmed_text(b[:MAX_INDEXED_CHARS], stemmer),
+                }
+                for d, t, b in docs
+            ],
+        )
+    else:
+        conn.execute(
+            sa.text(
+                "UPDATE corpus_documents SET search_vector = "
+                "setweight(to_tsvector(CAST(:cfg AS regconfig), :t), 'A') || "
+                "setweight(to_tsvector(CAST(:cfg AS regconfig), :b), 'B') WHERE doc_id = :d"
+            ),
+            [
+                {"cfg": _pg_config(conn, language), "t": t, "b": b[:MAX_INDEXED_CHARS], "d": d}
+                for d, t, b in docs
+            ],
+        )
+
+
 def remove_document(conn: Connection, pk: int) -> None:
     if conn.dialect.name == "sqlite":
         conn.execute(sa.text("DELETE FROM corpus_fts WHERE rowid = :id"), {"id": pk})

@@ -281,7 +281,7 @@ def fold(word: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    return [fold(m.group()) for m in WORD_RE.finditer(text)]
+    return WORD_RE.findall(unicodedata.normalize("NFC", text).lower())
 
 
 def stem_words(words: list[str], language: str = "german") -> list[str]:
