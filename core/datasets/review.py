@@ -9,6 +9,7 @@ and `ReviewConflict` names who changed it and when.
 from __future__ import annotations
 
 import html
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -170,10 +171,13 @@ def _conditions(dataset_id: int, f: SampleFilter | None) -> list[Any]:
         c.append(DatasetSample.edited_by.is_(None))
     if f.search:
         pattern = f"%{f.search}%"
+        # SQLite stores JSON ASCII-escaped (ü as \u00fc): match that spelling too.
+        escaped = f"%{json.dumps(f.search)[1:-1]}%"
         c.append(
             or_(
                 DatasetSample.text.ilike(pattern),
                 cast(DatasetSample.messages, Text).ilike(pattern),
+                cast(DatasetSample.messages, Text).ilike(escaped),
                 DatasetSample.system.ilike(pattern),
             )
         )

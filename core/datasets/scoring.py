@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, bindparam, case, func, select, update
 
 from core.audit import audited
 from core.auth import Principal, require
@@ -32,6 +32,26 @@ from core.db import get_engine, session_scope
 from core.db.base import utcnow
 
 FETCH = 256
+_T = DatasetSample.__table__
+SCORE_UPDATE = (
+    update(_T)
+    .where(_T.c.id == bindparam("b_id"), _T.c.content_sha256 == bindparam("b_sha"))
+    .values(
+        {
+            c: bindparam(c)
+            for c in (
+                "score",
+                "signals",
+                "reasons",
+                "reason_codes",
+                "flagged_spans",
+                "duplicate_of",
+                "token_count",
+                "scored_at",
+            )
+        }
+    )
+)
 STALE_AFTER = timedelta(minutes=2)
 ACTIVE = ("queued", "running", "cancelling")
 
@@ -93,6 +113,8 @@ def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> Sco
     with session_scope(engine) as s:
         d = resolve_dataset(s, dataset_ref)
         now = utcnow()
+        # Write-lock the dataset row so two concurrent starts cannot both pass the check.
+        s.execute(update(Dataset).where(Dataset.id == d.id).values(updated_at=now))
         for r in s.scalars(
             select(ScoringRun).where(ScoringRun.dataset_id == d.id, ScoringRun.status.in_(ACTIVE))
         ):
@@ -289,27 +311,28 @@ def execute_run(
         def flush() -> bool:
             nonlocal done, pending
             now = utcnow()
+            params = []
+            for res in pending:
+                reasons = list(res.reasons)
+                params.append(
+                    {
+                        "b_id": int(res.id),
+                        "b_sha": shas.pop(res.id),
+                        "score": float(res.score),
+                        "signals": dict(res.signals),
+                        "reasons": reasons,
+                        "reason_codes": "," + ",".join(reasons) + "," if reasons else "",
+                        "flagged_spans": [list(sp) for sp in res.flagged_spans],
+                        "duplicate_of": res.duplicate_of,
+                        "token_count": int(res.signals.get("tokens", 0) or 0),
+                        "scored_at": now,
+                    }
+                )
             with session_scope(engine) as s:
-                for res in pending:
-                    reasons = list(res.reasons)
-                    s.execute(
-                        update(DatasetSample)
-                        .where(
-                            DatasetSample.id == int(res.id),
-                            # An edit while scoring wins: its stale score is not written.
-                            DatasetSample.content_sha256 == shas.pop(res.id),
-                        )
-                        .values(
-                            score=float(res.score),
-                            signals=dict(res.signals),
-                            reasons=reasons,
-                            reason_codes="," + ",".join(reasons) + "," if reasons else "",
-                            flagged_spans=[list(sp) for sp in res.flagged_spans],
-                            duplicate_of=res.duplicate_of,
-                            token_count=int(res.signals.get("tokens", 0) or 0),
-                            scored_at=now,
-                        )
-                    )
+                if params:
+                    # One executemany per batch; an edit made while scoring wins (the content
+                    # hash no longer matches, so its stale score is not written).
+                    s.connection().execute(SCORE_UPDATE, params)
                 done += len(pending)
                 pending = []
                 r = s.get(ScoringRun, run_id)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.audit import audited
@@ -338,15 +338,14 @@ def sample_row(dataset_id: int, sample: SampleIn, actor: str) -> dict[str, Any]:
 
 
 def insert_samples(s: Session, dataset_id: int, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert prepared rows in the caller's transaction; returns their ids in order."""
+    """Insert prepared rows in the caller's transaction; returns their ids in order.
+
+    One multi-row INSERT ... RETURNING per batch (SQLAlchemy's insertmanyvalues) instead of
+    ORM objects: several times faster for large imports on both engines."""
     ids: list[int] = []
+    stmt = insert(DatasetSample).returning(DatasetSample.id, sort_by_parameter_order=True)
     for start in range(0, len(rows), INSERT_BATCH):
-        objs = [DatasetSample(**r) for r in rows[start : start + INSERT_BATCH]]
-        s.add_all(objs)
-        s.flush()
-        ids.extend(o.id for o in objs)
-        for o in objs:
-            s.expunge(o)
+        ids.extend(s.scalars(stmt, rows[start : start + INSERT_BATCH]).all())
     return ids
 
 

@@ -101,7 +101,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def sample_record(row: DatasetSample) -> dict[str, Any]:
+def sample_record(row: Any) -> dict[str, Any]:
     """The Parquet record of a sample (the contract Training reads)."""
     if row.kind == "text":
         return {"id": str(row.id), "kind": "text", "text": row.text, "messages": None}
@@ -212,8 +212,14 @@ def freeze(
                     )
                     or 0
                 ) + 1
-                rows = s.scalars(
-                    select(DatasetSample)
+                rows = s.execute(
+                    select(
+                        DatasetSample.id,
+                        DatasetSample.kind,
+                        DatasetSample.text,
+                        DatasetSample.messages,
+                        DatasetSample.system,
+                    )
                     .where(DatasetSample.dataset_id == d.id, DatasetSample.status == "accepted")
                     .order_by(DatasetSample.id)
                 ).all()

@@ -73,6 +73,7 @@ def test_filter_sort_page(db_engine, admin, ds):
     fb = list_samples(db_engine, admin, info.id, SampleFilter(source="feedback"))
     assert fb.total == 1 and fb.items[0].kind == "chat"
     assert list_samples(db_engine, admin, info.id, SampleFilter(search="umweltAMT")).total == 1
+    assert list_samples(db_engine, admin, info.id, SampleFilter(search="für alle")).total == 1
     assert list_samples(db_engine, admin, info.id, SampleFilter(max_score=0.5)).total == 1
     assert "preview" in page.frame().columns
 
