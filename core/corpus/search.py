@@ -38,7 +38,7 @@ CANDIDATE_FACTOR = 5
 MIN_CANDIDATES = 50
 # Chunks fetched per wanted document: documents have several chunks each.
 CHUNKS_PER_DOC = 4
-GRAPH_SEEDS = 5
+GRAPH_SEEDS = 10
 EDGE_WEIGHTS = {"cites": 1.0, "links_to": 0.8, "part_of": 0.8, "supersedes": 0.6}
 
 
@@ -157,11 +157,15 @@ def _minmax(scores: dict[str, float]) -> dict[str, float]:
 
 
 def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
-    """BM25 / ts_rank and graph support only mean something relative to the query's other
-    candidates: min-max. Cosine similarity is already on a fixed scale: stretching it would
-    turn the best of many weak matches into a perfect one, so it is only clipped to 0..1."""
+    """BM25 / ts_rank only mean something relative to the query's other candidates: min-max.
+    Cosine similarity is already on a fixed scale: stretching it would turn the best of many
+    weak matches into a perfect one, so it is only clipped to 0..1. Graph support is divided
+    by the best support."""
     if mode == "vector":
         return {d: min(1.0, max(0.0, s)) for d, s in scores.items()}
+    if mode == "graph":  # support has a true zero (no support): a ratio scale
+        hi = max(scores.values(), default=0.0)
+        return {d: s / hi for d, s in scores.items()} if hi > 0 else dict.fromkeys(scores, 0.0)
     return _minmax(scores)
 
 
@@ -229,14 +233,14 @@ def search(
             hi = top[0][1] if top else 1.0
             seeds = {d: s / hi for d, s in top}
         support, via = graph_support(engine, settings, seeds, req.hops)
+        # A seed supports itself as well as its neighbours (one step of a personalised
+        # PageRank with the restart mass on the seeds): a hit that other hits cite rises
+        # above both an isolated hit and a neighbour only one hit mentions.
+        per_mode["graph"] = {
+            d: support.get(d, 0.0) + seeds.get(d, 0.0) for d in set(support) | set(seeds)
+        }
         if req.mode == "graph":
-            # Graph mode ranks the seeds (what the expansion started from) and their
-            # neighbourhood by graph support alone.
-            per_mode = {
-                "graph": {**support, **{d: support.get(d, 0) + s for d, s in seeds.items()}}
-            }
-        else:
-            per_mode["graph"] = support
+            per_mode = {"graph": per_mode["graph"]}
 
     if req.mode == "hybrid":
         fused, norm = _fuse(per_mode, w, req.fusion)

@@ -56,6 +56,16 @@ zustaendig: Umweltamt
 Sperrmüll und Grünschnitt können am Wertstoffhof abgegeben werden. Öffnungszeiten Dienstag
 bis Samstag.
 """,
+    "bescheid-hund.md": """---
+title: Bescheid über die Anmeldung eines Welpen
+document_type: bescheid
+domain: steuern
+date: 2021-01-01
+zustaendig: Bürgerbüro
+links: [hundesteuer]
+---
+Ihr Welpe wurde im Bürgerbüro angemeldet. Die Steuermarke liegt bei.
+""",
     "parken.md": """---
 title: Bewohnerparken
 document_type: merkblatt
@@ -76,7 +86,7 @@ def corpus(db_engine, admin, settings, tmp_path):
     for name, text in DOCS.items():
         (folder / name).write_text(text, encoding="utf-8")
     report = ingest_paths(db_engine, admin, [folder], IngestOptions(embed=True), settings)
-    assert report.ok and report.added == 5 and report.pending_embeddings == 0
+    assert report.ok and report.added == 6 and report.pending_embeddings == 0
     return db_engine
 
 
@@ -139,7 +149,7 @@ def test_filters_apply_in_every_mode(corpus, admin, settings, mode):
             )
         )
         assert got and got <= allowed, (filters, got)
-    assert len(ids(search(corpus, admin, q, settings, mode="keyword", k=10))) == 5
+    assert len(ids(search(corpus, admin, q, settings, mode="keyword", k=10))) == 6
 
 
 def test_graph_expands_from_given_documents_and_hops(corpus, admin, settings):
@@ -151,7 +161,8 @@ def test_graph_expands_from_given_documents_and_hops(corpus, admin, settings):
     two = search(
         corpus, admin, SearchRequest(mode="graph", seed_ids=["faq-hund"], hops=2), settings
     )
-    assert set(ids(two)) == {"faq-hund", "hundesteuer"}
+    assert set(ids(two)) == {"faq-hund", "hundesteuer", "bescheid-hund"}
+    assert {r.doc_id: r.raw_scores["graph"] for r in two}["bescheid-hund"] < 1.0
 
 
 def test_hybrid_weights_change_the_order(corpus, admin, settings):
@@ -172,8 +183,10 @@ def test_hybrid_weights_change_the_order(corpus, admin, settings):
         mode="hybrid",
         weights={"keyword": 0.05, "vector": 0.0, "graph": 1.0},
     )
-    assert ids(kw_heavy)[0] == "faq-hund"
+    # Both keyword hits link to the Satzung, which has none of the query's words.
+    assert set(ids(kw_heavy)) == {"faq-hund", "bescheid-hund"}
     assert ids(graph_heavy)[0] == "hundesteuer"
+    assert graph_heavy[0].scores["keyword"] == 0.0 and graph_heavy[0].scores["graph"] == 1.0
     full = search(corpus, admin, q, settings)
     assert set(full[0].scores) == {"keyword", "vector", "graph"}
     rrf = search(corpus, admin, q, settings, fusion="rrf")
