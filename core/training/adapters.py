@@ -19,6 +19,7 @@ from core.audit import audited
 from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.db import session_scope
+from core.db.base import utcnow
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
 
@@ -143,6 +144,7 @@ def register_adapter(
             "spec": spec or {},
             "library_versions": library_versions or libs(),
             "created_by": actor.username,
+            "created_at": utcnow().isoformat(),
             **(extra_manifest or {}),
         }
         (files_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
@@ -259,7 +261,15 @@ def lineage(engine: Engine, actor: Principal, name_or_id: int | str) -> dict[str
     ref: int | str | None = name_or_id
     with session_scope(engine) as s:
         while ref is not None:
-            row = _lookup(s, ref)
+            try:
+                row = _lookup(s, ref)
+            except AdapterNotFound:
+                if not chain:
+                    raise
+                # The parent was deleted since: the chain ends with what is known of it.
+                chain.append({"adapter": {"id": ref, "name": "(deleted)"}, "job": None,
+                              "dataset_version": {}})
+                break
             if row.id in seen:
                 break
             seen.add(row.id)
