@@ -182,6 +182,7 @@ def build_app(
         answers_meta = gr.State({})  # answer index -> adapter and settings that produced it
         pending = gr.State(None)  # the answer being rated
 
+        signed_in_as = gr.Markdown("", elem_id="chat-user")
         with gr.Tab("Chat", id="chat"):
             with gr.Row():
                 adapter_dd = gr.Dropdown([BASE], value=BASE, label="Adapter", scale=3,
@@ -244,6 +245,13 @@ def build_app(
                 gr.Dropdown(choices=others, value=b if b in others else NONE_CHOICE),
             )
 
+        def whoami(request: gr.Request) -> str:
+            user = who(request)
+            if not settings.auth_enabled:
+                return "Authentication is off (development): everyone acts as admin."
+            return f"Signed in as **{user.username}** ({user.role}) · [sign out](logout)"
+
+        demo.load(whoami, None, signed_in_as, api_name="whoami", queue=False)
         for trigger, name in ((demo.load, "refresh_on_load"), (refresh_btn.click, "refresh")):
             trigger(refresh, [adapter_dd, cmp_a, cmp_b], [adapter_dd, cmp_a, cmp_b],
                     api_name=name)

@@ -243,7 +243,7 @@ class InferenceEngine:
         if ref.name == BASE:
             raise ServingError("'base' is reserved for the model without adapters")
         if ref.name in self._slots:
-            if self._refs[ref.name].path == ref.path:
+            if self._same_files(self._refs[ref.name], ref):
                 return
             self._remove_adapter(ref.name)  # same name, new files: reload those
         if not (Path(ref.path) / "adapter_config.json").exists():
@@ -252,11 +252,15 @@ class InferenceEngine:
                 "folder is missing or incomplete"
             )
         self.check_base(ref)
-        slot = "a_" + hashlib.sha1(f"{ref.name}\0{ref.path}".encode()).hexdigest()[:12]
+        # The registry id is part of the slot: a name deleted and registered again (same
+        # folder, new weights) must not be served from the old slot.
+        slot = "a_" + hashlib.sha1(f"{ref.name}\0{ref.path}\0{ref.id}".encode()).hexdigest()[:12]
         from peft import PeftModel
 
         model = self.model
         if isinstance(model, PeftModel):
+            if slot in model.peft_config:  # kept as the last one after its removal
+                self._drop_slot(slot)
             model.load_adapter(ref.path, adapter_name=slot)
         else:
             self._model = PeftModel.from_pretrained(model, ref.path, adapter_name=slot)
@@ -264,8 +268,22 @@ class InferenceEngine:
             self._active = slot
         self._slots[ref.name] = slot
         self._refs[ref.name] = ref
+        for orphan in set(self._model.peft_config) - set(self._slots.values()):
+            self._drop_slot(orphan)
         self.stats.adapter_loads += 1
         self.stats.loaded_adapters = self.loaded_adapters()
+
+    @staticmethod
+    def _same_files(a: AdapterRef, b: AdapterRef) -> bool:
+        return a.path == b.path and a.id == b.id
+
+    def _drop_slot(self, slot: str) -> None:
+        live = [s for s in self._model.peft_config if s != slot]
+        if not live:
+            return  # PEFT cannot drop its only adapter; it stays unreachable by name
+        if self._active == slot:
+            self._set_slot(live[0])
+        self._model.delete_adapter(slot)
 
     def remove_adapter(self, name: str) -> None:
         with self.lock:
@@ -275,21 +293,17 @@ class InferenceEngine:
         slot = self._slots.pop(name, None)
         self._refs.pop(name, None)
         self.stats.loaded_adapters = self.loaded_adapters()
-        if slot is None:
-            return
-        if self._slots:
-            if self._active == slot:
-                self._set_slot(next(iter(self._slots.values())))
-            self._model.delete_adapter(slot)
-        # The last adapter stays in memory (PEFT cannot drop its only adapter) but is no
-        # longer reachable by name; it is freed when the next one replaces it.
+        if slot is not None:
+            # The last adapter stays in memory (PEFT cannot drop its only adapter) but is no
+            # longer reachable by name; it is freed when the next one is loaded.
+            self._drop_slot(slot)
 
     def sync(self, refs: list[AdapterRef]) -> None:
         """Forget adapters that left the registry; new ones are loaded on first use."""
         with self.lock:
             wanted = {r.name: r for r in refs}
             for name in list(self._slots):
-                if name not in wanted or wanted[name].path != self._refs[name].path:
+                if name not in wanted or not self._same_files(wanted[name], self._refs[name]):
                     self._remove_adapter(name)
 
     def _set_slot(self, slot: str) -> None:

@@ -60,10 +60,24 @@ def chat_workbench(make_workbench, tmp_path_factory):
         time.sleep(1)
 
 
+def _open(page, title: str) -> None:  # noqa: ANN001
+    """Click a sidebar page link; on a busy machine a click during a rerun can be lost."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        page.get_by_test_id("stSidebar").get_by_role("link", name=title).click()
+        try:
+            page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the {title} page did not open")
+
+
 def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     wb = chat_workbench
     login(page, wb)
-    page.get_by_role("link", name="Chat").click()
+    _open(page, "Chat")
     frame = page.frame_locator(f'iframe[src^="{wb.chat_url}"]')
     # Signed in through the page's token: the chat UI itself, not a login form.
     frame.locator("#chat-input textarea").wait_for(timeout=60_000)
@@ -86,6 +100,18 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     frame.locator("#chat-feedback-send").click()
     frame.get_by_text("saved for review").wait_for()
 
-    page.get_by_role("link", name="Review").click()
-    page.get_by_text(CORRECTION).first.wait_for(timeout=60_000)
-    assert page.get_by_text("feedback-codeword").count() >= 1
+    _open(page, "Review")
+    # The sample card (not the canvas grid, whose cells are hidden from the DOM's view).
+    page.get_by_text(CORRECTION).filter(visible=True).first.wait_for(timeout=60_000)
+    # ...and it is the pending sample of the adapter's feedback dataset, thumbs down.
+    from core.auth import SYSTEM
+    from core.config import load_settings
+    from core.datasets.review import list_samples
+    from core.db import get_engine
+
+    db = get_engine(url=load_settings(data_dir=wb.data_dir).effective_database_url)
+    [sample] = list_samples(db, SYSTEM, "feedback-codeword").items
+    assert sample.status == "pending"
+    assert sample.messages[-1]["content"] == CORRECTION
+    assert sample.provenance["rating"] == "down" and sample.provenance["user"] == "admin"
+    assert CODEWORD in sample.metadata["original_answer"]

@@ -91,11 +91,23 @@ def train_codeword_adapter(base: Path, out: Path, answer: str = CODEWORD, steps:
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12, "repetition_penalty": 1.0}
 
 
+def make_noop_adapter(base: Path, out: Path) -> Path:
+    """A LoRA adapter with PEFT's default init (B = 0): it changes nothing."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     base = make_tiny_model(root / "base")
-    return {"base": base, "codeword": train_codeword_adapter(base, root / "codeword")}
+    return {"base": base, "codeword": train_codeword_adapter(base, root / "codeword"),
+            "noop": make_noop_adapter(base, root / "noop")}
 
 
 def test_adapter_switch_changes_answer_without_reloading_base(tiny) -> None:
@@ -190,3 +202,26 @@ def test_concurrent_streams_never_interleave(tiny) -> None:
     for i, text in results.items():
         assert text == expected[("base", "codeword")[i % 2]]
     assert eng.stats.base_loads == 1
+
+
+def test_a_name_registered_again_with_new_weights_is_reloaded(tiny, tmp_path) -> None:
+    import shutil
+
+    from core.serving.engine import AdapterRef, GenerationSettings, InferenceEngine
+
+    eng = InferenceEngine(tiny["base"])
+    settings = GenerationSettings(**GREEDY)
+    ask = [{"role": "user", "content": QUESTION}]
+    base_answer = eng.generate(ask, settings=settings)
+    folder = tmp_path / "registry" / "x"  # the registry keeps one folder per name
+    shutil.copytree(tiny["codeword"], folder)
+    first = {"x": AdapterRef("x", str(folder), id="1")}
+    assert CODEWORD in eng.generate(ask, adapter="x", settings=settings, refs=first)
+    eng.sync([])  # deleted from the registry (its slot stays, unreachable: PEFT keeps one)
+    shutil.rmtree(folder)
+    shutil.copytree(tiny["noop"], folder)
+    again = {"x": AdapterRef("x", str(folder), id="2")}
+    eng.sync(list(again.values()))
+    assert eng.generate(ask, adapter="x", settings=settings, refs=again) == base_answer
+    assert eng.stats.base_loads == 1 and eng.stats.adapter_loads == 2
+    assert len(eng.model.peft_config) == 1  # the old slot was freed
