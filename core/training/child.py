@@ -158,12 +158,12 @@ def main(argv: list[str]) -> int:
         lost()
     actor = principal_for(engine, owner) or SYSTEM
     info = register_adapter(
-        engine, actor, name=name, files_dir=result.adapter_dir, base_model=base_ref,
+        engine, actor, name=name, files_dir=result.adapter_dir, base_model=base,
         base_model_fingerprint=fingerprint, method=spec.method,
         dataset_version_id=version.id, dataset_manifest_sha256=version.manifest_sha256,
         job_id=job_id, job_token=token, parent_adapter_id=parent.id if parent else None,
         metrics=metrics, spec=spec.model_dump(mode="json"),
-        extra_manifest={"base_model_path": base, "base_model_revision": model_revision(base),
+        extra_manifest={"base_model_ref": base_ref, "base_model_revision": model_revision(base),
                         "dataset_ref": f"{version.dataset_name}@v{version.number}"},
         settings=settings,
     )
