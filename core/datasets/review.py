@@ -34,6 +34,8 @@ SORTS: dict[str, str] = {
     "id_desc": "newest first",
     "tokens_desc": "longest first",
     "tokens_asc": "shortest first",
+    "status": "by status",
+    "source": "by source",
 }
 MAX_PAGE = 200
 
@@ -203,6 +205,8 @@ def _order(sort: str) -> list[Any]:
             DatasetSample.token_count.asc(),
             DatasetSample.id,
         ],
+        "status": [DatasetSample.status, DatasetSample.id],
+        "source": [DatasetSample.source, DatasetSample.id],
     }[sort]
 
 

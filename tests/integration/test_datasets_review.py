@@ -76,6 +76,8 @@ def test_filter_sort_page(db_engine, admin, ds):
     assert list_samples(db_engine, admin, info.id, SampleFilter(search="für alle")).total == 1
     assert list_samples(db_engine, admin, info.id, SampleFilter(max_score=0.5)).total == 1
     assert "preview" in page.frame().columns
+    by_source = list_samples(db_engine, admin, info.id, sort="source", limit=50).items
+    assert [v.source for v in by_source] == sorted(v.source for v in by_source)
 
 
 def test_conflict_names_the_other_reviewer(db_engine, admin, ds):
