@@ -101,7 +101,7 @@ def keyword_candidates(
 def _query_vector(location: str, query: str) -> np.ndarray:
     from core.corpus.vectors import _embedders
 
-    return _embedders[location].encode([query])[0]
+    return _embedders[location].encode_query(query)
 
 
 def vector_candidates(

@@ -68,14 +68,39 @@ class Embedder:
         return str(local) if local.exists() else ""
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings of `texts`; the lock is taken per batch so a query never waits for a
+        whole ingest's worth of chunks (the tokenizer must not be used concurrently)."""
+        parts = []
+        for i in range(0, len(texts), batch_size):
+            with self._lock:
+                parts.append(
+                    self.model.encode(
+                        texts[i : i + batch_size],
+                        batch_size=batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                )
+        return np.concatenate(parts) if parts else np.zeros((0, self.dimension), np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One short text on one thread: for a handful of tokens, intra-op threads only add
+        synchronisation, and on a busy machine their spin-waiting costs 10x the latency."""
+        import torch
+
         with self._lock:
-            return self.model.encode(
-                texts,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self.model.encode(
+                    [text],
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )[0]
+            finally:
+                torch.set_num_threads(before)
 
 
 _embedders: dict[str, Embedder] = {}
