@@ -295,7 +295,8 @@ def execute_run(
         dataset_id, total = run.dataset_id, run.total
         thresholds = QualityThresholds.from_dict(run.thresholds or {})
     try:
-        tokenizer = load_tokenizer(get_settings().base_model)
+        base_model = get_settings().base_model
+        tokenizer = load_tokenizer(base_model)
         steps = default_steps(tokenizer=tokenizer, reference=_reference(engine, dataset_id))
         pipeline = QualityPipeline(steps, thresholds, batch_size=FETCH)
         shas: dict[str, str] = {}
@@ -356,7 +357,7 @@ def execute_run(
             r.status = "cancelled" if cancelled else "done"
             r.stats = {
                 "pipeline": pipeline.stats(),
-                "tokenizer": type(tokenizer).__name__ if tokenizer else "regex (fallback)",
+                "tokenizer": f"base model {base_model}" if tokenizer else "regex (fallback)",
             }
             r.finished_at = r.heartbeat_at = utcnow()
     except Exception as err:  # recorded on the run so the page can show it

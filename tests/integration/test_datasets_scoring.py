@@ -98,3 +98,33 @@ def test_background_run_in_child_process(db_engine, admin):
     assert info.done == 300
     with session_scope(db_engine) as s:
         assert s.query(DatasetSample).filter(DatasetSample.score.is_(None)).count() == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_base_model_tokenizer_counts_tokens(db_engine, admin, tmp_path, monkeypatch):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from core.config import get_settings
+
+    # A character-level tokenizer: its token count is easy to predict and differs from the
+    # library's regex fallback.
+    vocab = {c: i for i, c in enumerate(["<unk>", *sorted(set(GOOD))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(
+        tmp_path / "base"
+    )
+    monkeypatch.setenv("CLARA_BASE_MODEL", str(tmp_path / "base"))
+    get_settings.cache_clear()
+    ds = create_dataset(db_engine, admin, "tok")
+    add_samples(db_engine, admin, ds.id, [_text(GOOD)])
+    run = score_dataset(db_engine, admin, ds.id)
+    assert run.stats["tokenizer"] == f"base model {tmp_path / 'base'}"
+    with session_scope(db_engine) as s:
+        assert s.query(DatasetSample).one().token_count == len(GOOD)
+
+    monkeypatch.setenv("CLARA_BASE_MODEL", str(tmp_path / "missing"))
+    get_settings.cache_clear()
+    run = score_dataset(db_engine, admin, ds.id)
+    assert run.stats["tokenizer"] == "regex (fallback)"
