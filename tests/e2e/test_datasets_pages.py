@@ -66,9 +66,9 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
 
     # Review page: reject the first sample with the keyboard (r + Enter).
     _open(page, "Review")
-    card = page.get_by_text("Sample ", exact=False).first
-    card.wait_for()
-    first_id = int(page.locator("strong", has_text="Sample ").first.inner_text().split()[1])
+    card_title = page.locator("strong", has_text="Sample ").first
+    card_title.wait_for(timeout=120_000)
+    first_id = int(card_title.inner_text().split()[1])
     shortcut = page.get_by_label("Keyboard: type a (accept)", exact=False)
     shortcut.fill("r")
     shortcut.press("Enter")
@@ -76,7 +76,6 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
 
     # Edit the next one (its assistant answer) and accept it in the same step.
     # The card re-renders with the next pending sample (stale elements linger briefly).
-    card_title = page.locator("strong", has_text="Sample ").first
     for _ in range(120):
         if card_title.inner_text().strip() != f"Sample {first_id}":
             break
