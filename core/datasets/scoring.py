@@ -48,6 +48,7 @@ SCORE_UPDATE = (
                 "duplicate_of",
                 "token_count",
                 "scored_at",
+                "minhash",
             )
         }
     )
@@ -255,10 +256,19 @@ def _iter_samples(engine: Engine, dataset_id: int) -> Iterator[tuple[int, str, s
         last = (rows[-1][0], rows[-1][1])
 
 
-def _reference(engine: Engine, dataset_id: int) -> list[tuple[str, str]]:
-    out = []
+def minhash_key(t: Any) -> str:
+    """The MinHash parameters a stored signature was made with (reusable only if equal)."""
+    return f"{t.num_perm}:{t.minhash_ngram}:{t.minhash_seed}:{t.minhash_hash}"
+
+
+def _reference(
+    engine: Engine, dataset_id: int, key: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, bytes]]]:
+    """Other datasets' non-rejected samples for the dedup indexes: stored content hashes and
+    MinHash signatures where a compatible earlier run left them, the text otherwise."""
+    texts, hashes, sigs = [], [], []
     with session_scope(engine) as s:
-        for name, sid, kind, text, messages, system in s.execute(
+        for name, sid, kind, text, messages, system, minhash, signals in s.execute(
             select(
                 Dataset.name,
                 DatasetSample.id,
@@ -266,13 +276,25 @@ def _reference(engine: Engine, dataset_id: int) -> list[tuple[str, str]]:
                 DatasetSample.text,
                 DatasetSample.messages,
                 DatasetSample.system,
+                DatasetSample.minhash,
+                DatasetSample.signals,
             )
             .join(Dataset, Dataset.id == DatasetSample.dataset_id)
             .where(DatasetSample.dataset_id != dataset_id, DatasetSample.status != "rejected")
             .order_by(DatasetSample.id)
         ):
-            out.append((f"{name}#{sid}", joined_text(kind, text, messages, system)))
-    return out
+            rid = f"{name}#{sid}"
+            if (
+                minhash
+                and signals
+                and signals.get("minhash_key") == key
+                and signals.get("content_hash")
+            ):
+                hashes.append((rid, signals["content_hash"]))
+                sigs.append((rid, bytes(minhash)))
+            else:
+                texts.append((rid, joined_text(kind, text, messages, system)))
+    return texts, hashes, sigs
 
 
 def execute_run(
@@ -297,7 +319,15 @@ def execute_run(
     try:
         base_model = get_settings().base_model
         tokenizer = load_tokenizer(base_model)
-        steps = default_steps(tokenizer=tokenizer, reference=_reference(engine, dataset_id))
+        key = minhash_key(thresholds)
+        texts, hashes, sigs = _reference(engine, dataset_id, key)
+        steps = default_steps(
+            tokenizer=tokenizer,
+            reference=texts,
+            reference_hashes=hashes,
+            reference_signatures=sigs,
+            keep_signatures=True,
+        )
         pipeline = QualityPipeline(steps, thresholds, batch_size=FETCH)
         shas: dict[str, str] = {}
 
@@ -320,7 +350,12 @@ def execute_run(
                         "b_id": int(res.id),
                         "b_sha": shas.pop(res.id),
                         "score": float(res.score),
-                        "signals": dict(res.signals),
+                        "signals": (
+                            {**res.signals, "minhash_key": key}
+                            if res.signature
+                            else dict(res.signals)
+                        ),
+                        "minhash": res.signature,
                         "reasons": reasons,
                         "reason_codes": "," + ",".join(reasons) + "," if reasons else "",
                         "flagged_spans": [list(sp) for sp in res.flagged_spans],

@@ -128,3 +128,33 @@ def test_base_model_tokenizer_counts_tokens(db_engine, admin, tmp_path, monkeypa
     get_settings.cache_clear()
     run = score_dataset(db_engine, admin, ds.id)
     assert run.stats["tokenizer"] == "regex (fallback)"
+
+
+LONG = (
+    "Die Friedhofssatzung der Stadt Bergheim regelt die Nutzung der städtischen Friedhöfe, "
+    "die Vergabe von Grabstätten, die Ruhezeiten, die Gestaltung der Grabmale und die Pflege "
+    "der Gräber durch die Nutzungsberechtigten. Bestattungen finden werktags statt und "
+    "müssen beim Friedhofsamt angemeldet werden, das auch über Ausnahmen entscheidet. Die "
+    "Ruhezeit beträgt für Erdbestattungen zwanzig Jahre und für Urnen fünfzehn Jahre; danach "
+    "kann das Nutzungsrecht auf Antrag verlängert werden, sofern der Platz nicht benötigt wird."
+)
+
+
+def test_cross_dataset_near_duplicate_from_stored_signatures(db_engine, admin):
+    from core.datasets.quality import QualityThresholds
+    from core.datasets.scoring import _reference, minhash_key
+
+    other = create_dataset(db_engine, admin, "other")
+    (oid,) = add_samples(db_engine, admin, other.id, [_text(LONG)])
+    score_dataset(db_engine, admin, other.id)
+    with session_scope(db_engine) as s:
+        stored = s.get(DatasetSample, oid)
+        assert stored.minhash and stored.signals["minhash_key"] == minhash_key(QualityThresholds())
+    mine = create_dataset(db_engine, admin, "mine")
+    (mid,) = add_samples(db_engine, admin, mine.id, [_text(LONG[:-1] + " und Ende.")])
+    texts, hashes, sigs = _reference(db_engine, mine.id, minhash_key(QualityThresholds()))
+    assert texts == [] and [r for r, _ in sigs] == [f"other#{oid}"]
+    score_dataset(db_engine, admin, mine.id)
+    with session_scope(db_engine) as s:
+        row = s.get(DatasetSample, mid)
+        assert "near_duplicate" in row.reasons and row.duplicate_of == f"other#{oid}"
