@@ -64,7 +64,8 @@ class DatasetSample(Base):
     reason_codes: Mapped[str] = mapped_column(Text, default="", nullable=False)
     flagged_spans: Mapped[list[list[Any]] | None] = mapped_column(JSONType, nullable=True)
     duplicate_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    minhash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Only the scorer reads signatures; deferred so queue pages do not carry them.
+    minhash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     # Review. `row_version` is the optimistic-concurrency counter: every decision or edit
