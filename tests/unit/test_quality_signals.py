@@ -269,3 +269,19 @@ def test_language_identifier_equals_langid() -> None:
     restricted = language_identifier(["fr", "en", "de"])
     for text in texts:
         assert restricted.classify(text)[0] == ref.classify(text)[0]
+
+
+def test_letter_rule_counts_whitespace_words_not_punctuation_tokens() -> None:
+    # Dates, amounts and list dashes make many punctuation tokens, but nearly every
+    # whitespace-separated word has a letter.
+    text = "Folgende Zahlungen wurden geleistet:\n" + "\n".join(
+        f"- Am {d}. März 2024 hat die Stadt für den Antrag insgesamt {d},50 Euro "
+        f"an die Familie überwiesen, wie im Bescheid festgelegt."
+        for d in range(1, 6)
+    )
+    s = run(WordStatistics(), text)
+    tokens = Sample("t", text).tokens
+    token_share = sum(any(c.isalpha() for c in tok) for tok in tokens) / len(tokens)
+    assert token_share < 0.8  # datatrove's token-based rule would drop this text
+    assert s.signals["alpha_word_fraction"] >= 0.8
+    assert s.reasons == []
