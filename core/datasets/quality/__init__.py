@@ -1,5 +1,15 @@
 """Automatic quality scoring and deduplication of dataset samples (pure library code).
 
+    from core.datasets.quality import QualityInput, QualityPipeline, QualityThresholds
+    thresholds = QualityThresholds.from_dict(stored) if stored else QualityThresholds()
+    pipeline = QualityPipeline(thresholds=thresholds, on_progress=report)  # default steps
+    for r in pipeline.run(QualityInput(s.id, text) for s in rows):  # generator in and out
+        save(r.id, r.score, r.keep, r.reasons, r.signals, r.flagged_spans, r.duplicate_of)
+    pipeline.stats()  # counters and seconds per step
+
+Score: product of (1 - penalty) over a sample's reason codes (reasons.py); 1.0 when nothing
+was found, at most 0.1 after a hard fail (duplicate, blocked term, wrong language, empty).
+
 Public API:
     QualityInput, QualityResult, QualityThresholds        plain data (models.py)
     QualityPipeline, default_steps, gopher_steps           the runner (pipeline.py)
