@@ -70,19 +70,21 @@ class Embedder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Embeddings of `texts`; the lock is taken per batch so a query never waits for a
         whole ingest's worth of chunks (the tokenizer must not be used concurrently)."""
-        parts = []
-        for i in range(0, len(texts), batch_size):
+        # Batches of similar length pad least (what sentence-transformers does within one
+        # call); the lock is then taken per batch, not for the whole input.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dimension), np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             with self._lock:
-                parts.append(
-                    self.model.encode(
-                        texts[i : i + batch_size],
-                        batch_size=batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+                out[idx] = self.model.encode(
+                    [texts[i] for i in idx],
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
                 )
-        return np.concatenate(parts) if parts else np.zeros((0, self.dimension), np.float32)
+        return out
 
     def encode_query(self, text: str) -> np.ndarray:
         """One short text on one thread: for a handful of tokens, intra-op threads only add
