@@ -65,17 +65,29 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "load_avg_start": os.getloadavg(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "trl": trl.__version__}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+    }
 
 
 def setup(data_dir: Path, size: str) -> tuple:
-    os.environ.update(CLARA_DATA_DIR=str(data_dir), CLARA_ENV="testing",
-                      CLARA_ADMIN_PASSWORD="bench-admin-1", CLARA_DEMO_MODEL_SIZE=size,
-                      HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CLARA_CLI_USER="admin")
+    os.environ.update(
+        CLARA_DATA_DIR=str(data_dir),
+        CLARA_ENV="testing",
+        CLARA_ADMIN_PASSWORD="bench-admin-1",
+        CLARA_DEMO_MODEL_SIZE=size,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        CLARA_CLI_USER="admin",
+    )
     from core.auth import SYSTEM
     from core.config import get_settings
     from core.datasets.service import SampleIn, add_samples, create_dataset
@@ -88,22 +100,37 @@ def setup(data_dir: Path, size: str) -> tuple:
     t0 = time.monotonic()
     model = ensure_demo_model(st.settings)
     build_s = time.monotonic() - t0
-    paragraphs = [p.strip() for t in _corpus_texts() for p in t.split("\n\n")
-                  if len(p.strip()) > 60]
+    paragraphs = [
+        p.strip() for t in _corpus_texts() for p in t.split("\n\n") if len(p.strip()) > 60
+    ]
     ds = create_dataset(st.engine, SYSTEM, "bench-text")
-    add_samples(st.engine, SYSTEM, ds.id,
-                [SampleIn(kind="text", text=p, status="accepted") for p in paragraphs])
+    add_samples(
+        st.engine,
+        SYSTEM,
+        ds.id,
+        [SampleIn(kind="text", text=p, status="accepted") for p in paragraphs],
+    )
     version = freeze(st.engine, SYSTEM, ds.id, eval_ratio=0.05)
     return st, model, version, build_s
 
 
-def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int,
-              out: Path) -> dict:
-    cfg = {"model": str(model), "train": str(version.path / "train.parquet"), "out": str(out),
-           "trainer": trainer, "peft": peft_cfg, "threads": threads}
-    proc = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, json.dumps(cfg)], cwd=ROOT,
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)})
+def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int, out: Path) -> dict:
+    cfg = {
+        "model": str(model),
+        "train": str(version.path / "train.parquet"),
+        "out": str(out),
+        "trainer": trainer,
+        "peft": peft_cfg,
+        "threads": threads,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_SCRIPT, json.dumps(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)},
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 
@@ -113,12 +140,24 @@ def run_worker_job(st, version, name: str, trainer: dict, peft_cfg: dict, thread
     from core.training.adapters import get_adapter
     from core.training.jobs import get_job, submit_job
 
-    job = submit_job(st.engine, SYSTEM, {"name": name, "dataset_version": version.id,
-                                         "method": "lora", "peft": peft_cfg,
-                                         "trainer": trainer})
-    subprocess.run([sys.executable, "-m", "core.cli", "worker", "--once"], cwd=ROOT,
-                   env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)}, check=True,
-                   capture_output=True)
+    job = submit_job(
+        st.engine,
+        SYSTEM,
+        {
+            "name": name,
+            "dataset_version": version.id,
+            "method": "lora",
+            "peft": peft_cfg,
+            "trainer": trainer,
+        },
+    )
+    subprocess.run(
+        [sys.executable, "-m", "core.cli", "worker", "--once"],
+        cwd=ROOT,
+        env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)},
+        check=True,
+        capture_output=True,
+    )
     done = get_job(st.engine, SYSTEM, job.id)
     if done.state != "succeeded":
         raise RuntimeError(f"bench job failed: {done.error}")
@@ -135,10 +174,15 @@ def padding_share_without_packing(model: Path, version, trainer: dict, batches: 
     tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
     m = AutoModelForCausalLM.from_pretrained(model, local_files_only=True)
     rows = [{"text": r["text"]} for r in pq.read_table(version.path / "train.parquet").to_pylist()]
-    args = SFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True,
-                     **{**trainer, "packing": False})
-    tr = SFTTrainer(model=m, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                    processing_class=tok)
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        report_to="none",
+        use_cpu=True,
+        **{**trainer, "packing": False},
+    )
+    tr = SFTTrainer(
+        model=m, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok
+    )
     real = total = 0
     for i, batch in enumerate(tr.get_train_dataloader()):
         if i >= batches:
@@ -158,9 +202,13 @@ def claim_latency(st, n: int = 10) -> dict:
     from core.training.jobs import get_job, submit_sleep_job
     from core.training.models import TrainingMetric
 
-    worker = subprocess.Popen([sys.executable, "-m", "core.cli", "worker"], cwd=ROOT,
-                              env=dict(os.environ), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "worker"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     claims, starts = [], []
     try:
         time.sleep(8)  # let the worker import and go idle
@@ -170,18 +218,24 @@ def claim_latency(st, n: int = 10) -> dict:
                 time.sleep(0.05)
             done = get_job(st.engine, SYSTEM, job.id)
             with session_scope(st.engine) as s:
-                ran_at = s.scalar(select(TrainingMetric.at).where(
-                    TrainingMetric.job_id == job.id, TrainingMetric.phase == "run"))
+                ran_at = s.scalar(
+                    select(TrainingMetric.at).where(
+                        TrainingMetric.job_id == job.id, TrainingMetric.phase == "run"
+                    )
+                )
             claims.append((done.started_at - job.created_at).total_seconds())
             starts.append((ran_at - job.created_at).total_seconds())
             time.sleep(0.5)
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    return {"claim_median_s": round(statistics.median(claims), 3),
-            "claim_max_s": round(max(claims), 3),
-            "child_running_median_s": round(statistics.median(starts), 3),
-            "child_running_max_s": round(max(starts), 3), "samples": n}
+    return {
+        "claim_median_s": round(statistics.median(claims), 3),
+        "claim_max_s": round(max(claims), 3),
+        "child_running_median_s": round(statistics.median(starts), 3),
+        "child_running_max_s": round(max(starts), 3),
+        "samples": n,
+    }
 
 
 def main() -> int:
@@ -196,9 +250,16 @@ def main() -> int:
     env = machine()
     tmp = Path(tempfile.mkdtemp(prefix="clara-train-bench-"))
     st, model, version, build_s = setup(tmp / "data", args.size)
-    trainer = {"max_steps": args.steps, "per_device_train_batch_size": 4, "max_length": 256,
-               "packing": True, "learning_rate": 2e-3, "logging_steps": 5, "seed": 42,
-               "save_steps": 10_000}
+    trainer = {
+        "max_steps": args.steps,
+        "per_device_train_batch_size": 4,
+        "max_length": 256,
+        "packing": True,
+        "learning_rate": 2e-3,
+        "logging_steps": 5,
+        "seed": 42,
+        "save_steps": 10_000,
+    }
     peft_cfg = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
     plain, clara = [], []
     for rep in range(args.reps):
@@ -206,9 +267,25 @@ def main() -> int:
         c = run_worker_job(st, version, f"bench-{rep}", trainer, peft_cfg, args.threads)
         plain.append(p)
         clara.append(c)
-        print(json.dumps({"rep": rep, "plain": p, "clara": {k: c.get(k) for k in (
-            "train_runtime_s", "tokens", "tokens_per_second", "padding_share", "steps")}}),
-            flush=True)
+        print(
+            json.dumps(
+                {
+                    "rep": rep,
+                    "plain": p,
+                    "clara": {
+                        k: c.get(k)
+                        for k in (
+                            "train_runtime_s",
+                            "tokens",
+                            "tokens_per_second",
+                            "padding_share",
+                            "steps",
+                        )
+                    },
+                }
+            ),
+            flush=True,
+        )
     tokens = clara[0]["tokens"]  # same seed, data and steps: the same batches in every run
     plain_tps = [tokens / p["train_runtime"] for p in plain]
     clara_tps = [c["tokens_per_second"] for c in clara]
@@ -217,13 +294,22 @@ def main() -> int:
     latency = claim_latency(st)
     manifest = json.loads((model / "clara-demo-model.json").read_text())
     result = {
-        "machine": env, "demo_model": {"size": args.size, "parameters": manifest["parameters"],
-                                       "build_s": round(build_s, 1)},
-        "train_samples": version.counts["train"], "steps": args.steps, "reps": args.reps,
-        "tokens_per_run": tokens, "plain_tokens_per_s": [round(x, 1) for x in plain_tps],
-        "clara_tokens_per_s": [round(x, 1) for x in clara_tps], "ratio": round(ratio, 3),
+        "machine": env,
+        "demo_model": {
+            "size": args.size,
+            "parameters": manifest["parameters"],
+            "build_s": round(build_s, 1),
+        },
+        "train_samples": version.counts["train"],
+        "steps": args.steps,
+        "reps": args.reps,
+        "tokens_per_run": tokens,
+        "plain_tokens_per_s": [round(x, 1) for x in plain_tps],
+        "clara_tokens_per_s": [round(x, 1) for x in clara_tps],
+        "ratio": round(ratio, 3),
         "padding_share_packing": clara[0]["padding_share"],
-        "padding_share_no_packing": round(no_pack, 4), "latency": latency,
+        "padding_share_no_packing": round(no_pack, 4),
+        "latency": latency,
         "load_avg_end": os.getloadavg(),
     }
     print(json.dumps(result, indent=2))
@@ -236,7 +322,8 @@ def write_section(r: dict, trainer: dict) -> None:
     m = r["machine"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        "", f"## Training (bench/training_bench.py, {when})",
+        "",
+        f"## Training (bench/training_bench.py, {when})",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, trl "

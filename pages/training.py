@@ -65,8 +65,9 @@ def _load_preset() -> None:
     st.session_state["training_form_fields"] = {
         s: list((data.get(s) or {}).keys()) for s in SECTIONS
     }
-    st.session_state["training_yaml"] = preset_yaml(st.session_state["training_preset"],
-                                                    name="my-adapter", dataset_version="")
+    st.session_state["training_yaml"] = preset_yaml(
+        st.session_state["training_preset"], name="my-adapter", dataset_version=""
+    )
     st.session_state["training_errors"] = {}
 
 
@@ -100,8 +101,7 @@ def _submit(data) -> None:  # noqa: ANN001 - dict or YAML text
         st.session_state["training_errors"]["_top"] = str(err)
     except TrainingError as err:
         field = getattr(err, "field", "_top")
-        st.session_state["training_errors"] = {field: str(err).split(": ", 1)[-1],
-                                               "_top": str(err)}
+        st.session_state["training_errors"] = {field: str(err).split(": ", 1)[-1], "_top": str(err)}
     except PermissionDenied as err:
         st.session_state["training_errors"] = {"_top": str(err)}
     else:
@@ -134,36 +134,48 @@ with tab_new:
             with st.form("training_form"):
                 a, b, c = st.columns(3)
                 with a:
-                    name = st.text_input("Adapter name", key="training_f_name",
-                                         placeholder="a-z, 0-9, _ and -")
+                    name = st.text_input(
+                        "Adapter name", key="training_f_name", placeholder="a-z, 0-9, _ and -"
+                    )
                     _field_errors("name")
                 with b:
                     if refs:
-                        version = st.selectbox("Dataset version", refs,
-                                               key="training_f_dataset_version")
+                        version = st.selectbox(
+                            "Dataset version", refs, key="training_f_dataset_version"
+                        )
                     else:
-                        version = st.text_input("Dataset version (id or name@vN)",
-                                                key="training_f_dataset_version")
+                        version = st.text_input(
+                            "Dataset version (id or name@vN)", key="training_f_dataset_version"
+                        )
                     _field_errors("dataset_version")
                 with c:
                     method = st.selectbox("Method", METHODS, key="training_f_method")
                     _field_errors("method")
                 a, b = st.columns(2)
                 with a:
-                    base = st.text_input("Base model (empty: configured / demo model)",
-                                         key="training_f_base_model")
+                    base = st.text_input(
+                        "Base model (empty: configured / demo model)", key="training_f_base_model"
+                    )
                     _field_errors("base_model")
                 with b:
-                    adapter_names = [x.name for x in list_adapters(engine, user)] \
-                        if user.can("adapters:read") else []
-                    parent = st.selectbox("Adapter to continue (method continue)",
-                                          ["", *adapter_names], key="training_f_adapter")
+                    adapter_names = (
+                        [x.name for x in list_adapters(engine, user)]
+                        if user.can("adapters:read")
+                        else []
+                    )
+                    parent = st.selectbox(
+                        "Adapter to continue (method continue)",
+                        ["", *adapter_names],
+                        key="training_f_adapter",
+                    )
                     _field_errors("adapter")
                 fields = st.session_state["training_form_fields"]
                 values: dict = {s: {} for s in SECTIONS}
-                for section, title in (("peft", "LoRA (PEFT LoraConfig)"),
-                                       ("quantization", "Quantization (bitsandbytes)"),
-                                       ("trainer", "Trainer (TRL SFTConfig)")):
+                for section, title in (
+                    ("peft", "LoRA (PEFT LoraConfig)"),
+                    ("quantization", "Quantization (bitsandbytes)"),
+                    ("trainer", "Trainer (TRL SFTConfig)"),
+                ):
                     if not fields.get(section):
                         continue
                     st.markdown(f"**{title}**")
@@ -172,9 +184,11 @@ with tab_new:
                         with cols[i % 4]:
                             values[section][key] = _widget(section, key)
                     _field_errors(section)
-                extra = st.text_area("More TRL / PEFT settings (YAML, e.g. `trainer: "
-                                     "{weight_decay: 0.01}`)", key="training_f_extra",
-                                     height=80)
+                extra = st.text_area(
+                    "More TRL / PEFT settings (YAML, e.g. `trainer: {weight_decay: 0.01}`)",
+                    key="training_f_extra",
+                    height=80,
+                )
                 _field_errors("extra")
                 submitted = st.form_submit_button("Submit job", type="primary")
             if submitted:
@@ -195,15 +209,27 @@ with tab_new:
                     st.rerun()
                 _submit(data)
         else:
-            st.caption("The spec as YAML: `peft` keys go to PEFT LoraConfig, `trainer` keys to "
-                       "TRL SFTConfig, unchanged.")
+            st.caption(
+                "The spec as YAML: `peft` keys go to PEFT LoraConfig, `trainer` keys to "
+                "TRL SFTConfig, unchanged."
+            )
             text = st.text_area("Spec (YAML)", key="training_yaml", height=420)
             if st.button("Submit YAML", type="primary", key="training_submit_yaml"):
                 _submit(text)
 
 # Jobs ----------------------------------------------------------------------------------------
-COLUMNS = ["id", "name", "method", "state", "step", "max_steps", "attempts", "owner",
-           "created_at", "error"]
+COLUMNS = [
+    "id",
+    "name",
+    "method",
+    "state",
+    "step",
+    "max_steps",
+    "attempts",
+    "owner",
+    "created_at",
+    "error",
+]
 
 
 def _jobs_frame(states) -> pd.DataFrame:  # noqa: ANN001
@@ -215,16 +241,24 @@ def _jobs_frame(states) -> pd.DataFrame:  # noqa: ANN001
 def _job_tables() -> None:
     counts = count_jobs(engine, user)
     cols = st.columns(5)
-    for col, state in zip(cols, ("queued", "running", "succeeded", "failed", "cancelled"),
-                          strict=True):
+    for col, state in zip(
+        cols, ("queued", "running", "succeeded", "failed", "cancelled"), strict=True
+    ):
         col.metric(state, counts.get(state, 0))
-    for title, states in (("Queued", ["queued"]), ("Running", ["running"]),
-                          ("Finished", ["succeeded", "failed", "cancelled"])):
+    for title, states in (
+        ("Queued", ["queued"]),
+        ("Running", ["running"]),
+        ("Finished", ["succeeded", "failed", "cancelled"]),
+    ):
         frame = _jobs_frame(states)
         st.markdown(f"**{title}** ({len(frame)})")
         if len(frame):
-            st.dataframe(frame[COLUMNS], hide_index=True, width="stretch",
-                         key=f"training_table_{title.lower()}")
+            st.dataframe(
+                frame[COLUMNS],
+                hide_index=True,
+                width="stretch",
+                key=f"training_table_{title.lower()}",
+            )
 
 
 def _charts(metrics: pd.DataFrame) -> None:
@@ -240,8 +274,9 @@ def _charts(metrics: pd.DataFrame) -> None:
         fig = px.line(train, x="step", y="learning_rate", markers=True, title="Learning rate")
         c2.plotly_chart(fig, width="stretch", key="training_chart_lr")
     if len(evals):
-        fig = px.scatter(evals, x="step", y="eval_perplexity", color="phase",
-                         title="Eval perplexity")
+        fig = px.scatter(
+            evals, x="step", y="eval_perplexity", color="phase", title="Eval perplexity"
+        )
         c3.plotly_chart(fig, width="stretch", key="training_chart_ppl")
 
 
@@ -255,8 +290,10 @@ def _job_detail(job_id: int) -> None:
     metrics = job_metrics(engine, user, job_id)
     frac, eta = job_progress(job, metrics)
     st.markdown(f"### Job {job.id}: `{job.name}` — **{job.state}**")
-    st.caption(f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
-               f" · base {job.base_model} · dataset version {job.dataset_version_id}")
+    st.caption(
+        f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
+        f" · base {job.base_model} · dataset version {job.dataset_version_id}"
+    )
     eta_txt = f", ETA {eta:.0f} s" if eta is not None else ""
     st.progress(frac, text=f"step {job.step}/{job.max_steps or '?'} ({frac:.0%}{eta_txt})")
     if job.cancel_requested and job.state == "running":
@@ -296,8 +333,13 @@ with tab_jobs:
         chosen = st.session_state.get("training_selected_job")
         index = ids.index(chosen) if chosen in ids else 0
         labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
-        job_id = st.selectbox("Job", ids, index=index, key="training_job_select",
-                              format_func=lambda i: labels.get(i, str(i)))
+        job_id = st.selectbox(
+            "Job",
+            ids,
+            index=index,
+            key="training_job_select",
+            format_func=lambda i: labels.get(i, str(i)),
+        )
         st.session_state["training_selected_job"] = job_id
         _job_detail(job_id)
     else:
@@ -309,29 +351,64 @@ with tab_adapters:
     if not adapters:
         st.caption("No adapters yet: a succeeded job registers one.")
     else:
-        rows = [{"id": a.id, "name": a.name, "method": a.method, "job": a.job_id,
-                 "dataset version": a.dataset_version_id,
-                 "ppl before": a.metrics.get("eval_perplexity_before"),
-                 "ppl after": a.metrics.get("eval_perplexity_after"),
-                 "created by": a.created_by, "created": a.created_at} for a in adapters]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                     key="training_adapters_table")
+        rows = [
+            {
+                "id": a.id,
+                "name": a.name,
+                "method": a.method,
+                "job": a.job_id,
+                "dataset version": a.dataset_version_id,
+                "ppl before": a.metrics.get("eval_perplexity_before"),
+                "ppl after": a.metrics.get("eval_perplexity_after"),
+                "created by": a.created_by,
+                "created": a.created_at,
+            }
+            for a in adapters
+        ]
+        st.dataframe(
+            pd.DataFrame(rows), hide_index=True, width="stretch", key="training_adapters_table"
+        )
         names = [a.name for a in adapters]
-        picked = st.multiselect("Compare adapters", names, default=names[:2],
-                                key="training_compare")
+        picked = st.multiselect(
+            "Compare adapters", names, default=names[:2], key="training_compare"
+        )
         if picked:
             by_name = {a.name: a for a in adapters}
-            keys = sorted({k for n in picked for k, v in by_name[n].metrics.items()
-                           if isinstance(v, int | float) and not isinstance(v, bool)})
-            table = pd.DataFrame({n: [by_name[n].metrics.get(k) for k in keys] for n in picked},
-                                 index=keys)
+            keys = sorted(
+                {
+                    k
+                    for n in picked
+                    for k, v in by_name[n].metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
+            table = pd.DataFrame(
+                {n: [by_name[n].metrics.get(k) for k in keys] for n in picked}, index=keys
+            )
             st.dataframe(table, width="stretch", key="training_compare_table")
-            ppl = pd.DataFrame([{"adapter": n, "when": w,
-                                 "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}")}
-                                for n in picked for w in ("before", "after")])
-            st.plotly_chart(px.bar(ppl, x="adapter", y="perplexity", color="when",
-                                   barmode="group", title="Eval perplexity before / after"),
-                            width="stretch", key="training_compare_chart")
+            ppl = pd.DataFrame(
+                [
+                    {
+                        "adapter": n,
+                        "when": w,
+                        "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}"),
+                    }
+                    for n in picked
+                    for w in ("before", "after")
+                ]
+            )
+            st.plotly_chart(
+                px.bar(
+                    ppl,
+                    x="adapter",
+                    y="perplexity",
+                    color="when",
+                    barmode="group",
+                    title="Eval perplexity before / after",
+                ),
+                width="stretch",
+                key="training_compare_chart",
+            )
         which = st.selectbox("Lineage of", names, key="training_lineage_of")
         try:
             lin = lineage(engine, user, which)
@@ -340,8 +417,10 @@ with tab_adapters:
         else:
             for step in lin["chain"]:
                 v, j, a = step["dataset_version"], step["job"], step["adapter"]
-                st.markdown(f"- dataset version **{v.get('ref') or v.get('id')}** "
-                            f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
-                            f"**{j['id'] if j else '-'}** → adapter **{a['name']}**")
+                st.markdown(
+                    f"- dataset version **{v.get('ref') or v.get('id')}** "
+                    f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
+                    f"**{j['id'] if j else '-'}** → adapter **{a['name']}**"
+                )
             with st.expander("Lineage (JSON)"):
                 st.json(lin)

@@ -73,10 +73,18 @@ class Slot:
 
 
 class Worker:
-    def __init__(self, settings: Settings | None = None, *, concurrency: int = 1,
-                 lease_seconds: float = DEFAULT_LEASE_S, poll_interval: float = 0.25,
-                 once: bool = False, grace_seconds: float = STOP_GRACE_S,
-                 engine: Engine | None = None, log=print) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        concurrency: int = 1,
+        lease_seconds: float = DEFAULT_LEASE_S,
+        poll_interval: float = 0.25,
+        once: bool = False,
+        grace_seconds: float = STOP_GRACE_S,
+        engine: Engine | None = None,
+        log=print,
+    ) -> None:  # noqa: ANN001
         self.settings = settings or get_settings()
         self.engine = engine or get_engine(self.settings)
         self.concurrency = max(1, concurrency)
@@ -98,8 +106,10 @@ class Worker:
 
     def run(self) -> int:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.log(f"worker {self.worker_id}: concurrency {self.concurrency}, "
-                 f"lease {self.lease_seconds:.0f}s")
+        self.log(
+            f"worker {self.worker_id}: concurrency {self.concurrency}, "
+            f"lease {self.lease_seconds:.0f}s"
+        )
         try:
             idle = False
             while not self._stopping:
@@ -132,21 +142,27 @@ class Worker:
     def _start(self, job: ClaimedJob) -> None:
         with session_scope(self.engine) as s:
             row = s.get(TrainingJob, job.id)
-            log_path = Path(row.log_path or self.settings.data_path / "logs" / "training"
-                            / f"job-{job.id}.log")
-            output_dir = Path(row.output_dir or self.settings.data_path / "training" / "jobs"
-                              / str(job.id))
+            log_path = Path(
+                row.log_path or self.settings.data_path / "logs" / "training" / f"job-{job.id}.log"
+            )
+            output_dir = Path(
+                row.output_dir or self.settings.data_path / "training" / "jobs" / str(job.id)
+            )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as fh:
-            fh.write(f"\n===== attempt {job.attempt} on {self.worker_id} at "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
-            env = {**os.environ, "CLARA_WORKER_PID": str(os.getpid()),
-                   "PYTHONUNBUFFERED": "1"}
+            fh.write(
+                f"\n===== attempt {job.attempt} on {self.worker_id} at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode()
+            )
+            env = {**os.environ, "CLARA_WORKER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
                 [sys.executable, "-m", "core.training.child", str(job.id), str(job.token)],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
             )
         started = process_start_time(proc.pid)
         update_running(self.engine, job.id, job.token, pid=proc.pid, pid_started_at=started)
@@ -181,8 +197,13 @@ class Worker:
         if not ids:
             return
         with session_scope(self.engine) as s:
-            wanted = set(s.scalars(select(TrainingJob.id).where(
-                TrainingJob.id.in_(ids), TrainingJob.cancel_requested.is_(True))))
+            wanted = set(
+                s.scalars(
+                    select(TrainingJob.id).where(
+                        TrainingJob.id.in_(ids), TrainingJob.cancel_requested.is_(True)
+                    )
+                )
+            )
         for slot in self.slots:
             if slot.job.id in wanted and slot.stop_reason is None:
                 self.log(f"job {slot.job.id}: cancel requested; stopping (checkpoint first)")
@@ -214,15 +235,19 @@ class Worker:
             self.log(f"job {job.id}: succeeded" + ("" if ok else " (but the lease was lost)"))
             return
         if slot.stop_reason == "cancel":
-            finish_job(self.engine, job.id, job.token, "cancelled",
-                       error="cancelled on request" + ("" if rc == EXIT_STOPPED else
-                                                       f" (stopped with exit code {rc})"))
+            finish_job(
+                self.engine,
+                job.id,
+                job.token,
+                "cancelled",
+                error="cancelled on request"
+                + ("" if rc == EXIT_STOPPED else f" (stopped with exit code {rc})"),
+            )
             self.log(f"job {job.id}: cancelled")
             return
         if slot.stop_reason == "shutdown" or rc == EXIT_STOPPED:
             # A later worker resumes it from the checkpoint just written.
-            finish_job(self.engine, job.id, job.token, "queued",
-                       error=None)
+            finish_job(self.engine, job.id, job.token, "queued", error=None)
             self.log(f"job {job.id}: stopped for worker shutdown; back in the queue")
             return
         reason = self._error_from_log(slot.log_path, rc)
@@ -249,7 +274,7 @@ class Worker:
             tail = []
         for line in reversed(tail):
             if line.startswith(ERROR_MARK):
-                return line[len(ERROR_MARK):].strip()
+                return line[len(ERROR_MARK) :].strip()
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
             hint = " (out of memory?)" if rc == -signal.SIGKILL else ""

@@ -22,8 +22,7 @@ from core.cli.common import (
     startup,
 )
 
-train_app = typer.Typer(help="Training jobs: submit, watch, cancel, retry.",
-                        no_args_is_help=True)
+train_app = typer.Typer(help="Training jobs: submit, watch, cancel, retry.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(adapters_app, name="adapters")
@@ -67,8 +66,10 @@ def submit(
     if json_out:
         print_json(job)
         return
-    console.print(f"queued job [bold]{job.id}[/bold] ({job.method} → adapter {job.name!r}); "
-                  f"follow it with `clara train logs {job.id} --follow`")
+    console.print(
+        f"queued job [bold]{job.id}[/bold] ({job.method} → adapter {job.name!r}); "
+        f"follow it with `clara train logs {job.id} --follow`"
+    )
 
 
 @train_app.command("list")
@@ -87,9 +88,17 @@ def list_(
         return
     t = Table("id", "name", "method", "state", "step", "attempts", "owner", "created", "error")
     for j in jobs:
-        t.add_row(str(j.id), j.name, j.method, j.state,
-                  f"{j.step}/{j.max_steps or '?'}", f"{j.attempts}/{j.max_attempts}", j.owner,
-                  _ts(j.created_at), (j.error or "")[:60])
+        t.add_row(
+            str(j.id),
+            j.name,
+            j.method,
+            j.state,
+            f"{j.step}/{j.max_steps or '?'}",
+            f"{j.attempts}/{j.max_attempts}",
+            j.owner,
+            _ts(j.created_at),
+            (j.error or "")[:60],
+        )
     console.print(t)
 
 
@@ -104,17 +113,29 @@ def show(job_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
     metrics = job_metrics(st.engine, user, job_id)
     frac, eta = job_progress(job, metrics)
     if json_out:
-        print_json({"job": job, "progress": frac, "eta_seconds": eta,
-                    "metrics": json.loads(metrics.to_json(orient="records", date_format="iso"))})
+        print_json(
+            {
+                "job": job,
+                "progress": frac,
+                "eta_seconds": eta,
+                "metrics": json.loads(metrics.to_json(orient="records", date_format="iso")),
+            }
+        )
         return
-    console.print(f"[bold]job {job.id}[/bold] {job.name!r} ({job.kind}/{job.method}) "
-                  f"state [bold]{job.state}[/bold]")
-    console.print(f"owner {job.owner}  priority {job.priority}  attempts "
-                  f"{job.attempts}/{job.max_attempts}  step {job.step}/{job.max_steps or '?'} "
-                  f"({frac:.0%}{f', ETA {eta:.0f}s' if eta else ''})")
+    console.print(
+        f"[bold]job {job.id}[/bold] {job.name!r} ({job.kind}/{job.method}) "
+        f"state [bold]{job.state}[/bold]"
+    )
+    console.print(
+        f"owner {job.owner}  priority {job.priority}  attempts "
+        f"{job.attempts}/{job.max_attempts}  step {job.step}/{job.max_steps or '?'} "
+        f"({frac:.0%}{f', ETA {eta:.0f}s' if eta else ''})"
+    )
     console.print(f"base {job.base_model}  dataset version {job.dataset_version_id}")
-    console.print(f"created {_ts(job.created_at)}  started {_ts(job.started_at)}  "
-                  f"finished {_ts(job.finished_at)}")
+    console.print(
+        f"created {_ts(job.created_at)}  started {_ts(job.started_at)}  "
+        f"finished {_ts(job.finished_at)}"
+    )
     if job.checkpoint:
         console.print(f"checkpoint {job.checkpoint}")
     if job.adapter_id:
@@ -146,8 +167,7 @@ def logs(
     user = acting_user(st.engine)
     job = _run(get_job, st.engine, user, job_id)
     if not follow:
-        console.print(job_log_tail(st.engine, user, job_id, lines), markup=False,
-                      highlight=False)
+        console.print(job_log_tail(st.engine, user, job_id, lines), markup=False, highlight=False)
         return
     pos = 0
     while True:
@@ -203,8 +223,12 @@ def presets_cmd(name: str | None = typer.Argument(None)) -> None:
 
 
 @train_app.command("sleep-job", hidden=True)
-def sleep_job(seconds: float = 0.0, count: int = 1, name: str = "sleep",
-              json_out: bool = typer.Option(False, "--json")) -> None:
+def sleep_job(
+    seconds: float = 0.0,
+    count: int = 1,
+    name: str = "sleep",
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
     """Queue jobs that only sleep (checks of queue and workers)."""
     from core.training.jobs import submit_sleep_job
 
@@ -222,12 +246,15 @@ def sleep_job(seconds: float = 0.0, count: int = 1, name: str = "sleep",
 
 @app.command("worker")
 def worker(
-    concurrency: int = typer.Option(None, "--concurrency", "-c",
-                                    help="jobs at once (default CLARA_WORKER_CONCURRENCY)"),
+    concurrency: int = typer.Option(
+        None, "--concurrency", "-c", help="jobs at once (default CLARA_WORKER_CONCURRENCY)"
+    ),
     once: bool = typer.Option(False, "--once", help="run until the queue is empty, then exit"),
-    lease_seconds: float = typer.Option(30.0, "--lease-seconds",
-                                        help="a job whose worker is silent this long is "
-                                        "taken over by another worker"),
+    lease_seconds: float = typer.Option(
+        30.0,
+        "--lease-seconds",
+        help="a job whose worker is silent this long is taken over by another worker",
+    ),
     poll_interval: float = typer.Option(0.25, "--poll-interval", hidden=True),
 ) -> None:
     """Run training jobs from the queue (each in its own child process)."""
@@ -238,10 +265,15 @@ def worker(
         raise CliFailure("--concurrency must be at least 1", EXIT_USAGE)
     if lease_seconds < 2:
         raise CliFailure("--lease-seconds must be at least 2", EXIT_USAGE)
-    w = Worker(st.settings, concurrency=concurrency or st.settings.worker_concurrency,
-               lease_seconds=lease_seconds, poll_interval=poll_interval, once=once,
-               engine=st.engine, log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}",
-                                                     flush=True))
+    w = Worker(
+        st.settings,
+        concurrency=concurrency or st.settings.worker_concurrency,
+        lease_seconds=lease_seconds,
+        poll_interval=poll_interval,
+        once=once,
+        engine=st.engine,
+        log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
+    )
     raise typer.Exit(w.run())
 
 
@@ -255,22 +287,30 @@ def demo_model(json_out: bool = typer.Option(False, "--json")) -> None:
 
     cfg = settings()
     cfg.ensure_dirs()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("demo model", total=1.0)
         try:
             path = ensure_demo_model(
-                cfg, progress=lambda msg, frac: progress.update(task, description=msg,
-                                                                 completed=frac))
+                cfg,
+                progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
+            )
         except DemoModelError as err:
             raise CliFailure(str(err)) from None
     manifest = json.loads((path / MANIFEST).read_text())
     if json_out:
         print_json({"path": str(path), **manifest})
         return
-    console.print(f"demo model: [bold]{path}[/bold]  ({manifest['parameters']:,} parameters, "
-                  f"size {manifest['size']}, final pre-training loss "
-                  f"{manifest['final_loss']:.3f})")
+    console.print(
+        f"demo model: [bold]{path}[/bold]  ({manifest['parameters']:,} parameters, "
+        f"size {manifest['size']}, final pre-training loss "
+        f"{manifest['final_loss']:.3f})"
+    )
 
 
 # clara adapters -----------------------------------------------------------------------------
@@ -286,13 +326,30 @@ def adapters_list(json_out: bool = typer.Option(False, "--json")) -> None:
     if json_out:
         print_json(items)
         return
-    t = Table("id", "name", "method", "dataset version", "job", "ppl before", "ppl after",
-              "created by", "created")
+    t = Table(
+        "id",
+        "name",
+        "method",
+        "dataset version",
+        "job",
+        "ppl before",
+        "ppl after",
+        "created by",
+        "created",
+    )
     for a in items:
         m = a.metrics
-        t.add_row(str(a.id), a.name, a.method, str(a.dataset_version_id or "-"),
-                  str(a.job_id or "-"), _num(m.get("eval_perplexity_before")),
-                  _num(m.get("eval_perplexity_after")), a.created_by, _ts(a.created_at))
+        t.add_row(
+            str(a.id),
+            a.name,
+            a.method,
+            str(a.dataset_version_id or "-"),
+            str(a.job_id or "-"),
+            _num(m.get("eval_perplexity_before")),
+            _num(m.get("eval_perplexity_after")),
+            a.created_by,
+            _ts(a.created_at),
+        )
     console.print(t)
 
 
@@ -316,12 +373,14 @@ def adapters_show(name: str, json_out: bool = typer.Option(False, "--json")) -> 
     console.print(f"base {info.base_model}  fingerprint {info.base_model_fingerprint[:16]}…")
     for step in lin["chain"]:
         v, j, a = step["dataset_version"], step["job"], step["adapter"]
-        console.print(f"  {v.get('ref') or v.get('id')} → job {j['id'] if j else '-'} → "
-                      f"{a['name']}")
+        console.print(
+            f"  {v.get('ref') or v.get('id')} → job {j['id'] if j else '-'} → {a['name']}"
+        )
     for k, v in sorted(info.metrics.items()):
         console.print(f"  {k}: {v}")
-    console.print("  libraries: " + ", ".join(f"{k} {v}" for k, v in
-                                               info.library_versions.items() if v))
+    console.print(
+        "  libraries: " + ", ".join(f"{k} {v}" for k, v in info.library_versions.items() if v)
+    )
 
 
 @adapters_app.command("merge")
@@ -331,8 +390,9 @@ def adapters_merge(name: str, out_dir: Path) -> None:
 
     st = startup()
     with console.status(f"merging {name}…"):
-        out = _run(merge_adapter, st.engine, acting_user(st.engine), name, out_dir,
-                   settings=st.settings)
+        out = _run(
+            merge_adapter, st.engine, acting_user(st.engine), name, out_dir, settings=st.settings
+        )
     console.print(f"merged model written to [bold]{out}[/bold]")
 
 

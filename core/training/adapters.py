@@ -61,8 +61,10 @@ def adapters_root(settings: Settings | None = None) -> Path:
 
 def check_adapter_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise AdapterError(f"adapter name {name!r}: use 1-64 characters of a-z, 0-9, '_' or '-' "
-                           "(it is also the PEFT adapter name)")
+        raise AdapterError(
+            f"adapter name {name!r}: use 1-64 characters of a-z, 0-9, '_' or '-' "
+            "(it is also the PEFT adapter name)"
+        )
     return name
 
 
@@ -80,8 +82,10 @@ def _lookup(s, ref: int | str) -> Adapter:  # noqa: ANN001 - Session
 def list_adapters(engine: Engine, actor: Principal) -> list[AdapterInfo]:
     require(actor, "adapters:read")
     with session_scope(engine) as s:
-        return [AdapterInfo.model_validate(a)
-                for a in s.scalars(select(Adapter).order_by(Adapter.id.desc()))]
+        return [
+            AdapterInfo.model_validate(a)
+            for a in s.scalars(select(Adapter).order_by(Adapter.id.desc()))
+        ]
 
 
 def get_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> AdapterInfo:
@@ -159,15 +163,22 @@ def register_adapter(
                 if job_id is not None and job_token is not None:
                     job = s.get(TrainingJob, job_id, with_for_update=True)
                     if job is None or job.fencing_token != job_token or job.state != "running":
-                        raise AdapterError(f"job {job_id} no longer holds its lease; not "
-                                           "registering its adapter")
+                        raise AdapterError(
+                            f"job {job_id} no longer holds its lease; not registering its adapter"
+                        )
                 row = Adapter(
-                    name=name, path=str(final), base_model=base_model,
-                    base_model_fingerprint=base_model_fingerprint, method=method,
+                    name=name,
+                    path=str(final),
+                    base_model=base_model,
+                    base_model_fingerprint=base_model_fingerprint,
+                    method=method,
                     dataset_version_id=dataset_version_id,
-                    dataset_manifest_sha256=dataset_manifest_sha256, job_id=job_id,
-                    parent_adapter_id=parent_adapter_id, metrics=metrics or {},
-                    library_versions=manifest["library_versions"], spec=spec or {},
+                    dataset_manifest_sha256=dataset_manifest_sha256,
+                    job_id=job_id,
+                    parent_adapter_id=parent_adapter_id,
+                    metrics=metrics or {},
+                    library_versions=manifest["library_versions"],
+                    spec=spec or {},
                     created_by=actor.username,
                 )
                 s.add(row)
@@ -214,8 +225,14 @@ def _resolve_base(base_model: str, settings: Settings | None = None) -> str:
     return base_model
 
 
-def merge_adapter(engine: Engine, actor: Principal, name: str, out_dir: str | Path,
-                  *, settings: Settings | None = None) -> Path:
+def merge_adapter(
+    engine: Engine,
+    actor: Principal,
+    name: str,
+    out_dir: str | Path,
+    *,
+    settings: Settings | None = None,
+) -> Path:
     """Export base + adapter as full safetensors weights with the tokenizer (for other servers)."""
     from peft import PeftModel
 
@@ -229,8 +246,10 @@ def merge_adapter(engine: Engine, actor: Principal, name: str, out_dir: str | Pa
             raise AdapterError(f"{out} exists and is not empty; choose a new folder")
         base = _resolve_base(info.base_model, settings)
         if base_model_fingerprint(base) != info.base_model_fingerprint:
-            raise AdapterError(f"the base model at {base} is not the one adapter {info.name!r} "
-                               "was trained on (fingerprint differs)")
+            raise AdapterError(
+                f"the base model at {base} is not the one adapter {info.name!r} "
+                "was trained on (fingerprint differs)"
+            )
         model, tokenizer = load_base_model(base, device="cpu")
         merged = PeftModel.from_pretrained(model, str(info.path)).merge_and_unload()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,11 +257,19 @@ def merge_adapter(engine: Engine, actor: Principal, name: str, out_dir: str | Pa
         try:
             merged.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / "clara-merge.json").write_text(json.dumps({
-                "adapter": info.name, "adapter_id": info.id, "base_model": info.base_model,
-                "base_model_fingerprint": info.base_model_fingerprint,
-                "dataset_version_id": info.dataset_version_id, "job_id": info.job_id,
-            }, indent=2))
+            (tmp / "clara-merge.json").write_text(
+                json.dumps(
+                    {
+                        "adapter": info.name,
+                        "adapter_id": info.id,
+                        "base_model": info.base_model,
+                        "base_model_fingerprint": info.base_model_fingerprint,
+                        "dataset_version_id": info.dataset_version_id,
+                        "job_id": info.job_id,
+                    },
+                    indent=2,
+                )
+            )
             if out.exists():
                 out.rmdir()
             tmp.rename(out)
@@ -267,27 +294,48 @@ def lineage(engine: Engine, actor: Principal, name_or_id: int | str) -> dict[str
                 if not chain:
                     raise
                 # The parent was deleted since: the chain ends with what is known of it.
-                chain.append({"adapter": {"id": ref, "name": "(deleted)"}, "job": None,
-                              "dataset_version": {}})
+                chain.append(
+                    {
+                        "adapter": {"id": ref, "name": "(deleted)"},
+                        "job": None,
+                        "dataset_version": {},
+                    }
+                )
                 break
             if row.id in seen:
                 break
             seen.add(row.id)
             job = s.get(TrainingJob, row.job_id) if row.job_id else None
             version = _version_summary(engine, actor, row.dataset_version_id)
-            chain.append({
-                "adapter": {"id": row.id, "name": row.name, "method": row.method,
-                            "created_by": row.created_by,
-                            "created_at": row.created_at.isoformat(), "metrics": row.metrics,
-                            "base_model": row.base_model,
-                            "base_model_fingerprint": row.base_model_fingerprint},
-                "job": None if job is None else {
-                    "id": job.id, "state": job.state, "owner": job.owner,
-                    "attempts": job.attempts, "started_at": _iso(job.started_at),
-                    "finished_at": _iso(job.finished_at)},
-                "dataset_version": version or {"id": row.dataset_version_id,
-                                               "manifest_sha256": row.dataset_manifest_sha256},
-            })
+            chain.append(
+                {
+                    "adapter": {
+                        "id": row.id,
+                        "name": row.name,
+                        "method": row.method,
+                        "created_by": row.created_by,
+                        "created_at": row.created_at.isoformat(),
+                        "metrics": row.metrics,
+                        "base_model": row.base_model,
+                        "base_model_fingerprint": row.base_model_fingerprint,
+                    },
+                    "job": None
+                    if job is None
+                    else {
+                        "id": job.id,
+                        "state": job.state,
+                        "owner": job.owner,
+                        "attempts": job.attempts,
+                        "started_at": _iso(job.started_at),
+                        "finished_at": _iso(job.finished_at),
+                    },
+                    "dataset_version": version
+                    or {
+                        "id": row.dataset_version_id,
+                        "manifest_sha256": row.dataset_manifest_sha256,
+                    },
+                }
+            )
             ref = row.parent_adapter_id
     return {"adapter": chain[0]["adapter"]["name"], "chain": chain}
 
@@ -305,5 +353,11 @@ def _version_summary(engine: Engine, actor: Principal, version_id: int | None) -
         v = get_version(engine, actor, version_id)
     except Exception:  # deleted version or no datasets permission: show only the id
         return None
-    return {"id": v.id, "ref": f"{v.dataset_name}@v{v.number}", "dataset": v.dataset_name,
-            "number": v.number, "manifest_sha256": v.manifest_sha256, "counts": v.counts}
+    return {
+        "id": v.id,
+        "ref": f"{v.dataset_name}@v{v.number}",
+        "dataset": v.dataset_name,
+        "number": v.number,
+        "manifest_sha256": v.manifest_sha256,
+        "counts": v.counts,
+    }

@@ -16,9 +16,14 @@ if TYPE_CHECKING:
     from core.training.spec import QuantizationSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
+CONFIG_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 class BaseModelNotFound(LookupError):
@@ -44,8 +49,10 @@ def local_model_dir(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise BaseModelNotFound(f"base model folder {p} has no config.json; is it a "
-                                    "transformers model saved with save_pretrained?")
+            raise BaseModelNotFound(
+                f"base model folder {p} has no config.json; is it a "
+                "transformers model saved with save_pretrained?"
+            )
         return p.resolve()
     if name_or_path.startswith(("/", ".", "~")):
         raise BaseModelNotFound(f"base model folder {p} does not exist")
@@ -77,15 +84,20 @@ def as_quantization(value: Any) -> QuantizationSpec | None:
         return value
     if isinstance(value, dict):
         return QuantizationSpec.model_validate(value)
-    shorthand = {"4bit": {"bits": 4}, "nf4": {"bits": 4, "quant_type": "nf4"},
-                 "fp4": {"bits": 4, "quant_type": "fp4"}, "8bit": {"bits": 8}}
+    shorthand = {
+        "4bit": {"bits": 4},
+        "nf4": {"bits": 4, "quant_type": "nf4"},
+        "fp4": {"bits": 4, "quant_type": "fp4"},
+        "8bit": {"bits": 8},
+    }
     if str(value).lower() in shorthand:
         return QuantizationSpec.model_validate(shorthand[str(value).lower()])
     raise ValueError(f"quantization: expected 4bit, 8bit, nf4, fp4 or a mapping (got {value!r})")
 
 
-def load_base_model(name_or_path: str, *, quantization: QuantizationSpec | Any = None,
-                    device: str | None = None) -> tuple[Any, Any]:
+def load_base_model(
+    name_or_path: str, *, quantization: QuantizationSpec | Any = None, device: str | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) for a local folder or model id; offline when HF_HUB_OFFLINE=1."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -49,18 +49,25 @@ class MetricsCallback(TrainerCallback):
         if "eval_loss" in logs:
             if not self._training:
                 return  # before/after evaluations are recorded by the runner itself
-            row.update(phase="eval", eval_loss=logs["eval_loss"],
-                       eval_perplexity=_ppl(logs["eval_loss"]))
+            row.update(
+                phase="eval", eval_loss=logs["eval_loss"], eval_perplexity=_ppl(logs["eval_loss"])
+            )
         elif "loss" in logs:
             now = time.monotonic()
             dt = now - self._last_t
             tps = (self.counter.real - self._last_tokens) / dt if dt > 0 else None
             self._last_t, self._last_tokens = now, self.counter.real
-            row.update(phase="train", loss=logs.get("loss"),
-                       learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                       tokens_per_second=tps,
-                       extra={"padding_share": round(self.counter.padding_share, 4),
-                              "tokens": self.counter.real})
+            row.update(
+                phase="train",
+                loss=logs.get("loss"),
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=tps,
+                extra={
+                    "padding_share": round(self.counter.padding_share, 4),
+                    "tokens": self.counter.real,
+                },
+            )
         else:
             return  # the end-of-training summary: reported separately by the runner
         self.sink(row)
@@ -79,9 +86,14 @@ class StopCallback(TrainerCallback):
     lease is gone, training must not write anything more, so `on_lost` ends the process.
     """
 
-    def __init__(self, stop: threading.Event, guard: Callable[[], bool] | None = None,
-                 on_lost: Callable[[], None] | None = None, guard_every_s: float = 2.0,
-                 on_checkpoint: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        stop: threading.Event,
+        guard: Callable[[], bool] | None = None,
+        on_lost: Callable[[], None] | None = None,
+        guard_every_s: float = 2.0,
+        on_checkpoint: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.on_checkpoint = on_checkpoint
         self.stop = stop
         self.guard = guard
@@ -96,7 +108,9 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
             self.stopped_early = True
         saving = control.should_save or (
-            args.save_strategy == "steps" and args.save_steps and args.save_steps >= 1
+            args.save_strategy == "steps"
+            and args.save_steps
+            and args.save_steps >= 1
             and state.global_step % int(args.save_steps) == 0
         )
         now = time.monotonic()
@@ -111,5 +125,6 @@ class StopCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
         if self.on_checkpoint is not None:
-            self.on_checkpoint(f"{args.output_dir}/checkpoint-{state.global_step}",
-                               state.global_step)
+            self.on_checkpoint(
+                f"{args.output_dir}/checkpoint-{state.global_step}", state.global_step
+            )

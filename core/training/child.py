@@ -78,26 +78,48 @@ def main(argv: list[str]) -> int:
         owner, name = job.owner, job.name
 
     def lost() -> None:
-        log(f"job {job_id}: lease lost (token {token} superseded or expired); stopping "
-            "without writing anything more")
+        log(
+            f"job {job_id}: lease lost (token {token} superseded or expired); stopping "
+            "without writing anything more"
+        )
         os._exit(EXIT_LOST)
 
     def sink(row: dict[str, Any]) -> None:
-        values = {k: row.get(k) for k in ("phase", "step", "epoch", "loss", "learning_rate",
-                                          "grad_norm", "tokens_per_second", "eval_loss",
-                                          "eval_perplexity")}
+        values = {
+            k: row.get(k)
+            for k in (
+                "phase",
+                "step",
+                "epoch",
+                "loss",
+                "learning_rate",
+                "grad_norm",
+                "tokens_per_second",
+                "eval_loss",
+                "eval_perplexity",
+            )
+        }
         values["phase"] = values["phase"] or "train"
         with engine.begin() as conn:
             job_values: dict[str, Any] = {}
             if values["phase"] == "train":
                 job_values["step"] = int(values["step"] or 0)
-            res = conn.execute(update(JOBS).where(_fenced(job_id, token))
-                               .values(**job_values, heartbeat_at=JOBS.c.heartbeat_at))
+            res = conn.execute(
+                update(JOBS)
+                .where(_fenced(job_id, token))
+                .values(**job_values, heartbeat_at=JOBS.c.heartbeat_at)
+            )
             if not res.rowcount:
                 lost()
-            conn.execute(insert(TrainingMetric.__table__).values(
-                job_id=job_id, attempt=attempt, extra=row.get("extra") or {},
-                at=_now(), **{k: v for k, v in values.items() if v is not None}))
+            conn.execute(
+                insert(TrainingMetric.__table__).values(
+                    job_id=job_id,
+                    attempt=attempt,
+                    extra=row.get("extra") or {},
+                    at=_now(),
+                    **{k: v for k, v in values.items() if v is not None},
+                )
+            )
 
     log(f"job {job_id} ({kind} {name!r}) attempt {attempt}, token {token}, pid {os.getpid()}")
     if kind == "sleep":
@@ -129,13 +151,17 @@ def main(argv: list[str]) -> int:
     version = get_version(engine, SYSTEM, version_id)
     train_rows = read_version(version, "train").to_pylist()
     eval_rows = read_version(version, "eval").to_pylist()
-    log(f"dataset {version.dataset_name}@v{version.number}: {len(train_rows)} train, "
-        f"{len(eval_rows)} eval samples")
+    log(
+        f"dataset {version.dataset_name}@v{version.number}: {len(train_rows)} train, "
+        f"{len(eval_rows)} eval samples"
+    )
     parent = get_adapter(engine, SYSTEM, spec.adapter) if spec.method == "continue" else None
     fingerprint = base_model_fingerprint(base)
     if parent is not None and parent.base_model_fingerprint != fingerprint:
-        raise RuntimeError(f"adapter {parent.name!r} was trained on another base model than "
-                           f"{base} (fingerprint differs)")
+        raise RuntimeError(
+            f"adapter {parent.name!r} was trained on another base model than "
+            f"{base} (fingerprint differs)"
+        )
     with session_scope(engine) as s:
         before_done = s.query(TrainingMetric).filter_by(job_id=job_id, phase="eval_before").count()
 
@@ -144,10 +170,19 @@ def main(argv: list[str]) -> int:
             lost()
 
     result = run_sft(
-        spec, train_rows, eval_rows, output_dir, base_model=base,
-        parent_adapter_path=parent.path if parent else None, sink=sink, stop=stop,
-        guard=lambda: lease_held(engine, job_id, token), on_lost=lost,
-        on_checkpoint=on_checkpoint, eval_before=not before_done, log=log,
+        spec,
+        train_rows,
+        eval_rows,
+        output_dir,
+        base_model=base,
+        parent_adapter_path=parent.path if parent else None,
+        sink=sink,
+        stop=stop,
+        guard=lambda: lease_held(engine, job_id, token),
+        on_lost=lost,
+        on_checkpoint=on_checkpoint,
+        eval_before=not before_done,
+        log=log,
     )
     if result.stopped_early:
         return EXIT_STOPPED
@@ -158,13 +193,25 @@ def main(argv: list[str]) -> int:
         lost()
     actor = principal_for(engine, owner) or SYSTEM
     info = register_adapter(
-        engine, actor, name=name, files_dir=result.adapter_dir, base_model=base,
-        base_model_fingerprint=fingerprint, method=spec.method,
-        dataset_version_id=version.id, dataset_manifest_sha256=version.manifest_sha256,
-        job_id=job_id, job_token=token, parent_adapter_id=parent.id if parent else None,
-        metrics=metrics, spec=spec.model_dump(mode="json"),
-        extra_manifest={"base_model_ref": base_ref, "base_model_revision": model_revision(base),
-                        "dataset_ref": f"{version.dataset_name}@v{version.number}"},
+        engine,
+        actor,
+        name=name,
+        files_dir=result.adapter_dir,
+        base_model=base,
+        base_model_fingerprint=fingerprint,
+        method=spec.method,
+        dataset_version_id=version.id,
+        dataset_manifest_sha256=version.manifest_sha256,
+        job_id=job_id,
+        job_token=token,
+        parent_adapter_id=parent.id if parent else None,
+        metrics=metrics,
+        spec=spec.model_dump(mode="json"),
+        extra_manifest={
+            "base_model_ref": base_ref,
+            "base_model_revision": model_revision(base),
+            "dataset_ref": f"{version.dataset_name}@v{version.number}",
+        },
         settings=settings,
     )
     log(f"registered adapter {info.name!r} (id {info.id}) at {info.path}")
@@ -176,8 +223,12 @@ def _recorded_before(engine, job_id: int) -> dict[str, float]:  # noqa: ANN001
     from core.training.models import TrainingMetric
 
     with session_scope(engine) as s:
-        row = (s.query(TrainingMetric).filter_by(job_id=job_id, phase="eval_before")
-               .order_by(TrainingMetric.id).first())
+        row = (
+            s.query(TrainingMetric)
+            .filter_by(job_id=job_id, phase="eval_before")
+            .order_by(TrainingMetric.id)
+            .first()
+        )
         if row is None:
             return {}
         return {"eval_loss_before": row.eval_loss, "eval_perplexity_before": row.eval_perplexity}

@@ -29,8 +29,15 @@ from core.config import Settings, get_settings
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "examples" / "corpus"
 MANIFEST = "clara-demo-model.json"
 DEMO_DIRNAME = "demo-llama"
-SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|unk|>",
-                  "<|system|>", "<|user|>", "<|assistant|>"]
+SPECIAL_TOKENS = [
+    "<|pad|>",
+    "<|bos|>",
+    "<|end|>",
+    "<|unk|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
@@ -69,8 +76,9 @@ class DemoModelError(RuntimeError):
 def demo_size_name() -> str:
     name = os.environ.get("CLARA_DEMO_MODEL_SIZE", "small").strip().lower() or "small"
     if name not in SIZES:
-        raise DemoModelError(f"CLARA_DEMO_MODEL_SIZE: must be one of {', '.join(SIZES)} "
-                             f"(got {name!r})")
+        raise DemoModelError(
+            f"CLARA_DEMO_MODEL_SIZE: must be one of {', '.join(SIZES)} (got {name!r})"
+        )
     return name
 
 
@@ -94,8 +102,11 @@ def _corpus_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
             elif suffix == ".html":
                 from bs4 import BeautifulSoup
 
-                texts.append(BeautifulSoup(path.read_text(encoding="utf-8", errors="replace"),
-                                           "html.parser").get_text("\n"))
+                texts.append(
+                    BeautifulSoup(
+                        path.read_text(encoding="utf-8", errors="replace"), "html.parser"
+                    ).get_text("\n")
+                )
             elif suffix == ".jsonl":
                 for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                     try:
@@ -103,8 +114,9 @@ def _corpus_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
                     except json.JSONDecodeError:
                         continue
                     if isinstance(row, dict):
-                        texts.extend(str(v) for v in row.values() if isinstance(v, str)
-                                     and len(v) > 40)
+                        texts.extend(
+                            str(v) for v in row.values() if isinstance(v, str) and len(v) > 40
+                        )
             elif suffix == ".csv":
                 with path.open(encoding="utf-8", errors="replace", newline="") as fh:
                     for row in csv.reader(fh):
@@ -133,8 +145,9 @@ def _is_complete(folder: Path, size: str) -> bool:
     return manifest.get("size") == size and (folder / "config.json").exists()
 
 
-def ensure_demo_model(settings: Settings | None = None, *,
-                      progress: ProgressFn | None = None) -> Path:
+def ensure_demo_model(
+    settings: Settings | None = None, *, progress: ProgressFn | None = None
+) -> Path:
     """The demo model folder, built on first use (file-locked, atomic rename)."""
     target = demo_model_dir(settings)
     size = demo_size_name()
@@ -163,8 +176,13 @@ def ensure_demo_model(settings: Settings | None = None, *,
     return target
 
 
-def build_demo_model(out_dir: Path, *, size: str = "small", corpus_dir: Path = CORPUS_DIR,
-                     progress: ProgressFn | None = None) -> Path:
+def build_demo_model(
+    out_dir: Path,
+    *,
+    size: str = "small",
+    corpus_dir: Path = CORPUS_DIR,
+    progress: ProgressFn | None = None,
+) -> Path:
     """Train tokenizer and model from scratch into `out_dir` (deterministic for a given corpus)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -183,24 +201,38 @@ def build_demo_model(out_dir: Path, *, size: str = "small", corpus_dir: Path = C
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
         texts,
-        trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                            show_progress=False),
+        trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>",
-        unk_token="<|unk|>", additional_special_tokens=SPECIAL_TOKENS[4:],
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        unk_token="<|unk|>",
+        additional_special_tokens=SPECIAL_TOKENS[4:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     # Whole documents are tokenised once below and cut into blocks; no length warning needed.
     tokenizer.model_max_length = 10**9
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        intermediate_size=cfg.intermediate, max_position_embeddings=cfg.block * 4,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        intermediate_size=cfg.intermediate,
+        max_position_embeddings=cfg.block * 4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
     )
     model = LlamaForCausalLM(config)
 
@@ -214,8 +246,9 @@ def build_demo_model(out_dir: Path, *, size: str = "small", corpus_dir: Path = C
     try:
         gen = torch.Generator().manual_seed(SEED)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
-                                                    pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1
+        )
         model.train()
         losses = []
         for step in range(cfg.steps):
@@ -229,8 +262,10 @@ def build_demo_model(out_dir: Path, *, size: str = "small", corpus_dir: Path = C
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             if step % 10 == 0 or step == cfg.steps - 1:
-                report(f"pre-training step {step + 1}/{cfg.steps} loss {losses[-1]:.3f}",
-                       (step + 1) / cfg.steps)
+                report(
+                    f"pre-training step {step + 1}/{cfg.steps} loss {losses[-1]:.3f}",
+                    (step + 1) / cfg.steps,
+                )
     finally:
         torch.set_num_threads(threads)
     tokenizer.model_max_length = cfg.block * 4
@@ -262,8 +297,16 @@ def library_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate",
-                 "datasets", "tokenizers"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "bitsandbytes",
+        "accelerate",
+        "datasets",
+        "tokenizers",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -97,8 +97,9 @@ def coerce_spec(spec: TrainingSpec | dict[str, Any] | str) -> TrainingSpec:
     return parse_spec(spec)
 
 
-def preflight(engine: Engine, actor: Principal, spec: TrainingSpec,
-              settings: Settings | None = None) -> dict[str, Any]:
+def preflight(
+    engine: Engine, actor: Principal, spec: TrainingSpec, settings: Settings | None = None
+) -> dict[str, Any]:
     """Everything a spec refers to must exist now; returns what the job row records."""
     from core.datasets.errors import VersionNotFound
     from core.datasets.versions import get_version
@@ -114,8 +115,9 @@ def preflight(engine: Engine, actor: Principal, spec: TrainingSpec,
             "(or `clara dataset freeze NAME`) and use its id or NAME@vN",
         ) from None
     if not version.counts.get("train"):
-        raise SubmitRefused("dataset_version",
-                            f"{version.dataset_name}@v{version.number} has no training samples")
+        raise SubmitRefused(
+            "dataset_version", f"{version.dataset_name}@v{version.number} has no training samples"
+        )
 
     parent = None
     base = spec.base_model or settings.base_model or DEMO
@@ -134,8 +136,11 @@ def preflight(engine: Engine, actor: Principal, spec: TrainingSpec,
             except BaseModelNotFound as err:
                 raise SubmitRefused("base_model", str(err)) from None
             if fp != parent.base_model_fingerprint:
-                raise SubmitRefused("base_model", f"adapter {parent.name!r} was trained on a "
-                                    "different base model; leave base_model empty to use its own")
+                raise SubmitRefused(
+                    "base_model",
+                    f"adapter {parent.name!r} was trained on a "
+                    "different base model; leave base_model empty to use its own",
+                )
         base = parent.base_model
     if base != DEMO:
         try:
@@ -156,19 +161,32 @@ def preflight(engine: Engine, actor: Principal, spec: TrainingSpec,
 
     with session_scope(engine) as s:
         if s.scalar(select(Adapter.id).where(Adapter.name == spec.name)) is not None:
-            raise SubmitRefused("name", f"an adapter named {spec.name!r} already exists; choose "
-                                "another name or delete it (`clara adapters delete`)")
-        busy = s.scalar(select(TrainingJob.id).where(
-            TrainingJob.name == spec.name, TrainingJob.kind == "sft",
-            TrainingJob.state.in_(("queued", "running"))))
+            raise SubmitRefused(
+                "name",
+                f"an adapter named {spec.name!r} already exists; choose "
+                "another name or delete it (`clara adapters delete`)",
+            )
+        busy = s.scalar(
+            select(TrainingJob.id).where(
+                TrainingJob.name == spec.name,
+                TrainingJob.kind == "sft",
+                TrainingJob.state.in_(("queued", "running")),
+            )
+        )
         if busy is not None:
-            raise SubmitRefused("name", f"job {busy} is already training an adapter named "
-                                f"{spec.name!r}")
+            raise SubmitRefused(
+                "name", f"job {busy} is already training an adapter named {spec.name!r}"
+            )
     return {"base_model": base, "dataset_version_id": version.id}
 
 
-def submit_job(engine: Engine, actor: Principal, spec: TrainingSpec | dict[str, Any] | str,
-               *, settings: Settings | None = None) -> JobInfo:
+def submit_job(
+    engine: Engine,
+    actor: Principal,
+    spec: TrainingSpec | dict[str, Any] | str,
+    *,
+    settings: Settings | None = None,
+) -> JobInfo:
     """Validate the spec and everything it names, then queue it. Nothing is queued on error."""
     with audited(engine, actor, "training.submit") as ctx:
         require(actor, "training:create")
@@ -179,8 +197,12 @@ def submit_job(engine: Engine, actor: Principal, spec: TrainingSpec | dict[str, 
         max_steps = spec.trainer.get("max_steps")
         with session_scope(engine) as s:
             job = TrainingJob(
-                kind="sft", name=spec.name, owner=actor.username, method=spec.method,
-                spec=spec.model_dump(mode="json"), priority=spec.priority,
+                kind="sft",
+                name=spec.name,
+                owner=actor.username,
+                method=spec.method,
+                spec=spec.model_dump(mode="json"),
+                priority=spec.priority,
                 max_attempts=spec.max_attempts,
                 max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
                 **refs,
@@ -193,17 +215,30 @@ def submit_job(engine: Engine, actor: Principal, spec: TrainingSpec | dict[str, 
             return JobInfo.model_validate(job)
 
 
-def submit_sleep_job(engine: Engine, actor: Principal, seconds: float = 0.0, *,
-                     name: str = "sleep", priority: int = 0, max_attempts: int = 3,
-                     settings: Settings | None = None) -> JobInfo:
+def submit_sleep_job(
+    engine: Engine,
+    actor: Principal,
+    seconds: float = 0.0,
+    *,
+    name: str = "sleep",
+    priority: int = 0,
+    max_attempts: int = 3,
+    settings: Settings | None = None,
+) -> JobInfo:
     """A job that only sleeps: exercises queue, worker and child processes without training."""
     with audited(engine, actor, "training.submit", target=name) as ctx:
         require(actor, "training:create")
         settings = settings or get_settings()
         with session_scope(engine) as s:
-            job = TrainingJob(kind="sleep", name=name, owner=actor.username, method="sleep",
-                              spec={"seconds": float(seconds)}, priority=priority,
-                              max_attempts=max_attempts)
+            job = TrainingJob(
+                kind="sleep",
+                name=name,
+                owner=actor.username,
+                method="sleep",
+                spec={"seconds": float(seconds)},
+                priority=priority,
+                max_attempts=max_attempts,
+            )
             s.add(job)
             s.flush()
             job.log_path = str(job_log_path(settings, job.id))
@@ -215,8 +250,15 @@ def submit_sleep_job(engine: Engine, actor: Principal, seconds: float = 0.0, *,
 # Read --------------------------------------------------------------------------------------
 
 
-def list_jobs(engine: Engine, actor: Principal, states: list[str] | tuple[str, ...] | None = None,
-              *, limit: int = 100, offset: int = 0, kind: str | None = None) -> list[JobInfo]:
+def list_jobs(
+    engine: Engine,
+    actor: Principal,
+    states: list[str] | tuple[str, ...] | None = None,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    kind: str | None = None,
+) -> list[JobInfo]:
     require(actor, "training:read")
     with session_scope(engine) as s:
         q = select(TrainingJob)
@@ -251,12 +293,25 @@ def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
         return JobInfo.model_validate(job)
 
 
-METRIC_COLUMNS = ["job_id", "attempt", "phase", "step", "epoch", "loss", "learning_rate",
-                  "grad_norm", "tokens_per_second", "eval_loss", "eval_perplexity", "at"]
+METRIC_COLUMNS = [
+    "job_id",
+    "attempt",
+    "phase",
+    "step",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "eval_loss",
+    "eval_perplexity",
+    "at",
+]
 
 
-def job_metrics(engine: Engine, actor: Principal, job_id: int | str,
-                since_id: int = 0) -> pd.DataFrame:
+def job_metrics(
+    engine: Engine, actor: Principal, job_id: int | str, since_id: int = 0
+) -> pd.DataFrame:
     """The job's metric rows (all attempts), oldest first."""
     require(actor, "training:read")
     with session_scope(engine) as s:
@@ -265,8 +320,10 @@ def job_metrics(engine: Engine, actor: Principal, job_id: int | str,
             .where(TrainingMetric.job_id == _job_id(job_id), TrainingMetric.id > since_id)
             .order_by(TrainingMetric.id)
         ).all()
-        data = [{c: getattr(r, c) for c in METRIC_COLUMNS} | {"id": r.id, **(r.extra or {})}
-                for r in rows]
+        data = [
+            {c: getattr(r, c) for c in METRIC_COLUMNS} | {"id": r.id, **(r.extra or {})}
+            for r in rows
+        ]
     return pd.DataFrame(data, columns=None if data else ["id", *METRIC_COLUMNS])
 
 
@@ -325,8 +382,9 @@ def cancel_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
             elif job.state == "running":
                 job.cancel_requested = True
             else:
-                raise JobStateError(f"job {job.id} is {job.state}; only queued or running jobs "
-                                    "can be cancelled")
+                raise JobStateError(
+                    f"job {job.id} is {job.state}; only queued or running jobs can be cancelled"
+                )
             s.flush()
             return JobInfo.model_validate(job)
 
@@ -341,16 +399,25 @@ def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
             if job is None:
                 raise JobNotFound(job_id)
             if job.state not in ("failed", "cancelled"):
-                raise JobStateError(f"job {job.id} is {job.state}; only failed or cancelled jobs "
-                                    "can be retried")
+                raise JobStateError(
+                    f"job {job.id} is {job.state}; only failed or cancelled jobs can be retried"
+                )
             if job.kind == "sft" and s.scalar(select(Adapter.id).where(Adapter.name == job.name)):
-                raise JobStateError(f"an adapter named {job.name!r} exists now; submit under "
-                                    "another name instead")
+                raise JobStateError(
+                    f"an adapter named {job.name!r} exists now; submit under another name instead"
+                )
             res = s.execute(
                 update(TrainingJob)
                 .where(TrainingJob.id == jid, TrainingJob.state.in_(("failed", "cancelled")))
-                .values(state="queued", attempts=0, cancel_requested=False, error=None,
-                        finished_at=None, lease_owner=None, lease_expires_at=None)
+                .values(
+                    state="queued",
+                    attempts=0,
+                    cancel_requested=False,
+                    error=None,
+                    finished_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
             if not res.rowcount:
                 raise JobStateError(f"job {jid} changed state meanwhile; look again")
@@ -358,7 +425,22 @@ def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
 
 
 __all__ = [
-    "DEMO", "FINISHED_STATES", "JobInfo", "JobNotFound", "JobStateError", "SpecError",
-    "SubmitRefused", "TrainingError", "cancel_job", "count_jobs", "get_job", "job_log_tail",
-    "job_metrics", "job_progress", "list_jobs", "retry_job", "submit_job", "submit_sleep_job",
+    "DEMO",
+    "FINISHED_STATES",
+    "JobInfo",
+    "JobNotFound",
+    "JobStateError",
+    "SpecError",
+    "SubmitRefused",
+    "TrainingError",
+    "cancel_job",
+    "count_jobs",
+    "get_job",
+    "job_log_tail",
+    "job_metrics",
+    "job_progress",
+    "list_jobs",
+    "retry_job",
+    "submit_job",
+    "submit_sleep_job",
 ]

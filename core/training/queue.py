@@ -67,9 +67,11 @@ def requeue_expired(conn: Connection, now: datetime) -> int:
             ),
             error=case(
                 (JOBS.c.cancel_requested.is_(True), JOBS.c.error),
-                (JOBS.c.attempts >= JOBS.c.max_attempts,
-                 "the worker running this job stopped answering (lease expired) and all "
-                 "attempts are used up; see the log, then retry"),
+                (
+                    JOBS.c.attempts >= JOBS.c.max_attempts,
+                    "the worker running this job stopped answering (lease expired) and all "
+                    "attempts are used up; see the log, then retry",
+                ),
                 else_=JOBS.c.error,
             ),
             finished_at=case(
@@ -86,8 +88,13 @@ def requeue_expired(conn: Connection, now: datetime) -> int:
     return res.rowcount or 0
 
 
-def claim_next_job(engine: Engine, worker_id: str, lease_seconds: float,
-                   kinds: tuple[str, ...] = ("sft", "sleep"), host: str = "") -> ClaimedJob | None:
+def claim_next_job(
+    engine: Engine,
+    worker_id: str,
+    lease_seconds: float,
+    kinds: tuple[str, ...] = ("sft", "sleep"),
+    host: str = "",
+) -> ClaimedJob | None:
     """Atomically take the highest-priority queued job (oldest first), or None."""
     with engine.connect() as conn:
         _begin_claim(conn)
@@ -149,9 +156,7 @@ def lease_held(engine: Engine, job_id: int, token: int) -> bool:
     """Read-only check used by the training child before it writes anything durable."""
     with engine.connect() as conn:
         now = db_now(conn)
-        row = conn.execute(
-            select(JOBS.c.lease_expires_at).where(_fenced(job_id, token))
-        ).first()
+        row = conn.execute(select(JOBS.c.lease_expires_at).where(_fenced(job_id, token))).first()
     return row is not None and (row.lease_expires_at is None or row.lease_expires_at > now)
 
 
@@ -161,8 +166,15 @@ def update_running(engine: Engine, job_id: int, token: int, **values: object) ->
     return bool(res.rowcount)
 
 
-def finish_job(engine: Engine, job_id: int, token: int, state: str, *,
-               error: str | None = None, **values: object) -> bool:
+def finish_job(
+    engine: Engine,
+    job_id: int,
+    token: int,
+    state: str,
+    *,
+    error: str | None = None,
+    **values: object,
+) -> bool:
     """Move a running job to its final (or, for a lost child, queued) state; fenced."""
     assert state in ("succeeded", "failed", "cancelled", "queued")
     with engine.begin() as conn:

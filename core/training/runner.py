@@ -54,6 +54,7 @@ def rows_from_parquet(path: str | Path) -> list[dict[str, Any]]:
 def to_trl_records(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Text samples → {"text"}, chat samples → {"messages"}; a mix becomes all text (TRL
     needs one format per dataset), chat rendered with the model's chat template."""
+
     def messages(r: dict[str, Any]) -> list[dict[str, str]]:
         return [{"role": m["role"], "content": m["content"]} for m in (r.get("messages") or [])]
 
@@ -98,8 +99,9 @@ def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
 
     kwargs = dict(DEFAULT_TRAINER_ARGS)
     kwargs.update(spec.trainer)
-    kwargs.update(output_dir=str(output_dir / CHECKPOINT_DIR), report_to="none",
-                  use_cpu=device == "cpu")
+    kwargs.update(
+        output_dir=str(output_dir / CHECKPOINT_DIR), report_to="none", use_cpu=device == "cpu"
+    )
     if device == "cuda" and "bf16" not in spec.trainer and "fp16" not in spec.trainer:
         kwargs["bf16"] = torch.cuda.is_bf16_supported()
     if "max_steps" not in kwargs and "num_train_epochs" not in kwargs:
@@ -164,9 +166,11 @@ def run_sft(
     started = time.monotonic()
 
     quant = spec.quantization if spec.method in ("qlora", "continue") else None
-    log(f"loading base model {base_model} on {device}"
+    log(
+        f"loading base model {base_model} on {device}"
         + (f" ({quant.bits}-bit {quant.quant_type})" if quant else "")
-        + (f", {threads} threads" if threads else ""))
+        + (f", {threads} threads" if threads else "")
+    )
     model, tokenizer = load_base_model(base_model, quantization=quant, device=device)
     peft_config = None
     if spec.method == "continue":
@@ -188,8 +192,12 @@ def run_sft(
     stopper = StopCallback(stop, guard=guard, on_lost=on_lost, on_checkpoint=on_checkpoint)
     trainer_cls = _counting_trainer_class()
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, peft_config=peft_config,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
         callbacks=[MetricsCallback(sink, counter), stopper],
     )
     trainer.token_counter = counter
@@ -198,27 +206,41 @@ def run_sft(
         total = sum(p.numel() for p in trainer.model.parameters())
         log(f"trainable parameters: {trainable:,} of {total:,}")
 
-    metrics: dict[str, Any] = {"train_samples": len(train_ds),
-                               "eval_samples": len(eval_ds) if eval_ds is not None else 0,
-                               "device": device}
+    metrics: dict[str, Any] = {
+        "train_samples": len(train_ds),
+        "eval_samples": len(eval_ds) if eval_ds is not None else 0,
+        "device": device,
+    }
     resume = latest_checkpoint(output_dir)
     if eval_ds is not None and eval_before and resume is None:
         ev = trainer.evaluate()
         metrics["eval_loss_before"] = ev["eval_loss"]
         metrics["eval_perplexity_before"] = math.exp(min(ev["eval_loss"], 50))
-        sink({"phase": "eval_before", "step": 0, "eval_loss": ev["eval_loss"],
-              "eval_perplexity": metrics["eval_perplexity_before"]})
-        log(f"eval before training: loss {ev['eval_loss']:.4f} "
-            f"perplexity {metrics['eval_perplexity_before']:.2f}")
+        sink(
+            {
+                "phase": "eval_before",
+                "step": 0,
+                "eval_loss": ev["eval_loss"],
+                "eval_perplexity": metrics["eval_perplexity_before"],
+            }
+        )
+        log(
+            f"eval before training: loss {ev['eval_loss']:.4f} "
+            f"perplexity {metrics['eval_perplexity_before']:.2f}"
+        )
     if resume:
         log(f"resuming from {resume}")
     out = trainer.train(resume_from_checkpoint=resume)
-    metrics.update({
-        "train_loss": out.training_loss, "steps": trainer.state.global_step,
-        "train_runtime_s": round(time.monotonic() - started, 2),
-        "tokens": counter.real, "padding_share": round(counter.padding_share, 4),
-        "packing": bool(args.packing),
-    })
+    metrics.update(
+        {
+            "train_loss": out.training_loss,
+            "steps": trainer.state.global_step,
+            "train_runtime_s": round(time.monotonic() - started, 2),
+            "tokens": counter.real,
+            "padding_share": round(counter.padding_share, 4),
+            "packing": bool(args.packing),
+        }
+    )
     train_s = out.metrics.get("train_runtime") or 0
     if train_s > 0:
         metrics["tokens_per_second"] = counter.real / train_s
@@ -229,10 +251,18 @@ def run_sft(
         ev = trainer.evaluate()
         metrics["eval_loss_after"] = ev["eval_loss"]
         metrics["eval_perplexity_after"] = math.exp(min(ev["eval_loss"], 50))
-        sink({"phase": "eval_after", "step": trainer.state.global_step,
-              "eval_loss": ev["eval_loss"], "eval_perplexity": metrics["eval_perplexity_after"]})
-        log(f"eval after training: loss {ev['eval_loss']:.4f} "
-            f"perplexity {metrics['eval_perplexity_after']:.2f}")
+        sink(
+            {
+                "phase": "eval_after",
+                "step": trainer.state.global_step,
+                "eval_loss": ev["eval_loss"],
+                "eval_perplexity": metrics["eval_perplexity_after"],
+            }
+        )
+        log(
+            f"eval after training: loss {ev['eval_loss']:.4f} "
+            f"perplexity {metrics['eval_perplexity_after']:.2f}"
+        )
     final = output_dir / ADAPTER_DIR
     tmp = output_dir / f".{ADAPTER_DIR}-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -22,19 +22,41 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 # The runner owns these: where files go, which device, where logs go.
 RUNNER_OWNED = {
-    "output_dir", "logging_dir", "report_to", "use_cpu", "push_to_hub", "hub_model_id",
-    "hub_token", "resume_from_checkpoint", "overwrite_output_dir", "run_name",
+    "output_dir",
+    "logging_dir",
+    "report_to",
+    "use_cpu",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "run_name",
 }
 # Set by the runner from the spec itself; PEFT's own bookkeeping fields.
-PEFT_OWNED = {"task_type", "peft_type", "base_model_name_or_path", "auto_mapping", "peft_version",
-              "inference_mode", "revision"}
+PEFT_OWNED = {
+    "task_type",
+    "peft_type",
+    "base_model_name_or_path",
+    "auto_mapping",
+    "peft_version",
+    "inference_mode",
+    "revision",
+}
 
 
 class SpecError(ValueError):
     """An invalid spec; names the file, the line (when known) and the field."""
 
-    def __init__(self, message: str, *, field: str = "", file: str | None = None,
-                 line: int | None = None, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str = "",
+        file: str | None = None,
+        line: int | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.field, self.file, self.line = field, file, line
         self.errors = errors or [{"field": field, "message": message, "line": line}]
         where = ""
@@ -83,16 +105,20 @@ def _adapter_for(hint: Any) -> TypeAdapter | None:
         return None
 
 
-def _check_library_keys(section: str, values: dict[str, Any], fields: dict[str, Any],
-                        owned: set[str]) -> dict[str, Any]:
+def _check_library_keys(
+    section: str, values: dict[str, Any], fields: dict[str, Any], owned: set[str]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key in owned:
-            raise SpecError("is set by the CLARA runner and may not be given in a spec",
-                            field=f"{section}.{key}")
+            raise SpecError(
+                "is set by the CLARA runner and may not be given in a spec",
+                field=f"{section}.{key}",
+            )
         if key not in fields:
-            raise SpecError(_unknown(section, key, sorted(set(fields) - owned)),
-                            field=f"{section}.{key}")
+            raise SpecError(
+                _unknown(section, key, sorted(set(fields) - owned)), field=f"{section}.{key}"
+            )
         adapter = _adapter_for(fields[key])
         if adapter is not None and value is not None:
             try:
@@ -159,24 +185,32 @@ class TrainingSpec(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> TrainingSpec:
         if not NAME_RE.match(self.name):
-            raise SpecError("must be 1-64 characters of a-z, 0-9, '_' or '-' (it becomes the "
-                            "adapter name)", field="name")
+            raise SpecError(
+                "must be 1-64 characters of a-z, 0-9, '_' or '-' (it becomes the adapter name)",
+                field="name",
+            )
         if self.method == "qlora" and self.quantization is None:
-            raise SpecError("method qlora needs quantization settings, e.g. "
-                            "{bits: 4, quant_type: nf4, double_quant: true}", field="quantization")
+            raise SpecError(
+                "method qlora needs quantization settings, e.g. "
+                "{bits: 4, quant_type: nf4, double_quant: true}",
+                field="quantization",
+            )
         if self.method == "lora" and self.quantization is not None:
-            raise SpecError("quantization is only used with method qlora (or continue)",
-                            field="quantization")
+            raise SpecError(
+                "quantization is only used with method qlora (or continue)", field="quantization"
+            )
         if self.method == "continue" and not self.adapter:
-            raise SpecError("method continue needs the name of the adapter to continue",
-                            field="adapter")
+            raise SpecError(
+                "method continue needs the name of the adapter to continue", field="adapter"
+            )
         if self.method != "continue" and self.adapter:
             raise SpecError("adapter is only used with method continue", field="adapter")
         self.peft = _check_library_keys("peft", self.peft, lora_fields(), PEFT_OWNED)
         self.trainer = _check_library_keys("trainer", self.trainer, sft_fields(), RUNNER_OWNED)
         if self.method == "continue" and self.peft:
-            raise SpecError("continue keeps the LoRA settings of the adapter; remove peft",
-                            field="peft")
+            raise SpecError(
+                "continue keeps the LoRA settings of the adapter; remove peft", field="peft"
+            )
         return self
 
     # Convenience views --------------------------------------------------------------
@@ -186,8 +220,11 @@ class TrainingSpec(BaseModel):
         return kw
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
-                              sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(
+            self.model_dump(mode="json", exclude_defaults=False),
+            sort_keys=False,
+            allow_unicode=True,
+        )
 
 
 # YAML with line numbers ------------------------------------------------------------------
@@ -215,21 +252,30 @@ def parse_spec(text: str, *, file: str | None = None) -> TrainingSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}", file=file,
-                        line=mark.line + 1 if mark else None) from None
+        raise SpecError(
+            f"not valid YAML: {getattr(err, 'problem', err)}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+        ) from None
     if not isinstance(data, dict):
-        raise SpecError("a spec is a YAML mapping (name:, dataset_version:, method:, ...)",
-                        file=file, line=1)
+        raise SpecError(
+            "a spec is a YAML mapping (name:, dataset_version:, method:, ...)", file=file, line=1
+        )
     return spec_from_dict(data, file=file, root=root)
 
 
-def spec_from_dict(data: dict[str, Any], *, file: str | None = None,
-                   root: yaml.Node | None = None) -> TrainingSpec:
+def spec_from_dict(
+    data: dict[str, Any], *, file: str | None = None, root: yaml.Node | None = None
+) -> TrainingSpec:
     try:
         return TrainingSpec.model_validate(data)
     except SpecError as err:
-        raise SpecError(str(err.args[0]).split(": ", 1)[-1] if err.field else str(err),
-                        field=err.field, file=file, line=_line_of(root, err.field)) from None
+        raise SpecError(
+            str(err.args[0]).split(": ", 1)[-1] if err.field else str(err),
+            field=err.field,
+            file=file,
+            line=_line_of(root, err.field),
+        ) from None
     except ValidationError as err:
         errors = []
         for e in err.errors():
@@ -244,8 +290,9 @@ def spec_from_dict(data: dict[str, Any], *, file: str | None = None,
                     msg += f" (got {e['input']!r})"
             errors.append({"field": field, "message": msg, "line": _line_of(root, field)})
         first = errors[0]
-        raise SpecError(first["message"], field=first["field"], file=file, line=first["line"],
-                        errors=errors) from None
+        raise SpecError(
+            first["message"], field=first["field"], file=file, line=first["line"], errors=errors
+        ) from None
 
 
 def load_spec(path: str | Path) -> TrainingSpec:
@@ -272,28 +319,61 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": "lora",
         "description": "LoRA on all linear layers of the demo model; a minute on a CPU",
         "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
-        "trainer": {"learning_rate": 2e-3, "max_steps": 60, "per_device_train_batch_size": 4,
-                    "gradient_accumulation_steps": 1, "max_length": 256, "packing": True,
-                    "lr_scheduler_type": "cosine", "warmup_steps": 5, "logging_steps": 5,
-                    "save_steps": 20, "seed": 42},
+        "trainer": {
+            "learning_rate": 2e-3,
+            "max_steps": 60,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_length": 256,
+            "packing": True,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 5,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "seed": 42,
+        },
     },
     "demo-qlora": {
         "method": "qlora",
         "description": "QLoRA: 4-bit NF4 base with double quantization, LoRA on attention",
-        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True,
-                         "compute_dtype": "bfloat16"},
-        "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
-                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-        "trainer": {"learning_rate": 2e-3, "max_steps": 40, "per_device_train_batch_size": 4,
-                    "max_length": 256, "packing": True, "lr_scheduler_type": "cosine",
-                    "warmup_steps": 4, "logging_steps": 5, "save_steps": 20, "seed": 42},
+        "quantization": {
+            "bits": 4,
+            "quant_type": "nf4",
+            "double_quant": True,
+            "compute_dtype": "bfloat16",
+        },
+        "peft": {
+            "r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.05,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        },
+        "trainer": {
+            "learning_rate": 2e-3,
+            "max_steps": 40,
+            "per_device_train_batch_size": 4,
+            "max_length": 256,
+            "packing": True,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 4,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "seed": 42,
+        },
     },
     "continue": {
         "method": "continue",
         "description": "Continue training an existing adapter on a new dataset version",
-        "trainer": {"learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
-                    "max_length": 256, "packing": True, "logging_steps": 5, "save_steps": 20,
-                    "seed": 42},
+        "trainer": {
+            "learning_rate": 1e-3,
+            "max_steps": 30,
+            "per_device_train_batch_size": 4,
+            "max_length": 256,
+            "packing": True,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "seed": 42,
+        },
     },
 }
 
@@ -303,8 +383,9 @@ def preset(preset_name: str, /, **overrides: Any) -> dict[str, Any]:
     if preset_name not in PRESETS:
         hint = closest(preset_name, list(PRESETS))
         did = f"; did you mean {hint!r}?" if hint else ""
-        raise SpecError(f"unknown preset {preset_name!r}{did} (known: {', '.join(PRESETS)})",
-                        field="preset")
+        raise SpecError(
+            f"unknown preset {preset_name!r}{did} (known: {', '.join(PRESETS)})", field="preset"
+        )
     import copy
 
     data = copy.deepcopy(PRESETS[preset_name])
@@ -330,11 +411,11 @@ def merge_yaml_settings(data: dict[str, Any], text: str) -> dict[str, Any]:
     try:
         more = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}",
-                        field="extra") from None
+        raise SpecError(f"not valid YAML: {getattr(err, 'problem', err)}", field="extra") from None
     if not isinstance(more, dict):
-        raise SpecError("must be a YAML mapping such as `trainer: {weight_decay: 0.01}`",
-                        field="extra")
+        raise SpecError(
+            "must be a YAML mapping such as `trainer: {weight_decay: 0.01}`", field="extra"
+        )
     out = dict(data)
     for key, value in more.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -15,18 +15,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def trainbench(make_workbench, tmp_path_factory):
-    wb = make_workbench(CLARA_START_WORKER="true", CLARA_DEMO_MODEL_SIZE="tiny",
-                        CLARA_TRAIN_THREADS="1")
+    wb = make_workbench(
+        CLARA_START_WORKER="true", CLARA_DEMO_MODEL_SIZE="tiny", CLARA_TRAIN_THREADS="1"
+    )
     r = wb.cli("demo-model")
     assert r.returncode == 0, r.stderr
     rows = tmp_path_factory.mktemp("data") / "faq.jsonl"
-    rows.write_text("\n".join(json.dumps({"messages": [
-        {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
-        {"role": "assistant", "content": f"Für {k} Hunde sind es {90 * k} Euro im Jahr."},
-    ]}) for k in range(1, 41)) + "\n")
-    for args in (("dataset", "import", "faq", str(rows), "--format", "messages"),
-                 ("dataset", "review", "accept", "faq"),
-                 ("dataset", "freeze", "faq", "--eval-ratio", "0.2")):
+    rows.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
+                        {
+                            "role": "assistant",
+                            "content": f"Für {k} Hunde sind es {90 * k} Euro im Jahr.",
+                        },
+                    ]
+                }
+            )
+            for k in range(1, 41)
+        )
+        + "\n"
+    )
+    for args in (
+        ("dataset", "import", "faq", str(rows), "--format", "messages"),
+        ("dataset", "review", "accept", "faq"),
+        ("dataset", "freeze", "faq", "--eval-ratio", "0.2"),
+    ):
         r = wb.cli(*args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return wb
@@ -56,19 +72,21 @@ def test_submit_watch_cancel_retry(trainbench, page):
     page.get_by_label("Adapter name").fill("e2e-hund")
     page.get_by_role("button", name="Submit job").click()
     # The first submit imports transformers in the server (target-module check): allow time.
-    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'e2e-hund'")).wait_for(
-        timeout=180_000)
+    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'e2e-hund'")).wait_for(timeout=180_000)
 
     page.get_by_role("tab", name="Jobs").click()
     page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=180_000)
     # The loss chart appears and then grows while the job trains (fragment auto-refresh).
     page.wait_for_function(
-        "() => document.querySelectorAll('.js-plotly-plot .scatterlayer .points path')"
-        ".length >= 2", timeout=240_000)
+        "() => document.querySelectorAll('.js-plotly-plot .scatterlayer .points path').length >= 2",
+        timeout=240_000,
+    )
     first = _loss_points(page)
     page.wait_for_function(
         f"() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')[0]"
-        f".querySelectorAll('.points path').length > {first}", timeout=240_000)
+        f".querySelectorAll('.points path').length > {first}",
+        timeout=240_000,
+    )
 
     page.get_by_role("button", name="Cancel").click()
     page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)

@@ -20,9 +20,14 @@ from workers.trainer import process_start_time, signal_process_group
 
 
 def clara(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT,
-                          env={**os.environ, "CLARA_CLI_USER": "admin"}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "CLARA_CLI_USER": "admin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -31,8 +36,10 @@ def test_submit_list_show_cancel_retry_from_the_cli(db_engine, admin, tmp_path):
     bad.write_text("name: cli-a\ndataset_version: 1\ntrainer:\n  learnig_rate: 0.1\n")
     r = clara("train", "submit", str(bad))
     assert r.returncode == 1
-    assert f"{bad}:4: trainer.learnig_rate: unknown key 'learnig_rate'; did you mean " \
-           "'learning_rate'?" in " ".join(r.stderr.split())
+    assert (
+        f"{bad}:4: trainer.learnig_rate: unknown key 'learnig_rate'; did you mean "
+        "'learning_rate'?" in " ".join(r.stderr.split())
+    )
 
     missing = tmp_path / "missing.yaml"
     missing.write_text("name: cli-a\ndataset_version: faq@v9\n")
@@ -40,8 +47,12 @@ def test_submit_list_show_cancel_retry_from_the_cli(db_engine, admin, tmp_path):
     assert r.returncode == 1 and "no dataset version 'faq@v9'" in r.stderr
 
     ds = create_dataset(db_engine, admin, "faq")
-    add_samples(db_engine, admin, ds.id, [SampleIn(kind="text", text=f"Satz {i}.",
-                                                   status="accepted") for i in range(5)])
+    add_samples(
+        db_engine,
+        admin,
+        ds.id,
+        [SampleIn(kind="text", text=f"Satz {i}.", status="accepted") for i in range(5)],
+    )
     freeze(db_engine, admin, ds.id)
     good = tmp_path / "good.yaml"
     r = clara("train", "presets", "demo-lora")
@@ -91,13 +102,19 @@ def test_cancel_of_an_unresponsive_job_escalates_to_sigkill(db_engine, admin, se
     from workers.trainer import Slot, Worker
 
     job = submit_sleep_job(db_engine, admin, 60)
-    w = Worker(settings, engine=db_engine, grace_seconds=0.5, lease_seconds=30,
-               log=lambda m: None)
+    w = Worker(settings, engine=db_engine, grace_seconds=0.5, lease_seconds=30, log=lambda m: None)
     claimed = claim_next_job(db_engine, w.worker_id, 30)
-    proc = subprocess.Popen([sys.executable, "-c",
-                             "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                             "print('ready', flush=True); time.sleep(60)"],
-                            start_new_session=True, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         w.slots = [Slot(claimed, proc, process_start_time(proc.pid), settings.data_path / "x.log")]

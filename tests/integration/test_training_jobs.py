@@ -68,11 +68,17 @@ def demo(settings, shared_demo_model) -> Path:
 def make_version(engine, admin, name: str = "faq", n: int = 48, offset: int = 0):
     ds = create_dataset(engine, admin, name)
     samples = [
-        SampleIn(kind="chat", status="accepted", messages=[
-            {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
-            {"role": "assistant",
-             "content": f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr."},
-        ])
+        SampleIn(
+            kind="chat",
+            status="accepted",
+            messages=[
+                {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
+                {
+                    "role": "assistant",
+                    "content": f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr.",
+                },
+            ],
+        )
         for k in range(1 + offset, n + 1 + offset)
     ]
     add_samples(engine, admin, ds.id, samples)
@@ -82,24 +88,40 @@ def make_version(engine, admin, name: str = "faq", n: int = 48, offset: int = 0)
 def spec(name: str, version_id: int, method: str = "lora", **trainer) -> dict:
     kind = {"lora": "demo-lora", "qlora": "demo-qlora", "continue": "continue"}[method]
     d = preset(kind, name=name, dataset_version=version_id)
-    d["trainer"].update(max_steps=8, per_device_train_batch_size=4, max_length=64,
-                        learning_rate=1e-2, logging_steps=2, save_steps=4, warmup_steps=0)
+    d["trainer"].update(
+        max_steps=8,
+        per_device_train_batch_size=4,
+        max_length=64,
+        learning_rate=1e-2,
+        logging_steps=2,
+        save_steps=4,
+        warmup_steps=0,
+    )
     d["trainer"].update(trainer)
     return d
 
 
 def run_worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "core.cli", "worker", *args],
-                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.cli", "worker", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
 
 def start_worker(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "worker", *args], cwd=ROOT,
-                            env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "worker", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_for(predicate, what: str, limit: float = 300.0):  # noqa: ANN001
@@ -148,16 +170,18 @@ def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
     adapter = get_adapter(db_engine, admin, "hund")
     m = adapter.metrics
     assert m["eval_perplexity_after"] < m["eval_perplexity_before"]
-    assert set(adapter.library_versions) >= {"torch", "transformers", "peft", "trl",
-                                             "bitsandbytes"}
+    assert set(adapter.library_versions) >= {"torch", "transformers", "peft", "trl", "bitsandbytes"}
     assert adapter.dataset_manifest_sha256 == version.manifest_sha256
     assert adapter.job_id == job.id and done.adapter_id == adapter.id
     assert (adapter.path / "adapter_config.json").exists() and (adapter.path / MANIFEST).exists()
     assert adapter.path.parent == settings.data_path / "adapters"
 
     version2 = make_version(db_engine, admin, "faq2", n=24, offset=100)
-    job2 = submit_job(db_engine, admin, spec("hund-v2", version2.id, "continue",
-                                             max_steps=4) | {"adapter": "hund"})
+    job2 = submit_job(
+        db_engine,
+        admin,
+        spec("hund-v2", version2.id, "continue", max_steps=4) | {"adapter": "hund"},
+    )
     run_worker("--once")
     assert get_job(db_engine, admin, job2.id).state == "succeeded"
     child = get_adapter(db_engine, admin, "hund-v2")
@@ -174,8 +198,12 @@ def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert not any("lora" in n for n, _ in model.named_parameters())
-    assert model.generate(**tok("Für 3 Hunde", return_tensors="pt"), max_new_tokens=3,
-                          do_sample=False).shape[1] > 0
+    assert (
+        model.generate(
+            **tok("Für 3 Hunde", return_tensors="pt"), max_new_tokens=3, do_sample=False
+        ).shape[1]
+        > 0
+    )
 
     removed = delete_adapter(db_engine, admin, "hund-v2")
     assert not removed.path.exists()
@@ -224,18 +252,25 @@ def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
         cancel_job(db_engine, admin, job.id)
         cancelled = wait_for(
             lambda: (j := get_job(db_engine, admin, job.id)).state == "cancelled" and j,
-            "the cancel", limit=60)
+            "the cancel",
+            limit=60,
+        )
         assert cancelled.checkpoint and Path(cancelled.checkpoint).is_dir()
         stopped_at = cancelled.step
         assert stopped_at < 400
         with session_scope(db_engine) as s:
             assert s.scalar(select(Adapter.id)) is None
         retry_job(db_engine, admin, job.id)
-        wait_for(lambda: get_job(db_engine, admin, job.id).step > stopped_at + 2,
-                 "the retried job to resume")
+        wait_for(
+            lambda: get_job(db_engine, admin, job.id).step > stopped_at + 2,
+            "the retried job to resume",
+        )
         cancel_job(db_engine, admin, job.id)
-        wait_for(lambda: get_job(db_engine, admin, job.id).state == "cancelled",
-                 "the second cancel", limit=60)
+        wait_for(
+            lambda: get_job(db_engine, admin, job.id).state == "cancelled",
+            "the second cancel",
+            limit=60,
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
@@ -252,7 +287,8 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(db_engine, admin, demo):
     try:
         running = wait_for(
             lambda: (j := get_job(db_engine, admin, job.id)).checkpoint and j.step >= 4 and j,
-            "the first checkpoint")
+            "the first checkpoint",
+        )
         child = psutil.Process(running.pid)
     finally:
         worker.send_signal(signal.SIGKILL)

@@ -34,8 +34,15 @@ def _peft_folder(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     out = tmp_path / "adapter-files"
     peft_model.save_pretrained(out)
@@ -56,8 +63,9 @@ def test_form_errors_yaml_mode_jobs_and_registry(app, db_engine, admin, tmp_path
     at.run()
     text = at.text_area(key="training_yaml").value
     assert "trainer:" in text and "learning_rate" in text
-    at.text_area(key="training_yaml").input(text.replace("learning_rate", "learnig_rate")
-                                            .replace("name: my-adapter", "name: ok"))
+    at.text_area(key="training_yaml").input(
+        text.replace("learning_rate", "learnig_rate").replace("name: my-adapter", "name: ok")
+    )
     at.button(key="training_submit_yaml").click()
     at.run()
     assert any("did you mean 'learning_rate'" in e.value for e in at.error)
@@ -68,12 +76,18 @@ def test_form_errors_yaml_mode_jobs_and_registry(app, db_engine, admin, tmp_path
     job = submit_sleep_job(db_engine, admin, 1.0, name="sleepy")
     files = _peft_folder(tmp_path)
     for name, after in (("alpha", 40.0), ("beta", 30.0)):
-        register_adapter(db_engine, admin, name=name, files_dir=files, base_model="demo",
-                         base_model_fingerprint="f" * 64, method="lora",
-                         dataset_version_id=version.id,
-                         dataset_manifest_sha256=version.manifest_sha256,
-                         metrics={"eval_perplexity_before": 50.0,
-                                  "eval_perplexity_after": after})
+        register_adapter(
+            db_engine,
+            admin,
+            name=name,
+            files_dir=files,
+            base_model="demo",
+            base_model_fingerprint="f" * 64,
+            method="lora",
+            dataset_version_id=version.id,
+            dataset_manifest_sha256=version.manifest_sha256,
+            metrics={"eval_perplexity_before": 50.0, "eval_perplexity_after": after},
+        )
     at.run()
     assert not at.exception, at.exception
     markdown = " ".join(m.value for m in at.markdown)

@@ -37,8 +37,11 @@ from tests.conftest import ROOT, principal
 
 def _expire(engine, job_id: int) -> None:
     with session_scope(engine) as s:
-        s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
-                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        s.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def test_claim_order_fencing_and_completion(db_engine, admin):
@@ -147,7 +150,11 @@ def test_claim_uses_the_engine_specific_lock(db_engine, admin):
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "core.cli", "worker", *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -157,14 +164,20 @@ def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
 def test_two_workers_run_thirty_jobs_exactly_once(db_engine, admin):
     jobs = [submit_sleep_job(db_engine, admin, 0.2).id for _ in range(30)]
     env = {**os.environ, "CLARA_CLI_USER": "admin"}
-    workers = [_worker(env, "--once", "--concurrency", "2", "--lease-seconds", "10")
-               for _ in range(2)]
+    workers = [
+        _worker(env, "--once", "--concurrency", "2", "--lease-seconds", "10") for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     with session_scope(db_engine) as s:
         states = Counter(s.scalars(select(TrainingJob.state).where(TrainingJob.id.in_(jobs))))
-        runs = Counter(s.scalars(select(TrainingMetric.job_id).where(
-            TrainingMetric.phase == "run", TrainingMetric.job_id.in_(jobs))))
+        runs = Counter(
+            s.scalars(
+                select(TrainingMetric.job_id).where(
+                    TrainingMetric.phase == "run", TrainingMetric.job_id.in_(jobs)
+                )
+            )
+        )
         owners = set(s.scalars(select(TrainingJob.worker_host)))
         attempts = set(s.scalars(select(TrainingJob.attempts)))
     assert states == {"succeeded": 30}

@@ -43,8 +43,10 @@ def test_every_installed_field_is_accepted():
     """The valid keys come from the installed dataclasses, not from a copied list."""
     sft = {f.name for f in dataclasses.fields(SFTConfig)}
     assert {"packing", "max_length", "completion_only_loss"} <= sft
-    spec = _spec(trainer={"packing": False, "completion_only_loss": True, "max_length": 32},
-                 peft={"use_rslora": True, "target_modules": ["q_proj"], "bias": "none"})
+    spec = _spec(
+        trainer={"packing": False, "completion_only_loss": True, "max_length": 32},
+        peft={"use_rslora": True, "target_modules": ["q_proj"], "bias": "none"},
+    )
     assert spec.trainer["completion_only_loss"] is True
     assert spec.lora_kwargs()["use_rslora"] is True
     LoraConfig(**spec.lora_kwargs())  # what the runner does with it
@@ -118,11 +120,17 @@ class _Tok:
 
 
 def test_rows_become_trl_records():
-    chat = {"id": "1", "kind": "chat", "text": None,
-            "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    chat = {
+        "id": "1",
+        "kind": "chat",
+        "text": None,
+        "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+    }
     text = {"id": "2", "kind": "text", "text": "Satzung", "messages": None}
     assert to_trl_records([chat], _Tok()) == [{"messages": chat["messages"]}]
     assert to_trl_records([text], _Tok()) == [{"text": "Satzung"}]
     # Mixed kinds: one format for the dataset, chat rendered with the chat template.
-    assert to_trl_records([chat, text], _Tok()) == [{"text": "user:Q|assistant:A"},
-                                                    {"text": "Satzung"}]
+    assert to_trl_records([chat, text], _Tok()) == [
+        {"text": "user:Q|assistant:A"},
+        {"text": "Satzung"},
+    ]

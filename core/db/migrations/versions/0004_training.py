@@ -65,8 +65,11 @@ def upgrade() -> None:
         sa.Column(
             "job_id",
             sa.Integer(),
-            sa.ForeignKey("training_jobs.id", ondelete="CASCADE",
-                          name="fk_training_metrics_job_id_training_jobs"),
+            sa.ForeignKey(
+                "training_jobs.id",
+                ondelete="CASCADE",
+                name="fk_training_metrics_job_id_training_jobs",
+            ),
             nullable=False,
         ),
         sa.Column("attempt", sa.Integer(), nullable=False, server_default="1"),
