@@ -156,6 +156,9 @@ class Worker:
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode()
             )
             env = {**os.environ, "CLARA_WORKER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+            # Jobs running side by side share the cores instead of each taking all of them.
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            env.setdefault("CLARA_TRAIN_THREADS", str(max(1, cores // self.concurrency)))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "core.training.child", str(job.id), str(job.token)],
                 stdout=fh,
