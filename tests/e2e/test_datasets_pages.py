@@ -4,6 +4,7 @@ the sample corpus, score it, reject one sample, edit one, freeze, export and dow
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,16 @@ def _open(page, title: str) -> None:
 
 
 def _expand(page, label: str, inner) -> None:  # noqa: ANN001 - a Playwright locator
-    """Open an expander and wait until `inner` shows (a rerun may re-render it closed)."""
-    summary = page.locator("summary", has_text=label).first
-    for _ in range(5):
-        summary.click()
+    """Open an expander and wait until `inner` shows. Clicks only while it is closed: a
+    second click on a slow rerun would close it again."""
+    details = page.locator("details", has=page.locator("summary", has_text=label)).first
+    for _ in range(10):
+        if details.get_attribute("open") is None:
+            details.locator("summary").click()
         try:
-            inner.wait_for(timeout=10_000)
+            inner.wait_for(timeout=5_000)
             return
-        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: click again
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: look again
             continue
     inner.wait_for()
 
@@ -91,11 +94,14 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
     # Accept everything still pending in one bulk step.
     confirm = page.get_by_text("Yes, change all", exact=False)
     _expand(page, "Bulk decision for all", confirm)
+    checkbox = page.get_by_role("checkbox", name=re.compile("Yes, change all"))
     accept_all = page.get_by_role("button", name="Accept all matching")
-    for _ in range(5):
+    for _ in range(10):
         if accept_all.is_enabled():
             break
-        confirm.click()
+        if not checkbox.is_checked():
+            _expand(page, "Bulk decision for all", confirm)
+            confirm.click()
         page.wait_for_timeout(3000)  # the rerun that enables the button
     accept_all.click()
     _wait_text(page, "sample(s) accepted.")
