@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -295,7 +296,11 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(db_engine, admin, demo):
         worker.wait()
     # The orphaned training process dies with its worker, before anyone can take the job.
     child.wait(timeout=30)
-    assert get_job(db_engine, admin, job.id).state == "running"  # until its lease expires
+    orphaned = get_job(db_engine, admin, job.id)
+    assert orphaned.state == "running"  # until its lease expires
+    # `--once` exits when nothing is claimable, so start it only after the lease ran out.
+    left = (orphaned.lease_expires_at - datetime.now(UTC)).total_seconds()
+    time.sleep(max(0.0, left) + 1.0)
     run_worker("--once", "--lease-seconds", "4")
     done = get_job(db_engine, admin, job.id)
     assert done.state == "succeeded", done.error
