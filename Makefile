@@ -22,6 +22,7 @@ run: install
 
 test: install
 	./scripts/ensure-services.sh
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 test-fast: install

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from core.cli.common import app, fail_cleanly
-
 # Each import registers its commands on `app` (typer sub-apps or plain commands).
-from core.cli import system as _system  # noqa: E402,F401
-from core.cli import users as _users  # noqa: E402,F401
-from core.cli import corpus as _corpus  # noqa: E402,F401
-from core.cli import training as _training  # noqa: E402,F401
 from core.cli import chat as _chat  # noqa: E402,F401
+from core.cli import corpus as _corpus  # noqa: E402,F401
 from core.cli import datasets as _datasets  # noqa: E402,F401
+from core.cli import system as _system  # noqa: E402,F401
+from core.cli import training as _training  # noqa: E402,F401
+from core.cli import users as _users  # noqa: E402,F401
+from core.cli.common import app, fail_cleanly
 
 
 def main() -> None:

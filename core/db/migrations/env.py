@@ -3,10 +3,13 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from core.db.base import Base
-
 # Import every area's models so that autogenerate (for developers) sees all tables.
-import core.db.models  # noqa: F401,E402
+import core.corpus.models  # noqa: F401
+import core.datasets.models  # noqa: F401
+import core.db.models  # noqa: F401
+import core.serving.models  # noqa: F401
+import core.training.models  # noqa: F401
+from core.db.base import Base
 
 config = context.config
 target_metadata = Base.metadata
