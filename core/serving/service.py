@@ -420,8 +420,11 @@ def chat_embed(actor: Principal, settings: Settings | None = None) -> ChatEmbed:
     except (httpx.HTTPError, ValueError) as err:
         up = False
         problem = (
-            f"The chat server does not answer at {base} ({type(err).__name__}). Start it with "
-            "`clara chat` (or `clara up` with CLARA_START_CHAT=true) and reload this page."
+            f"The chat server does not answer at {base} ({type(err).__name__}). Right after "
+            "`clara up` it may still be loading the base model (the first start builds the "
+            "demo model: a few minutes on a CPU; see "
+            f"{settings.data_path / 'logs' / 'chat.log'}). Otherwise start it with "
+            "`clara chat` (or `clara up` with CLARA_START_CHAT=true). Then reload this page."
         )
     return ChatEmbed(url=url, base_url=base, server_up=up, problem=problem)
 
