@@ -160,6 +160,9 @@ def ensure_demo_model(
         try:
             if _is_complete(target, size):  # another process built it while we waited
                 return target
+            # Holding the lock, any other temp build folder is the leftover of a killed build.
+            for stale in target.parent.glob(f".{DEMO_DIRNAME}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}-", dir=target.parent))
             try:
                 build_demo_model(tmp, size=size, progress=progress)
