@@ -90,7 +90,9 @@ def test_submit_watch_cancel_retry(trainbench, page):
 
     page.get_by_role("button", name="Cancel").click()
     page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)
-    page.get_by_text("cancelled on request").first.wait_for()
+    # The jobs table also holds this text in a hidden accessibility grid: wait for the
+    # visible error box of the job view.
+    page.get_by_text("cancelled on request").filter(visible=True).first.wait_for()
 
     page.get_by_role("button", name="Retry").click()
     page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=120_000)
