@@ -44,8 +44,8 @@ def sentence_mean_vectors(st) -> int:  # noqa: ANN001 - core.system.Startup
     import sqlalchemy as sa
 
     from bench.corpus_synth import sentences
-    from core.corpus.ingest import chunk_metadata
-    from core.corpus.models import Chunk, Document
+    from core.corpus.ingest import _pending_batches, chunk_metadata
+    from core.corpus.models import Chunk
     from core.corpus.vectors import get_embedder, get_vector_store
 
     pool = sorted(set(sentences()))
@@ -54,26 +54,8 @@ def sentence_mean_vectors(st) -> int:  # noqa: ANN001 - core.system.Startup
     splitter = re.compile(r"(?<=[.!?])\s+")
     store = get_vector_store(st.settings)
     done = 0
-    while True:
-        with st.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    Chunk.id,
-                    Chunk.doc_id,
-                    Chunk.chunk_index,
-                    Chunk.text,
-                    Document.document_type,
-                    Document.domain,
-                    Document.date,
-                    Document.metadata_,
-                )
-                .join(Document, Document.doc_id == Chunk.doc_id)
-                .where(Chunk.embedded.is_(False))
-                .order_by(Chunk.id)
-                .limit(2000)
-            ).all()
-        if not rows:
-            return done
+    # The same pending-chunk query as real embedding, so the bench fills what ingest left.
+    for rows in _pending_batches(st.engine, 2000):
         vectors = []
         for r in rows:
             parts = [vec[p] for p in splitter.split(r[3]) if p in vec] or [emb[r[0] % len(pool)]]
@@ -89,6 +71,7 @@ def sentence_mean_vectors(st) -> int:  # noqa: ANN001 - core.system.Startup
                 sa.update(Chunk).where(Chunk.id.in_([r[0] for r in rows])).values(embedded=True)
             )
         done += len(rows)
+    return done
 
 
 def main() -> None:
