@@ -146,6 +146,28 @@ class RelationalGraphStore:
                     best[doc_id] = Neighbour(doc_id, int(depth), via, from_doc)
         return list(best.values())[:limit]
 
+    def degrees(self, doc_ids: list[str]) -> dict[str, int]:
+        """How many other ingested documents each one is related to (either direction)."""
+        if not doc_ids:
+            return {}
+        present = sa.select(Document.doc_id)
+        out_ = sa.select(Edge.src.label("doc"), Edge.dst.label("other")).where(
+            Edge.src.in_(doc_ids), Edge.dst.in_(present)
+        )
+        in_ = sa.select(Edge.dst.label("doc"), Edge.src.label("other")).where(Edge.dst.in_(doc_ids))
+        pairs = sa.union(out_, in_).subquery()
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(pairs.c.doc, sa.func.count()).group_by(pairs.c.doc))
+            return {doc: int(n) for doc, n in rows}
+
+    def mean_degree(self) -> float:
+        """Edges per document, both ends counted (edges to documents not ingested included:
+        an estimate that needs no join)."""
+        with self.engine.connect() as c:
+            edges = c.execute(sa.select(sa.func.count()).select_from(Edge)).scalar_one()
+            docs = c.execute(sa.select(sa.func.count()).select_from(Document)).scalar_one()
+        return 2 * edges / docs if docs else 0.0
+
     def edges_of(self, doc_id: str) -> list[GraphEdge]:
         present = sa.select(Document.doc_id)
         with self.engine.connect() as c:

@@ -415,6 +415,23 @@ def _reason(err: Exception) -> str:
     return str(orig or err).strip().splitlines()[0][:300]
 
 
+# A name found in more than this share of the scanned documents (and in at least
+# BOILERPLATE_MIN_DOCS of them) is boilerplate, not a citation: a letter whose first line,
+# and so its title, is the city's letterhead would otherwise be "cited" by every document
+# that names the city, and turn into a hub that drags itself into every graph search.
+BOILERPLATE_SHARE = 1 / 3
+BOILERPLATE_MIN_DOCS = 10
+
+
+def _without_boilerplate(edges: list[GraphEdge], scanned: int) -> list[GraphEdge]:
+    sources: dict[tuple[str, str], set[str]] = {}
+    for e in edges:
+        sources.setdefault((e.dst, e.evidence), set()).add(e.src)
+    limit = max(BOILERPLATE_MIN_DOCS, scanned * BOILERPLATE_SHARE)
+    common = {name for name, srcs in sources.items() if len(srcs) > limit}
+    return [e for e in edges if (e.dst, e.evidence) not in common]
+
+
 def _link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -> int:
     """Add `cites` edges for documents whose text names another document.
 
@@ -437,23 +454,28 @@ def _link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -
     edges: list[GraphEdge] = []
 
     def scan(ids: list[str] | None, names: MentionFinder) -> None:
+        found: list[GraphEdge] = []
+        scanned = 0
         with engine.connect() as conn:
             stmt = sa.select(Document.doc_id, Document.text).execution_options(yield_per=200)
             if ids is not None:
                 for i in range(0, len(ids), 500):
                     part = ids[i : i + 500]
                     for doc_id, text in conn.execute(stmt.where(Document.doc_id.in_(part))):
-                        edges.extend(
+                        scanned += 1
+                        found.extend(
                             GraphEdge(doc_id, t, "cites", "mention", w)
                             for t, w in names.find(text, doc_id).items()
                         )
             else:
                 for doc_id, text in conn.execute(stmt):
                     if doc_id not in changed_set:
-                        edges.extend(
+                        scanned += 1
+                        found.extend(
                             GraphEdge(doc_id, t, "cites", "mention", w)
                             for t, w in names.find(text, doc_id).items()
                         )
+        edges.extend(_without_boilerplate(found, scanned))
 
     scan(changed, finder)
     if not corpus_was_empty:

@@ -11,6 +11,7 @@ vectors; the final fetch applies them in SQL once more for documents reached by 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 from functools import lru_cache
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus import keyword
 from core.corpus.documents import DocumentFilters
-from core.corpus.graph import query_store
+from core.corpus.graph import get_graph_stores, query_store
 from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
 
@@ -38,7 +39,7 @@ CANDIDATE_FACTOR = 5
 MIN_CANDIDATES = 50
 # Chunks fetched per wanted document: documents have several chunks each.
 CHUNKS_PER_DOC = 4
-GRAPH_SEEDS = 10
+SEEDS_PER_MODE = 5
 EDGE_WEIGHTS = {"cites": 1.0, "links_to": 0.8, "part_of": 0.8, "supersedes": 0.6}
 
 
@@ -127,10 +128,36 @@ def vector_candidates(
     return top, {d: best_chunk[d] for d in top}
 
 
+def _graph_seeds(per_mode: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Where graph expansion starts: each retriever's own best hits, weighted by their
+    normalised score in the mode that found them (the better one where both did).
+
+    Seeds taken from the weighted pre-fusion would all come from whichever mode has the
+    largest default weight; on German text with the English default embedding model that is
+    the weaker one, and the graph then spreads its mistakes.
+    """
+    seeds: dict[str, float] = {}
+    for mode, scores in per_mode.items():
+        # A seed's weight is a confidence, not a rank: BM25 has a true zero, so keyword
+        # seeds are weighted by their share of the best score (min-max would all but zero
+        # the second of two good hits); cosine similarity keeps its own scale.
+        norm = _normalise(mode, scores) if mode == "vector" else _ratio(scores)
+        for d, _s in sorted(scores.items(), key=lambda kv: -kv[1])[:SEEDS_PER_MODE]:
+            seeds[d] = max(seeds.get(d, 0.0), norm[d])
+    return seeds
+
+
 def graph_support(
     engine: Engine, settings: Settings, seeds: dict[str, float], hops: int
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Each neighbour's support: Σ over seeds of seed weight × edge weight / hops."""
+    """Each neighbour's support: Σ over seeds of seed weight × edge weight / hops, divided
+    for hubs by the square root of how many times the mean degree their degree is.
+
+    Without the degree term a document related to nearly everything (a fee schedule every
+    statute cites) is supported by whatever the seeds are and tops every graph search. The
+    square root is the symmetric normalisation of graph propagation; measured against the
+    mean degree it leaves ordinary documents alone and only damps real hubs.
+    """
     store = query_store(engine, settings)
     support: dict[str, float] = defaultdict(float)
     via: dict[str, str] = {}
@@ -139,7 +166,9 @@ def graph_support(
             support[nb.doc_id] += weight * EDGE_WEIGHTS.get(nb.via, 0.5) / nb.hops
             if nb.doc_id not in via:
                 via[nb.doc_id] = f"{nb.via} ↔ {seed}"
-    return dict(support), via
+    records = get_graph_stores(engine, settings)[0]
+    degree, mean = records.degrees(list(support)), max(1.0, records.mean_degree())
+    return {d: s / math.sqrt(max(1.0, degree.get(d, 0) / mean)) for d, s in support.items()}, via
 
 
 def _minmax(scores: dict[str, float]) -> dict[str, float]:
@@ -156,6 +185,13 @@ def _minmax(scores: dict[str, float]) -> dict[str, float]:
     return {d: (s - floor) / (hi - floor) for d, s in scores.items()}
 
 
+def _ratio(scores: dict[str, float]) -> dict[str, float]:
+    hi = max(scores.values(), default=0.0)
+    return (
+        {d: max(0.0, s) / hi for d, s in scores.items()} if hi > 0 else dict.fromkeys(scores, 0.0)
+    )
+
+
 def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
     """BM25 / ts_rank only mean something relative to the query's other candidates: min-max.
     Cosine similarity is already on a fixed scale: stretching it would turn the best of many
@@ -164,8 +200,7 @@ def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
     if mode == "vector":
         return {d: min(1.0, max(0.0, s)) for d, s in scores.items()}
     if mode == "graph":  # support has a true zero (no support): a ratio scale
-        hi = max(scores.values(), default=0.0)
-        return {d: s / hi for d, s in scores.items()} if hi > 0 else dict.fromkeys(scores, 0.0)
+        return _ratio(scores)
     return _minmax(scores)
 
 
@@ -226,12 +261,7 @@ def search(
                 per_mode["vector"], best_chunk = vector_candidates(
                     settings, req.query, n, req.filters
                 )
-            pre, _ = _fuse(
-                {m: per_mode[m] for m in ("keyword", "vector") if m in per_mode}, w, req.fusion
-            )
-            top = sorted(pre.items(), key=lambda kv: -kv[1])[:GRAPH_SEEDS]
-            hi = top[0][1] if top else 1.0
-            seeds = {d: s / hi for d, s in top}
+            seeds = _graph_seeds({m: per_mode[m] for m in ("keyword", "vector") if m in per_mode})
         support, via = graph_support(engine, settings, seeds, req.hops)
         # A seed supports itself as well as its neighbours (one step of a personalised
         # PageRank with the restart mass on the seeds): a hit that other hits cite rises

@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import Stemmer
 
+from core.corpus.compounds import text_parts
+
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 # Snowball's German stop word list (the one Postgres' 'german' configuration uses), so both
@@ -265,7 +267,7 @@ GERMAN_STOPWORDS = frozenset(
 )
 
 # Stems this short match too much as prefixes ("ab*" would match half the dictionary).
-MIN_PREFIX_STEM = 4
+MIN_PREFIX_STEM = 6
 
 
 @lru_cache(maxsize=4)
@@ -294,14 +296,33 @@ def stemmed_text(text: str, language: str = "german") -> str:
     return " ".join(stem_words(tokens(text), language))
 
 
+def _content_words(query: str) -> list[str]:
+    words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS]
+    return words or tokens(query)  # a query of only stop words still means something
+
+
 def query_terms(query: str, language: str = "german") -> list[str]:
     """Stems of the query's content words, deduplicated, in order."""
-    words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS]
-    if not words:  # a query of only stop words still means something to the user
-        words = tokens(query)
     seen: dict[str, None] = {}
-    for s in stem_words(words, language):
+    for s in stem_words(_content_words(query), language):
         if s and s not in seen:
+            seen[s] = None
+    return list(seen)
+
+
+def parts_text(text: str, language: str = "german") -> str:
+    """Stems of the parts of the text's compounds: the keyword index's third column."""
+    return " ".join(stem_words(text_parts(tokens(text), language), language))
+
+
+def query_part_terms(query: str, language: str = "german") -> list[str]:
+    """Stems of the parts of the query's compounds that are not query terms already."""
+    words = _content_words(query)
+    terms = set(query_terms(query, language))
+    parts = [p for p in text_parts(words, language) if p not in GERMAN_STOPWORDS]
+    seen: dict[str, None] = {}
+    for s in stem_words(parts, language):
+        if s and s not in terms and s not in seen:
             seen[s] = None
     return list(seen)
 

@@ -102,10 +102,51 @@ def test_keyword_german_stemming_prefix_and_title_weight(corpus, admin, settings
     # Compound prefix: "Hundesteuer" finds the "Hundesteuersatzung" title on both engines.
     assert run("Hundesteuer")[0] == "hundesteuer"
     # OR semantics: one matching word is enough.
-    assert run("Sperrmüll Raumfahrt") == ["wertstoffhof"]
+    assert run("Sperrmüll Raumfahrt")[0] == "wertstoffhof"
+    # Compound parts: "Müll" finds "Sperrmüll" and "Restmülltonne", which share no prefix.
+    assert set(run("Müll")) == {"wertstoffhof", "abfall"}
     res = search(corpus, admin, "Biotonne", settings, mode="keyword")
     assert "«Biotonne»" in res[0].snippet and res[0].scores == {"keyword": 1.0}
     assert run("und oder der") == [] or isinstance(run("und oder der"), list)
+
+
+def test_keyword_index_rebuild_reindexes_existing_documents(corpus, admin, settings):
+    """What migration 0006 runs on an existing corpus: drop, recreate, index every document."""
+    from core.corpus.keyword import rebuild_keyword_index
+
+    before = {
+        q: ids(search(corpus, admin, q, settings, mode="keyword")) for q in ("Müll", "Welpen")
+    }
+    with corpus.begin() as conn:
+        assert rebuild_keyword_index(conn, batch=2) == 6  # several batches
+    after = {q: ids(search(corpus, admin, q, settings, mode="keyword")) for q in before}
+    assert after == before and set(after["Müll"]) == {"wertstoffhof", "abfall"}
+
+
+def test_terms_in_most_documents_are_left_out_only_on_large_corpora(
+    db_engine, admin, settings, tmp_path, monkeypatch
+):
+    from core.corpus import keyword
+
+    folder = tmp_path / "city"
+    folder.mkdir()
+    rare = ["Glockenturm", "Stadtbücherei", "Freibad", "Wochenmarkt", "Rathausplatz", "Kläranlage"]
+    for i, word in enumerate(rare):
+        (folder / f"d{i}.txt").write_text(f"{word}\n\nDie Stadt Bergheim betreibt {word}.\n")
+    ingest_paths(db_engine, admin, [folder], IngestOptions(embed=False), settings)
+    with db_engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            pytest.skip("term statistics come from SQLite's fts5vocab; Postgres ranks via GIN")
+        # Six documents: nothing is left out, however common.
+        assert keyword._common_terms(conn, "Bergheim Freibad", "de") == frozenset()
+        monkeypatch.setattr(keyword, "COMMON_TERM_MIN_DOCS", 1)
+        # "Bergheim" (and its parts berg|heim) is in every document: its BM25 idf is zero,
+        # it cannot change the order.
+        assert keyword._common_terms(conn, "Bergheim Freibad", "de") == {"bergheim", "berg", "heim"}
+        # Of a query made only of common terms, the rarest always stays.
+        assert len(keyword._common_terms(conn, "Bergheim Stadt", "de")) == 4 - 1
+    assert ids(search(db_engine, admin, "Bergheim Freibad", settings, mode="keyword")) == ["d2"]
+    assert len(search(db_engine, admin, "Bergheim Stadt", settings, mode="keyword")) == 6
 
 
 def test_vector_mode_ranks_by_embedding_similarity(corpus, admin, settings):
@@ -163,6 +204,25 @@ def test_graph_expands_from_given_documents_and_hops(corpus, admin, settings):
     )
     assert set(ids(two)) == {"faq-hund", "hundesteuer", "bescheid-hund"}
     assert {r.doc_id: r.raw_scores["graph"] for r in two}["bescheid-hund"] < 1.0
+
+
+def test_graph_damps_hubs_that_everything_relates_to(db_engine, admin, settings, tmp_path):
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    # Seven notes link to one fee schedule; note 0 also links to one specific answer.
+    (folder / "gebuehren.md").write_text("---\ntitle: Gebührenordnung\n---\nGebühren.\n")
+    (folder / "antwort.md").write_text("---\ntitle: Antwort\n---\nDie Antwort.\n")
+    for i in range(7):
+        links = "[gebuehren, antwort]" if i == 0 else "[gebuehren]"
+        (folder / f"notiz-{i}.md").write_text(
+            f"---\ntitle: Notiz {i}\nlinks: {links}\n---\nNotiz Nummer {i}.\n"
+        )
+    ingest_paths(db_engine, admin, [folder], IngestOptions(embed=False), settings)
+    found = search(db_engine, admin, SearchRequest(mode="graph", seed_ids=["notiz-0"]), settings)
+    graph = {r.doc_id: r.raw_scores["graph"] for r in found}
+    # Both are one links_to step away; the hub's support is divided by sqrt(7 / mean degree).
+    assert ids(found)[:3] == ["notiz-0", "antwort", "gebuehren"]
+    assert graph["gebuehren"] == pytest.approx(graph["antwort"] / (7 / (2 * 8 / 9)) ** 0.5)
 
 
 def test_hybrid_weights_change_the_order(corpus, admin, settings):

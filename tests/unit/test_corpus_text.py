@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.corpus.chunking import Chunker, load_tokenizer
+from core.corpus.compounds import compound_parts
 from core.corpus.graph import MentionFinder, document_names, link_target_id
 from core.corpus.keyword import fts5_match, pg_tsquery
 from core.corpus.readers import (
@@ -16,7 +17,7 @@ from core.corpus.readers import (
     parse_mapping,
     read_file,
 )
-from core.corpus.text import query_terms, snippet, stemmed_text
+from core.corpus.text import parts_text, query_part_terms, query_terms, snippet, stemmed_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "corpus"
@@ -39,12 +40,47 @@ def test_query_terms_drop_stop_words_and_duplicates():
 
 def test_fts5_expression_quotes_every_term_and_uses_prefixes():
     expr = fts5_match('Hundesteuer "; DROP TABLE x; -- ab')
-    assert expr == '"hundesteu"* OR "drop"* OR "tabl"* OR "x" OR "ab"'
+    # Long stems are prefixes, short ones exact; the compound's parts follow, exact.
+    assert expr == '"hundesteu"* OR "drop" OR "tabl" OR "x" OR "ab" OR "hund" OR "steu"'
     assert fts5_match("   ") is None
+    assert fts5_match("Hundesteuer", leave_out=frozenset({"hund"})) == '"hundesteu"* OR "steu"'
 
 
-def test_pg_tsquery_or_semantics_with_prefixes():
-    assert pg_tsquery("Gebühren für die Biotonne") == "gebühren:* | biotonne:*"
+def test_pg_tsquery_or_semantics_with_prefixes_and_compound_parts():
+    assert pg_tsquery("Gebühren für die Biotonne") == "gebühren:* | biotonne:* | bio | tonne"
+
+
+@pytest.mark.parametrize(
+    ("word", "parts"),
+    [
+        ("parkplätze", ("park", "plätze")),
+        ("stellplätze", ("stell", "plätze")),
+        ("dachneigung", ("dach", "neigung")),
+        ("hundesteuersatzung", ("hundesteuer", "hunde", "steuer", "satzung")),
+        ("zweitwohnungsteuer", ("zweitwohnung", "zweit", "wohnung", "steuer")),
+        ("verwaltungsgebühr", ("verwaltung", "gebühr")),
+        ("freischankfläche", ("freischank", "fläche")),
+        ("altstadt", ("alt", "stadt")),
+    ],
+)
+def test_compounds_split_into_their_parts(word, parts):
+    assert compound_parts(word) == parts
+
+
+@pytest.mark.parametrize(
+    "word",
+    ["beglaubigung", "sicherheit", "verwaltung", "genehmigung", "inhaberinnen", "widerspruch"],
+)
+def test_words_that_are_not_compounds_stay_whole(word):
+    assert compound_parts(word) == ()
+
+
+def test_compound_parts_bridge_different_compounds_with_the_same_head():
+    # "Parkplätze" in a question, "Stellplätze" in the statute: they share the head.
+    assert "platz" in query_part_terms("Wie viele Parkplätze brauche ich?")
+    assert "platz" in parts_text("Die Stellplatzsatzung regelt notwendige Stellplätze.").split()
+    # Only German has a splitter; other languages get no parts.
+    assert parts_text("Stellplätze", "english") == ""
 
 
 def test_snippet_marks_matches_with_plain_text_markers():
