@@ -3,7 +3,8 @@
 SQLite: an FTS5 table whose rows hold Snowball-German stems (PyStemmer), ranked by BM25
 with the title column weighted above the body. Postgres: a weighted tsvector column with a
 GIN index, built by the server's own text search configuration ('german' by default,
-'simple' when the server lacks it), ranked by ts_rank_cd. Both take OR semantics over the
+'simple' when the server lacks it), ranked by ts_rank_cd per query word weighted by the
+word's idf (ts_rank_cd alone has no notion of rarity). Both take OR semantics over the
 query's content words with prefix matching, so a question need not contain every word of a
 document and "Hundesteuer" still finds "Hundesteuersatzung". Both also index and query the
 parts of German compounds (core.corpus.compounds), weighted below whole words, so that
@@ -11,6 +12,8 @@ parts of German compounds (core.corpus.compounds), weighted below whole words, s
 """
 
 from __future__ import annotations
+
+import math
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -227,14 +230,19 @@ def _common_terms(conn: Connection, query: str, language: str) -> frozenset[str]
     return frozenset(common)
 
 
-def pg_tsquery(query: str) -> str | None:
-    """A to_tsquery() input of the query's words and their compound parts, OR-ed, prefixes
-    marked; the server stems."""
+def pg_query_atoms(query: str) -> list[str]:
+    """The to_tsquery() atoms of a query: its words (long ones as prefixes) and their
+    compound parts; the server stems them."""
     words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS] or tokens(query)
     parts = [p for p in text_parts(words, "german") if p not in GERMAN_STOPWORDS]
     out = [f"{w}:*" if len(w) >= MIN_PREFIX_STEM else w for w in dict.fromkeys(words)]
     out += [p for p in dict.fromkeys(parts) if p not in words]
-    return " | ".join(out) or None
+    return out
+
+
+def pg_tsquery(query: str) -> str | None:
+    """A to_tsquery() input of the query's atoms, OR-ed."""
+    return " | ".join(pg_query_atoms(query)) or None
 
 
 def keyword_search(
@@ -277,18 +285,38 @@ def keyword_search(
                 .limit(k)
             )
         return [(r[0], -float(r[1])) for r in conn.execute(stmt)]
-    q = pg_tsquery(query)
-    if q is None:
+    atoms = pg_query_atoms(query)
+    if not atoms:
         return []
-    cfg = _pg_config(conn, language)
-    tsq = sa.func.to_tsquery(sa.cast(sa.literal(cfg), REGCONFIG), sa.literal(q))
+    cfg = sa.cast(sa.literal(_pg_config(conn, language)), REGCONFIG)
+    tsq = sa.func.to_tsquery(cfg, sa.literal(" | ".join(atoms)))
     vec = sa.literal_column("corpus_documents.search_vector")
     # Weights D, C, B, A: title (A) counts TITLE_WEIGHT times the body (B), compound parts
     # (C) PARTS_WEIGHT times the body.
     weights = sa.literal_column(
         f"'{{0.05, {PARTS_WEIGHT / TITLE_WEIGHT}, {1 / TITLE_WEIGHT}, 1.0}}'::float4[]"
     )
-    score = sa.func.ts_rank_cd(weights, vec, tsq, 1)
+    atom_q = [sa.func.to_tsquery(cfg, sa.literal(a)) for a in atoms]
+    # ts_rank_cd knows nothing of how rare a word is: "Gebühr", in every other document,
+    # would count as much as "Stellplatz". So each atom is ranked on its own, saturated
+    # (normalisation 32: rank / (rank + 1), as BM25 saturates term frequency) and weighted
+    # by its BM25 idf (the always-positive form); document frequencies come from the GIN
+    # index in one pass over the matching rows.
+    counts = conn.execute(
+        sa.select(*[sa.func.count().filter(vec.op("@@")(q)) for q in atom_q])
+        .select_from(Document)
+        .where(vec.op("@@")(tsq))
+    ).one()
+    total = conn.execute(sa.select(sa.func.count()).select_from(Document)).scalar_one()
+    score = sum(
+        (
+            sa.literal(math.log(1 + (total - n + 0.5) / (n + 0.5)))
+            * sa.func.ts_rank_cd(weights, vec, q, 32)
+            for q, n in zip(atom_q, counts, strict=True)
+            if n
+        ),
+        sa.literal(0.0),
+    )
     stmt = (
         sa.select(Document.doc_id, score.label("score"))
         .where(vec.op("@@")(tsq))

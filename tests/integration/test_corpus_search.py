@@ -149,6 +149,20 @@ def test_terms_in_most_documents_are_left_out_only_on_large_corpora(
     assert len(search(db_engine, admin, "Bergheim Stadt", settings, mode="keyword")) == 6
 
 
+def test_rare_words_outweigh_common_ones_on_both_engines(db_engine, admin, settings, tmp_path):
+    folder = tmp_path / "rarity"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"mitteilung-{i}.txt").write_text(
+            f"Bergheim Mitteilung {i}\n\nAmtliche Mitteilung Nummer {i} der Stadt.\n"
+        )
+    (folder / "notiz.txt").write_text("Notiz\n\nDas Freibad der Stadt Bergheim öffnet im Mai.\n")
+    ingest_paths(db_engine, admin, [folder], IngestOptions(embed=False), settings)
+    # "Bergheim" is in every title (weighted 4x), "Freibad" in one body: the rare word
+    # decides (BM25's idf on SQLite; idf-weighted ts_rank_cd on Postgres).
+    assert ids(search(db_engine, admin, "Bergheim Freibad", settings, mode="keyword"))[0] == "notiz"
+
+
 def test_vector_mode_ranks_by_embedding_similarity(corpus, admin, settings):
     res = search(
         corpus,
