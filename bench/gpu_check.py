@@ -37,7 +37,9 @@ def build_model(workdir: Path, hidden: int = 768, layers: int = 12) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
+        # A multiple of 256 as in real Llama configs: bitsandbytes' int8 matmul (cuBLASLt)
+        # fails on layer widths that are not a multiple of 4.
+        intermediate_size=(hidden * 8 // 3 + 255) // 256 * 256,
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,
         num_key_value_heads=max(1, hidden // 256),
@@ -97,6 +99,9 @@ def run(method: str, model_dir: Path, workdir: Path, steps: int, device: str = "
             "double_quant": True,
             "compute_dtype": "bfloat16",
         }
+    if method == "qlora8":
+        spec_data["method"] = "qlora"
+        spec_data["quantization"] = {"bits": 8, "compute_dtype": "bfloat16"}
     spec = TrainingSpec(**spec_data)
     losses: list[float] = []
 
@@ -121,6 +126,7 @@ def run(method: str, model_dir: Path, workdir: Path, steps: int, device: str = "
     wall = time.monotonic() - started
     return {
         "method": method,
+        "adapter": str(workdir / method / "adapter"),
         "steps": result.metrics.get("steps"),
         "tokens_per_second": round(result.metrics.get("tokens_per_second", 0.0), 1),
         "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -132,6 +138,50 @@ def run(method: str, model_dir: Path, workdir: Path, steps: int, device: str = "
         "eval_perplexity_after": result.metrics.get("eval_perplexity_after"),
         "padding_share": result.metrics.get("padding_share"),
         "wall_s": round(wall, 1),
+    }
+
+
+def base_dtype(model_dir: Path, quantization: str | None) -> str:
+    """The dtype the base model's weights are loaded in by `load_base_model` on CUDA."""
+    import torch
+
+    from core.training.base_model import load_base_model
+
+    model, _tok = load_base_model(str(model_dir), quantization=quantization, device="cuda")
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    del model
+    torch.cuda.empty_cache()
+    return "+".join(dtypes)
+
+
+def chat_check(model_dir: Path, adapter: str, quantization: str | None) -> dict:
+    """Serve the base model (optionally 4/8-bit) with a trained adapter through the chat
+    engine, as `clara chat-server` does, and generate on the GPU."""
+    import torch
+
+    from core.serving.engine import AdapterRef, GenerationSettings, InferenceEngine
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    engine = InferenceEngine(str(model_dir), quantization=quantization, device="cuda")
+    started = time.monotonic()
+    engine.load()
+    engine.add_adapter(AdapterRef(name="gpu-adapter", path=adapter))
+    load_s = time.monotonic() - started
+    messages = [{"role": "user", "content": "Wann brauche ich eine Baugenehmigung?"}]
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=48)
+    started = time.monotonic()
+    with_adapter = engine.generate(messages, adapter="gpu-adapter", settings=settings)
+    gen_s = time.monotonic() - started
+    base = engine.generate(messages, adapter=None, settings=settings)
+    return {
+        "quantization": quantization or "none (bf16)",
+        "device": str(engine.model.device),
+        "load_s": round(load_s, 2),
+        "generate_s": round(gen_s, 2),
+        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "answer_with_adapter": with_adapter[:120],
+        "adapter_changes_answer": with_adapter != base,
     }
 
 
@@ -147,6 +197,7 @@ def main() -> int:
         default=10,
         help="an untimed LoRA run first, so CUDA start-up cost is not measured",
     )
+    ap.add_argument("--methods", default="lora,qlora,qlora8")
     ap.add_argument(
         "--smoke-cpu",
         action="store_true",
@@ -190,12 +241,28 @@ def main() -> int:
         env["model_parameters"] = n_params
         if args.warmup_steps:
             run("lora", model_dir, workdir / "warmup", args.warmup_steps, device)
-        for method in ("lora", "qlora"):
+        for method in args.methods.split(","):
             r = run(method, model_dir, workdir, args.steps, device)
             print(json.dumps(r), flush=True)
             results.append(r)
+        checks: dict = {}
+        if device == "cuda":
+            checks["base_dtype"] = {q or "none": base_dtype(model_dir, q) for q in (None, "4bit")}
+            print(json.dumps(checks), flush=True)
+            trained = {r["method"]: r["adapter"] for r in results}
+            chats = []
+            for quant, method in ((None, "lora"), ("4bit", "qlora"), ("8bit", "qlora8")):
+                if method in trained:
+                    try:
+                        chats.append(chat_check(model_dir, trained[method], quant))
+                    except Exception as err:  # report, then go on with the other checks
+                        chats.append({"quantization": quant, "error": repr(err)[:300]})
+                    print(json.dumps(chats[-1]), flush=True)
+            checks["chat"] = chats
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps({"env": env, "results": results}, indent=2))
+    (args.out / "gpu_check.json").write_text(
+        json.dumps({"env": env, "results": results, "checks": checks}, indent=2)
+    )
     lines = [
         f"GPU check on {env['gpu']} (torch {env['torch']}, CUDA {env['cuda']}, "
         f"transformers {env['transformers']}, peft {env['peft']}, trl {env['trl']}, "
@@ -205,12 +272,32 @@ def main() -> int:
         "| method | tokens/s | peak GPU memory (MiB) | loss first → last | wall (s) |",
         "| --- | --- | --- | --- | --- |",
     ]
+
+    def loss(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
     for r in results:
         lines.append(
             f"| {r['method']} | {r['tokens_per_second']:,} | "
-            f"{r['peak_gpu_memory_mib'] or 0:,} | {r['first_loss']:.3f} → "
-            f"{r['last_loss']:.3f} | {r['wall_s']} |"
+            f"{r['peak_gpu_memory_mib'] or 0:,} | {loss(r['first_loss'])} → "
+            f"{loss(r['last_loss'])} | {r['wall_s']} |"
         )
+    if checks.get("base_dtype"):
+        lines += ["", f"Base weights as loaded on CUDA: {checks['base_dtype']}", ""]
+        lines += [
+            "| chat serving | device | load (s) | 48 tokens (s) | peak GPU memory (MiB) | "
+            "adapter changes answer |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in checks.get("chat", []):
+            if "error" in c:
+                lines.append(f"| {c['quantization']} | error: {c['error']} | | | | |")
+            else:
+                lines.append(
+                    f"| {c['quantization']} | {c['device']} | {c['load_s']} | "
+                    f"{c['generate_s']} | {c['peak_gpu_memory_mib']:,} | "
+                    f"{c['adapter_changes_answer']} |"
+                )
     (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -131,7 +131,11 @@ class _Cancel:
     def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers protocol
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        # On the ids' device: generate() combines it with its own flags there (on a GPU a
+        # CPU tensor here fails every generation).
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class InferenceEngine:
@@ -216,8 +220,9 @@ class InferenceEngine:
         """Refuse an adapter trained on another base model (naming both)."""
         if ref.base_model_fingerprint:
             if ref.base_model_fingerprint != self.fingerprint:
-                raise BaseModelMismatch(ref.name, ref.base_model or ref.base_model_fingerprint,
-                                        self.base_model)
+                raise BaseModelMismatch(
+                    ref.name, ref.base_model or ref.base_model_fingerprint, self.base_model
+                )
             return
         cfg_file = Path(ref.path) / "adapter_config.json"
         if cfg_file.exists():
@@ -358,8 +363,9 @@ class InferenceEngine:
         dropped = 0
 
         def encode(msgs: list[dict[str, str]]) -> list[int]:
-            out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)
+            out = tok.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
             return list(out["input_ids"])
 
         ids = encode(system + turns)
@@ -383,7 +389,7 @@ class InferenceEngine:
             if len(ids) > budget:  # the template or system prompt alone is over the limit
                 extra = len(ids) - budget
                 cut += extra
-                ids = ids[:1] + ids[1 + extra:]
+                ids = ids[:1] + ids[1 + extra :]
         return PreparedPrompt(
             input_ids=torch.tensor([ids], dtype=torch.long),
             messages=system + turns,
