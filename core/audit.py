@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from core.db import session_scope
 from core.db.models import AuditEntry
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from core.auth import Principal
 
 
@@ -101,6 +102,8 @@ def read_audit_log(
     since: datetime | None = None,
 ) -> AuditPage:
     """A page of the audit log, newest first; filters are applied in SQL."""
+    import pandas as pd  # only here: every `clara` command imports this module at start
+
     from core.auth import require
 
     require(actor, "audit:read")
