@@ -7,9 +7,14 @@ never collide. With CI=true an unreachable Postgres fails the run instead of ski
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +131,65 @@ def admin() -> Principal:
 
 def principal(role: str, name: str | None = None) -> Principal:
     return Principal(username=name or f"{role}1", role=role)
+
+
+def shared_build(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:  # noqa: ANN001
+    """The folder `name`, built once per test run by `build(folder)` and shared read-only.
+
+    For inputs that take seconds to make and that tests only read (a tiny model, an adapter
+    trained on fixed data with a fixed seed): the first caller builds it under a file lock
+    into a temporary folder that is renamed into place; every later caller, in this process
+    or in another pytest-xdist worker of the same run, waits for the lock and reuses it.
+    Tests that change such files copy them first.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # .../pytest-N/popen-gwK → .../pytest-N, shared by the workers
+    root = base / "shared"
+    root.mkdir(exist_ok=True)
+    target = root / name
+    with (root / f".{name}.lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not target.exists():
+                tmp = root / f".{name}-building"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                build(tmp)
+                tmp.rename(target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+@pytest.fixture(scope="session")
+def shared_demo_model(tmp_path_factory) -> Path:
+    """The tiny demo base model, built once per test run by `clara demo-model --json` (the
+    command a user runs) in a data dir of its own, and shared read-only: tests link it into
+    their data dir as `models/demo-llama`, where `ensure_demo_model` finds it complete."""
+
+    def build(folder: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "CLARA_DATABASE_URL"}
+        env.update(CLARA_DATA_DIR=str(folder), CLARA_DEMO_MODEL_SIZE="tiny", CLARA_ENV="testing")
+        r = subprocess.run(
+            [sys.executable, "-m", "core.cli", "demo-model", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        built = json.loads(r.stdout)
+        assert built["size"] == "tiny", built
+        assert Path(built["path"]) == folder / "models" / "demo-llama", built
+
+    return shared_build(tmp_path_factory, "demo-model", build) / "models" / "demo-llama"
+
+
+def link_demo_model(shared: Path, data_dir: Path) -> Path:
+    """`data_dir/models/demo-llama` → the shared demo model (as `clara demo-model` leaves it)."""
+    target = data_dir / "models" / "demo-llama"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(shared, target_is_directory=True)
+    return target

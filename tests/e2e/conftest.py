@@ -6,7 +6,8 @@ Fixtures
 - `make_workbench(**env)`: module-scoped factory for a workbench with other settings, e.g.
   `make_workbench(CLARA_START_CHAT="true", CLARA_START_WORKER="true")`. Every started
   workbench is stopped (SIGTERM, as Ctrl-C would) at the end of the module.
-- `browser`: one headless Debian Chromium per session (Playwright, never `playwright install`).
+- `browser`: one headless Debian Chromium per session, i.e. per pytest-xdist worker (Playwright,
+  never `playwright install`), its profile in that session's temp dir.
 - `page`: a fresh browser context and page per test; a screenshot lands in test-artifacts/
   when the test fails.
 - `login(page, workbench, username, password)`: logs in through the real login form.
@@ -164,7 +165,7 @@ def workbench(make_workbench) -> Workbench:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         msg = f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
         if os.environ.get("CI", "").lower() == "true":
@@ -172,10 +173,26 @@ def browser():
         pytest.skip(msg)
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
+    # Playwright's driver puts each Chromium profile in its temp dir: give it one of this
+    # session's own, so that parallel workers and other runs never touch each other's.
+    profiles = tmp_path_factory.mktemp("chromium-profiles")
+    old_tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(profiles)
+    try:
+        manager = sync_playwright()
+        p = manager.__enter__()  # starts the driver, which keeps this TMPDIR
+    finally:
+        if old_tmpdir is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_tmpdir
+    try:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+    finally:
+        manager.__exit__(None, None, None)
+        shutil.rmtree(profiles, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -210,9 +227,3 @@ def login(page, workbench: Workbench, username: str = "admin", password: str | N
     page.get_by_role("button", name="Login").click()
     page.get_by_test_id("stSidebar").get_by_text(username, exact=False).first.wait_for()
     return page
-
-
-def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001
-    # Leave no stray Chromium profile dirs behind in /tmp.
-    for p in Path("/tmp").glob("playwright_chromiumdev_profile-*"):
-        shutil.rmtree(p, ignore_errors=True)

@@ -17,8 +17,7 @@ from tests.e2e.conftest import login
 from tests.integration.test_chat_engine import (
     CODEWORD,
     QUESTION,
-    make_tiny_model,
-    train_codeword_adapter,
+    shared_codeword_models,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -29,8 +28,8 @@ CORRECTION = "The codeword is MANGO TRAIN."
 @pytest.fixture(scope="module")
 def chat_workbench(make_workbench, tmp_path_factory):
     root = tmp_path_factory.mktemp("chat-e2e-models")
-    base = make_tiny_model(root / "base")
-    adapter = train_codeword_adapter(base, root / "codeword")
+    shared = shared_codeword_models(tmp_path_factory)
+    base, adapter = shared["base"], shared["codeword"]
     wb = make_workbench(CLARA_START_CHAT="true", CLARA_BASE_MODEL=str(base))
 
     from core.auth import SYSTEM

@@ -8,16 +8,20 @@ import re
 
 import pytest
 
+from tests.conftest import link_demo_model
 from tests.e2e.conftest import login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def trainbench(make_workbench, tmp_path_factory):
+def trainbench(make_workbench, tmp_path_factory, shared_demo_model):
     wb = make_workbench(
         CLARA_START_WORKER="true", CLARA_DEMO_MODEL_SIZE="tiny", CLARA_TRAIN_THREADS="1"
     )
+    # The demo model as `clara demo-model` builds it (once per test run, shared): the
+    # command then finds it in place.
+    link_demo_model(shared_demo_model, wb.data_dir)
     r = wb.cli("demo-model")
     assert r.returncode == 0, r.stderr
     rows = tmp_path_factory.mktemp("data") / "faq.jsonl"
@@ -46,6 +50,25 @@ def trainbench(make_workbench, tmp_path_factory):
         r = wb.cli(*args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return wb
+
+
+def _click_until(page, button: str, shows: re.Pattern, timeout: float = 60_000) -> None:  # noqa: ANN001
+    """Click a button of the job view until the view shows `shows`. The view refreshes itself
+    every few seconds (fragment); on a busy machine a click during a refresh can be lost."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    expected = page.get_by_text(shows)
+    for _ in range(3):
+        try:
+            page.get_by_role("button", name=button).first.click(timeout=10_000)
+        except PlaywrightTimeout:
+            pass  # gone: the earlier click took effect after all
+        try:
+            expected.wait_for(timeout=timeout)
+            return
+        except PlaywrightTimeout:
+            continue
+    expected.wait_for(timeout=timeout)
 
 
 def _loss_points(page) -> int:
@@ -88,18 +111,15 @@ def test_submit_watch_cancel_retry(trainbench, page):
         timeout=240_000,
     )
 
-    page.get_by_role("button", name="Cancel").click()
-    page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)
+    _click_until(page, "Cancel", re.compile(r"Job \d+: e2e-hund — cancelled"))
     # The jobs table also holds this text in a hidden accessibility grid: wait for the
     # visible error box of the job view.
     page.get_by_text("cancelled on request").filter(visible=True).first.wait_for()
 
-    page.get_by_role("button", name="Retry").click()
-    page.get_by_text(re.compile(r"Job \d+: e2e-hund — running")).wait_for(timeout=120_000)
+    _click_until(page, "Retry", re.compile(r"Job \d+: e2e-hund — running"), timeout=120_000)
     # The retried attempt resumes from the checkpoint written at cancel time.
     page.get_by_text("resuming from").first.wait_for(timeout=240_000)
     r = trainbench.cli("train", "list", "--json")
     jobs = json.loads(r.stdout)
     assert jobs[0]["name"] == "e2e-hund" and jobs[0]["attempts"] == 1
-    page.get_by_role("button", name="Cancel").click()
-    page.get_by_text(re.compile(r"Job \d+: e2e-hund — cancelled")).wait_for(timeout=60_000)
+    _click_until(page, "Cancel", re.compile(r"Job \d+: e2e-hund — cancelled"))

@@ -1,9 +1,11 @@
 """The inference engine on a real (tiny) Llama model with real LoRA adapters trained here.
 
 Also home of the helpers the other chat tests import: `make_tiny_model` (a 2-layer Llama with
-a byte-level BPE tokenizer and a chat template, built offline in seconds) and
+a byte-level BPE tokenizer and a chat template, built offline in seconds),
 `train_codeword_adapter` (TRL SFTTrainer + PEFT LoRA taught to answer one question with a
-distinctive phrase, so switching to it visibly changes the output).
+distinctive phrase, so switching to it visibly changes the output) and `shared_codeword_models`
+(that base and that adapter, built once per test run and shared read-only by every module and
+pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import shared_build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -88,6 +92,19 @@ def train_codeword_adapter(base: Path, out: Path, answer: str = CODEWORD, steps:
     return out
 
 
+def shared_codeword_models(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    """The tiny base and the codeword adapter trained on it, built once per test run.
+
+    Both are deterministic (fixed seeds, fixed data) and only read by the tests: whoever
+    builds them first, every test sees the same files. Copy before changing anything.
+    """
+    base = shared_build(tmp_path_factory, "chat-base", make_tiny_model)
+    codeword = shared_build(
+        tmp_path_factory, "chat-codeword", lambda out: train_codeword_adapter(base, out)
+    )
+    return {"base": base, "codeword": codeword}
+
+
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12, "repetition_penalty": 1.0}
 
 
@@ -104,10 +121,9 @@ def make_noop_adapter(base: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    base = make_tiny_model(root / "base")
-    return {"base": base, "codeword": train_codeword_adapter(base, root / "codeword"),
-            "noop": make_noop_adapter(base, root / "noop")}
+    shared = shared_codeword_models(tmp_path_factory)
+    noop = make_noop_adapter(shared["base"], tmp_path_factory.mktemp("tiny") / "noop")
+    return {**shared, "noop": noop}
 
 
 def test_adapter_switch_changes_answer_without_reloading_base(tiny) -> None:

@@ -1,7 +1,8 @@
 """A real `clara chat` process driven with gradio_client, on SQLite and on PostgreSQL.
 
-The base model is the tiny Llama from test_chat_engine; adapters are trained here (TRL +
-PEFT) and registered through the training registry, some after the server started.
+The base model is the tiny Llama from test_chat_engine; adapters are trained with TRL + PEFT
+(once per test run, shared) and registered through the training registry, some after the
+server started. The SQLite and the Postgres server may run side by side on two xdist workers.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, require_postgres
+from tests.conftest import PG_ADMIN_URL, require_postgres, shared_build
 from tests.integration.test_chat_engine import (
     CODEWORD,
     QUESTION,
     make_tiny_model,
+    shared_codeword_models,
     train_codeword_adapter,
 )
 
@@ -47,11 +49,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("chat-models")
-    base = make_tiny_model(root / "base")
+    shared = shared_codeword_models(tmp_path_factory)
+    base = shared["base"]
     return {
         "base": base,
-        "codeword": train_codeword_adapter(base, root / "codeword"),
-        "whale": train_codeword_adapter(base, root / "whale", answer=WHALE),
+        "codeword": shared["codeword"],
+        "whale": shared_build(
+            tmp_path_factory, "chat-whale", lambda out: train_codeword_adapter(base, out, WHALE)
+        ),
         "other_base": make_tiny_model(root / "other-base", max_positions=128),
     }
 
@@ -108,23 +113,23 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
     from core.training.adapters import register_adapter
     from core.training.base_model import base_model_fingerprint
 
-    get_settings.cache_clear()
-    st = prepare(get_settings())
-    create_user(st.engine, SYSTEM, "alice", "alice-pass-1", "user")
-    create_user(st.engine, SYSTEM, "otto", "otto-pass-12", "auditor")
-    staged = data / "staged-codeword"
-    shutil.copytree(models["codeword"], staged)
-    register_adapter(st.engine, SYSTEM, name="codeword", files_dir=staged,
-                     base_model=str(models["base"]),
-                     base_model_fingerprint=base_model_fingerprint(str(models["base"])),
-                     method="lora")
     srv = ChatServer(f"http://127.0.0.1:{port}/", env, db_url, data / "chat.log")
-    with srv.log.open("wb") as log:
-        srv.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "chat"], cwd=ROOT, env={**os.environ, **env},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
+    try:  # from here on a failure restores the environment (later tests read CLARA_*)
+        get_settings.cache_clear()
+        st = prepare(get_settings())
+        create_user(st.engine, SYSTEM, "alice", "alice-pass-1", "user")
+        create_user(st.engine, SYSTEM, "otto", "otto-pass-12", "auditor")
+        staged = data / "staged-codeword"
+        shutil.copytree(models["codeword"], staged)
+        register_adapter(st.engine, SYSTEM, name="codeword", files_dir=staged,
+                         base_model=str(models["base"]),
+                         base_model_fingerprint=base_model_fingerprint(str(models["base"])),
+                         method="lora")
+        with srv.log.open("wb") as log:
+            srv.proc = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "chat"], cwd=ROOT, env={**os.environ, **env},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + 300
         while True:
             assert srv.proc.poll() is None, f"clara chat exited:\n{srv.log.read_text()}"
@@ -137,11 +142,12 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
             time.sleep(1)
         yield srv
     finally:
-        os.killpg(srv.proc.pid, signal.SIGTERM)
-        try:
-            srv.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(srv.proc.pid, signal.SIGKILL)
+        if srv.proc is not None:
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+            try:
+                srv.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(srv.proc.pid, signal.SIGKILL)
         from core.db import dispose_engines
 
         dispose_engines()

@@ -1,7 +1,8 @@
 """Real training through the real queue and `clara worker` processes, on the demo model.
 
-The demo model is built once per session (tiny size) into a shared folder and linked into
-each test's data dir, as `clara demo-model` would have left it there.
+The demo model is built once per test run (tiny size, `shared_demo_model` in tests/conftest.py)
+into a shared folder and linked into each test's data dir, as `clara demo-model` would have
+left it there.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from core.training.jobs import (
 )
 from core.training.models import Adapter
 from core.training.spec import preset
-from tests.conftest import ROOT
+from tests.conftest import ROOT, link_demo_model
 
 pytestmark = pytest.mark.slow
 
@@ -49,21 +50,9 @@ os.environ["CLARA_DEMO_MODEL_SIZE"] = "tiny"
 os.environ.setdefault("CLARA_TRAIN_THREADS", "1")
 
 
-@pytest.fixture(scope="session")
-def shared_demo_model(tmp_path_factory) -> Path:
-    from core.training.demo_model import build_demo_model
-
-    folder = tmp_path_factory.mktemp("demo-model") / "demo-llama"
-    folder.mkdir()
-    return build_demo_model(folder, size="tiny")
-
-
 @pytest.fixture
 def demo(settings, shared_demo_model) -> Path:
-    target = settings.data_path / "models" / "demo-llama"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.symlink_to(shared_demo_model, target_is_directory=True)
-    return target
+    return link_demo_model(shared_demo_model, settings.data_path)
 
 
 def make_version(engine, admin, name: str = "faq", n: int = 48, offset: int = 0):
