@@ -11,6 +11,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
+import numpy as np
 import Stemmer
 
 from core.corpus.compounds import text_parts
@@ -340,14 +341,15 @@ def snippet(text: str, terms: list[str], width: int = 32, language: str = "germa
     matches = list(WORD_RE.finditer(text[:200_000]))
     if not matches:
         return ""
-    stems = stem_words([fold(m.group()) for m in matches], language)
-    hit = [1 if terms and _matches(s, terms) else 0 for s in stems]
-    best_start, best, window = 0, -1, sum(hit[:width])
-    best = window
-    for i in range(1, max(1, len(matches) - width + 1)):
-        window += hit[i + width - 1] - hit[i - 1] if i + width - 1 < len(hit) else -hit[i - 1]
-        if window > best:
-            best, best_start = window, i
+    # Long documents repeat their words: stem and match each distinct word once.
+    words = [m.group() for m in matches]
+    distinct = list(dict.fromkeys(words))
+    stems = stem_words([fold(w) for w in distinct], language)
+    is_hit = {w: bool(terms) and _matches(st, terms) for w, st in zip(distinct, stems, strict=True)}
+    hit = np.fromiter((is_hit[w] for w in words), dtype=np.int32, count=len(words))
+    # Matches per window of `width` words starting at each position; the first best wins.
+    sums = np.convolve(hit, np.ones(min(width, len(hit)), dtype=np.int32), mode="valid")
+    best_start = int(np.argmax(sums))
     end_i = min(len(matches), best_start + width) - 1
     start_c, end_c = matches[best_start].start(), matches[end_i].end()
     out, pos = [], start_c
@@ -356,7 +358,10 @@ def snippet(text: str, terms: list[str], width: int = 32, language: str = "germa
         out.append(text[pos : m.start()])
         out.append(f"«{m.group()}»" if hit[i] else m.group())
         pos = m.end()
+    # Words cut off on either side are marked; trailing punctuation of the text is kept.
+    more = end_i < len(matches) - 1 or len(text) > 200_000
+    if not more:
+        out.append(text[end_c:])
     body = " ".join("".join(out).split())
-    prefix = "… " if start_c > 0 else ""
-    suffix = " …" if end_c < len(text) else ""
-    return prefix + body + suffix
+    prefix = "… " if best_start > 0 else ""
+    return prefix + body + (" …" if more else "")

