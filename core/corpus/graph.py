@@ -147,17 +147,16 @@ class RelationalGraphStore:
         return list(best.values())[:limit]
 
     def degrees(self, doc_ids: list[str]) -> dict[str, int]:
-        """How many other ingested documents each one is related to (either direction)."""
+        """Edges at each document, either direction (edges to documents not ingested
+        included, as in `mean_degree`: both by index alone, no join)."""
         if not doc_ids:
             return {}
-        present = sa.select(Document.doc_id)
-        out_ = sa.select(Edge.src.label("doc"), Edge.dst.label("other")).where(
-            Edge.src.in_(doc_ids), Edge.dst.in_(present)
-        )
-        in_ = sa.select(Edge.dst.label("doc"), Edge.src.label("other")).where(Edge.dst.in_(doc_ids))
-        pairs = sa.union(out_, in_).subquery()
+        ends = sa.union_all(
+            sa.select(Edge.src.label("doc")).where(Edge.src.in_(doc_ids)),
+            sa.select(Edge.dst.label("doc")).where(Edge.dst.in_(doc_ids)),
+        ).subquery()
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(pairs.c.doc, sa.func.count()).group_by(pairs.c.doc))
+            rows = c.execute(sa.select(ends.c.doc, sa.func.count()).group_by(ends.c.doc))
             return {doc: int(n) for doc, n in rows}
 
     def mean_degree(self) -> float:
