@@ -20,6 +20,11 @@ from core.auth import AuthError, PermissionDenied, Principal, principal_for
 from core.config import ConfigError, Settings, get_settings
 from core.db import DatabaseUnavailable
 
+# Model loads print tqdm bars ("Loading weights") that interleave with our own rich output
+# and fill logs; the CLI shows its own progress for everything slow. Before any import of
+# transformers, which reads this once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 app = typer.Typer(
     name="clara",
     help="CLARA Workbench: corpus → datasets → LoRA adapters → chat.",

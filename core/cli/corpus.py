@@ -267,6 +267,9 @@ def search_cmd(
     if json_out:
         print_json([r.model_dump(mode="json") for r in results])
         return
+    if not results:
+        console.print("no results")
+        return
     t = Table(
         "#", "score", "doc_id", "title", "keyword", "vector", "graph", "snippet", show_lines=False
     )
@@ -283,8 +286,6 @@ def search_cmd(
             r.snippet[:120],
         )
     console.print(t)
-    if not results:
-        console.print("no results")
 
 
 def _one_line(err: Exception) -> str:
