@@ -45,6 +45,18 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, each module kept together and otherwise in order.
+
+    The suite runs on pytest-xdist workers with `--dist loadscope --no-loadscope-reorder`
+    (pyproject): each module goes whole to one worker (its module-scoped fixtures, e.g. a
+    started `clara up` or chat server, are set up once), in this order, so that no long
+    module starts when the other workers are about to run out of work.
+    """
+    slow = {getattr(i, "module", None) for i in items if i.get_closest_marker("slow")}
+    items.sort(key=lambda i: getattr(i, "module", None) not in slow)  # a stable sort
+
+
 def _pg_available() -> str | None:
     try:
         eng = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})

@@ -30,6 +30,7 @@ def clara(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a dozen `clara` processes
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_submit_list_show_cancel_retry_from_the_cli(db_engine, admin, tmp_path):
     bad = tmp_path / "bad.yaml"
