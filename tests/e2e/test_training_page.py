@@ -48,7 +48,8 @@ def trainbench(make_workbench, tmp_path_factory, shared_demo_model):
         ("dataset", "freeze", "faq", "--eval-ratio", "0.2"),
     ):
         r = wb.cli(*args)
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        if r.returncode != 0:  # pytest.fail: the whole traceback, not a shortened repr
+            pytest.fail(f"clara {' '.join(args)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
     return wb
 
 
