@@ -91,21 +91,23 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
     page.get_by_role("button", name="Save and accept").click()
     _wait_text(page, f"Sample {second_id} edited (the original is kept).")
 
-    # Accept everything still pending in one bulk step.
+    # Accept everything still pending in one bulk step. The expander's label holds the
+    # count of matching samples, so a rerun after the edit can show it closed again: open
+    # it (again) before each look inside.
     confirm = page.get_by_text("Yes, change all", exact=False)
-    _expand(page, "Bulk decision for all", confirm)
     checkbox = page.get_by_role("checkbox", name=re.compile("Yes, change all"))
     accept_all = page.get_by_role("button", name="Accept all matching")
     for _ in range(10):
-        if accept_all.is_enabled():
-            break
-        if not checkbox.is_checked():
-            _expand(page, "Bulk decision for all", confirm)
-            try:
+        _expand(page, "Bulk decision for all", confirm)
+        try:
+            if accept_all.is_enabled(timeout=5_000):
+                break
+            if not checkbox.is_checked(timeout=5_000):
                 confirm.click(timeout=5_000)
-            except Exception:  # noqa: BLE001 - Playwright's TimeoutError: a rerun closed it
-                continue
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: closed by a rerun
+            continue
         page.wait_for_timeout(3000)  # the rerun that enables the button
+    _expand(page, "Bulk decision for all", confirm)
     accept_all.click()
     _wait_text(page, "sample(s) accepted.")
 
