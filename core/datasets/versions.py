@@ -198,7 +198,8 @@ def freeze(
         final: Path | None = None
         renamed = committed = False
         try:
-            with session_scope(engine) as s:
+            # Reads, then writes: on SQLite take the write lock first (see session_scope).
+            with session_scope(engine, immediate=True) as s:
                 d = resolve_dataset(s, dataset_id)
                 ctx.target = d.name
                 # Takes the write lock (row lock on Postgres, database lock on SQLite) so two

@@ -109,9 +109,28 @@ _sessionmakers: dict[int, sessionmaker] = {}
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on any error."""
+def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
+    """A transaction: commit on success, roll back on any error.
+
+    `immediate=True` is for transactions that read and then write on SQLite: they start
+    with BEGIN IMMEDIATE and so wait (busy timeout) for another writer up front. A plain
+    BEGIN that reads first cannot upgrade to a write lock while another process writes
+    (WAL: "database is locked" at once, without waiting). No effect on PostgreSQL.
+    """
     engine = engine or get_engine()
+    if immediate and engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+            session = Session(bind=conn, expire_on_commit=False)
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+        return
     maker = _sessionmakers.get(id(engine))
     if maker is None:
         maker = sessionmaker(bind=engine, expire_on_commit=False)
