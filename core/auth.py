@@ -232,7 +232,7 @@ def create_user(
         name = _normalise_username(username)
         _check_role(role)
         _check_password_policy(password)
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             if s.scalar(select(User).where(User.username == name)) is not None:
                 raise UserError(f"user {name!r} already exists")
             user = User(

@@ -371,7 +371,7 @@ def save_search(
             raise SearchError("a saved search needs a name of 1-128 characters")
         from core.db import session_scope
 
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
             if row is None:
                 row = SavedSearch(name=name, created_by=actor.username)
@@ -443,7 +443,7 @@ def delete_saved_search(engine: Engine, actor: Principal, name: str) -> None:
         require(actor, "corpus:search")
         from core.db import session_scope
 
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
             if row is None:
                 raise SavedSearchNotFound(name)

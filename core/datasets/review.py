@@ -313,7 +313,7 @@ def edit_sample(
     are recorded; the quality score is cleared (it described the old text)."""
     with audited(engine, actor, "datasets.edit", target=f"sample:{sample_id}"):
         require(actor, "datasets:review")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             cur = s.get(DatasetSample, sample_id)
             if cur is None:
                 raise SampleNotFound(sample_id)

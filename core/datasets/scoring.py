@@ -165,7 +165,7 @@ def start_scoring(engine: Engine, actor: Principal, dataset_ref: int | str) -> S
                 env=env,
                 start_new_session=True,
             )
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             s.execute(update(ScoringRun).where(ScoringRun.id == run.id).values(pid=proc.pid))
         return run
 
@@ -216,7 +216,7 @@ def cancel_scoring(engine: Engine, actor: Principal, run_id: int) -> None:
     """Ask a run to stop after its current batch (scores written so far are kept)."""
     with audited(engine, actor, "datasets.score_cancel", target=str(run_id)):
         require(actor, "datasets:review")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             s.execute(
                 update(ScoringRun)
                 .where(ScoringRun.id == run_id, ScoringRun.status.in_(("queued", "running")))

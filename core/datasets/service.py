@@ -183,7 +183,7 @@ def create_dataset(
         name = check_name(name)
         if thresholds is not None:
             thresholds = _validated_thresholds(thresholds)
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             d = _create(s, actor, name, description, kind)
             d.thresholds = thresholds
             ctx.detail["id"] = d.id
@@ -302,7 +302,7 @@ def set_thresholds(
     with audited(engine, actor, "datasets.set_thresholds", target=str(ref)) as ctx:
         require(actor, "datasets:create")
         thresholds = _validated_thresholds(values)
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             d = resolve_dataset(s, ref)
             ctx.target = d.name
             d.thresholds = thresholds
@@ -355,7 +355,7 @@ def add_samples(
     """Add samples in one transaction; returns the new sample ids in input order."""
     with audited(engine, actor, "datasets.add_samples", target=str(dataset_id)) as ctx:
         require(actor, "datasets:create")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             d = resolve_dataset(s, dataset_id)
             ctx.target = d.name
             rows = [sample_row(d.id, smp, actor.username) for smp in samples]
@@ -369,7 +369,7 @@ def delete_dataset(engine: Engine, actor: Principal, ref: int | str) -> None:
     """Delete a dataset and its samples; refused while frozen versions reference it."""
     with audited(engine, actor, "datasets.delete", target=str(ref)) as ctx:
         require(actor, "datasets:create")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             d = resolve_dataset(s, ref)
             ctx.target = d.name
             n = s.scalar(select(func.count()).where(DatasetVersion.dataset_id == d.id)) or 0

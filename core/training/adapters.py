@@ -131,7 +131,7 @@ def register_adapter(
         root = adapters_root(settings)
         root.mkdir(parents=True, exist_ok=True)
         final = root / name
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             if s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None:
                 raise AdapterError(f"an adapter named {name!r} already exists")
         manifest = {
@@ -159,7 +159,7 @@ def register_adapter(
             shutil.rmtree(final)
         staged.rename(final)
         try:
-            with session_scope(engine) as s:
+            with session_scope(engine, immediate=True) as s:
                 if job_id is not None and job_token is not None:
                     job = s.get(TrainingJob, job_id, with_for_update=True)
                     if job is None or job.fencing_token != job_token or job.state != "running":
@@ -202,7 +202,7 @@ def delete_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> A
     """Remove the row, then the files (the row goes first: no row ever points at nothing)."""
     with audited(engine, actor, "adapters.delete", target=str(name_or_id)) as ctx:
         require(actor, "adapters:activate")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             row = _lookup(s, name_or_id)
             info = AdapterInfo.model_validate(row)
             ctx.target = info.name

@@ -195,7 +195,7 @@ def submit_job(
         settings = settings or get_settings()
         refs = preflight(engine, actor, spec, settings)
         max_steps = spec.trainer.get("max_steps")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             job = TrainingJob(
                 kind="sft",
                 name=spec.name,
@@ -229,7 +229,7 @@ def submit_sleep_job(
     with audited(engine, actor, "training.submit", target=name) as ctx:
         require(actor, "training:create")
         settings = settings or get_settings()
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             job = TrainingJob(
                 kind="sleep",
                 name=name,
@@ -373,7 +373,7 @@ def cancel_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     """Queued: cancelled at once. Running: the worker stops the process (checkpoint first)."""
     with audited(engine, actor, "training.cancel", target=str(job_id)):
         require(actor, "training:cancel")
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             job = s.get(TrainingJob, _job_id(job_id), with_for_update=True)
             if job is None:
                 raise JobNotFound(job_id)
@@ -394,7 +394,7 @@ def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     with audited(engine, actor, "training.retry", target=str(job_id)):
         require(actor, "training:cancel")
         jid = _job_id(job_id)
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             job = s.get(TrainingJob, jid)
             if job is None:
                 raise JobNotFound(job_id)
