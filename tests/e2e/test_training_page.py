@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -86,7 +87,8 @@ def test_submit_watch_cancel_retry(trainbench, page):
 
     # The form comes from the preset; a bad name is refused next to its field.
     page.get_by_label("Adapter name").fill("Not Valid")
-    page.get_by_label("max_steps").fill("400")
+    # Long enough that the retried attempt is still running when it is cancelled again.
+    page.get_by_label("max_steps").fill("4000")
     page.get_by_label("save_steps").fill("200")
     page.get_by_label("logging_steps").fill("1")
     page.get_by_label("max_length").fill("64")
@@ -118,8 +120,20 @@ def test_submit_watch_cancel_retry(trainbench, page):
     page.get_by_text("cancelled on request").filter(visible=True).first.wait_for()
 
     _click_until(page, "Retry", re.compile(r"Job \d+: e2e-hund — running"), timeout=120_000)
-    # The retried attempt resumes from the checkpoint written at cancel time.
-    page.get_by_text("resuming from").first.wait_for(timeout=240_000)
+    # The retried attempt resumes from the checkpoint written at cancel time. The page shows
+    # only the log's tail, which training progress scrolls past within seconds on a fast
+    # machine, so the job's log file is the witness.
+    job = next(
+        j
+        for j in json.loads(trainbench.cli("train", "list", "--json").stdout)
+        if j["name"] == "e2e-hund"
+    )
+    log = trainbench.data_dir / "logs" / "training" / f"job-{job['id']}.log"
+    deadline = time.monotonic() + 240
+    while "resuming from" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(1)
+    assert "checkpoints/checkpoint-" in log.read_text(errors="replace").split("resuming from")[1]
     r = trainbench.cli("train", "list", "--json")
     jobs = json.loads(r.stdout)
     assert jobs[0]["name"] == "e2e-hund" and jobs[0]["attempts"] == 1
