@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -118,29 +118,23 @@ def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> I
     (WAL: "database is locked" at once, without waiting). No effect on PostgreSQL.
     """
     engine = engine or get_engine()
-    if immediate and engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
+    with ExitStack() as stack:
+        if immediate and engine.dialect.name == "sqlite":
+            conn = stack.enter_context(engine.connect())
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
             session = Session(bind=conn, expire_on_commit=False)
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-            finally:
-                session.close()
-        return
-    maker = _sessionmakers.get(id(engine))
-    if maker is None:
-        maker = sessionmaker(bind=engine, expire_on_commit=False)
-        _sessionmakers[id(engine)] = maker
-    session = maker()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+        else:
+            maker = _sessionmakers.get(id(engine))
+            if maker is None:
+                maker = _sessionmakers[id(engine)] = sessionmaker(
+                    bind=engine, expire_on_commit=False
+                )
+            session = maker()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
