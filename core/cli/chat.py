@@ -22,8 +22,9 @@ def chat(
     host: str | None = typer.Option(None, help="bind address (default CLARA_CHAT_HOST)"),
     port: int | None = typer.Option(None, help="port (default CLARA_CHAT_PORT)"),
     quantization: str | None = typer.Option(
-        None, help="load the base model in 4bit or 8bit (bitsandbytes); "
-        "default CLARA_CHAT_QUANTIZATION"),
+        None,
+        help="load the base model in 4bit or 8bit (bitsandbytes); default CLARA_CHAT_QUANTIZATION",
+    ),
 ) -> None:
     """Run the chat server (Gradio; embedded by the Streamlit Chat page)."""
     from workers.chat import serve
@@ -49,12 +50,14 @@ def _history(path: Path | None) -> list[dict[str, str]]:
     except (OSError, json.JSONDecodeError) as err:
         raise CliFailure(f"{path}: cannot read the conversation as JSON ({err})") from None
     if not isinstance(data, list) or not all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-        and isinstance(m.get("content"), str) for m in data
+        isinstance(m, dict)
+        and m.get("role") in ("system", "user", "assistant")
+        and isinstance(m.get("content"), str)
+        for m in data
     ):
         raise CliFailure(
-            f"{path}: expected a JSON list of {{\"role\": user|assistant|system, "
-            "\"content\": text}} messages"
+            f'{path}: expected a JSON list of {{"role": user|assistant|system, '
+            '"content": text}} messages'
         )
     return data
 
@@ -72,18 +75,22 @@ def generate(
     quantization: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes)"),
 ) -> None:
     """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
+    from core.auth import require
     from core.cli.common import err_console
     from core.serving.service import ChatService, engine_from_settings
 
     st = startup()
-    user = acting_user(st.engine)
+    user = require(acting_user(st.engine), "chat:use")  # before reading stdin or loading
     if prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise CliFailure("the prompt is empty")
     gen = GenerationSettings(
-        system_prompt=system, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+        system_prompt=system,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
     )
     from core.training.base_model import BaseModelNotFound
 
@@ -116,15 +123,37 @@ def feedback_list(
     from core.serving.service import list_feedback
 
     st = startup()
-    rows, total = list_feedback(st.engine, acting_user(st.engine), adapter=adapter,
-                                username=user, limit=limit, offset=offset)
+    rows, total = list_feedback(
+        st.engine,
+        acting_user(st.engine),
+        adapter=adapter,
+        username=user,
+        limit=limit,
+        offset=offset,
+    )
     if json_out:
         print_json({"total": total, "items": rows})
         return
-    t = Table("id", "when", "user", "adapter", "rating", "prompt", "corrected", "sample",
-              title=f"{len(rows)} of {total}")
+    t = Table(
+        "id",
+        "when",
+        "user",
+        "adapter",
+        "rating",
+        "prompt",
+        "corrected",
+        "sample",
+        title=f"{len(rows)} of {total}",
+    )
     for r in rows:
-        t.add_row(str(r.id), r.created_at.strftime("%Y-%m-%d %H:%M"), r.username,
-                  r.adapter_name, "👍" if r.rating == "up" else "👎", r.prompt[:60],
-                  "yes" if r.correction else "", str(r.sample_id or ""))
+        t.add_row(
+            str(r.id),
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.username,
+            r.adapter_name,
+            "👍" if r.rating == "up" else "👎",
+            r.prompt[:60],
+            "yes" if r.correction else "",
+            str(r.sample_id or ""),
+        )
     console.print(t)

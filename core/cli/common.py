@@ -102,6 +102,22 @@ def acting_user(engine) -> Principal:  # noqa: ANN001
     return principal
 
 
+def allowed_user(engine, permission: str, action: str, target: str = "") -> Principal:  # noqa: ANN001
+    """The acting user, refused *before* the command asks anything (a password, a "really?").
+
+    Core checks the permission again inside the operation; this check only makes sure that a
+    user without it is told so at once instead of being asked for input first. The refusal is
+    audited as the operation itself would audit it (action, target, outcome "denied").
+    """
+    from core.audit import record
+
+    principal = acting_user(engine)
+    if not principal.can(permission):
+        record(engine, principal.username, action, target, "denied", {"permission": permission})
+        raise PermissionDenied(principal.username, principal.role, permission)
+    return principal
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

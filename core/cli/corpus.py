@@ -14,6 +14,7 @@ from core.cli.common import (
     EXIT_FAILED,
     CliFailure,
     acting_user,
+    allowed_user,
     app,
     console,
     err_console,
@@ -377,14 +378,17 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
 @corpus_app.command("delete")
 def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Delete a document from the database, keyword, vector and graph indexes."""
-    from core.corpus.documents import DocumentNotFound
+    from core.corpus.documents import DocumentNotFound, get_document
     from core.corpus.ingest import delete_document
 
     st = startup()
-    if not yes and not typer.confirm(f"Delete {doc_id} from all indexes?"):
-        raise CliFailure("not deleted")
+    # Permission first, the question after: nobody confirms what they may not do.
+    user = allowed_user(st.engine, "corpus:ingest", "corpus.delete", doc_id)
     try:
-        delete_document(st.engine, acting_user(st.engine), doc_id, st.settings)
+        get_document(st.engine, user, doc_id)
+        if not yes and not typer.confirm(f"Delete {doc_id} from all indexes?"):
+            raise CliFailure("not deleted")
+        delete_document(st.engine, user, doc_id, st.settings)
     except DocumentNotFound as err:
         raise CliFailure(str(err)) from None
     console.print(f"deleted {doc_id}")

@@ -14,6 +14,7 @@ from core.cli.common import (
     EXIT_USAGE,
     CliFailure,
     acting_user,
+    allowed_user,
     app,
     console,
     err_console,
@@ -399,10 +400,13 @@ def adapters_merge(name: str, out_dir: Path) -> None:
 @adapters_app.command("delete")
 def adapters_delete(name: str, yes: bool = typer.Option(False, "--yes", "-y")) -> None:
     """Delete an adapter (row and files)."""
-    from core.training.adapters import delete_adapter
+    from core.training.adapters import delete_adapter, get_adapter
 
+    st = startup()
+    # Permission and existence first, the question after: nobody confirms what they may not do.
+    user = allowed_user(st.engine, "adapters:activate", "adapters.delete", name)
+    _run(get_adapter, st.engine, user, name)
     if not yes:
         typer.confirm(f"delete adapter {name!r} and its files?", abort=True)
-    st = startup()
-    info = _run(delete_adapter, st.engine, acting_user(st.engine), name)
+    info = _run(delete_adapter, st.engine, user, name)
     console.print(f"deleted adapter {info.name}")

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from core import auth
-from core.cli.common import acting_user, app, console, print_json, startup
+from core.cli.common import acting_user, allowed_user, app, console, print_json, startup
 
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -29,9 +29,8 @@ def add(
 ) -> None:
     """Add a user."""
     st = startup()
-    info = auth.create_user(
-        st.engine, acting_user(st.engine), username, _password(password), role, email, full_name
-    )
+    actor = allowed_user(st.engine, "users:manage", "users.add", username)  # before the prompt
+    info = auth.create_user(st.engine, actor, username, _password(password), role, email, full_name)
     if json_out:
         print_json(info)
     else:
@@ -89,5 +88,8 @@ def reset_password(
 ) -> None:
     """Set a new password for a user (also lifts a login lockout)."""
     st = startup()
-    auth.reset_password(st.engine, acting_user(st.engine), username, _password(password))
+    actor = acting_user(st.engine)
+    if actor.username != username.strip().lower():  # everyone may change their own password
+        actor = allowed_user(st.engine, "users:manage", "users.reset_password", username)
+    auth.reset_password(st.engine, actor, username, _password(password))
     console.print(f"password of {username} changed")
