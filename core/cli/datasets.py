@@ -9,13 +9,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.cli.common import CliFailure, acting_user, app, console, print_json, startup
+from core.cli.common import (
+    EXIT_USAGE,
+    CliFailure,
+    acting_user,
+    app,
+    console,
+    print_json,
+    startup,
+)
 from core.datasets.errors import DatasetError, ImportFailed
 
-dataset_app = typer.Typer(help="Build, score, review, freeze and export datasets.",
-                          no_args_is_help=True)
-review_app = typer.Typer(help="Accept or reject samples (by id or by filter).",
-                         no_args_is_help=True)
+dataset_app = typer.Typer(
+    help="Build, score, review, freeze and export datasets.", no_args_is_help=True
+)
+review_app = typer.Typer(
+    help="Accept or reject samples (by id or by filter).", no_args_is_help=True
+)
 dataset_app.add_typer(review_app, name="review")
 app.add_typer(dataset_app, name="dataset")
 
@@ -23,8 +33,14 @@ JSON = typer.Option(False, "--json", help="machine-readable output")
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _fail(err: DatasetError) -> CliFailure:
@@ -85,15 +101,18 @@ def build(
         if ids:
             rep = build_from_documents(st.engine, actor, ds.id, ids, tpl, unit, max_tokens)
         else:
-            rep = build_from_saved_search(st.engine, actor, ds.id, saved_search, tpl, unit,
-                                          max_tokens, k or None)
+            rep = build_from_saved_search(
+                st.engine, actor, ds.id, saved_search, tpl, unit, max_tokens, k or None
+            )
     except DatasetError as err:
         raise _fail(err) from None
     if json_out:
         print_json(rep)
         return
-    console.print(f"{rep.dataset}: added {rep.added} sample(s) from {rep.documents} document(s)"
-                  f"; {rep.split_documents} split, {rep.skipped_existing} already present")
+    console.print(
+        f"{rep.dataset}: added {rep.added} sample(s) from {rep.documents} document(s)"
+        f"; {rep.split_documents} split, {rep.skipped_existing} already present"
+    )
     if rep.missing:
         console.print(f"[yellow]not found:[/yellow] {', '.join(rep.missing)}")
 
@@ -102,10 +121,14 @@ def build(
 def import_(
     name: str,
     file: Path,
-    fmt: str = typer.Option(None, "--format",
-                            help="messages, alpaca, sharegpt or text (detected when omitted)"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="import the good rows, report the "
-                                  "bad ones (default: all or nothing)"),
+    fmt: str = typer.Option(
+        None, "--format", help="messages, alpaca, sharegpt or text (detected when omitted)"
+    ),
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="import the good rows, report the bad ones (default: all or nothing)",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Import JSONL / JSON / CSV / Parquet instruction data (dataset created if new)."""
@@ -118,8 +141,15 @@ def import_(
         ds = get_or_create_dataset(st.engine, actor, name)
         with _progress() as prog:
             task = prog.add_task(f"importing {file.name}", total=None)
-            rep = import_file(st.engine, actor, ds.id, file, fmt, skip_bad,
-                              progress=lambda n: prog.update(task, completed=n))
+            rep = import_file(
+                st.engine,
+                actor,
+                ds.id,
+                file,
+                fmt,
+                skip_bad,
+                progress=lambda n: prog.update(task, completed=n),
+            )
     except ImportFailed as err:
         if json_out:
             print_json({"imported": 0, "errors": [str(e) for e in err.errors]})
@@ -130,8 +160,10 @@ def import_(
         print_json(rep)
         return
     how = "detected" if rep.detected else "given"
-    console.print(f"imported {rep.imported} sample(s) into [bold]{rep.dataset}[/bold] "
-                  f"(format {rep.format}, {how})")
+    console.print(
+        f"imported {rep.imported} sample(s) into [bold]{rep.dataset}[/bold] "
+        f"(format {rep.format}, {how})"
+    )
     if rep.skipped:
         console.print(f"[yellow]skipped {rep.skipped} bad row(s):[/yellow]")
         for e in rep.errors:
@@ -155,9 +187,12 @@ def score(
         else:
             with _progress() as prog:
                 task = prog.add_task(f"scoring {name}", total=None)
-                run = score_dataset(st.engine, actor, name,
-                                    progress=lambda d, t: prog.update(task, completed=d,
-                                                                      total=t))
+                run = score_dataset(
+                    st.engine,
+                    actor,
+                    name,
+                    progress=lambda d, t: prog.update(task, completed=d, total=t),
+                )
     except DatasetError as err:
         raise _fail(err) from None
     if json_out:
@@ -179,13 +214,30 @@ def list_(json_out: bool = JSON) -> None:
     if json_out:
         print_json(items)
         return
-    t = Table("name", "kind", "total", "pending", "accepted", "rejected", "scored", "mean score",
-              "versions")
+    t = Table(
+        "name",
+        "kind",
+        "total",
+        "pending",
+        "accepted",
+        "rejected",
+        "scored",
+        "mean score",
+        "versions",
+    )
     for d in items:
         c = d.counts
-        t.add_row(d.name, d.kind, str(c["total"]), str(c["pending"]), str(c["accepted"]),
-                  str(c["rejected"]), str(d.scored),
-                  "-" if d.mean_score is None else f"{d.mean_score:.2f}", str(d.versions))
+        t.add_row(
+            d.name,
+            d.kind,
+            str(c["total"]),
+            str(c["pending"]),
+            str(c["accepted"]),
+            str(c["rejected"]),
+            str(d.scored),
+            "-" if d.mean_score is None else f"{d.mean_score:.2f}",
+            str(d.versions),
+        )
     console.print(t)
 
 
@@ -213,8 +265,15 @@ def show(name: str, json_out: bool = JSON) -> None:
         console.print(f"latest scoring run {run.id}: {run.status} {run.done}/{run.total}")
     t = Table("version", "id", "train", "eval", "created", "by", "manifest sha256")
     for v in versions:
-        t.add_row(v.ref, str(v.id), str(v.counts["train"]), str(v.counts["eval"]),
-                  v.created_at.strftime("%Y-%m-%d %H:%M"), v.created_by, v.manifest_sha256[:16])
+        t.add_row(
+            v.ref,
+            str(v.id),
+            str(v.counts["train"]),
+            str(v.counts["eval"]),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.created_by,
+            v.manifest_sha256[:16],
+        )
     console.print(t)
 
 
@@ -233,25 +292,41 @@ def review_stats_(name: str, json_out: bool = JSON) -> None:
         print_json(stats)
         return
     c = stats.counts
-    console.print(f"{c['total']} samples: {c['accepted']} accepted, {c['rejected']} rejected, "
-                  f"{c['pending']} pending; {stats.scored} scored, {stats.edited} edited")
+    console.print(
+        f"{c['total']} samples: {c['accepted']} accepted, {c['rejected']} rejected, "
+        f"{c['pending']} pending; {stats.scored} scored, {stats.edited} edited"
+    )
     t = Table("reason", "samples")
     for code, n in sorted(stats.reasons.items(), key=lambda kv: -kv[1]):
         t.add_row(f"{code} ({reason_label(code)})", str(n))
     console.print(t)
 
 
-def _filters(status: str, reason: str, source: str, min_score: float | None,
-             max_score: float | None):  # noqa: ANN202
+def _filters(
+    status: str, reason: str, source: str, min_score: float | None, max_score: float | None
+):  # noqa: ANN202
     from core.datasets.review import SampleFilter
 
-    return SampleFilter(status=[s for s in status.split(",") if s] or None,
-                        reason=reason or None, source=source or None,
-                        min_score=min_score, max_score=max_score)
+    return SampleFilter(
+        status=[s for s in status.split(",") if s] or None,
+        reason=reason or None,
+        source=source or None,
+        min_score=min_score,
+        max_score=max_score,
+    )
 
 
-def _review(decision: str, name: str, ids: str, status: str, reason: str, source: str,
-            min_score: float | None, max_score: float | None, json_out: bool) -> None:
+def _review(
+    decision: str,
+    name: str,
+    ids: str,
+    status: str,
+    reason: str,
+    source: str,
+    min_score: float | None,
+    max_score: float | None,
+    json_out: bool,
+) -> None:
     from core.datasets.review import bulk_decide, decide, get_sample
 
     st = startup()
@@ -281,17 +356,31 @@ _SOURCE = typer.Option("", help="source to match (corpus, import, feedback, manu
 
 
 @review_app.command("accept")
-def accept(name: str, ids: str = _IDS, status: str = _STATUS, reason: str = _REASON,
-           source: str = _SOURCE, min_score: float = typer.Option(None),
-           max_score: float = typer.Option(None), json_out: bool = JSON) -> None:
+def accept(
+    name: str,
+    ids: str = _IDS,
+    status: str = _STATUS,
+    reason: str = _REASON,
+    source: str = _SOURCE,
+    min_score: float = typer.Option(None),
+    max_score: float = typer.Option(None),
+    json_out: bool = JSON,
+) -> None:
     """Accept samples by id or every sample matching the filters."""
     _review("accepted", name, ids, status, reason, source, min_score, max_score, json_out)
 
 
 @review_app.command("reject")
-def reject(name: str, ids: str = _IDS, status: str = _STATUS, reason: str = _REASON,
-           source: str = _SOURCE, min_score: float = typer.Option(None),
-           max_score: float = typer.Option(None), json_out: bool = JSON) -> None:
+def reject(
+    name: str,
+    ids: str = _IDS,
+    status: str = _STATUS,
+    reason: str = _REASON,
+    source: str = _SOURCE,
+    min_score: float = typer.Option(None),
+    max_score: float = typer.Option(None),
+    json_out: bool = JSON,
+) -> None:
     """Reject samples by id or every sample matching the filters."""
     _review("rejected", name, ids, status, reason, source, min_score, max_score, json_out)
 
@@ -299,29 +388,74 @@ def reject(name: str, ids: str = _IDS, status: str = _STATUS, reason: str = _REA
 @dataset_app.command("thresholds")
 def thresholds(
     name: str,
-    set_: list[str] = typer.Option([], "--set", help="field=value (value as JSON), repeatable"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="field=value (value as JSON; n-gram limits as field.n=value), repeatable"
+    ),
+    reset: bool = typer.Option(False, "--reset", help="back to the library defaults"),
+    preview: bool = typer.Option(
+        False,
+        "--preview",
+        help="show how many samples each threshold would flag (from the last scoring run's "
+        "signals); with --set, for the new values, which are then not saved",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Show or change the dataset's quality thresholds."""
-    from core.datasets.service import set_thresholds, thresholds_for
+    from core.datasets.quality.models import QualityThresholds
+    from core.datasets.service import reset_thresholds, set_thresholds, thresholds_for
+    from core.datasets.thresholds import (
+        field_value,
+        threshold_effects,
+        threshold_fields,
+        with_field_value,
+    )
 
+    if reset and set_:
+        raise CliFailure("--reset and --set exclude each other", EXIT_USAGE)
     st = startup()
     actor = acting_user(st.engine)
     try:
         current = thresholds_for(st.engine, actor, name)
-        if set_:
-            for item in set_:
-                key, sep, raw = item.partition("=")
-                if not sep:
-                    raise CliFailure(f"--set {item!r}: write field=value")
-                try:
-                    current[key.strip()] = json.loads(raw)
-                except json.JSONDecodeError:
-                    current[key.strip()] = raw
+        if reset:
+            current = QualityThresholds().to_dict()
+        for item in set_:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise CliFailure(f"--set {item!r}: write field=value")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            field, _, n = key.strip().partition(".")
+            if n and not isinstance(current.get(field), dict):
+                raise CliFailure(f"--set {item!r}: {field} has no parts")
+            current = with_field_value(current, key.strip(), value)
+        eff = None
+        if preview:
+            eff = threshold_effects(st.engine, actor, name, current)
+        elif reset:
+            reset_thresholds(st.engine, actor, name)
+        elif set_:
             set_thresholds(st.engine, actor, name, current)
             current = thresholds_for(st.engine, actor, name)
     except DatasetError as err:
         raise _fail(err) from None
+    if eff is not None:
+        if json_out:
+            print_json({"thresholds": current, "effects": eff})
+            return
+        console.print(
+            f"{eff.dataset}: {eff.scored} of {eff.total} samples scored; flagged by any check "
+            f"{eff.any_flagged} (saved values: {eff.any_flagged_saved}), below the minimum "
+            f"score {eff.below_min_score} (saved values: {eff.below_min_score_saved})",
+            markup=False,
+        )
+        t = Table("threshold", "value", "effect")
+        for f in threshold_fields(current):
+            value = json.dumps(field_value(current, f.key), ensure_ascii=False)
+            t.add_row(f.key, value, eff.describe(f.key))
+        console.print(t)
+        return
     if json_out:
         print_json(current)
     else:
@@ -348,8 +482,10 @@ def freeze_(
     if json_out:
         print_json(v)
     else:
-        console.print(f"froze [bold]{v.ref}[/bold] (id {v.id}): {v.counts['train']} train, "
-                      f"{v.counts['eval']} eval → {v.path}")
+        console.print(
+            f"froze [bold]{v.ref}[/bold] (id {v.id}): {v.counts['train']} train, "
+            f"{v.counts['eval']} eval → {v.path}"
+        )
 
 
 @dataset_app.command("diff")
@@ -365,8 +501,10 @@ def diff(old: str, new: str, json_out: bool = JSON) -> None:
     if json_out:
         print_json(d)
         return
-    console.print(f"{d.old} → {d.new}: {len(d.added)} added, {len(d.removed)} removed, "
-                  f"{len(d.changed)} changed, {d.unchanged} unchanged")
+    console.print(
+        f"{d.old} → {d.new}: {len(d.added)} added, {len(d.removed)} removed, "
+        f"{len(d.changed)} changed, {d.unchanged} unchanged"
+    )
     for label, ids in (("added", d.added), ("removed", d.removed), ("changed", d.changed)):
         if ids:
             console.print(f"  {label}: {', '.join(ids[:50])}{' ...' if len(ids) > 50 else ''}")

@@ -310,6 +310,18 @@ def set_thresholds(
             return _info(d)
 
 
+def reset_thresholds(engine: Engine, actor: Principal, ref: int | str) -> DatasetInfo:
+    """Back to the quality library's defaults (stored as "not customised")."""
+    with audited(engine, actor, "datasets.reset_thresholds", target=str(ref)) as ctx:
+        require(actor, "datasets:create")
+        with session_scope(engine, immediate=True) as s:
+            d = resolve_dataset(s, ref)
+            ctx.target = d.name
+            d.thresholds = None
+            d.updated_at = utcnow()
+            return _info(d)
+
+
 def sample_row(dataset_id: int, sample: SampleIn, actor: str) -> dict[str, Any]:
     messages = [m.model_dump() for m in sample.messages] if sample.messages else None
     body = joined_text(sample.kind, sample.text, messages, sample.system)
