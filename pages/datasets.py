@@ -1,8 +1,6 @@
 """Datasets: list with counts and quality, create, build from the corpus selection or a saved
 search through templates, import files, score, freeze versions, diff, export and download."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
@@ -19,7 +17,23 @@ from core.datasets.errors import DatasetError, ImportFailed
 from core.datasets.export import EXPORT_FORMATS, FILE_TYPES, export_version
 from core.datasets.importers import FORMATS, import_upload
 from core.datasets.scoring import latest_scoring_run, start_scoring
-from core.datasets.service import create_dataset, list_datasets, set_thresholds, thresholds_for
+from core.datasets.service import (
+    create_dataset,
+    get_dataset,
+    list_datasets,
+    reset_thresholds,
+    set_thresholds,
+    thresholds_for,
+)
+from core.datasets.thresholds import (
+    GROUPS,
+    field_value,
+    format_text,
+    parse_text,
+    threshold_effects,
+    threshold_fields,
+    with_field_value,
+)
 from core.datasets.versions import diff_versions, freeze, list_versions
 from ui import session
 
@@ -268,26 +282,146 @@ with tab_add:
             except (DatasetError, PermissionDenied) as err:
                 st.error(str(err))
 
-with tab_quality, st.expander("Quality thresholds"):
-    current = thresholds_for(engine, user, ds.id)
+
+@st.fragment
+def quality_thresholds() -> None:
+    """Every threshold as a field with its saved value and, under it, what it does to this
+    dataset (counted in core from the stored signals). A fragment: editing a field reruns
+    only this tab."""
+    saved = thresholds_for(engine, user, ds.id)
+    prefix = f"datasets_thr_{ds.id}_"
+    may_change = user.can("datasets:create")
     st.caption(
-        "Stored with the dataset and written into every version's manifest. "
-        "Defaults come from the quality library."
+        "Stored with the dataset and written into every version's manifest; the defaults "
+        "come from the quality library. Under each field: how many samples of this dataset "
+        "it flags with the value shown, from the signals of the last scoring run."
     )
-    edited = st.text_area(
-        "Thresholds (JSON)",
-        json.dumps(current, indent=2, ensure_ascii=False),
-        height=300,
-        key=f"datasets_thresholds_{ds.id}",
-    )
-    if st.button("Save thresholds", key="datasets_thresholds_save"):
+    summary = st.empty()
+    proposed = dict(saved)
+    slots = {}
+    problems: list[str] = []
+    fields = threshold_fields(saved)
+    for group in GROUPS:
+        group_fields = [f for f in fields if f.group == group]
+        if not group_fields:
+            continue
+        with st.expander(group, expanded=group in ("Length", "Decision")):
+            cols = st.columns(2)
+            for i, f in enumerate(group_fields):
+                value = field_value(saved, f.key)
+                key = prefix + f.key
+                with cols[i % 2]:
+                    if f.kind == "int":
+                        new = st.number_input(
+                            f.label,
+                            min_value=None if f.minimum is None else int(f.minimum),
+                            value=int(value),
+                            step=1,
+                            key=key,
+                            help=f.help or None,
+                        )
+                    elif f.kind == "float":
+                        new = st.number_input(
+                            f.label,
+                            min_value=None if f.minimum is None else float(f.minimum),
+                            max_value=None if f.maximum is None else float(f.maximum),
+                            value=float(value),
+                            step=float(f.step or 0.01),
+                            format="%g",
+                            key=key,
+                            help=f.help or None,
+                        )
+                    elif f.kind == "bool":
+                        new = st.checkbox(f.label, value=bool(value), key=key, help=f.help or None)
+                    elif f.kind == "choice":
+                        new = st.selectbox(
+                            f.label,
+                            f.options,
+                            index=f.options.index(value),
+                            key=key,
+                            help=f.help or None,
+                        )
+                    elif f.options:
+                        new = st.multiselect(
+                            f.label, f.options, default=value, key=key, help=f.help or None
+                        )
+                    else:
+                        text = st.text_input(
+                            f.label, format_text(f, value), key=key, help=f.help or None
+                        )
+                        try:
+                            new = parse_text(f, text)
+                        except DatasetError as err:
+                            problems.append(str(err))
+                            new = value
+                    slots[f.key] = st.empty()
+                proposed = with_field_value(proposed, f.key, new)
+
+    changed = proposed != saved or bool(problems)  # saved values are always valid
+    try:
+        eff = threshold_effects(engine, user, ds.id, proposed)
+    except DatasetError as err:
+        problems.append(str(err))
+        eff = None
+    for msg in problems:
+        summary.error(msg)
+    if eff is not None:
+        for key, slot in slots.items():
+            slot.caption(eff.describe(key))
+        if not problems:
+            if not eff.scored:
+                summary.info(
+                    "Not scored yet: score the dataset to see how many samples each "
+                    "threshold flags."
+                )
+            else:
+                text = (
+                    f"With {'these' if changed else 'the saved'} values: "
+                    f"{eff.any_flagged} of {eff.scored} scored samples flagged, "
+                    f"{eff.below_min_score} below the minimum score"
+                )
+                if changed:
+                    text += (
+                        f" (saved values: {eff.any_flagged_saved} flagged, "
+                        f"{eff.below_min_score_saved} below)"
+                    )
+                summary.info(text + ".")
+
+    def _forget_fields() -> None:
+        for k in [k for k in st.session_state if str(k).startswith(prefix)]:
+            del st.session_state[k]
+
+    c1, c2, c3 = st.columns(3)
+    if c1.button(
+        "Save thresholds",
+        key="datasets_thresholds_save",
+        type="primary",
+        disabled=not may_change or not changed or bool(problems),
+    ):
         try:
-            set_thresholds(engine, user, ds.id, json.loads(edited))
+            set_thresholds(engine, user, ds.id, proposed)
             _flash("Thresholds saved; score the dataset again to apply them.")
-        except json.JSONDecodeError as err:
-            st.error(f"Not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}")
         except (DatasetError, PermissionDenied) as err:
             st.error(str(err))
+    if c2.button("Discard changes", key="datasets_thresholds_discard", disabled=not changed):
+        _forget_fields()
+        st.rerun()
+    if c3.button(
+        "Reset to defaults",
+        key="datasets_thresholds_reset",
+        disabled=not may_change or get_dataset(engine, user, ds.id).thresholds is None,
+        help="Back to the quality library's defaults (saved at once).",
+    ):
+        try:
+            reset_thresholds(engine, user, ds.id)
+            _forget_fields()
+            _flash("Thresholds reset to the defaults; score the dataset again to apply them.")
+        except (DatasetError, PermissionDenied) as err:
+            st.error(str(err))
+
+
+with tab_quality:
+    quality_thresholds()
 
 with tab_versions:
     with st.form("datasets_freeze_form"):

@@ -1,0 +1,106 @@
+"""Pages under Streamlit's AppTest against a real database (issue 10): the Quality tab's
+form with effects and reset (item 17), the Users page (items 14 and 15)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.datasets.scoring import score_dataset
+from core.datasets.service import add_samples, create_dataset, get_dataset
+from core.datasets.thresholds import threshold_effects
+from tests.conftest import ROOT
+from tests.integration.test_datasets_thresholds import _samples
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
+
+
+def _page(path: str, monkeypatch) -> AppTest:  # noqa: ANN001
+    monkeypatch.setenv("CLARA_AUTH", "off")
+    from core.config import get_settings
+
+    get_settings.cache_clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _captions(at) -> list[str]:  # noqa: ANN001
+    return [c.value for c in at.caption]
+
+
+def _infos(at) -> list[str]:  # noqa: ANN001
+    return [i.value for i in at.info]
+
+
+def test_quality_tab_fields_effects_save_and_reset(db_engine, admin, settings, monkeypatch):
+    ds = create_dataset(db_engine, admin, "faq")
+    add_samples(db_engine, admin, ds.id, _samples())
+    score_dataset(db_engine, admin, "faq")
+    at = _page("pages/datasets.py", monkeypatch)
+
+    # A field per threshold with the current value, not a JSON editor.
+    assert not [t for t in at.text_area if t.label == "Thresholds (JSON)"]
+    min_chars = at.number_input(key=f"datasets_thr_{ds.id}_min_chars")
+    assert min_chars.value == 20 and min_chars.label == "Minimum characters"
+    assert at.number_input(key=f"datasets_thr_{ds.id}_min_score").value == 0.5
+    assert at.multiselect(key=f"datasets_thr_{ds.id}_pii_types").value == [
+        "email",
+        "phone",
+        "iban",
+    ]
+    # Under each field, what it does to this dataset, computed in core.
+    saved = threshold_effects(
+        db_engine, admin, "faq", get_dataset(db_engine, admin, "faq").thresholds or _defaults()
+    )
+    flags_now = saved.fields["min_chars"].flagged
+    assert f"Flags {flags_now} of 13 scored samples." in _captions(at)
+    assert any(i.startswith("With the saved values: ") for i in _infos(at))
+
+    # A new value shows its effect next to the saved one before anything is saved.
+    min_chars.set_value(120)
+    at.run()
+    assert not at.exception, at.exception
+    proposed = threshold_effects(db_engine, admin, "faq", {**_defaults(), "min_chars": 120})
+    flags_new = proposed.fields["min_chars"].flagged
+    assert flags_new > flags_now
+    assert f"Flags {flags_new} of 13 scored samples (saved value: {flags_now})." in _captions(at)
+    assert any(
+        i.startswith(f"With these values: {proposed.any_flagged} of 13 scored samples flagged")
+        for i in _infos(at)
+    )
+    assert get_dataset(db_engine, admin, "faq").thresholds is None  # nothing saved yet
+
+    at.button(key="datasets_thresholds_save").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert get_dataset(db_engine, admin, "faq").thresholds["min_chars"] == 120
+    assert "Thresholds saved; score the dataset again to apply them." in [
+        s.value for s in at.success
+    ]
+
+    # An invalid value is named, and cannot be saved.
+    at.text_input(key=f"datasets_thr_{ds.id}_penalty_overrides").set_value("kurz=0.3")
+    at.run()
+    assert any("unknown reason 'kurz'" in e.value for e in at.error)
+    assert at.button(key="datasets_thresholds_save").disabled
+    at.button(key="datasets_thresholds_discard").click()
+    at.run()
+    assert at.text_input(key=f"datasets_thr_{ds.id}_penalty_overrides").value == ""
+
+    # Reset: back to the defaults, in the database and in the fields.
+    at.button(key="datasets_thresholds_reset").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert get_dataset(db_engine, admin, "faq").thresholds is None
+    assert at.number_input(key=f"datasets_thr_{ds.id}_min_chars").value == 20
+    assert at.button(key="datasets_thresholds_reset").disabled  # nothing to reset now
+
+
+def _defaults() -> dict:
+    from core.datasets.quality.models import QualityThresholds
+
+    return QualityThresholds().to_dict()
