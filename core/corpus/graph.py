@@ -91,8 +91,13 @@ class RelationalGraphStore:
         if conn is not None:
             fn(conn)
         else:
-            with self.engine.begin() as c:
-                fn(c)
+            from core.db.engine import retry_on_lock, write_transaction
+
+            def write() -> None:
+                with write_transaction(self.engine, what="graph") as c:
+                    fn(c)
+
+            retry_on_lock(write, what="graph")
 
     def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:
         rows = _unique_rows(edges)

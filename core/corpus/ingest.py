@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from core.corpus.readers import (
 )
 from core.corpus.vectors import date_number, get_embedder, get_vector_store, model_location
 from core.db.base import utcnow
+from core.db.engine import is_lock_error, retry_on_lock, write_transaction
 
 log = logging.getLogger(__name__)
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -356,19 +358,60 @@ def _unique_edge_rows(edges: list[GraphEdge]) -> list[dict[str, str]]:
 def _ingest_file(
     engine: Engine, path: Path, opts: IngestOptions, mapping: dict[str, str], writer: _Writer
 ) -> FileReport:
-    report = FileReport(path=str(path))
+    """Ingest one file in one write transaction; a lock never fails it: the transaction
+    takes the write lock up front (BEGIN IMMEDIATE on SQLite, once the first batch is
+    read) and, if another writer keeps the lock past the busy timeout or PostgreSQL
+    reports a deadlock, the whole file is tried again with backoff (retry_on_lock)."""
     changed_before = len(writer.changed)
     stale_before = set(writer.stale_vectors)
 
-    def flush(conn: Connection, batch: list[SourceDocument]) -> None:
-        for outcome in writer.write_batch(conn, batch):
-            report.counts[outcome.action] += 1
-            if len(report.documents) < MAX_OUTCOMES_PER_FILE:
-                report.documents.append(outcome)
-        batch.clear()
+    def attempt() -> FileReport:
+        del writer.changed[changed_before:]
+        writer.stale_vectors = set(stale_before)
+        return _ingest_file_once(engine, path, opts, mapping, writer)
 
     try:
-        with engine.begin() as conn:
+        report = retry_on_lock(attempt, what=f"ingest of {path.name}")
+    except sa.exc.SQLAlchemyError as err:  # still locked after LOCK_RETRY_SECONDS
+        report = FileReport(
+            path=str(path),
+            status="failed",
+            problems=[f"{type(err).__name__}: {_reason(err)} (gave up waiting for the lock)"],
+        )
+    if report.status == "failed":
+        # The transaction rolled back: forget what this file had announced.
+        report.counts = {"added": 0, "updated": 0, "unchanged": 0}
+        report.documents = []
+        del writer.changed[changed_before:]
+        writer.stale_vectors = stale_before
+        return report
+    if report.problems:
+        report.status = "partial"
+    if not any(report.counts.values()) and not report.problems:
+        report.status, report.problems = "failed", ["no documents found in this file"]
+    return report
+
+
+def _ingest_file_once(
+    engine: Engine, path: Path, opts: IngestOptions, mapping: dict[str, str], writer: _Writer
+) -> FileReport:
+    """One attempt; lock errors propagate (the transaction rolled back) for a retry."""
+    report = FileReport(path=str(path))
+
+    try:
+        with ExitStack() as stack:
+            conn: Connection | None = None
+
+            def flush(batch: list[SourceDocument]) -> None:
+                nonlocal conn
+                if conn is None:  # the write lock only once there is something to write
+                    conn = stack.enter_context(write_transaction(engine, what="ingest"))
+                for outcome in writer.write_batch(conn, batch):
+                    report.counts[outcome.action] += 1
+                    if len(report.documents) < MAX_OUTCOMES_PER_FILE:
+                        report.documents.append(outcome)
+                batch.clear()
+
             batch: list[SourceDocument] = []
             ids: set[str] = set()
             for item in read_file(path, mapping, opts.max_document_bytes):
@@ -383,30 +426,21 @@ def _ingest_file(
                     report.problems.append(f"{where}{err}")
                     continue
                 if item.doc_id in ids:  # the same id twice: the later row is a new revision
-                    flush(conn, batch)
+                    flush(batch)
                     ids.clear()
                 batch.append(item)
                 ids.add(item.doc_id)
                 if len(batch) >= WRITE_BATCH:
-                    flush(conn, batch)
+                    flush(batch)
                     ids.clear()
             if batch:
-                flush(conn, batch)
+                flush(batch)
     except FileProblem as err:
         report.status, report.problems = "failed", [err.reason]
     except (OSError, sa.exc.SQLAlchemyError) as err:
+        if is_lock_error(err):
+            raise
         report.status, report.problems = "failed", [f"{type(err).__name__}: {_reason(err)}"]
-    if report.status == "failed":
-        # The transaction rolled back: forget what this file had announced.
-        report.counts = {"added": 0, "updated": 0, "unchanged": 0}
-        report.documents = []
-        del writer.changed[changed_before:]
-        writer.stale_vectors = stale_before
-        return report
-    if report.problems:
-        report.status = "partial"
-    if not any(report.counts.values()) and not report.problems:
-        report.status, report.problems = "failed", ["no documents found in this file"]
     return report
 
 
@@ -481,8 +515,12 @@ def _link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -
     if not corpus_was_empty:
         scan(None, new_names)
     if edges:
-        with engine.begin() as conn:
-            RelationalGraphStore(engine).add_edges(edges, conn=conn)
+
+        def write() -> None:
+            with write_transaction(engine, what="linking references") as conn:
+                RelationalGraphStore(engine).add_edges(edges, conn=conn)
+
+        retry_on_lock(write, what="linking references")
     return len(edges)
 
 
@@ -502,7 +540,7 @@ def ingest_paths(
     opts = options or IngestOptions()
     settings = settings or get_settings()
     paths = [str(p) for p in paths]
-    with audited(engine, actor, "corpus.ingest", target=", ".join(paths)[:255]) as audit:
+    with _audited_ingest(engine, actor, "corpus.ingest", ", ".join(paths)[:255]) as audit:
         require(actor, "corpus:ingest")
         try:
             mapping = parse_mapping(opts.mapping)
@@ -513,7 +551,7 @@ def ingest_paths(
         except FileNotFoundError as err:
             raise IngestError(str(err)) from None
         report = _run_ingest(engine, settings, files, opts, mapping, progress)
-        audit.detail.update(report.summary())
+        audit.report = report
     if opts.embed and report.pending_embeddings:
         report.embedded = embed_pending(engine, actor, settings, progress=progress)
         report.pending_embeddings = pending_count(engine, actor)
@@ -531,6 +569,71 @@ def ingest_server_folder(
     """Ingest a folder on the server (a web user naming server paths needs admin rights)."""
     require(actor, "corpus:ingest_server_path")
     return ingest_paths(engine, actor, [folder], options, settings, progress)
+
+
+@dataclass
+class _IngestAudit:
+    target: str
+    report: IngestReport | None = None
+
+
+# How many failed files the audit row names one by one.
+AUDIT_MAX_FILES = 50
+
+
+def ingest_outcome(report: IngestReport) -> str:
+    """The audit outcome of an ingest: ok, partial (some file failed or lost rows) or
+    failed (every file failed)."""
+    if report.ok:
+        return "ok"
+    if report.files and all(f.status == "failed" for f in report.files):
+        return "failed"
+    return "partial"
+
+
+def ingest_audit_detail(report: IngestReport) -> dict[str, Any]:
+    """The summary plus every file that did not ingest whole, with its first problem."""
+    bad = report.failed_files
+    return {
+        **report.summary(),
+        "problem_files": [
+            {"path": f.path, "status": f.status, "problem": (f.problems or [""])[0][:300]}
+            for f in bad[:AUDIT_MAX_FILES]
+        ],
+        "problem_files_left_out": max(0, len(bad) - AUDIT_MAX_FILES),
+    }
+
+
+@contextmanager
+def _audited_ingest(
+    engine: Engine, actor: Principal, action: str, target: str
+) -> Iterator[_IngestAudit]:
+    """Like core.audit.audited, but an ingest that returns with failed files is recorded as
+    "partial" or "failed" (naming the files), never as "ok". The row is written with the
+    same lock retries as every other write."""
+    from core.audit import record
+    from core.auth import PermissionDenied
+
+    ctx = _IngestAudit(target=target)
+
+    def write(outcome: str, detail: dict[str, Any]) -> None:
+        retry_on_lock(
+            lambda: record(engine, actor.username, action, ctx.target, outcome, detail),
+            what="audit",
+        )
+
+    try:
+        yield ctx
+    except PermissionDenied as err:
+        write("denied", {"permission": err.permission})
+        raise
+    except Exception as err:
+        write("failed", {"error": str(err)[:500]})
+        raise
+    if ctx.report is None:
+        write("ok", {})
+    else:
+        write(ingest_outcome(ctx.report), ingest_audit_detail(ctx.report))
 
 
 class IngestError(Exception):
@@ -613,8 +716,8 @@ def ingest_uploads(
     """Ingest uploaded files (name, content); they are kept under the data dir's uploads/."""
     opts = options or IngestOptions()
     settings = settings or get_settings()
-    with audited(
-        engine, actor, "corpus.ingest_upload", target=", ".join(n for n, _ in uploads)[:255]
+    with _audited_ingest(
+        engine, actor, "corpus.ingest_upload", ", ".join(n for n, _ in uploads)[:255]
     ) as audit:
         require(actor, "corpus:ingest")
         mapping = parse_mapping(opts.mapping)
@@ -630,7 +733,7 @@ def ingest_uploads(
             files.append(target)
             names[target] = safe
         report = _run_ingest(engine, settings, files, opts, mapping, progress, names)
-        audit.detail.update(report.summary())
+        audit.report = report
     if opts.embed and report.pending_embeddings:
         report.embedded = embed_pending(engine, actor, settings, progress=progress)
         report.pending_embeddings = pending_count(engine, actor)
@@ -735,10 +838,15 @@ def embed_pending(
             ids = [str(r[0]) for r in rows]
             metas = [chunk_metadata(r[1], r[2], r[4], r[5], r[6], r[7]) for r in rows]
             store.upsert(ids, vectors, metas)
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.update(Chunk).where(Chunk.id.in_([r[0] for r in rows])).values(embedded=True)
-                )
+            chunk_ids = [r[0] for r in rows]
+
+            def mark(chunk_ids: list[int] = chunk_ids) -> None:
+                with write_transaction(engine, what="embedding writer") as conn:
+                    conn.execute(
+                        sa.update(Chunk).where(Chunk.id.in_(chunk_ids)).values(embedded=True)
+                    )
+
+            retry_on_lock(mark, what="embedding writer")
             done += len(rows)
             if progress:
                 progress("embedding", done, total, "")
@@ -790,15 +898,19 @@ def delete_document(
     settings = settings or get_settings()
     with audited(engine, actor, "corpus.delete", target=doc_id):
         require(actor, "corpus:ingest")
-        with engine.begin() as conn:
-            pk = conn.execute(sa.select(Document.id).where(Document.doc_id == doc_id)).scalar()
-            if pk is None:
-                raise DocumentNotFound(doc_id)
-            keyword.remove_document(conn, pk)
-            conn.execute(sa.delete(Edge).where(Edge.src == doc_id))
-            conn.execute(sa.delete(Chunk).where(Chunk.doc_id == doc_id))
-            conn.execute(sa.delete(DocumentRevision).where(DocumentRevision.doc_id == doc_id))
-            conn.execute(sa.delete(Document).where(Document.id == pk))
+
+        def remove() -> None:
+            with write_transaction(engine, what="delete") as conn:
+                pk = conn.execute(sa.select(Document.id).where(Document.doc_id == doc_id)).scalar()
+                if pk is None:
+                    raise DocumentNotFound(doc_id)
+                keyword.remove_document(conn, pk)
+                conn.execute(sa.delete(Edge).where(Edge.src == doc_id))
+                conn.execute(sa.delete(Chunk).where(Chunk.doc_id == doc_id))
+                conn.execute(sa.delete(DocumentRevision).where(DocumentRevision.doc_id == doc_id))
+                conn.execute(sa.delete(Document).where(Document.id == pk))
+
+        retry_on_lock(remove, what="delete")
         get_vector_store(settings).delete_documents([doc_id])
         _rel, neo = get_graph_stores(engine, settings)
         if neo is not None:

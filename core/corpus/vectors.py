@@ -362,9 +362,14 @@ def reset_embeddings(engine, actor, settings: Settings) -> int:  # noqa: ANN001
     require(actor, "corpus:ingest")
     identity = embedding_identity(settings)
     with audited(engine, actor, "corpus.reembed", target=identity) as audit:
-        with engine.begin() as conn:
-            conn.execute(sa.update(Chunk).values(embedded=False))
-            pending = conn.execute(sa.select(sa.func.count()).select_from(Chunk)).scalar_one()
+        from core.db.engine import retry_on_lock, write_transaction
+
+        def mark() -> int:
+            with write_transaction(engine, what="re-embed") as conn:
+                conn.execute(sa.update(Chunk).values(embedded=False))
+                return conn.execute(sa.select(sa.func.count()).select_from(Chunk)).scalar_one()
+
+        pending = retry_on_lock(mark, what="re-embed")
         store = get_vector_store(settings)
         deleted = store.clear()
         store.record_embedding(identity)

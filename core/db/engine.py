@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings, get_settings, mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A write that still finds the database locked after the busy timeout (another writer held
+# it longer) is retried with backoff until this many seconds have passed since it started.
+LOCK_RETRY_SECONDS = 600.0
+LOCK_BACKOFF_FIRST_S = 0.05
+LOCK_BACKOFF_MAX_S = 2.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -105,6 +117,93 @@ def connect(engine: Engine) -> None:
         ) from None
 
 
+def is_lock_error(err: BaseException) -> bool:
+    """True for errors that mean "another writer holds a lock, try again": SQLite's
+    "database is locked" / "database table is locked", PostgreSQL's deadlock, serialization
+    failure and lock-not-available. Never true for a constraint violation or a bad query."""
+    orig = getattr(err, "orig", err)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in ("40P01", "40001", "55P03"):
+        return True
+    if not isinstance(err, OperationalError) and type(orig).__name__ != "OperationalError":
+        return False
+    msg = str(orig).lower()
+    return "database is locked" in msg or "database table is locked" in msg or "busy" in msg
+
+
+def retry_on_lock(
+    fn: Callable[[], T],
+    *,
+    what: str = "write",
+    deadline_s: float | None = None,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
+    """Run `fn` (one whole transaction) again while it fails for a lock, with exponential
+    backoff and jitter, until `deadline_s` (default LOCK_RETRY_SECONDS) have passed; then
+    the last lock error is raised. `fn` must roll back everything it did when it raises
+    (a `session_scope` / `engine.begin()` block inside it does)."""
+    limit = LOCK_RETRY_SECONDS if deadline_s is None else deadline_s
+    started = time.monotonic()
+    delay = LOCK_BACKOFF_FIRST_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as err:
+            if not is_lock_error(err) or time.monotonic() - started + delay > limit:
+                raise
+            log.warning("%s found the database locked (attempt %d); retrying", what, attempt)
+            if on_retry is not None:
+                on_retry(attempt, err)
+            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            delay = min(LOCK_BACKOFF_MAX_S, delay * 2)
+
+
+def _begin_write(conn) -> None:  # noqa: ANN001 - a Connection
+    """BEGIN IMMEDIATE on this SQLite connection now (waits out the busy timeout)."""
+    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+    try:
+        conn.begin()
+    finally:
+        conn.info.pop("sqlite_begin", None)
+
+
+@contextmanager
+def write_transaction(engine: Engine, *, what: str = "write") -> Iterator:
+    """A Connection in a write transaction, committed on success, rolled back on error.
+
+    On SQLite the write lock is taken up front (BEGIN IMMEDIATE), so reads inside it never
+    need to upgrade (that upgrade fails at once while another process writes); if the lock
+    stays taken past the busy timeout, BEGIN is retried with backoff (retry_on_lock).
+    On PostgreSQL it is `engine.begin()`. Retrying the body itself on a lock error (e.g. a
+    deadlock) is the caller's business: wrap the whole block in retry_on_lock.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+
+    def open_conn():  # noqa: ANN202
+        conn = engine.connect()
+        try:
+            _begin_write(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    conn = retry_on_lock(open_conn, what=what)
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
 _sessionmakers: dict[int, sessionmaker] = {}
 
 
@@ -115,14 +214,29 @@ def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> I
     `immediate=True` is for transactions that read and then write on SQLite: they start
     with BEGIN IMMEDIATE and so wait (busy timeout) for another writer up front. A plain
     BEGIN that reads first cannot upgrade to a write lock while another process writes
-    (WAL: "database is locked" at once, without waiting). No effect on PostgreSQL.
+    (WAL: "database is locked" at once, without waiting). The BEGIN IMMEDIATE is issued
+    before the block runs and retried with backoff (retry_on_lock) when another writer
+    keeps the lock past the busy timeout. No effect on PostgreSQL.
     """
     engine = engine or get_engine()
     with ExitStack() as stack:
         if immediate and engine.dialect.name == "sqlite":
-            conn = stack.enter_context(engine.connect())
-            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-            session = Session(bind=conn, expire_on_commit=False)
+
+            def begin_immediate() -> tuple[Connection, Session]:
+                conn = engine.connect()
+                conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+                session = Session(bind=conn, expire_on_commit=False)
+                try:
+                    session.connection()  # BEGIN IMMEDIATE now, before the block runs
+                except BaseException:
+                    session.close()
+                    conn.info.pop("sqlite_begin", None)
+                    conn.close()
+                    raise
+                return conn, session
+
+            conn, session = retry_on_lock(begin_immediate, what="session")
+            stack.callback(conn.close)
         else:
             maker = _sessionmakers.get(id(engine))
             if maker is None:
