@@ -9,6 +9,14 @@ from ui import session
 user = session.require_principal()
 engine = session.engine()
 st.title("Users")
+st.session_state.setdefault("admin_flash", None)
+st.session_state.setdefault("admin_confirm_admin", None)  # user name awaiting confirmation
+
+# Every action reruns the page (see _run), so the table below always shows its result.
+flash_slot = st.empty()
+if st.session_state["admin_flash"]:
+    flash_slot.success(st.session_state["admin_flash"])
+    st.session_state["admin_flash"] = None
 
 users = auth.list_users(engine, user)
 st.dataframe(
@@ -20,11 +28,15 @@ st.dataframe(
 
 
 def _run(action, *args, ok: str) -> None:  # noqa: ANN001
+    """Do it, then rerun at once: the table above was drawn before the action."""
     try:
         action(engine, user, *args)
-        st.success(ok)
     except auth.AuthError as err:
         st.error(str(err))
+        return
+    st.session_state["admin_flash"] = ok
+    st.session_state["admin_confirm_admin"] = None
+    st.rerun()
 
 
 with st.form("admin_add_user", clear_on_submit=True):
@@ -39,16 +51,42 @@ with st.form("admin_add_user", clear_on_submit=True):
         _run(auth.create_user, name, password, role, email, full_name, ok=f"Added {name}.")
 
 st.subheader("Change a user")
-names = [u.username for u in users]
-target = st.selectbox("User", names, key="admin_target")
+by_name = {u.username: u for u in users}
+target = st.selectbox("User", list(by_name), key="admin_target")
+current = by_name[target]
+st.caption(f"{target} is {current.role}" + (", disabled." if current.disabled else ", active."))
 c1, c2, c3 = st.columns(3)
-new_role = c1.selectbox("New role", auth.ROLES, key="admin_set_role")
-if c1.button("Set role", key="admin_set_role_btn"):
-    _run(auth.set_role, target, new_role, ok=f"{target} is now {new_role}.")
-if c2.button("Disable", key="admin_disable_btn"):
+# The user's own role is preselected (one key per user, so switching users shows theirs):
+# nothing changes unless a different role is chosen on purpose.
+new_role = c1.selectbox(
+    "New role", auth.ROLES, index=auth.ROLES.index(current.role), key=f"admin_set_role_{target}"
+)
+if c1.button("Set role", key="admin_set_role_btn", disabled=new_role == current.role):
+    if new_role == "admin":
+        st.session_state["admin_confirm_admin"] = target  # asked below, not done yet
+    else:
+        _run(auth.set_role, target, new_role, ok=f"{target} is now {new_role}.")
+if c2.button("Disable", key="admin_disable_btn", disabled=current.disabled):
     _run(auth.set_disabled, target, True, ok=f"{target} disabled.")
-if c2.button("Enable", key="admin_enable_btn"):
+if c2.button("Enable", key="admin_enable_btn", disabled=not current.disabled):
     _run(auth.set_disabled, target, False, ok=f"{target} enabled.")
 new_pw = c3.text_input("New password", type="password", key="admin_reset_pw")
 if c3.button("Reset password", key="admin_reset_btn"):
     _run(auth.reset_password, target, new_pw, ok=f"Password of {target} changed.")
+
+pending = st.session_state["admin_confirm_admin"]
+if pending is not None:
+    if pending != target or new_role != "admin":
+        st.session_state["admin_confirm_admin"] = None  # the choice changed: ask again
+    else:
+        with st.container(border=True):
+            st.warning(
+                f"Make **{pending}** an admin? Admins may do everything: manage users, "
+                "read the audit log, delete adapters and documents."
+            )
+            b1, b2 = st.columns(2)
+            if b1.button(f"Yes, make {pending} an admin", key="admin_confirm_admin_btn"):
+                _run(auth.set_role, pending, "admin", ok=f"{pending} is now admin.")
+            if b2.button("Cancel", key="admin_cancel_admin_btn"):
+                st.session_state["admin_confirm_admin"] = None
+                st.rerun()

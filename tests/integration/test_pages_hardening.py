@@ -4,6 +4,7 @@ form with effects and reset (item 17), the Users page (items 14 and 15)."""
 from __future__ import annotations
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.datasets.scoring import score_dataset
@@ -20,6 +21,7 @@ def _page(path: str, monkeypatch) -> AppTest:  # noqa: ANN001
     from core.config import get_settings
 
     get_settings.cache_clear()
+    st.cache_resource.clear()  # ui.session.startup() holds the previous test's engine
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.run()
     at.switch_page(path)
@@ -104,3 +106,81 @@ def _defaults() -> dict:
     from core.datasets.quality.models import QualityThresholds
 
     return QualityThresholds().to_dict()
+
+
+def _users_table(at) -> dict:  # noqa: ANN001
+    df = at.dataframe[0].value
+    return {r["username"]: r for r in df.to_dict("records")}
+
+
+def test_users_table_shows_add_and_disable_at_once(db_engine, admin, settings, monkeypatch):
+    at = _page("pages/admin.py", monkeypatch)
+    assert set(_users_table(at)) == {"admin"}
+
+    at.text_input(key="admin_new_name").input("ulla")
+    at.text_input(key="admin_new_password").input("ulla-pass-1")
+    [b for b in at.button if b.label == "Add user"][0].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "Added ulla." in [s.value for s in at.success]
+    table = _users_table(at)  # after this one rerun, not after the next click
+    assert table["ulla"]["role"] == "user" and not table["ulla"]["disabled"]
+
+    at.selectbox(key="admin_target").set_value("ulla")
+    at.run()
+    at.button(key="admin_disable_btn").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "ulla disabled." in [s.value for s in at.success]
+    assert _users_table(at)["ulla"]["disabled"]
+    at.button(key="admin_enable_btn").click()
+    at.run()
+    assert not _users_table(at)["ulla"]["disabled"]
+
+
+def test_new_role_preselects_the_current_role_and_admin_needs_confirmation(
+    db_engine, admin, settings, monkeypatch
+):
+    from core.auth import create_user, get_user
+
+    create_user(db_engine, admin, "ulla", "ulla-pass-1", "user")
+    create_user(db_engine, admin, "tom", "tom-pass-11", "trainer")
+    at = _page("pages/admin.py", monkeypatch)
+
+    for name, role in (("ulla", "user"), ("tom", "trainer"), ("admin", "admin")):
+        at.selectbox(key="admin_target").set_value(name)
+        at.run()
+        assert at.selectbox(key=f"admin_set_role_{name}").value == role
+        # One click changes nothing: the role shown is the role the user has.
+        assert at.button(key="admin_set_role_btn").disabled
+
+    at.selectbox(key="admin_target").set_value("ulla")
+    at.run()
+    at.selectbox(key="admin_set_role_ulla").set_value("analyst")
+    at.run()
+    at.button(key="admin_set_role_btn").click()
+    at.run()
+    assert get_user(db_engine, "ulla").role == "analyst"
+    assert _users_table(at)["ulla"]["role"] == "analyst"
+
+    # To admin: asked first; nothing changes until confirmed.
+    at.selectbox(key="admin_set_role_ulla").set_value("admin")
+    at.run()
+    at.button(key="admin_set_role_btn").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert get_user(db_engine, "ulla").role == "analyst"
+    assert any("Make **ulla** an admin?" in w.value for w in at.warning)
+    at.button(key="admin_cancel_admin_btn").click()
+    at.run()
+    assert get_user(db_engine, "ulla").role == "analyst"
+    assert not any("an admin?" in w.value for w in at.warning)
+
+    at.button(key="admin_set_role_btn").click()
+    at.run()
+    at.button(key="admin_confirm_admin_btn").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert get_user(db_engine, "ulla").role == "admin"
+    assert _users_table(at)["ulla"]["role"] == "admin"
+    assert "ulla is now admin." in [s.value for s in at.success]
