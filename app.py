@@ -1,14 +1,17 @@
-"""Streamlit entry point: page config, login gate, navigation filtered by role."""
+"""Streamlit entry point: page config, session check, navigation filtered by role.
+
+Signing in happens on ui/server.py's HTML form (it sets the HttpOnly session cookie); this
+script only checks the session on every run. Run it through `clara up` (or
+`streamlit run ui/server.py`); `streamlit run app.py` alone has no sign-in page.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
-import streamlit_authenticator as stauth
-from streamlit_authenticator.utilities.exceptions import LoginError
 
-from core.audit import record
 from core.config import ConfigError
 from core.db import DatabaseUnavailable
+from core.sessions import end_web_session
 from ui import session
 from ui.navigation import pages_for
 
@@ -21,63 +24,27 @@ except (DatabaseUnavailable, ConfigError) as err:
     st.stop()
 
 
-def _login_page() -> None:
+def _signed_out_page() -> None:
     st.title("CLARA Workbench")
-    st.caption("From a document corpus to fine-tuned adapters you can talk to.")
-    try:
-        authenticator.login(
-            location="main",
-            key="login",
-            fields={
-                "Form name": "Login",
-                "Username": "Username",
-                "Password": "Password",
-                "Login": "Login",
-            },
-        )
-    except LoginError as err:
-        st.error(str(err))
-    if st.session_state.get("authentication_status") is False:
-        st.error(st.session_state.get("login_error") or "Wrong user name or password.")
-    if st.session_state.get("authentication_status"):
-        # No st.rerun() here: the cookie component must reach the browser first; it
-        # reruns the script itself once the cookie is set.
-        st.success("Logged in.")
+    st.info("Your session has ended or you are not signed in.", icon=":material/lock:")
+    st.link_button("Sign in", "/auth/login?ended=1", type="primary")
+
+
+def _logout(current) -> None:  # noqa: ANN001 - a Principal
+    end_web_session(session.engine(), session.session_token(), current)
 
 
 if cfg.auth_enabled:
-    authenticator = stauth.Authenticate(
-        session.build_credentials(),
-        cookie_name="clara_session",
-        cookie_key=cfg.auth_secret.get_secret_value(),
-        cookie_expiry_days=cfg.session_expiry_days,
-        auto_hash=False,
-    )
-    # Our core does the password check, so lockout, timing and audit apply to the web login.
-    authenticator.authentication_controller.authentication_model.check_credentials = (
-        session.check_credentials_with_core
-    )
     user = session.principal()
     if user is None:
-        if st.session_state.get("authentication_status"):
-            # Logged in by cookie but since disabled or deleted: end that session.
-            for k in ("authentication_status", "username", "name", "roles"):
-                st.session_state.pop(k, None)
         st.navigation(
-            [st.Page(_login_page, title="Login", icon=":material/login:")], position="hidden"
+            [st.Page(_signed_out_page, title="Sign in", icon=":material/login:")],
+            position="hidden",
         ).run()
         st.stop()
     with st.sidebar:
         st.markdown(f"**{user.full_name or user.username}**  \n`{user.username}` · {user.role}")
-        # Not key="logout": the authenticator keeps its own session_state["logout"].
-        authenticator.logout(
-            "Logout",
-            location="sidebar",
-            key="sidebar_logout",
-            callback=lambda _info: record(
-                session.engine(), user.username, "auth.logout", target=user.username
-            ),
-        )
+        st.button("Logout", key="sidebar_logout", on_click=_logout, args=(user,))
 else:
     user = session.principal()
     st.warning(

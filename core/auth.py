@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import bcrypt
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 
 from core.audit import audited, record
 from core.db import session_scope
 from core.db.base import utcnow
-from core.db.models import LoginAttempt, User
+from core.db.models import LoginThrottle, User
 
 RoleName = Literal["admin", "trainer", "analyst", "user", "auditor"]
 ROLES: tuple[str, ...] = ("admin", "trainer", "analyst", "user", "auditor")
@@ -261,7 +261,7 @@ def get_user(engine: Engine, username: str) -> UserInfo | None:
 
 
 def _update_user(engine: Engine, username: str, **changes: object) -> UserInfo:
-    with session_scope(engine) as s:
+    with session_scope(engine, immediate=True) as s:
         u = s.scalar(select(User).where(User.username == username.strip().lower()))
         if u is None:
             raise UserError(f"no user named {username!r}")
@@ -269,6 +269,12 @@ def _update_user(engine: Engine, username: str, **changes: object) -> UserInfo:
             setattr(u, k, v)
         s.flush()
         return _info(u)
+
+
+def _end_sessions(engine: Engine, username: str, reason: str) -> None:
+    from core.sessions import revoke_user_sessions  # sessions builds on this module
+
+    revoke_user_sessions(engine, username, reason)
 
 
 def _admins_left(engine: Engine, excluding: str) -> int:
@@ -289,7 +295,9 @@ def set_role(engine: Engine, actor: Principal, username: str, role: str) -> User
         _check_role(role)
         if role != "admin" and _admins_left(engine, username.strip().lower()) == 0:
             raise UserError("refused: this would leave no enabled admin")
-        return _update_user(engine, username, role=role)
+        info = _update_user(engine, username, role=role)
+        _end_sessions(engine, info.username, "role changed")
+        return info
 
 
 def set_disabled(
@@ -300,7 +308,10 @@ def set_disabled(
         require(actor, "users:manage")
         if disabled and _admins_left(engine, username.strip().lower()) == 0:
             raise UserError("refused: this would leave no enabled admin")
-        return _update_user(engine, username, disabled=disabled)
+        info = _update_user(engine, username, disabled=disabled)
+        if disabled:
+            _end_sessions(engine, info.username, "user disabled")
+        return info
 
 
 def reset_password(engine: Engine, actor: Principal, username: str, new_password: str) -> UserInfo:
@@ -310,70 +321,131 @@ def reset_password(engine: Engine, actor: Principal, username: str, new_password
         _check_password_policy(new_password)
         info = _update_user(engine, username, password_hash=hash_password(new_password))
         _clear_failures(engine, info.username)
+        _end_sessions(engine, info.username, "password reset")
         return info
 
 
 # Login ----------------------------------------------------------------------------------
+#
+# Failures are counted in three scopes. A name is locked only for the address the failures
+# came from ("pair"), so an attacker cannot lock `admin` out of another machine. An address
+# that fails too often, whatever names it tries, is locked for every name ("addr"). A name
+# that fails very often from many addresses is locked everywhere ("name"): a distributed
+# guess at one password; its limit is far above what one address may reach alone.
 
 
-def _clear_failures(engine: Engine, username: str) -> None:
+@dataclass(frozen=True)
+class LoginLimits:
+    per_name_and_address: int = 5
+    per_address: int = 20
+    per_name: int = 100
+    lockout_seconds: int = 300
+
+    @classmethod
+    def from_settings(cls) -> LoginLimits:
+        from core.config import get_settings
+
+        cfg = get_settings()
+        return cls(
+            cfg.login_max_failures,
+            cfg.login_max_failures_per_address,
+            cfg.login_max_failures_per_name,
+            cfg.login_lockout_seconds,
+        )
+
+
+def _throttle_keys(name: str, client_addr: str) -> list[tuple[str, str]]:
+    addr = (client_addr or "unknown")[:64]
+    return [("pair", f"{name}|{addr}"[:200]), ("addr", addr), ("name", name[:200])]
+
+
+def _limit(limits: LoginLimits, scope: str) -> int:
+    return {
+        "pair": limits.per_name_and_address,
+        "addr": limits.per_address,
+        "name": limits.per_name,
+    }[scope]
+
+
+def _clear_failures(engine: Engine, username: str, client_addr: str = "") -> None:
+    """A successful login or a password reset clears the name's counters (not the address's)."""
+    name = username.strip().lower()[:64]
+    with session_scope(engine, immediate=True) as s:
+        s.execute(
+            delete(LoginThrottle).where(
+                (LoginThrottle.scope == "name") & (LoginThrottle.key == name)
+                | (LoginThrottle.scope == "pair") & LoginThrottle.key.startswith(name + "|")
+            )
+        )
+
+
+def lockout_until(engine: Engine, username: str, client_addr: str = "") -> datetime | None:
+    """When the lock that applies to this name from this address ends (None: not locked)."""
+    name = username.strip().lower()[:64]
+    now = utcnow()
+    until = None
     with session_scope(engine) as s:
-        row = s.get(LoginAttempt, username)
-        if row is not None:
-            row.failures, row.locked_until = 0, None
-
-
-def lockout_until(engine: Engine, username: str) -> datetime | None:
-    with session_scope(engine) as s:
-        row = s.get(LoginAttempt, username.strip().lower()[:64])
-        if row and row.locked_until and row.locked_until > utcnow():
-            return row.locked_until
-    return None
+        for scope, key in _throttle_keys(name, client_addr):
+            row = s.get(LoginThrottle, (scope, key))
+            if row and row.locked_until and row.locked_until > now:
+                until = max(until, row.locked_until) if until else row.locked_until
+    return until
 
 
 def record_login_failure(
-    engine: Engine, username: str, max_failures: int = 5, lockout_seconds: int = 300
+    engine: Engine, username: str, client_addr: str = "", limits: LoginLimits | None = None
 ) -> datetime | None:
-    """Count a failure for this name (existing or not); lock after `max_failures`."""
+    """Count a failure for this name (existing or not) and address; lock at a limit."""
+    limits = limits or LoginLimits.from_settings()
     name = username.strip().lower()[:64] or "(empty)"
-    locked: datetime | None = None
-    with session_scope(engine) as s:
-        row = s.get(LoginAttempt, name)
-        if row is None:
-            row = LoginAttempt(username=name, failures=0)
-            s.add(row)
-        now = utcnow()
-        if row.locked_until and row.locked_until <= now:
-            row.failures = 0  # the previous lockout is over: start counting afresh
-            row.locked_until = None
-        row.failures += 1
-        row.last_failure_at = now
-        if row.failures >= max_failures:
-            locked = now + timedelta(seconds=lockout_seconds)
-            row.locked_until = locked
-    record(engine, name, "auth.login", target=name, outcome="failed")
-    if locked is not None:
+    locked: list[tuple[str, datetime]] = []
+    now = utcnow()
+    with session_scope(engine, immediate=True) as s:
+        for scope, key in _throttle_keys(name, client_addr):
+            row = s.get(LoginThrottle, (scope, key))
+            if row is None:
+                row = LoginThrottle(scope=scope, key=key, failures=0)
+                s.add(row)
+            if row.locked_until and row.locked_until <= now:
+                row.failures = 0  # the previous lockout is over: start counting afresh
+                row.locked_until = None
+            row.failures += 1
+            row.last_failure_at = now
+            if row.failures >= _limit(limits, scope) and row.locked_until is None:
+                row.locked_until = now + timedelta(seconds=limits.lockout_seconds)
+                locked.append((scope, row.locked_until))
+    record(
+        engine, name, "auth.login", target=name, outcome="failed", detail={"address": client_addr}
+    )
+    for scope, until in locked:
         record(
             engine,
             "system",
             "auth.lockout",
-            target=name,
+            target=name if scope != "addr" else client_addr,
             outcome="ok",
-            detail={"until": locked.isoformat(), "failures": max_failures},
+            detail={
+                "scope": {"pair": "name from address", "addr": "address", "name": "name"}[scope],
+                "name": name,
+                "address": client_addr,
+                "until": until.isoformat(),
+                "failures": _limit(limits, scope),
+            },
         )
-    return locked
+    return max((u for _, u in locked), default=None)
 
 
 def authenticate(
     engine: Engine,
     username: str,
     password: str,
-    max_failures: int = 5,
-    lockout_seconds: int = 300,
+    client_addr: str = "",
+    limits: LoginLimits | None = None,
 ) -> Principal:
     """Check a login. Raises AccountLocked or AuthenticationFailed (never says which part)."""
+    limits = limits or LoginLimits.from_settings()
     name = username.strip().lower()
-    until = lockout_until(engine, name)
+    until = lockout_until(engine, name, client_addr)
     if until is not None:
         record(
             engine,
@@ -381,7 +453,7 @@ def authenticate(
             "auth.login",
             target=name[:255],
             outcome="denied",
-            detail={"reason": "locked"},
+            detail={"reason": "locked", "address": client_addr},
         )
         raise AccountLocked(until)
     with session_scope(engine) as s:
@@ -397,12 +469,12 @@ def authenticate(
         else:
             principal = None
     if principal is None:
-        locked = record_login_failure(engine, name, max_failures, lockout_seconds)
+        locked = record_login_failure(engine, name, client_addr, limits)
         if locked is not None:
             raise AccountLocked(locked)
         raise AuthenticationFailed()
-    _clear_failures(engine, name)
-    record(engine, name, "auth.login", target=name, outcome="ok")
+    _clear_failures(engine, name, client_addr)
+    record(engine, name, "auth.login", target=name, outcome="ok", detail={"address": client_addr})
     return principal
 
 

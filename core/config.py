@@ -7,7 +7,10 @@ because that is what a person starting the workbench needs to see.
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +18,14 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Secrets that ship in examples or are obviously placeholders; production refuses them.
-DEFAULT_AUTH_SECRET = "change-me-clara-development-secret"
-_WEAK_SECRETS = {"", DEFAULT_AUTH_SECRET, "changeme", "change-me", "secret", "password"}
+# Values published somewhere (our own old default, examples, placeholders) and words that
+# no random secret contains; a configured secret holding any of them is refused.
+_PUBLISHED_SECRETS = {"change-me-clara-development-secret"}
+_PLACEHOLDER_WORDS = ("change", "secret", "password", "example", "default", "clara", "xxxx")
+MIN_SECRET_LENGTH = 32
+SECRET_FILE = "auth_secret"
+GENERATE_HINT = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 ENV_PREFIX = "CLARA_"
 
@@ -66,12 +74,24 @@ class Settings(BaseSettings):
 
     # Auth.
     auth: Literal["on", "off"] = "on"
-    auth_secret: SecretStr = SecretStr(DEFAULT_AUTH_SECRET)
+    # None: a random secret generated once into the data dir (file mode 0600).
+    auth_secret: SecretStr | None = None
     admin_password: SecretStr | None = None
     session_expiry_days: float = Field(default=1.0, gt=0)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="bcrypt cost factor")
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_seconds: int = Field(default=300, ge=1)
+    login_max_failures_per_address: int = Field(
+        default=20, ge=1, description="failures from one address, any names, before it is locked"
+    )
+    login_max_failures_per_name: int = Field(
+        default=100, ge=1, description="failures for one name from all addresses together"
+    )
+    trust_proxy_headers: bool = Field(
+        default=False,
+        description="take the client address and https from X-Forwarded-For / -Proto "
+        "(only behind a proxy that sets them)",
+    )
 
     # Network.
     host: str = "127.0.0.1"
@@ -123,20 +143,43 @@ class Settings(BaseSettings):
             raise ValueError("must be a bolt:// or neo4j:// URI (or unset for the embedded graph)")
         return v
 
+    @field_validator("auth_secret", mode="before")
+    @classmethod
+    def _check_auth_secret(cls, v: Any) -> Any:
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            return None  # unset: the generated secret in the data dir
+        problem = secret_weakness(str(raw))
+        if problem:
+            raise ValueError(f"{problem}; {GENERATE_HINT}")
+        return v
+
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
+        if self.auth_secret is None:
+            public = sorted({h for h in (self.host, self.chat_host) if h not in _LOOPBACK})
+            if public:
+                raise ValueError(
+                    f"serving on {', '.join(public)} (not only this machine) needs an explicit "
+                    f"CLARA_AUTH_SECRET shared by every process; {GENERATE_HINT}"
+                )
         if self.env == "production":
             if self.auth == "off":
                 raise ValueError("CLARA_AUTH=off is refused when CLARA_ENV=production")
-            if self.auth_secret.get_secret_value().strip() in _WEAK_SECRETS:
+            if self.auth_secret is None:
                 raise ValueError(
-                    "CLARA_AUTH_SECRET is empty or the default; set a long random secret "
-                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
-                    "before starting in production"
+                    "CLARA_AUTH_SECRET is not set; production needs an explicit secret of at "
+                    f"least {MIN_SECRET_LENGTH} random characters; {GENERATE_HINT}"
                 )
             if self.graph_uri and not self.graph_password.get_secret_value():
                 raise ValueError("CLARA_GRAPH_PASSWORD is empty while CLARA_GRAPH_URI is set")
         return self
+
+    def auth_secret_value(self) -> str:
+        """The configured secret, or the one generated once into the data dir."""
+        if self.auth_secret is not None:
+            return self.auth_secret.get_secret_value()
+        return generated_secret(self.data_path / SECRET_FILE)
 
     # Derived locations -------------------------------------------------------------------
     @property
@@ -169,6 +212,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "********" if value.get_secret_value() else "(empty)"
+            elif name == "auth_secret" and value is None:
+                value = f"(generated: {self.data_path / SECRET_FILE})"
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value
@@ -176,6 +221,46 @@ class Settings(BaseSettings):
         out["data_dir"] = str(self.data_path)
         out["chroma_path"] = None if self.chroma_url else str(self.effective_chroma_path)
         return out
+
+
+def secret_weakness(value: str) -> str | None:
+    """Why a configured secret is unfit (too short, published, a placeholder, not random)."""
+    v = value.strip()
+    if len(v) < MIN_SECRET_LENGTH:
+        return f"CLARA_AUTH_SECRET is too short: use at least {MIN_SECRET_LENGTH} random characters"
+    lowered = v.lower()
+    if v in _PUBLISHED_SECRETS or any(w in lowered for w in _PLACEHOLDER_WORDS):
+        return "CLARA_AUTH_SECRET is a published default or a placeholder"
+    counts = Counter(v)
+    entropy_bits = -sum(c / len(v) * math.log2(c / len(v)) for c in counts.values()) * len(v)
+    steps = sum(1 for a, b in zip(v, v[1:], strict=False) if abs(ord(b) - ord(a)) == 1)
+    if len(counts) < 12 or entropy_bits < 100 or steps > len(v) // 3:
+        return "CLARA_AUTH_SECRET does not look random (too few distinct characters or a pattern)"
+    return None
+
+
+def generated_secret(path: Path) -> str:
+    """Read the data dir's secret, creating it (mode 0600) the first time, race-free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # it must never be readable by other users of the machine
+    value = path.read_text(encoding="ascii").strip()
+    if len(value) < MIN_SECRET_LENGTH:
+        # A file being written by another process right now: it fills in microseconds.
+        import time
+
+        time.sleep(0.05)
+        value = path.read_text(encoding="ascii").strip()
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{path} holds no usable secret: delete it and start again")
+    return value
 
 
 def mask_url(url: str) -> str:

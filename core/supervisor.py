@@ -19,7 +19,8 @@ from pathlib import Path
 
 from core.config import Settings
 
-APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+# The Streamlit app behind the sign-in server (ui/server.py wraps app.py).
+APP_PATH = Path(__file__).resolve().parent.parent / "ui" / "server.py"
 
 
 class PortTaken(Exception):

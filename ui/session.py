@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.auth import SYSTEM, AccountLocked, AuthenticationFailed, Principal, authenticate
-from core.auth import principal_for as _principal_for
+from core.auth import SYSTEM, Principal
 from core.config import Settings, get_settings
-from core.db import session_scope
-from core.db.models import User
+from core.sessions import WEB, resolve_session, session_id
 from core.system import Startup, prepare
+
+# The cookie ui/server.py sets (HttpOnly: the browser's scripts never see it). Tests under
+# AppTest, which has no cookies, put a session token at this session_state key instead; no
+# widget uses the key, so a browser cannot set it.
+SESSION_COOKIE = "clara_session"
 
 DEV_PRINCIPAL = Principal(username="dev", role="admin", full_name="Developer (auth off)")
 
@@ -28,13 +31,24 @@ def engine():  # noqa: ANN201
     return startup().engine
 
 
+def session_token() -> str | None:
+    """The web session token of this browser session (cookie), if any."""
+    token = st.context.cookies.get(SESSION_COOKIE)
+    return token or st.session_state.get(SESSION_COOKIE)
+
+
+def current_session_id() -> str | None:
+    """The id (not the token) of this browser's web session, for hand-overs to the chat."""
+    token = session_token()
+    return session_id(token) if token else None
+
+
 def principal() -> Principal | None:
-    """The logged-in user, re-read from the database on every run (role changes, disable)."""
+    """The signed-in user, re-read from the database on every run: a revoked session, a
+    disabled user or a changed role takes effect at the next click."""
     if not settings().auth_enabled:
         return DEV_PRINCIPAL
-    if not st.session_state.get("authentication_status"):
-        return None
-    return _principal_for(engine(), st.session_state.get("username") or "")
+    return resolve_session(engine(), session_token(), kind=WEB)
 
 
 def require_principal() -> Principal:
@@ -45,35 +59,13 @@ def require_principal() -> Principal:
     return p
 
 
-def build_credentials() -> dict:
-    """streamlit-authenticator's credentials dict, built from our user table (enabled only)."""
-    users = {}
-    with session_scope(engine()) as s:
-        for u in s.query(User).filter(User.disabled.is_(False)):
-            users[u.username] = {
-                "email": u.email or f"{u.username}@localhost",
-                "first_name": u.full_name or u.username,
-                "last_name": "",
-                "password": u.password_hash,
-                "roles": [u.role],
-            }
-    return {"usernames": users}
-
-
-def check_credentials_with_core(username: str, password: str) -> bool:
-    """Replaces the authenticator's own password check so lockout and audit apply."""
-    cfg = settings()
-    st.session_state.pop("login_error", None)
-    try:
-        authenticate(
-            engine(), username, password, cfg.login_max_failures, cfg.login_lockout_seconds
-        )
-        return True
-    except AccountLocked as err:
-        st.session_state["login_error"] = str(err)
-    except AuthenticationFailed as err:
-        st.session_state["login_error"] = str(err)
-    return False
-
-
-__all__ = ["SYSTEM", "principal", "require_principal", "settings", "engine", "startup"]
+__all__ = [
+    "SYSTEM",
+    "current_session_id",
+    "engine",
+    "principal",
+    "require_principal",
+    "session_token",
+    "settings",
+    "startup",
+]

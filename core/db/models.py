@@ -1,4 +1,4 @@
-"""Foundation tables: roles, users, login attempts and the append-only audit log."""
+"""Foundation tables: roles, users, sessions, login throttling and the append-only audit log."""
 
 from __future__ import annotations
 
@@ -33,15 +33,46 @@ class User(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
-class LoginAttempt(Base):
-    """Failures per entered user name, whether or not such a user exists (no enumeration)."""
+class LoginThrottle(Base):
+    """Failed logins counted per scope: a name from one address, one address, one name.
 
-    __tablename__ = "login_attempts"
+    `scope` is "pair" (name + client address), "addr" (one client address, any name) or
+    "name" (one name, any address). Names are counted whether or not such a user exists,
+    so the counters reveal nothing about which accounts exist.
+    """
 
-    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    __tablename__ = "login_throttle"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuthSession(Base):
+    """A server-side sign-in: web and chat sessions, and single-use hand-over tokens.
+
+    The row id is the sha256 of the random token the client holds, so a copy of the table
+    cannot be replayed. Logout, disable, password reset and role change set `revoked_at`.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # web | chat | handover
+    purpose: Mapped[str] = mapped_column(String(32), default="", nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False, index=True)
+    username: Mapped[str] = mapped_column(String(64), nullable=False)
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_reason: Mapped[str] = mapped_column(String(64), default="", nullable=False)
+    client_addr: Mapped[str] = mapped_column(String(64), default="", nullable=False)
+    user_agent: Mapped[str] = mapped_column(String(255), default="", nullable=False)
 
 
 class AuditEntry(Base):
