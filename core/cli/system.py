@@ -70,6 +70,12 @@ def status(json_out: bool = typer.Option(False, "--json")) -> None:
         print_json(s)
         return
     console.print(f"environment: {s.environment}   auth: {'on' if s.auth_enabled else 'OFF'}")
+    if not s.detailed:
+        console.print(f"database: {'ok' if s.database_ok else 'unreachable'}")
+        if s.database_ok and not s.schema_current:
+            console.print("schema: needs an upgrade (tell an administrator)")
+        console.print("(database address, data dir and tables: shown to admins and auditors)")
+        return
     console.print(f"database: {s.database_url}  ({'ok' if s.database_ok else s.database_error})")
     console.print(f"schema: {s.schema_revision} (newest {s.schema_head})")
     console.print(f"data dir: {s.data_dir}  ({s.data_dir_bytes / 1e6:.1f} MB)")

@@ -7,6 +7,7 @@ not have asked for a password or a confirmation first. The refusal is audited.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,22 @@ def test_adapters_and_corpus_delete_refuse_before_the_confirmation(people, setti
 def test_generate_refuses_before_reading_the_prompt_from_stdin(people, settings):
     p = clara(settings, "generate", "-", as_user="otto")
     assert_refused_without_asking(p, "chat:use")
+
+
+def test_status_shows_paths_and_tables_only_to_admins_and_auditors(people, settings):
+    # (issue 10, item 9: the same rule as the Home page, decided in core.system)
+    for name in ("ulla", "anna"):
+        p = clara(settings, "status", "--json", as_user=name)
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout)
+        assert out["detailed"] is False and out["database_ok"] is True
+        assert out["data_dir"] is None and out["database_url"] is None
+        assert out["table_counts"] == {}
+        assert str(settings.data_path) not in p.stdout
+        p = clara(settings, "status", as_user=name)
+        assert str(settings.data_path) not in p.stdout and "users" not in p.stdout
+        assert "shown to admins and auditors" in p.stdout
+    p = clara(settings, "status", "--json", as_user="otto")
+    out = json.loads(p.stdout)
+    assert out["detailed"] and out["data_dir"] == str(settings.data_path)
+    assert out["table_counts"]["users"] == 4

@@ -184,3 +184,71 @@ def test_new_role_preselects_the_current_role_and_admin_needs_confirmation(
     assert get_user(db_engine, "ulla").role == "admin"
     assert _users_table(at)["ulla"]["role"] == "admin"
     assert "ulla is now admin." in [s.value for s in at.success]
+
+
+# Home (item 9): the database address, data dir and table counts only for admins and auditors.
+
+
+def test_system_status_details_only_for_admins_and_auditors(db_engine, settings):
+    from core.auth import ROLES, Principal
+    from core.system import system_status
+
+    for role in ROLES:
+        s = system_status(db_engine, Principal(username=f"{role}1", role=role), settings)
+        assert s.database_ok and s.schema_current and s.environment == "testing"
+        if role in ("admin", "auditor"):
+            assert s.detailed and s.data_dir == str(settings.data_path)
+            assert s.database_url and s.table_counts["users"] >= 1
+        else:
+            assert not s.detailed, role
+            assert s.database_url is None and s.data_dir is None and s.data_dir_bytes is None
+            assert s.schema_revision is None and s.table_counts == {}
+            assert str(settings.data_path) not in repr(s)
+
+
+def _home_as(db_engine, settings, monkeypatch, username, role) -> AppTest:  # noqa: ANN001
+    from core.auth import create_user, principal_for
+    from core.sessions import open_session
+
+    monkeypatch.setenv("CLARA_AUTH", "on")
+    from core.config import get_settings
+
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+    admin = principal_for(db_engine, "admin")
+    if role != "admin":
+        create_user(db_engine, admin, username, f"{username}-pass-1", role)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["clara_session"] = open_session(db_engine, principal_for(db_engine, username))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _page_text(at) -> str:  # noqa: ANN001
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [str(d.value.to_dict()) for d in at.dataframe]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("role", ["user", "trainer", "analyst"])
+def test_home_hides_paths_and_tables_from_other_roles(db_engine, settings, monkeypatch, role):
+    at = _home_as(db_engine, settings, monkeypatch, "someone", role)
+    text = _page_text(at)
+    assert "Database reachable" in text  # health: yes
+    assert str(settings.data_path) not in text  # the data dir: no
+    assert "clara.db" not in text and "Data dir" not in text
+    assert not at.dataframe  # no table counts
+    assert "dataset_samples" not in text and "audit_log" not in text
+
+
+@pytest.mark.parametrize("role", ["admin", "auditor"])
+def test_home_shows_details_to_admins_and_auditors(db_engine, settings, monkeypatch, role):
+    name = "admin" if role == "admin" else "otto"
+    at = _home_as(db_engine, settings, monkeypatch, name, role)
+    text = _page_text(at)
+    assert str(settings.data_path) in text and "clara.db" in text
+    rows = at.dataframe[0].value
+    assert "users" in set(rows["table"])
