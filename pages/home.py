@@ -14,6 +14,7 @@ status = system_status(session.engine(), user, session.settings())
 st.title("CLARA Workbench")
 st.caption("Corpus → datasets → LoRA adapters → chat, on your own machine.")
 
+st.subheader("System status")
 if status.detailed:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Database", "reachable" if status.database_ok else "unreachable")
@@ -24,6 +25,7 @@ else:
     c1, c2 = st.columns(2)
     c1.metric("Database", "reachable" if status.database_ok else "unreachable")
     c2.metric("Environment", status.environment)
+    st.caption("Database address, data directory and tables are shown to admins and auditors.")
 
 if not status.database_ok:
     if status.detailed:
@@ -40,7 +42,6 @@ if status.database_ok and not status.schema_current:
         st.warning("The database needs an upgrade: please tell an administrator.")
 
 if status.detailed:
-    st.subheader("System status")
     st.write(
         f"**Database:** `{status.database_url}`  \n**Data dir:** `{status.data_dir}`  \n"
         f"**Authentication:** {'on' if status.auth_enabled else 'off'}"
