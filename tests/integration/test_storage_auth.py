@@ -3,14 +3,14 @@
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from core import auth
 from core.audit import read_audit_log, record
 from core.db import current_revision, head_revision, session_scope, upgrade
 from core.db.base import utcnow
-from core.db.models import AuditEntry, LoginAttempt, User
+from core.db.models import AuditEntry, LoginThrottle, User
 from tests.conftest import principal
 
 
@@ -130,10 +130,11 @@ def test_lockout_after_five_failures(db_engine, admin):
     assert set(rows.target) == {"admin", "ghost"}
     # After the lockout period the right password works again and clears the counter.
     with session_scope(db_engine) as s:
-        s.get(LoginAttempt, "admin").locked_until = utcnow() - timedelta(seconds=1)
+        s.execute(update(LoginThrottle).values(locked_until=utcnow() - timedelta(seconds=1)))
     assert auth.authenticate(db_engine, "admin", "adminpass1").username == "admin"
     with session_scope(db_engine) as s:
-        assert s.get(LoginAttempt, "admin").failures == 0
+        assert s.get(LoginThrottle, ("name", "admin")) is None
+        assert s.get(LoginThrottle, ("pair", "admin|unknown")) is None
 
 
 def test_audit_log_is_append_only(db_engine):

@@ -1,6 +1,6 @@
 import pytest
 
-from core.config import ConfigError, Settings, load_settings, mask_url
+from core.config import ConfigError, Settings, load_settings, mask_url, secret_weakness
 
 
 @pytest.fixture(autouse=True)
@@ -52,20 +52,70 @@ def test_invalid_values_give_one_line(monkeypatch, var, value, expected):
     assert "\n" not in str(err.value)
 
 
-def test_production_refuses_default_or_empty_secret(monkeypatch):
+STRONG = "Zq3vW8pLx2Rk9TbN4mHc7YdF1sGj6QaE5uVw0XoKiBn"
+
+
+def test_production_requires_an_explicit_strong_secret(monkeypatch):
     monkeypatch.setenv("CLARA_ENV", "production")
-    with pytest.raises(ConfigError, match="CLARA_AUTH_SECRET"):
+    with pytest.raises(ConfigError, match="CLARA_AUTH_SECRET is not set"):
         load_settings()
     monkeypatch.setenv("CLARA_AUTH_SECRET", "")
-    with pytest.raises(ConfigError, match="CLARA_AUTH_SECRET"):
+    with pytest.raises(ConfigError, match="CLARA_AUTH_SECRET is not set"):
         load_settings()
-    monkeypatch.setenv("CLARA_AUTH_SECRET", "x" * 40)
+    monkeypatch.setenv("CLARA_AUTH_SECRET", STRONG)
     assert load_settings().env == "production"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("abc", "too short"),
+        ("x" * 40, "published default or a placeholder"),
+        ("change-me-clara-development-secret", "published default or a placeholder"),
+        ("my-long-and-secret-value-for-the-workbench", "published default or a placeholder"),
+        ("abcdefghijklmnopqrstuvwxyz0123456789", "does not look random"),
+        ("ab" * 20, "does not look random"),
+    ],
+)
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_weak_secrets_are_refused_in_every_mode(monkeypatch, value, why, env):
+    monkeypatch.setenv("CLARA_ENV", env)
+    monkeypatch.setenv("CLARA_AUTH_SECRET", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert why in str(err.value)
+    assert "secrets.token_urlsafe" in str(err.value)  # says how to make a good one
+    assert value not in str(err.value)  # and never echoes the secret
+
+
+def test_without_a_secret_one_is_generated_into_the_data_dir(tmp_path):
+    s = load_settings(data_dir=tmp_path / "d")
+    assert s.auth_secret is None
+    first = s.auth_secret_value()
+    path = tmp_path / "d" / "auth_secret"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(first) >= 32 and secret_weakness(first) is None
+    assert load_settings(data_dir=tmp_path / "d").auth_secret_value() == first  # kept
+    assert load_settings(data_dir=tmp_path / "e").auth_secret_value() != first  # per dir
+    path.chmod(0o644)
+    assert s.auth_secret_value() == first and path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("var", ["CLARA_HOST", "CLARA_CHAT_HOST"])
+def test_public_bind_needs_an_explicit_secret(monkeypatch, var):
+    monkeypatch.setenv(var, "0.0.0.0")
+    with pytest.raises(ConfigError, match="needs an explicit CLARA_AUTH_SECRET"):
+        load_settings()
+    monkeypatch.setenv("CLARA_AUTH_SECRET", STRONG)
+    assert load_settings().auth_secret is not None
+    monkeypatch.setenv(var, "127.0.0.1")
+    monkeypatch.delenv("CLARA_AUTH_SECRET")
+    assert load_settings().auth_secret is None
 
 
 def test_production_refuses_auth_off(monkeypatch):
     monkeypatch.setenv("CLARA_ENV", "production")
-    monkeypatch.setenv("CLARA_AUTH_SECRET", "x" * 40)
+    monkeypatch.setenv("CLARA_AUTH_SECRET", STRONG)
     monkeypatch.setenv("CLARA_AUTH", "off")
     with pytest.raises(ConfigError, match="CLARA_AUTH=off is refused"):
         load_settings()
@@ -73,11 +123,11 @@ def test_production_refuses_auth_off(monkeypatch):
 
 def test_masked_hides_secrets():
     s = Settings(
-        auth_secret="supersecretvalue",
+        auth_secret=STRONG,
         database_url="postgresql+psycopg://u:hunter2@h/db",
         graph_password="neo-pw",
     )
     shown = str(s.masked())
-    assert "supersecretvalue" not in shown and "hunter2" not in shown and "neo-pw" not in shown
+    assert STRONG not in shown and "hunter2" not in shown and "neo-pw" not in shown
     assert s.masked()["database_url"] == "postgresql+psycopg://u:********@h/db"
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
