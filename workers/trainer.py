@@ -3,7 +3,9 @@
 One loop, no threads: reap finished children, renew leases (and stop cancelled or lost jobs),
 claim while a slot is free, sleep briefly. Children are started with an argument list in
 their own process group with output to the job's log; stop = SIGTERM to the group (the
-trainer checkpoints at the next step and exits), SIGKILL after a grace period. The pid is
+trainer finishes its step, checkpoints at it and exits). SIGKILL follows only when the
+process does not answer within a short grace period, or when it answered but then stops
+making progress (its stop report's deadline passes; see core.training.stopping). The pid is
 recorded together with the process start time, and a signal is only sent after checking
 that the pid still belongs to that very process.
 """
@@ -35,9 +37,17 @@ from core.training.queue import (
     renew_lease,
     update_running,
 )
+from core.training.stopping import (
+    MAX_STOP_S,
+    cancel_summary,
+    clear_stop_report,
+    read_stop_report,
+)
 
 DEFAULT_LEASE_S = 30.0
-STOP_GRACE_S = 8.0  # SIGTERM → SIGKILL; cancel must finish within 10 s
+# SIGTERM → SIGKILL when the process does not even answer (a cancel then ends within 10 s).
+# A process that answers is given the time its step and checkpoint take, as it reports.
+STOP_GRACE_S = 8.0
 
 
 def process_start_time(pid: int) -> float | None:
@@ -67,8 +77,10 @@ class Slot:
     proc: subprocess.Popen
     started_at: float | None
     log_path: Path
+    output_dir: Path | None = None
     stop_sent_at: float | None = None
     stop_reason: str | None = None  # cancel | shutdown | lost
+    killed: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
 
@@ -150,6 +162,7 @@ class Worker:
             )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
+        clear_stop_report(output_dir)  # a report of an earlier attempt is not this one's
         with log_path.open("ab") as fh:
             fh.write(
                 f"\n===== attempt {job.attempt} on {self.worker_id} at "
@@ -169,15 +182,37 @@ class Worker:
             )
         started = process_start_time(proc.pid)
         update_running(self.engine, job.id, job.token, pid=proc.pid, pid_started_at=started)
-        self.slots.append(Slot(job, proc, started, log_path))
+        self.slots.append(Slot(job, proc, started, log_path, output_dir))
         self.log(f"job {job.id}: started attempt {job.attempt} (pid {proc.pid})")
 
     # Supervision -----------------------------------------------------------------------
+    def _kill_at(self, slot: Slot) -> float:
+        """When (monotonic) a stopping process is killed: after the grace period if it never
+        answered; else when the deadline of its newest stop report has passed (it stopped
+        making progress); never later than MAX_STOP_S after the stop was sent."""
+        assert slot.stop_sent_at is not None
+        at = slot.stop_sent_at + self.grace
+        report = read_stop_report(slot.output_dir)
+        if report and report.get("pid") == slot.proc.pid and report.get("deadline"):
+            remaining = float(report["deadline"]) - time.time()
+            at = max(at, time.monotonic() + remaining)
+        return min(at, slot.stop_sent_at + MAX_STOP_S)
+
+    def _kill_if_overdue(self, slot: Slot, now: float) -> None:
+        if slot.stop_sent_at is None or slot.proc.poll() is not None:
+            return
+        if now >= self._kill_at(slot):
+            if not slot.killed:
+                self.log(
+                    f"job {slot.job.id}: no progress since the stop request; killing its process"
+                )
+            slot.killed = True
+            signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            if slot.stop_sent_at is not None and now - slot.stop_sent_at > self.grace:
-                signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
+            self._kill_if_overdue(slot, now)
             if now - slot.last_beat < self.heartbeat_every and slot.stop_sent_at is None:
                 continue
             slot.last_beat = now
@@ -238,15 +273,14 @@ class Worker:
             self.log(f"job {job.id}: succeeded" + ("" if ok else " (but the lease was lost)"))
             return
         if slot.stop_reason == "cancel":
-            finish_job(
-                self.engine,
-                job.id,
-                job.token,
-                "cancelled",
-                error="cancelled on request"
-                + ("" if rc == EXIT_STOPPED else f" (stopped with exit code {rc})"),
+            with session_scope(self.engine) as s:
+                row = s.get(TrainingJob, job.id)
+                step, checkpoint = (row.step, row.checkpoint) if row else (0, None)
+            summary = cancel_summary(
+                step=step, checkpoint=checkpoint, report=read_stop_report(slot.output_dir), rc=rc
             )
-            self.log(f"job {job.id}: cancelled")
+            finish_job(self.engine, job.id, job.token, "cancelled", error=summary)
+            self.log(f"job {job.id}: {summary}")
             return
         if slot.stop_reason == "shutdown" or rc == EXIT_STOPPED:
             # A later worker resumes it from the checkpoint just written.
@@ -291,14 +325,19 @@ class Worker:
         for slot in self.slots:
             if slot.stop_reason is None:
                 self._stop(slot, "shutdown")
-        deadline = time.monotonic() + self.grace
-        while self.slots and time.monotonic() < deadline:
+        # Each process gets the time its checkpoint takes (as it reports), killed only when
+        # it stops making progress.
+        while self.slots:
             self._reap()
+            now = time.monotonic()
+            for slot in self.slots:
+                self._kill_if_overdue(slot, now)
+            if all(s.killed for s in self.slots):
+                for slot in self.slots:
+                    slot.proc.wait()
+                self._reap()
+                break
             time.sleep(0.1)
-        for slot in list(self.slots):
-            signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
-            slot.proc.wait()
-        self._reap()
 
 
 def run_worker(settings: Settings | None = None, **kwargs) -> int:  # noqa: ANN003

@@ -80,10 +80,13 @@ def _ppl(loss: float | None) -> float | None:
 
 
 class StopCallback(TrainerCallback):
-    """On a stop request (SIGTERM): save a checkpoint at the end of this step, then stop.
+    """On a stop request (SIGTERM): finish the current step, save a checkpoint at it (no
+    evaluation first), then stop.
 
     `guard` is asked before every checkpoint (and every few seconds): when it says the job's
     lease is gone, training must not write anything more, so `on_lost` ends the process.
+    `tracker` (core.training.stopping.StopTracker) learns the step and save times and tells
+    the worker how long the stop may still take.
     """
 
     def __init__(
@@ -93,20 +96,44 @@ class StopCallback(TrainerCallback):
         on_lost: Callable[[], None] | None = None,
         guard_every_s: float = 2.0,
         on_checkpoint: Callable[[str, int], None] | None = None,
+        tracker: Any = None,
     ) -> None:
         self.on_checkpoint = on_checkpoint
         self.stop = stop
         self.guard = guard
         self.on_lost = on_lost
         self.guard_every_s = guard_every_s
+        self.tracker = tracker
         self._last_guard = 0.0
         self.stopped_early = False
 
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+        if self.tracker is not None:
+            self.tracker.set_phase("train")
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+        if self.tracker is not None:
+            self.tracker.set_phase("finish")
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+        if self.tracker is not None:
+            self.tracker.step_started()
+
+    def on_prediction_step(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+        if self.tracker is not None:
+            self.tracker.progress()
+
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
         if self.stop.is_set():
+            # Save now, at this very step; an evaluation first would only delay the save.
             control.should_save = True
+            control.should_evaluate = False
             control.should_training_stop = True
             self.stopped_early = True
+        if self.tracker is not None:
+            self.tracker.step_done(state.global_step)
+            if control.should_save:
+                self.tracker.save_started()
         saving = control.should_save or (
             args.save_strategy == "steps"
             and args.save_steps
@@ -124,6 +151,8 @@ class StopCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+        if self.tracker is not None:
+            self.tracker.save_done(state.global_step)
         if self.on_checkpoint is not None:
             self.on_checkpoint(
                 f"{args.output_dir}/checkpoint-{state.global_step}", state.global_step

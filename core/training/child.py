@@ -5,8 +5,9 @@ holds the job only while the fencing token it was given is still the job's token
 durable write (metrics, checkpoint, adapter) is fenced, and it dies with its worker
 (PR_SET_PDEATHSIG plus a parent-pid watchdog), so a job never runs twice at the same time.
 
-Exit codes: 0 done, 1 failed (exception; message in the log), 3 stopped on request with a
-checkpoint, 75 lease lost (another worker owns the job now; nothing more was written).
+Exit codes: 0 done, 1 failed (exception; message in the log), 3 stopped on request (with a
+checkpoint at the step reached, or before training began), 75 lease lost (another worker owns
+the job now; nothing more was written). How a stop is answered: core.training.stopping.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ def main(argv: list[str]) -> int:
     job_id, token = int(argv[0]), int(argv[1])
     die_with_parent(int(os.environ.get("CLARA_WORKER_PID") or 0) or None)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Until the job's folder is known, a stop request ends the process at once: nothing of
+    # this attempt exists yet.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(EXIT_STOPPED))
+    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_STOPPED))
 
     from core.config import get_settings
     from core.db import get_engine, session_scope
     from core.training.models import TrainingJob, TrainingMetric
     from core.training.queue import JOBS, _fenced, lease_held, update_running
+    from core.training.stopping import StopTracker, listen_for_stop
 
     settings = get_settings()
     engine = get_engine(settings)
@@ -76,6 +80,16 @@ def main(argv: list[str]) -> int:
         kind, spec_data, attempt = job.kind, dict(job.spec), job.attempts
         base_ref, version_id, output_dir = job.base_model, job.dataset_version_id, job.output_dir
         owner, name = job.owner, job.name
+
+    def exit_stopped() -> None:
+        log("stop requested before training began: nothing to save; exiting")
+        sys.stdout.flush()
+        os._exit(EXIT_STOPPED)
+
+    # A stop request is answered at once (the worker then waits for the checkpoint instead of
+    # killing the process after its short grace period); see core.training.stopping.
+    tracker = StopTracker(output_dir, stop, exit_now=exit_stopped)
+    listen_for_stop(tracker, (signal.SIGTERM, signal.SIGINT))
 
     def lost() -> None:
         log(
@@ -124,6 +138,7 @@ def main(argv: list[str]) -> int:
     log(f"job {job_id} ({kind} {name!r}) attempt {attempt}, token {token}, pid {os.getpid()}")
     if kind == "sleep":
         sink({"phase": "run", "step": 0, "extra": {"pid": os.getpid(), "token": token}})
+        tracker.set_phase("train")  # stops through the event, as training does
         deadline = time.monotonic() + float(spec_data.get("seconds", 0))
         while time.monotonic() < deadline:
             if stop.is_set():
@@ -168,6 +183,8 @@ def main(argv: list[str]) -> int:
     def on_checkpoint(path: str, step: int) -> None:
         if not update_running(engine, job_id, token, checkpoint=path, step=step):
             lost()
+        if stop.is_set():
+            log(f"stop requested: checkpoint saved at step {step}")
 
     result = run_sft(
         spec,
@@ -181,10 +198,14 @@ def main(argv: list[str]) -> int:
         guard=lambda: lease_held(engine, job_id, token),
         on_lost=lost,
         on_checkpoint=on_checkpoint,
+        tracker=tracker,
         eval_before=not before_done,
         log=log,
     )
     if result.stopped_early:
+        saved = result.metrics.get("checkpoint")
+        if saved:
+            tracker.finished(int(result.metrics.get("steps") or 0), saved)
         return EXIT_STOPPED
     metrics = dict(result.metrics)
     if before_done and "eval_loss_before" not in metrics:

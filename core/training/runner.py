@@ -142,6 +142,7 @@ def run_sft(
     guard: Callable[[], bool] | None = None,
     on_lost: Callable[[], None] | None = None,
     on_checkpoint: Callable[[str, int], None] | None = None,
+    tracker: Any = None,
     device: str | None = None,
     eval_before: bool = True,
     log: Callable[[str], None] = print,
@@ -150,7 +151,8 @@ def run_sft(
 
     The finished adapter is written to output_dir/adapter (via a temp folder and a rename).
     `stop` set → a checkpoint is saved at the end of the current step and the run returns
-    with `stopped_early=True` and no adapter.
+    with `stopped_early=True` and no adapter (`metrics["checkpoint"]` names it). `tracker`
+    (core.training.stopping.StopTracker) follows the run's phases and step/save times.
     """
     import datasets
     from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
@@ -189,7 +191,9 @@ def run_sft(
     eval_ds = datasets.Dataset.from_list(eval_records) if eval_records else None
     args = build_sft_config(spec, output_dir, device)
     counter = TokenCounter()
-    stopper = StopCallback(stop, guard=guard, on_lost=on_lost, on_checkpoint=on_checkpoint)
+    stopper = StopCallback(
+        stop, guard=guard, on_lost=on_lost, on_checkpoint=on_checkpoint, tracker=tracker
+    )
     trainer_cls = _counting_trainer_class()
     trainer = trainer_cls(
         model=model,
@@ -245,7 +249,13 @@ def run_sft(
     if train_s > 0:
         metrics["tokens_per_second"] = counter.real / train_s
     if stopper.stopped_early:
-        log(f"stopped at step {trainer.state.global_step}; checkpoint saved")
+        step = trainer.state.global_step
+        saved = str(output_dir / CHECKPOINT_DIR / f"checkpoint-{step}")
+        if (Path(saved) / "trainer_state.json").exists():
+            metrics["checkpoint"] = saved
+            log(f"stopped at step {step}; checkpoint saved at {saved}")
+        else:
+            log(f"stopped at step {step}; no checkpoint could be saved")
         return RunResult(None, True, metrics, resume)
     if eval_ds is not None:
         ev = trainer.evaluate()

@@ -117,7 +117,9 @@ def test_submit_watch_cancel_retry(trainbench, page):
     _click_until(page, "Cancel", re.compile(r"Job \d+: e2e-hund — cancelled"))
     # The jobs table also holds this text in a hidden accessibility grid: wait for the
     # visible error box of the job view.
-    page.get_by_text("cancelled on request").filter(visible=True).first.wait_for()
+    page.get_by_text(re.compile(r"cancelled at step \d+, checkpoint saved")).filter(
+        visible=True
+    ).first.wait_for()
 
     _click_until(page, "Retry", re.compile(r"Job \d+: e2e-hund — running"), timeout=120_000)
     # The retried attempt resumes from the checkpoint written at cancel time. The page shows
