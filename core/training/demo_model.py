@@ -6,6 +6,10 @@ pre-training loop so that generations look like the corpus and fine-tuning visib
 the loss. Two processes building at once are serialised by a file lock; the build happens in
 a temporary folder that is renamed into place, so a reader never sees half a model.
 
+While it builds, the build writes its progress (phase, fraction, estimate) to a small JSON
+file next to the lock; `demo_build_status(settings)` reads it for the pages (Chat, Training)
+and is None whenever no build holds the lock.
+
 CLARA_DEMO_MODEL_SIZE (tiny | small, default small) picks the size; tests use tiny.
 """
 
@@ -67,6 +71,13 @@ SIZES = {
 }
 SEED = 1234
 ProgressFn = Callable[[str, float], None]
+# Share of the whole build per phase (pre-training dominates; tokenizer and save are short).
+PHASES = {
+    "starting": (0.0, 0.0),
+    "tokenizer": (0.0, 0.05),
+    "pre-training": (0.05, 0.97),
+    "saving": (0.97, 1.0),
+}
 
 
 class DemoModelError(RuntimeError):
@@ -85,6 +96,108 @@ def demo_size_name() -> str:
 def demo_model_dir(settings: Settings | None = None) -> Path:
     settings = settings or get_settings()
     return settings.data_path / "models" / DEMO_DIRNAME
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{DEMO_DIRNAME}.lock"
+
+
+def _status_path(target: Path) -> Path:
+    return target.parent / f".{DEMO_DIRNAME}.status.json"
+
+
+@dataclass(frozen=True)
+class DemoBuildStatus:
+    """A demo model build under way: what it does now, how far it is, how long it still
+    takes (None until it can be estimated from measured progress)."""
+
+    phase: str  # starting | tokenizer | pre-training | saving
+    fraction: float  # 0..1 of the whole build
+    eta_seconds: float | None
+    message: str
+    size: str = ""
+    elapsed_seconds: float = 0.0
+
+
+class _StatusWriter:
+    """The build's side: rewrites the status file (atomically) at every phase and step."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        self.size = size
+        self.started = time.time()
+        self._phase_started = self.started
+
+    def update(
+        self, phase: str, within: float, message: str, eta_seconds: float | None = None
+    ) -> None:
+        lo, hi = PHASES.get(phase, (0.0, 1.0))
+        fraction = lo + (hi - lo) * min(1.0, max(0.0, within))
+        data = {
+            "pid": os.getpid(),
+            "size": self.size,
+            "phase": phase,
+            "fraction": round(fraction, 4),
+            "eta_seconds": eta_seconds,
+            "message": message,
+            "started_at": self.started,
+            "updated_at": time.time(),
+        }
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def _build_running(lock_path: Path) -> bool:
+    """Whether some process holds the build lock now (a build is under way)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def demo_build_status(settings: Settings | None = None) -> DemoBuildStatus | None:
+    """The demo model build under way in this data dir, or None when none is running."""
+    target = demo_model_dir(settings)
+    path = _status_path(target)
+    if not path.exists() or not _build_running(_lock_path(target)):
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    eta = data.get("eta_seconds")
+    if eta is not None:
+        # The estimate was made when the file was written: count down since.
+        eta = max(0.0, float(eta) - max(0.0, time.time() - float(data.get("updated_at") or 0)))
+    return DemoBuildStatus(
+        phase=str(data.get("phase") or "starting"),
+        fraction=min(1.0, max(0.0, float(data.get("fraction") or 0.0))),
+        eta_seconds=eta,
+        message=str(data.get("message") or "building the demo model"),
+        size=str(data.get("size") or ""),
+        elapsed_seconds=max(0.0, time.time() - float(data.get("started_at") or time.time())),
+    )
 
 
 def _corpus_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
@@ -154,18 +267,20 @@ def ensure_demo_model(
     if _is_complete(target, size):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{DEMO_DIRNAME}.lock"
+    lock_path = _lock_path(target)
     with lock_path.open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        status = _StatusWriter(_status_path(target), size)
         try:
             if _is_complete(target, size):  # another process built it while we waited
                 return target
+            status.update("starting", 0.0, f"building the demo model ({size})")
             # Holding the lock, any other temp build folder is the leftover of a killed build.
             for stale in target.parent.glob(f".{DEMO_DIRNAME}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}-", dir=target.parent))
             try:
-                build_demo_model(tmp, size=size, progress=progress)
+                build_demo_model(tmp, size=size, progress=progress, status=status)
                 if target.is_symlink() or target.is_file():
                     target.unlink()
                 elif target.exists():
@@ -175,6 +290,7 @@ def ensure_demo_model(
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         finally:
+            status.clear()
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
@@ -185,8 +301,12 @@ def build_demo_model(
     size: str = "small",
     corpus_dir: Path = CORPUS_DIR,
     progress: ProgressFn | None = None,
+    status: _StatusWriter | None = None,
 ) -> Path:
-    """Train tokenizer and model from scratch into `out_dir` (deterministic for a given corpus)."""
+    """Train tokenizer and model from scratch into `out_dir` (deterministic for a given corpus).
+
+    `progress(message, fraction)` is called at each phase and every ten pre-training steps;
+    `status` (the build's status file) at every step, with an estimate of the time left."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -198,6 +318,8 @@ def build_demo_model(
     torch.manual_seed(SEED)
     texts = _corpus_texts(corpus_dir)
     report("training tokenizer", 0.0)
+    if status is not None:
+        status.update("tokenizer", 0.0, "training the tokenizer")
 
     tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -243,6 +365,8 @@ def build_demo_model(
     for t in texts:
         ids.extend([tokenizer.bos_token_id, *tokenizer(t)["input_ids"], tokenizer.eos_token_id])
     blocks = torch.tensor(ids[: len(ids) // cfg.block * cfg.block]).view(-1, cfg.block)
+    if status is not None:
+        status.update("pre-training", 0.0, f"pre-training step 0/{cfg.steps}")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -254,6 +378,7 @@ def build_demo_model(
         )
         model.train()
         losses = []
+        pre_started = time.monotonic()
         for step in range(cfg.steps):
             idx = torch.randint(0, blocks.shape[0], (cfg.batch,), generator=gen)
             batch = blocks[idx]
@@ -264,6 +389,16 @@ def build_demo_model(
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            if status is not None:
+                done = step + 1
+                per_step = (time.monotonic() - pre_started) / done
+                status.update(
+                    "pre-training",
+                    done / cfg.steps,
+                    f"pre-training step {done}/{cfg.steps} loss {losses[-1]:.3f}",
+                    # The rest of the steps, plus the save (about two steps' time).
+                    eta_seconds=round(per_step * (cfg.steps - done + 2), 1),
+                )
             if step % 10 == 0 or step == cfg.steps - 1:
                 report(
                     f"pre-training step {step + 1}/{cfg.steps} loss {losses[-1]:.3f}",
@@ -271,6 +406,8 @@ def build_demo_model(
                 )
     finally:
         torch.set_num_threads(threads)
+    if status is not None:
+        status.update("saving", 0.0, "saving the model", eta_seconds=None)
     tokenizer.model_max_length = cfg.block * 4
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
