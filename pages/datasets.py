@@ -289,7 +289,11 @@ def quality_thresholds() -> None:
     dataset (counted in core from the stored signals). A fragment: editing a field reruns
     only this tab."""
     saved = thresholds_for(engine, user, ds.id)
-    prefix = f"datasets_thr_{ds.id}_"
+    # The fields' keys carry a generation: Discard and Reset start a new one, so the browser
+    # shows fresh fields with the saved values (it keeps a widget's value while its key lives).
+    gen_key = f"datasets_thr_gen_{ds.id}"
+    gen = st.session_state.setdefault(gen_key, 0)
+    prefix = f"datasets_thr_{ds.id}_{gen}_"
     may_change = user.can("datasets:create")
     st.caption(
         "Stored with the dataset and written into every version's manifest; the defaults "
@@ -388,8 +392,7 @@ def quality_thresholds() -> None:
                 summary.info(text + ".")
 
     def _forget_fields() -> None:
-        for k in [k for k in st.session_state if str(k).startswith(prefix)]:
-            del st.session_state[k]
+        st.session_state[gen_key] = gen + 1
 
     c1, c2, c3 = st.columns(3)
     if c1.button(

@@ -38,6 +38,12 @@ def _infos(at) -> list[str]:  # noqa: ANN001
     return [i.value for i in at.info]
 
 
+def _field(elements, label: str):  # noqa: ANN001, ANN202
+    """The one widget with this label (the Quality tab's keys carry a generation)."""
+    (found,) = [e for e in elements if e.label == label]
+    return found
+
+
 def test_quality_tab_fields_effects_save_and_reset(db_engine, admin, settings, monkeypatch):
     ds = create_dataset(db_engine, admin, "faq")
     add_samples(db_engine, admin, ds.id, _samples())
@@ -46,10 +52,10 @@ def test_quality_tab_fields_effects_save_and_reset(db_engine, admin, settings, m
 
     # A field per threshold with the current value, not a JSON editor.
     assert not [t for t in at.text_area if t.label == "Thresholds (JSON)"]
-    min_chars = at.number_input(key=f"datasets_thr_{ds.id}_min_chars")
+    min_chars = _field(at.number_input, "Minimum characters")
     assert min_chars.value == 20 and min_chars.label == "Minimum characters"
-    assert at.number_input(key=f"datasets_thr_{ds.id}_min_score").value == 0.5
-    assert at.multiselect(key=f"datasets_thr_{ds.id}_pii_types").value == [
+    assert _field(at.number_input, "Minimum score to keep").value == 0.5
+    assert _field(at.multiselect, "Personal data to flag").value == [
         "email",
         "phone",
         "iban",
@@ -85,20 +91,20 @@ def test_quality_tab_fields_effects_save_and_reset(db_engine, admin, settings, m
     ]
 
     # An invalid value is named, and cannot be saved.
-    at.text_input(key=f"datasets_thr_{ds.id}_penalty_overrides").set_value("kurz=0.3")
+    _field(at.text_input, "Penalty overrides (reason=penalty)").set_value("kurz=0.3")
     at.run()
     assert any("unknown reason 'kurz'" in e.value for e in at.error)
     assert at.button(key="datasets_thresholds_save").disabled
     at.button(key="datasets_thresholds_discard").click()
     at.run()
-    assert at.text_input(key=f"datasets_thr_{ds.id}_penalty_overrides").value == ""
+    assert _field(at.text_input, "Penalty overrides (reason=penalty)").value == ""
 
     # Reset: back to the defaults, in the database and in the fields.
     at.button(key="datasets_thresholds_reset").click()
     at.run()
     assert not at.exception, at.exception
     assert get_dataset(db_engine, admin, "faq").thresholds is None
-    assert at.number_input(key=f"datasets_thr_{ds.id}_min_chars").value == 20
+    assert _field(at.number_input, "Minimum characters").value == 20
     assert at.button(key="datasets_thresholds_reset").disabled  # nothing to reset now
 
 
