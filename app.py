@@ -25,18 +25,28 @@ except (DatabaseUnavailable, ConfigError) as err:
 
 
 def _signed_out_page() -> None:
+    reason = "bye=1" if st.session_state.pop("app_logged_out", False) else "ended=1"
     st.title("CLARA Workbench")
     st.info("Your session has ended or you are not signed in.", icon=":material/lock:")
-    st.link_button("Sign in", "/auth/login?ended=1", type="primary")
+    st.link_button("Sign in", f"/auth/login?{reason}", type="primary")
+    # The sign-in form is served outside Streamlit (it sets the HttpOnly cookie): go there.
+    # A constant script, nothing of the user's in it.
+    st.html(
+        f'<script>window.location.replace("/auth/login?{reason}")</script>',
+        unsafe_allow_javascript=True,
+    )
 
 
 def _logout(current) -> None:  # noqa: ANN001 - a Principal
     end_web_session(session.engine(), session.session_token(), current)
+    st.session_state["app_logged_out"] = True
 
 
 if cfg.auth_enabled:
     user = session.principal()
     if user is None:
+        # Registered so that Streamlit never falls back to discovering pages/; rendered
+        # directly, whatever page the browser asked for.
         st.navigation(
             [st.Page(_signed_out_page, title="Sign in", icon=":material/login:")],
             position="hidden",

@@ -34,7 +34,9 @@ def engine():  # noqa: ANN201
 def session_token() -> str | None:
     """The web session token of this browser session (cookie), if any."""
     token = st.context.cookies.get(SESSION_COOKIE)
-    return token or st.session_state.get(SESSION_COOKIE)
+    if not isinstance(token, str) or not token:  # AppTest's context has no real cookies
+        token = st.session_state.get(SESSION_COOKIE)
+    return token if isinstance(token, str) and token else None
 
 
 def current_session_id() -> str | None:

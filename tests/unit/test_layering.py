@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-UI_LIBS = {"streamlit", "gradio", "streamlit_authenticator", "extra_streamlit_components"}
+UI_LIBS = {"streamlit", "gradio", "starlette", "fastapi"}
 PAGE_ALLOWED = {"streamlit", "plotly", "pandas", "core", "ui"}
 
 
