@@ -227,15 +227,15 @@ def secret_weakness(value: str) -> str | None:
     """Why a configured secret is unfit (too short, published, a placeholder, not random)."""
     v = value.strip()
     if len(v) < MIN_SECRET_LENGTH:
-        return f"CLARA_AUTH_SECRET is too short: use at least {MIN_SECRET_LENGTH} random characters"
+        return f"too short: use at least {MIN_SECRET_LENGTH} random characters"
     lowered = v.lower()
     if v in _PUBLISHED_SECRETS or any(w in lowered for w in _PLACEHOLDER_WORDS):
-        return "CLARA_AUTH_SECRET is a published default or a placeholder"
+        return "a published default or a placeholder"
     counts = Counter(v)
     entropy_bits = -sum(c / len(v) * math.log2(c / len(v)) for c in counts.values()) * len(v)
     steps = sum(1 for a, b in zip(v, v[1:], strict=False) if abs(ord(b) - ord(a)) == 1)
     if len(counts) < 12 or entropy_bits < 100 or steps > len(v) // 3:
-        return "CLARA_AUTH_SECRET does not look random (too few distinct characters or a pattern)"
+        return "does not look random (too few distinct characters or a pattern)"
     return None
 
 
