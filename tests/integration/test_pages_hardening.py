@@ -9,9 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.datasets.scoring import score_dataset
 from core.datasets.service import add_samples, create_dataset, get_dataset
-from core.datasets.thresholds import threshold_effects
 from tests.conftest import ROOT
-from tests.integration.test_datasets_thresholds import _samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -45,6 +43,9 @@ def _field(elements, label: str):  # noqa: ANN001, ANN202
 
 
 def test_quality_tab_fields_effects_save_and_reset(db_engine, admin, settings, monkeypatch):
+    from core.datasets.thresholds import threshold_effects
+    from tests.integration.test_datasets_thresholds import _samples
+
     ds = create_dataset(db_engine, admin, "faq")
     add_samples(db_engine, admin, ds.id, _samples())
     score_dataset(db_engine, admin, "faq")
