@@ -28,10 +28,11 @@ from core.corpus.ingest import (
 from core.corpus.sample import load_sample, sample_available
 from core.corpus.search import (
     DEFAULT_WEIGHTS,
+    PAGE_VECTOR_WAIT_S,
     SearchRequest,
     list_saved_searches,
     save_search,
-    search,
+    search_response,
 )
 from ui import session
 
@@ -42,6 +43,9 @@ st.session_state.setdefault("selection_documents", [])
 st.session_state.setdefault("corpus_results", [])
 st.session_state.setdefault("corpus_report", None)
 st.title("Corpus")
+# The status row is drawn into this box at the end of the script, so that it shows what the
+# actions of this run (ingest, selection) changed, not the state before them.
+status_box = st.container()
 
 
 @st.fragment(run_every=3)
@@ -55,10 +59,15 @@ def _status() -> None:
     c[4].metric("Selected for datasets", len(st.session_state["selection_documents"]))
     if s["pending_embeddings"]:
         running = BackgroundEmbedding.running()
+        done, total = s["chunks"] - s["pending_embeddings"], s["chunks"]
+        st.progress(
+            done / total if total else 0.0,
+            text=f"Embeddings: {done}/{total} chunks"
+            + (" (computing in the background)" if running else ""),
+        )
         st.caption(
-            f"{s['pending_embeddings']} chunks wait for embeddings"
-            + (" (computing in the background)." if running else ".")
-            + " Keyword and graph search already find these documents."
+            f"{s['pending_embeddings']} chunks wait for embeddings. Keyword and graph search "
+            "already find these documents; vector search covers the embedded chunks."
         )
     if BackgroundEmbedding.last_error():
         st.error(f"Embedding failed: {BackgroundEmbedding.last_error()}")
@@ -77,6 +86,12 @@ def _progress_callback(bar):  # noqa: ANN001, ANN202
     return update
 
 
+def _select(doc_ids: list[str]) -> None:
+    """Add documents to the page-to-page selection (kept in order, without repeats)."""
+    sel = list(st.session_state["selection_documents"])
+    st.session_state["selection_documents"] = sel + [d for d in doc_ids if d not in sel]
+
+
 def _show_report(report: dict) -> None:
     s = report["summary"]
     msg = (
@@ -93,34 +108,44 @@ def _show_report(report: dict) -> None:
     warnings = [{"file": f["path"], "warning": w} for f in report["files"] for w in f["warnings"]]
     if problems:
         st.dataframe(
-            pd.DataFrame(problems), hide_index=True, width="stretch", key="corpus_report_problems"
+            pd.DataFrame(problems),
+            hide_index=True,
+            width="stretch",
+            key="corpus_report_problems",
         )
     if warnings:
         st.dataframe(
-            pd.DataFrame(warnings), hide_index=True, width="stretch", key="corpus_report_warnings"
+            pd.DataFrame(warnings),
+            hide_index=True,
+            width="stretch",
+            key="corpus_report_warnings",
         )
 
 
-_status()
 if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"):
     _start_embedding()  # e.g. after `clara up` loaded the sample without embeddings
 
 stats_now = corpus_stats(engine, user)
 if stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_available():
-    st.info(
-        "The corpus is empty. Load the sample corpus (about 60 German municipal "
-        "documents) to try search and dataset building."
-    )
-    if st.button("Load sample corpus", key="corpus_load_sample", type="primary"):
-        bar = st.progress(0.0, text="loading the sample corpus")
-        report = load_sample(engine, user, cfg, embed=False, progress=_progress_callback(bar))
+    sample_box = st.empty()
+    with sample_box.container():
+        st.info(
+            "The corpus is empty. Load the sample corpus (about 60 German municipal "
+            "documents) to try search and dataset building."
+        )
+        load_clicked = st.button("Load sample corpus", key="corpus_load_sample", type="primary")
+    if load_clicked:
+        with sample_box.container():
+            bar = st.progress(0.0, text="loading the sample corpus")
+            report = load_sample(engine, user, cfg, embed=False, progress=_progress_callback(bar))
+        # Shown in this run, below: no rerun that a busy machine would delay.
         st.session_state["corpus_report"] = report.to_dict()
+        sample_box.empty()
         _start_embedding()
-        st.rerun()
 
-if st.session_state["corpus_report"]:
-    with st.expander("Last ingest report", expanded=True):
-        _show_report(st.session_state["corpus_report"])
+# Filled at the end of the script, like the status row: an ingest further down in this run
+# shows its report here at once.
+report_box = st.container()
 
 tab_search, tab_browse, tab_doc, tab_ingest = st.tabs(["Search", "Browse", "Document", "Ingest"])
 facets = facet_values(engine, user)
@@ -192,9 +217,27 @@ with tab_search:
             req = SearchRequest(
                 query=query, mode=mode, k=int(k), weights=weights, fusion=fusion, filters=filters
             )
-            results = search(engine, user, req, cfg)
-            st.session_state["corpus_results"] = [r.model_dump() for r in results]
+            with st.spinner("Searching…"):
+                # Never waits for pending embeddings: vectors that are not ready are skipped.
+                resp = search_response(engine, user, req, cfg, vector_wait_s=PAGE_VECTOR_WAIT_S)
+            st.session_state["corpus_results"] = [r.model_dump() for r in resp.results]
+            st.session_state["corpus_search_info"] = {
+                "modes": resp.modes,
+                "skipped": resp.skipped,
+                "notes": resp.notes,
+                "seconds": resp.seconds,
+            }
             st.session_state["corpus_last_request"] = req.model_dump(mode="json")
+    info = st.session_state.get("corpus_search_info")
+    if info and st.session_state.get("corpus_last_request"):
+        for skipped_mode, why in info["skipped"].items():
+            st.info(
+                f"{skipped_mode.capitalize()} search was skipped: {why}. "
+                f"These results come from {', '.join(info['modes']) or 'no mode'}; "
+                "search again in a moment for vectors."
+            )
+        for note in info["notes"]:
+            st.caption(f"Note: {note}.")
     results = st.session_state["corpus_results"]
     if results:
         rows = [
@@ -220,8 +263,7 @@ with tab_search:
         c1, c2 = st.columns([3, 1])
         picked = c1.multiselect("Select results for a dataset", ids, default=ids, key="corpus_pick")
         if c2.button("Add to selection", key="corpus_add_selection"):
-            sel = st.session_state["selection_documents"]
-            st.session_state["selection_documents"] = sel + [d for d in picked if d not in sel]
+            _select(picked)
             st.success(
                 f"{len(st.session_state['selection_documents'])} documents selected; "
                 "open the Datasets page to turn them into samples."
@@ -261,10 +303,7 @@ with tab_browse:
             st.session_state["corpus_doc_id"] = bid
             st.info(f"Showing {bid} in the Document tab.")
         if c3.button("Select page", key="corpus_browse_select"):
-            sel = st.session_state["selection_documents"]
-            st.session_state["selection_documents"] = sel + [
-                d for d in frame["doc_id"] if d not in sel
-            ]
+            _select(list(frame["doc_id"]))
 
 
 def _graph_figure(rel: dict) -> go.Figure:
@@ -328,9 +367,8 @@ with tab_doc:
                 f"{doc.doc_id} · revision {doc.revision} · {doc.document_type or '-'}"
                 f" · {doc.domain or '-'} · {doc.date or 'no date'}"
             )
-            picked = st.button("Add to selection", key="corpus_doc_select")
-            if picked and doc.doc_id not in st.session_state["selection_documents"]:
-                st.session_state["selection_documents"].append(doc.doc_id)
+            if st.button("Add to selection", key="corpus_doc_select"):
+                _select([doc.doc_id])
             c1, c2 = st.columns([3, 2])
             with c1:
                 # Plain text on purpose: documents may contain markup that must not render.
@@ -401,7 +439,7 @@ with tab_ingest:
             else:
                 st.session_state["corpus_report"] = report.to_dict()
                 _start_embedding()
-                st.rerun()
+                st.success("Ingested: the report is at the top of the page.")
         if user.can("corpus:ingest_server_path"):
             st.divider()
             c1, c2 = st.columns([3, 1])
@@ -419,8 +457,16 @@ with tab_ingest:
                 else:
                     st.session_state["corpus_report"] = report.to_dict()
                     _start_embedding()
-                    st.rerun()
-        idle = stats_now["pending_embeddings"] and not BackgroundEmbedding.running()
+                    st.success("Ingested: the report is at the top of the page.")
+        pending_now = corpus_stats(engine, user)["pending_embeddings"]
+        idle = pending_now and not BackgroundEmbedding.running()
         if idle and st.button("Compute pending embeddings", key="corpus_embed_btn"):
             _start_embedding()
             st.rerun()
+
+# Last, so that they show what this run's actions did (see status_box, report_box).
+with status_box:
+    _status()
+if st.session_state["corpus_report"]:
+    with report_box, st.expander("Last ingest report", expanded=True):
+        _show_report(st.session_state["corpus_report"])

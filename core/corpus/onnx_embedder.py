@@ -25,7 +25,6 @@ import logging
 import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
-from core.corpus.vectors import EmbeddingUnavailable, model_location
+from core.corpus.vectors import EmbeddingUnavailable, QueryFirstLock, model_location
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +478,7 @@ class OnnxEmbedder:
         self._make_session = session
         self._query_session = None
         self._inputs = {i.name for i in self._session.get_inputs()}
-        self._lock = threading.Lock()
+        self._lock = QueryFirstLock()
 
     @property
     def tokenizer_dir(self) -> str:
@@ -522,14 +521,15 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dimension), np.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            with self._lock:
+            with self._lock.batch():
                 out[idx] = self._run(self._session, [texts[i] for i in idx])
         return out
 
-    def encode_query(self, text: str) -> np.ndarray:
+    def encode_query(self, text: str, timeout: float | None = None) -> np.ndarray:
         """One short text on one thread (a second, single-threaded session): for a handful
-        of tokens, intra-op threads only add synchronisation."""
-        with self._lock:
+        of tokens, intra-op threads only add synchronisation. Waits at most `timeout`
+        seconds for a running batch (EmbedderBusy)."""
+        with self._lock.query(timeout):
             if self._query_session is None:
                 self._query_session = self._make_session(1)
             return self._run(self._query_session, [text])[0]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections import defaultdict
-from functools import lru_cache
+import threading
+import time
+from collections import OrderedDict, defaultdict
 from typing import Any, Literal
 
 import numpy as np
@@ -98,26 +99,56 @@ def keyword_candidates(
         return dict(keyword.keyword_search(conn, query, n, filters.sql()))
 
 
-@lru_cache(maxsize=256)
-def _query_vector(location: str, query: str) -> np.ndarray:
-    from core.corpus.vectors import _embedders
+_QUERY_CACHE_SIZE = 256
+_query_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_query_cache_lock = threading.Lock()
 
-    return _embedders[location].encode_query(query)
+
+def _query_vector(emb: Any, query: str, timeout: float | None = None) -> np.ndarray:
+    """The query's embedding (cached per model); EmbedderBusy after `timeout` seconds."""
+    key = (emb.location, query)
+    with _query_cache_lock:
+        if key in _query_cache:
+            _query_cache.move_to_end(key)
+            return _query_cache[key]
+    vec = emb.encode_query(query, timeout=timeout)
+    with _query_cache_lock:
+        _query_cache[key] = vec
+        while len(_query_cache) > _QUERY_CACHE_SIZE:
+            _query_cache.popitem(last=False)
+    return vec
+
+
+class VectorSkipped(Exception):
+    """Vector search cannot answer now without waiting; the message says why."""
 
 
 def vector_candidates(
-    settings: Settings, query: str, n: int, filters: DocumentFilters
+    settings: Settings,
+    query: str,
+    n: int,
+    filters: DocumentFilters,
+    wait_s: float | None = None,
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Documents by their best chunk (max-pooling), and which chunk that was."""
-    from core.corpus.vectors import get_embedder, get_vector_store
+    """Documents by their best chunk (max-pooling), and which chunk that was.
+
+    With `wait_s`, waits at most that long for the embedding model (loading, or busy with
+    a batch of pending chunks) and raises VectorSkipped instead of waiting longer.
+    """
+    from core.corpus.vectors import EmbedderBusy, vector_backend
 
     if not query.strip():
         return {}, {}
-    store = get_vector_store(settings)
+    backend = vector_backend(settings, wait_s)
+    if backend.reason:
+        raise VectorSkipped(backend.reason)
+    store, emb = backend.store, backend.embedder
     if store.count() == 0:
         return {}, {}
-    emb = get_embedder(settings)
-    vec = _query_vector(emb.location, query)
+    try:
+        vec = _query_vector(emb, query, wait_s)
+    except EmbedderBusy as err:
+        raise VectorSkipped(str(err)) from None
     hits = store.query(vec, n * CHUNKS_PER_DOC, filters.chroma())
     best: dict[str, float] = {}
     best_chunk: dict[str, int] = {}
@@ -227,6 +258,45 @@ def _fuse(
 # The search -------------------------------------------------------------------------------
 
 
+class EmbeddingProgress(BaseModel):
+    """How many chunks have vectors (done) of all chunks (total)."""
+
+    done: int = 0
+    total: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done
+
+
+class SearchResponse(BaseModel):
+    """A search's results and how they were made: the modes that answered, the modes left
+    out with the reason (e.g. vectors still being computed), notes, embedding progress."""
+
+    results: list[SearchResult]
+    modes: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    embeddings: EmbeddingProgress = Field(default_factory=EmbeddingProgress)
+    seconds: float = 0.0
+
+
+def embedding_progress(engine: Engine) -> EmbeddingProgress:
+    with engine.connect() as conn:
+        total, pending = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(sa.case((Chunk.embedded.is_(False), 1), else_=0)), 0),
+            ).select_from(Chunk)
+        ).one()
+    return EmbeddingProgress(done=int(total) - int(pending), total=int(total))
+
+
+# How long a search in the web app waits for the embedding model before it answers without
+# vectors (keyword and graph) and says so.
+PAGE_VECTOR_WAIT_S = 2.0
+
+
 def search(
     engine: Engine,
     actor: Principal,
@@ -234,8 +304,29 @@ def search(
     settings: Settings | None = None,
     **overrides: Any,
 ) -> list[SearchResult]:
-    """Run one search; `request` may be a SearchRequest or the query text plus overrides."""
+    """Run one search; `request` may be a SearchRequest or the query text plus overrides.
+
+    Loads the embedding model if need be; `search_response` answers at once without it."""
+    return search_response(engine, actor, request, settings, **overrides).results
+
+
+def search_response(
+    engine: Engine,
+    actor: Principal,
+    request: SearchRequest | str,
+    settings: Settings | None = None,
+    *,
+    vector_wait_s: float | None = None,
+    **overrides: Any,
+) -> SearchResponse:
+    """Run one search and say how: which modes answered and which were skipped and why.
+
+    `vector_wait_s`: the most seconds to wait for the embedding model (being loaded, or
+    busy embedding pending chunks); past it the search answers with keyword and graph and
+    reports vector as skipped. None waits (the CLI, which has nothing else to do).
+    """
     require(actor, "corpus:search")
+    started = time.perf_counter()
     settings = settings or get_settings()
     if isinstance(request, str):
         request = SearchRequest(query=request, **overrides)
@@ -247,20 +338,52 @@ def search(
     best_chunk: dict[str, int] = {}
     via: dict[str, str] = {}
     w = req.weights
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
+    wants_vector = (
+        req.mode == "vector"
+        or (req.mode == "hybrid" and w["vector"] > 0)
+        or (req.mode == "graph" and not req.seed_ids)
+    )
+    progress = embedding_progress(engine) if wants_vector else EmbeddingProgress()
+
+    def vectors() -> None:
+        nonlocal best_chunk
+        if progress.total and progress.done == 0:
+            skipped["vector"] = (
+                f"vectors are still being computed (0 of {progress.total} chunks embedded)"
+            )
+            return
+        try:
+            per_mode["vector"], best_chunk = vector_candidates(
+                settings, req.query, n, req.filters, vector_wait_s
+            )
+        except VectorSkipped as err:
+            why = str(err)
+            if progress.pending:
+                why += (
+                    f"; vectors are still being computed ({progress.done} of "
+                    f"{progress.total} chunks embedded)"
+                )
+            skipped["vector"] = why
+            return
+        if progress.pending:
+            notes.append(
+                f"vectors are still being computed: {progress.done} of {progress.total} "
+                "chunks embedded; documents without vectors are found by keyword and graph"
+            )
 
     if req.mode in ("keyword", "hybrid") and (req.mode == "keyword" or w["keyword"] > 0):
         per_mode["keyword"] = keyword_candidates(engine, req.query, n, req.filters)
     if req.mode in ("vector", "hybrid") and (req.mode == "vector" or w["vector"] > 0):
-        per_mode["vector"], best_chunk = vector_candidates(settings, req.query, n, req.filters)
+        vectors()
     if req.mode == "graph" or (req.mode == "hybrid" and w["graph"] > 0):
         if req.seed_ids:
             seeds = {d: 1.0 for d in req.seed_ids}
         else:
             if req.mode == "graph":
                 per_mode["keyword"] = keyword_candidates(engine, req.query, n, req.filters)
-                per_mode["vector"], best_chunk = vector_candidates(
-                    settings, req.query, n, req.filters
-                )
+                vectors()
             seeds = _graph_seeds({m: per_mode[m] for m in ("keyword", "vector") if m in per_mode})
         support, via = graph_support(engine, settings, seeds, req.hops)
         # A seed supports itself as well as its neighbours (one step of a personalised
@@ -278,7 +401,17 @@ def search(
         only = per_mode.get(req.mode, {})
         fused, norm = dict(only), {req.mode: _normalise(req.mode, only)}
     ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-    return _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
+    results = _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
+    if req.mode == "graph" and "vector" in skipped:
+        skipped["vector"] = "not used as graph seeds: " + skipped["vector"]
+    return SearchResponse(
+        results=results,
+        modes=[m for m in ("keyword", "vector", "graph") if m in per_mode],
+        skipped=skipped,
+        notes=notes,
+        embeddings=progress,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _materialise(

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +38,55 @@ class EmbeddingUnavailable(Exception):
 
 class EmbeddingMismatch(EmbeddingUnavailable):
     """The vector store holds vectors of another embedding model or backend."""
+
+
+class EmbedderBusy(TimeoutError):
+    """A query could not get the embedding model within the time it was allowed to wait."""
+
+
+class QueryFirstLock:
+    """The embedder's lock (its tokenizer must not run concurrently) with queries first.
+
+    A plain Lock is not fair: the background thread releasing and re-taking it batch after
+    batch starved a search for the whole embedding run (268 s for 280 pending chunks). Here
+    a batch is not started while a query waits, so a query waits for one batch at most, and
+    a query may give up after `timeout` seconds (EmbedderBusy).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._queries = 0
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy and not self._queries)
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextmanager
+    def query(self, timeout: float | None = None) -> Iterator[None]:
+        with self._cond:
+            self._queries += 1
+            try:
+                if not self._cond.wait_for(lambda: not self._busy, timeout):
+                    raise EmbedderBusy("the embedding model is busy computing vectors")
+                self._busy = True
+            finally:
+                self._queries -= 1
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
 
 def model_location(settings: Settings) -> str:
@@ -62,7 +114,7 @@ class TextEmbedder(Protocol):
     @property
     def tokenizer_dir(self) -> str: ...
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
-    def encode_query(self, text: str) -> np.ndarray: ...
+    def encode_query(self, text: str, timeout: float | None = None) -> np.ndarray: ...
 
 
 class Embedder:
@@ -91,7 +143,7 @@ class Embedder:
         )
         self.dimension = dim()
         self.max_seq_length = self.model.max_seq_length
-        self._lock = threading.Lock()
+        self._lock = QueryFirstLock()
 
     @property
     def tokenizer_dir(self) -> str:
@@ -107,7 +159,7 @@ class Embedder:
         out = np.zeros((len(texts), self.dimension), np.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            with self._lock:
+            with self._lock.batch():
                 out[idx] = self.model.encode(
                     [texts[i] for i in idx],
                     batch_size=batch_size,
@@ -117,12 +169,13 @@ class Embedder:
                 )
         return out
 
-    def encode_query(self, text: str) -> np.ndarray:
+    def encode_query(self, text: str, timeout: float | None = None) -> np.ndarray:
         """One short text on one thread: for a handful of tokens, intra-op threads only add
-        synchronisation, and on a busy machine their spin-waiting costs 10x the latency."""
+        synchronisation, and on a busy machine their spin-waiting costs 10x the latency.
+        Waits at most `timeout` seconds for a running batch (EmbedderBusy)."""
         import torch
 
-        with self._lock:
+        with self._lock.query(timeout):
             before = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
@@ -160,6 +213,81 @@ def get_embedder(settings: Settings) -> TextEmbedder:
         if emb is None:
             emb = _embedders[loc] = Embedder(loc)
         return emb
+
+
+def _embedder_key(settings: Settings) -> str:
+    if settings.embedding_backend == "onnx":
+        from core.corpus.onnx_embedder import onnx_model_dir
+
+        return str(onnx_model_dir(settings))
+    return model_location(settings)
+
+
+_loaders: dict[str, threading.Thread] = {}
+_load_errors: dict[str, str] = {}
+_loader_guard = threading.Lock()
+
+
+@dataclass(frozen=True)
+class VectorBackend:
+    """What a vector query needs, or why it cannot run now (`reason`)."""
+
+    embedder: TextEmbedder | None = None
+    store: ChromaVectorStore | None = None
+    reason: str = ""
+
+
+def vector_backend(settings: Settings, wait_s: float | None = None) -> VectorBackend:
+    """The loaded embedding model and vector store, waiting at most `wait_s` seconds.
+
+    With `wait_s=None` they are loaded here if need be (the CLI). Otherwise a background
+    thread loads them (once per process) and, if that takes longer than `wait_s`, the
+    answer says so instead of blocking the caller (a search in the web app).
+    """
+    key = _embedder_key(settings)
+    if wait_s is None:
+        return VectorBackend(get_embedder(settings), get_vector_store(settings))
+    emb = _embedders.get(key)
+    if emb is None:
+        with _loader_guard:
+            thread = _loaders.get(key)
+            if thread is None or (not thread.is_alive() and key not in _load_errors):
+                _load_errors.pop(key, None)
+
+                def load() -> None:
+                    try:
+                        get_embedder(settings)
+                        get_vector_store(settings)
+                    except Exception as err:  # noqa: BLE001 - reported by vector_backend
+                        _load_errors[key] = str(err)
+
+                thread = threading.Thread(target=load, name="clara-embedder-load", daemon=True)
+                _loaders[key] = thread
+                thread.start()
+        thread.join(max(0.0, wait_s))
+        emb = _embedders.get(key)
+        if emb is None:
+            error = _load_errors.pop(key, None)
+            if error:
+                with _loader_guard:
+                    _loaders.pop(key, None)
+                return VectorBackend(reason=f"the embedding model cannot be loaded: {error}")
+            return VectorBackend(reason="the embedding model is still loading")
+    started = time.monotonic()
+    with _store_lock:
+        store = _stores.get(_store_key(settings, COLLECTION))
+    if store is None:
+        left = max(0.0, wait_s - (time.monotonic() - started))
+        result: list[ChromaVectorStore] = []
+        opener = threading.Thread(
+            target=lambda: result.append(get_vector_store(settings)), daemon=True
+        )
+        opener.start()
+        opener.join(left)
+        if not result:
+            return VectorBackend(emb, reason="the vector store is still opening")
+        store = result[0]
+    return VectorBackend(emb, store)
 
 
 @dataclass(frozen=True)
@@ -330,11 +458,16 @@ _stores: dict[tuple[str, str, str], ChromaVectorStore] = {}
 _store_lock = threading.Lock()
 
 
+def _store_key(settings: Settings, collection: str) -> tuple[str, str, str]:
+    identity = embedding_identity(settings)
+    return (settings.chroma_url or str(settings.effective_chroma_path), collection, identity)
+
+
 def get_vector_store(settings: Settings, collection: str = COLLECTION) -> ChromaVectorStore:
     """Chroma server when CLARA_CHROMA_URL is set, else the embedded store in the data dir;
     guarded against vectors of another embedding backend or model (EmbeddingMismatch)."""
     identity = embedding_identity(settings)
-    key = (settings.chroma_url or str(settings.effective_chroma_path), collection, identity)
+    key = _store_key(settings, collection)
     with _store_lock:
         store = _stores.get(key)
         if store is None:
