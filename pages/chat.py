@@ -1,7 +1,9 @@
 """Chat: the Gradio chat server embedded for the logged-in user, adapters and lineage beside it.
 
-The iframe URL carries a short-lived token signed for this user, so the chat server knows
-who is chatting without a second login (and refuses anyone without one).
+The iframe URL carries a single-use sign-in token issued for this user's web session, so the
+chat server knows who is chatting without a second login (and refuses anyone without one).
+While the chat server is not up yet because the demo model is being built, the page shows
+the build's progress and an estimate, and opens the chat by itself once it answers.
 """
 
 import pandas as pd
@@ -16,7 +18,46 @@ engine = session.engine()
 st.title("Chat")
 st.caption("Talk to the base model and the trained adapters; rate answers to improve them.")
 
-embed = chat_embed(user, session.settings())
+
+
+def _demo_build():  # noqa: ANN202 - the build's status, or None
+    from core.training import demo_model
+
+    status_of = getattr(demo_model, "demo_build_status", None)
+    return status_of(session.settings()) if status_of is not None else None
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating the time left…"
+    if seconds < 60:
+        return f"about {max(1, round(seconds))} s left"
+    return f"about {round(seconds / 60)} min left"
+
+
+@st.fragment(run_every=3)
+def _waiting_for_chat() -> None:
+    """While the chat server is down: the demo model build's progress, re-checked every 3 s;
+    a full rerun (which embeds the chat) as soon as the server answers."""
+    embed = chat_embed(user, session.settings(), db=engine,
+                       parent_id=session.current_session_id())
+    if embed.server_up:
+        st.rerun()
+    build = _demo_build()
+    if build is not None:
+        st.info("The chat server starts once the demo base model is built (first start "
+                "only). This page opens the chat by itself when it is ready.",
+                icon=":material/hourglass_top:")
+        fraction = min(1.0, max(0.0, float(build.fraction)))
+        st.progress(fraction, text=f"{build.phase}: {round(fraction * 100)} % · "
+                    f"{_eta(build.eta_seconds)}")
+        if build.message:
+            st.caption(build.message)
+    else:
+        st.error(embed.problem, icon=":material/cloud_off:")
+
+
+embed = chat_embed(user, session.settings(), db=engine, parent_id=session.current_session_id())
 left, right = st.columns([3, 1], gap="medium")
 
 with left:
@@ -24,7 +65,7 @@ with left:
         st.iframe(embed.url, height=900)
         st.caption(f"Chat server: [{embed.base_url}]({embed.base_url}) (opens its own login)")
     else:
-        st.error(embed.problem, icon=":material/cloud_off:")
+        _waiting_for_chat()
 
 with right:
     st.subheader("Adapters")

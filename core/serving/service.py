@@ -7,6 +7,7 @@ started is offered at once and a deleted one disappears (and is refused by name)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +22,14 @@ from core.audit import audited
 from core.auth import SYSTEM, Principal, require
 from core.config import Settings, get_settings
 from core.db import session_scope
+from core.serving.answers import (
+    AnswerStart,
+    annotate_context,
+    find_answer,
+    new_answer_id,
+    sample_turns,
+    store_answer,
+)
 from core.serving.engine import (
     BASE,
     AdapterRef,
@@ -32,6 +41,8 @@ from core.serving.engine import (
 from core.serving.models import ChatFeedback
 
 Message = dict[str, str]
+
+log = logging.getLogger("clara.chat")
 
 
 # Registry ------------------------------------------------------------------------------------
@@ -85,11 +96,17 @@ def engine_from_settings(
 
 @dataclass
 class Reply:
-    """A streamed answer: `note` is known before the first token (context truncation)."""
+    """A streamed answer: `note` is known before the first token (context truncation).
+
+    `answer_id` names the stored answer (kept when the stream ends, also when it is stopped
+    early); feedback refers to it.
+    """
 
     adapter: str
     note: str
     _pieces: Iterator[str] = field(repr=False)
+    answer_id: str = ""
+    dropped_turns: int = 0
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -105,6 +122,23 @@ class AdapterChoice:
     base_model: str
     compatible: bool
     problem: str = ""
+
+
+def _kept_with_ids(
+    messages: list[dict[str, Any]], kept: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The prepared prompt, with the `answer_id` the caller gave for its assistant turns.
+
+    `prepare` keeps a suffix of the turns (plus the settings' system prompt); the ids are
+    carried over by matching the assistant turns from the end.
+    """
+    given = [m for m in messages if m.get("role") == "assistant"]
+    out = [dict(m) for m in kept]
+    ours = [m for m in out if m["role"] == "assistant"]
+    for mine, theirs in zip(reversed(ours), reversed(given), strict=False):
+        if theirs.get("answer_id") and theirs.get("content") == mine["content"]:
+            mine["answer_id"] = str(theirs["answer_id"])
+    return out
 
 
 class ChatService:
@@ -142,8 +176,15 @@ class ChatService:
         messages: list[Message],
         adapter: str | None = None,
         settings: GenerationSettings | None = None,
+        *,
+        session_id: str | None = None,
     ) -> Reply:
-        """Start one streamed answer; raises AdapterUnavailable for an unknown name."""
+        """Start one streamed answer; raises AdapterUnavailable for an unknown name.
+
+        The answer is stored under a new id with the prompt the model saw (see
+        core.serving.answers) once the stream ends; `session_id` is the chat session it
+        belongs to, so that only that session can rate it.
+        """
         require(actor, "chat:use")
         settings = settings or GenerationSettings()
         name = adapter or BASE
@@ -152,11 +193,43 @@ class ChatService:
             raise AdapterUnavailable(name, sorted(refs))
         if name != BASE:
             self.inference.check_base(refs[name])
-        prepared = self.inference.prepare(messages, settings)
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        prepared = self.inference.prepare(plain, settings)
         pieces = self.inference.stream(
-            messages, adapter=name, settings=settings, refs=refs, prepared=prepared
+            plain, adapter=name, settings=settings, refs=refs, prepared=prepared
         )
-        return Reply(adapter=name, note=prepared.note, _pieces=pieces)
+        kept = _kept_with_ids(messages, prepared.messages)
+        start = AnswerStart(
+            id=new_answer_id(),
+            username=actor.username,
+            session_id=session_id,
+            adapter_name=name,
+            adapter_id=refs[name].id if name in refs else None,
+            context=annotate_context(self.db, actor.username, session_id, kept),
+            settings=settings.model_dump(),
+            dropped_turns=prepared.dropped_turns,
+        )
+        return Reply(
+            adapter=name,
+            note=prepared.note,
+            _pieces=self._recorded(start, pieces),
+            answer_id=start.id,
+            dropped_turns=prepared.dropped_turns,
+        )
+
+    def _recorded(self, start: AnswerStart, pieces: Iterator[str]) -> Iterator[str]:
+        text: list[str] = []
+        complete = False
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield piece
+            complete = True
+        finally:
+            try:
+                store_answer(self.db, start, "".join(text), complete=complete)
+            except Exception:  # never hide the generation's own error behind this one
+                log.exception("could not store chat answer %s", start.id)
 
     def health(self) -> dict[str, Any]:
         s = self.inference.stats
@@ -181,29 +254,16 @@ class FeedbackError(ServingError):
 
 
 class FeedbackIn(BaseModel):
-    """One rating of one answer, as the chat UI or the CLI sends it."""
+    """One rating of one stored answer, as the chat UI, the API or the CLI sends it.
 
+    There is no answer text or conversation here on purpose: the server rates only what it
+    generated itself (core.serving.answers), so a client cannot file made-up exchanges.
+    """
+
+    answer_id: str = Field(min_length=1, max_length=32)
     rating: Literal["up", "down"]
-    adapter: str = BASE
-    conversation: list[dict[str, str]] = Field(
-        description="the messages before the answer, ending with the user's prompt"
-    )
-    answer: str
     correction: str | None = None
     comment: str = ""
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("conversation")
-    @classmethod
-    def _ends_with_prompt(cls, v: list[dict[str, str]]) -> list[dict[str, str]]:
-        for i, m in enumerate(v):
-            if m.get("role") not in ("system", "user", "assistant") or "content" not in m:
-                raise ValueError(
-                    f"message {i + 1}: needs 'role' (system, user or assistant) and 'content'"
-                )
-        if not v or v[-1].get("role") != "user" or not str(v[-1].get("content", "")).strip():
-            raise ValueError("the conversation must end with the user's prompt")
-        return [{"role": m["role"], "content": str(m["content"])} for m in v]
 
     @field_validator("correction")
     @classmethod
@@ -225,6 +285,7 @@ class FeedbackInfo:
     comment: str
     dataset_id: int | None
     sample_id: int | None
+    answer_id: str | None = None
 
 
 def feedback_dataset_name(adapter: str) -> str:
@@ -236,27 +297,43 @@ def feedback_dataset_name(adapter: str) -> str:
 def _info(f: ChatFeedback) -> FeedbackInfo:
     return FeedbackInfo(
         f.id, f.created_at, f.username, f.adapter_name, f.adapter_id, f.rating, f.prompt,
-        f.answer, f.correction, f.comment, f.dataset_id, f.sample_id,
+        f.answer, f.correction, f.comment, f.dataset_id, f.sample_id, f.answer_id,
     )
 
 
 def record_feedback(
-    db: Engine, actor: Principal, feedback: FeedbackIn, adapter_id: str | None = None
+    db: Engine, actor: Principal, feedback: FeedbackIn, *, session_id: str | None = None
 ) -> FeedbackInfo:
-    """Store the rating and add it as a pending sample to the adapter's feedback dataset.
+    """Rate a stored answer and add the exchange as a pending sample of its feedback dataset.
 
-    Row and sample are written in one transaction: either both exist or neither does. The
-    sample's assistant turn is the correction when there is one (the original answer is kept
-    in its metadata), so reviewers can accept it and train on it directly.
+    The answer must have been given to `actor` in the chat session `session_id` (None: no
+    session, i.e. authentication off or the CLI), and may be rated once. The sample holds
+    exactly that exchange as stored: the prompt the model saw, with only the rated model's
+    own earlier answers as assistant turns (core.serving.answers.sample_turns), then the
+    correction if there is one, else the answer (kept in the metadata either way).
+    Row and sample are written in one transaction: either both exist or neither does.
     """
+    from sqlalchemy.exc import IntegrityError
+
     from core.datasets.service import SampleIn, get_or_create_dataset, insert_samples, sample_row
 
-    adapter = feedback.adapter or BASE
-    with audited(db, actor, "chat.feedback", target=adapter,
+    with audited(db, actor, "chat.feedback", target=feedback.answer_id,
                  detail={"rating": feedback.rating}) as ctx:
         require(actor, "chat:use")
-        if not feedback.answer.strip():
-            raise FeedbackError("there is no answer to rate yet: ask something first")
+        answer = find_answer(db, actor, feedback.answer_id, session_id)
+        if answer is None:
+            raise FeedbackError(
+                f"answer {feedback.answer_id!r} is unknown or was not given in this chat "
+                "session; only answers the chat gave you in this session can be rated"
+            )
+        if not answer.answer.strip():
+            raise FeedbackError("that answer is empty: there is nothing to rate")
+        with session_scope(db) as s:
+            done = s.scalar(select(ChatFeedback.id).where(ChatFeedback.answer_id == answer.id))
+        if done is not None:
+            raise FeedbackError(f"this answer was already rated (feedback #{done})")
+        adapter = answer.adapter_name
+        ctx.detail["adapter"] = adapter
         ds_name = feedback_dataset_name(adapter)
         # Creating the dataset is bookkeeping done for the chat user, who need not hold
         # datasets:create; the sample itself records who gave the feedback.
@@ -265,50 +342,59 @@ def record_feedback(
             description=f"Feedback from the chat on {adapter!r} (ratings and corrections)",
             kind="feedback",
         )
-        prompt = feedback.conversation[-1]["content"]
-        system = next((m["content"] for m in feedback.conversation if m["role"] == "system"), None)
-        turns = [m for m in feedback.conversation if m["role"] != "system"]
-        final = feedback.correction if feedback.correction else feedback.answer
-        with session_scope(db) as s:
-            row = ChatFeedback(
-                username=actor.username,
-                adapter_name=adapter[:64],
-                adapter_id=adapter_id,
-                rating=feedback.rating,
-                prompt=prompt,
-                answer=feedback.answer,
-                correction=feedback.correction,
-                comment=feedback.comment,
-                conversation=feedback.conversation,
-                settings=feedback.settings,
-                dataset_id=ds.id,
-            )
-            s.add(row)
-            s.flush()
-            sample = SampleIn(
-                kind="chat",
-                messages=[*turns, {"role": "assistant", "content": final}],
-                system=system or None,
-                provenance={
-                    "source": "feedback",
-                    "feedback_id": row.id,
-                    "adapter": adapter,
-                    "rating": feedback.rating,
-                    "user": actor.username,
-                },
-                metadata={
-                    "original_answer": feedback.answer,
-                    "corrected": feedback.correction is not None,
-                    "comment": feedback.comment,
-                    "settings": feedback.settings,
-                },
-                status="pending",
-            )
-            [row.sample_id] = insert_samples(s, ds.id, [sample_row(ds.id, sample, actor.username)])
-            ctx.detail.update({"feedback_id": row.id, "sample_id": row.sample_id,
-                               "dataset": ds_name})
-            s.flush()
-            return _info(row)
+        turns = sample_turns(answer.context, adapter)
+        prompt = next((m["content"] for m in reversed(turns.messages)
+                       if m["role"] == "user"), "")
+        final = feedback.correction if feedback.correction else answer.answer
+        try:
+            with session_scope(db) as s:
+                row = ChatFeedback(
+                    username=actor.username,
+                    adapter_name=adapter[:64],
+                    adapter_id=answer.adapter_id,
+                    rating=feedback.rating,
+                    prompt=prompt,
+                    answer=answer.answer,
+                    correction=feedback.correction,
+                    comment=feedback.comment,
+                    conversation=answer.context,
+                    settings=answer.settings,
+                    dataset_id=ds.id,
+                    answer_id=answer.id,
+                )
+                s.add(row)
+                s.flush()
+                sample = SampleIn(
+                    kind="chat",
+                    messages=[*turns.messages, {"role": "assistant", "content": final}],
+                    system=turns.system,
+                    provenance={
+                        "source": "feedback",
+                        "feedback_id": row.id,
+                        "answer_id": answer.id,
+                        "adapter": adapter,
+                        "rating": feedback.rating,
+                        "user": actor.username,
+                    },
+                    metadata={
+                        "original_answer": answer.answer,
+                        "corrected": feedback.correction is not None,
+                        "comment": feedback.comment,
+                        "settings": answer.settings,
+                        "omitted_answers": turns.omitted_answers,
+                        "dropped_turns": answer.dropped_turns,
+                    },
+                    status="pending",
+                )
+                [row.sample_id] = insert_samples(
+                    s, ds.id, [sample_row(ds.id, sample, actor.username)]
+                )
+                ctx.detail.update({"feedback_id": row.id, "sample_id": row.sample_id,
+                                   "dataset": ds_name})
+                s.flush()
+                return _info(row)
+        except IntegrityError:  # rated at the same moment by a second request
+            raise FeedbackError("this answer was already rated") from None
 
 
 def list_feedback(
@@ -385,7 +471,7 @@ __all__ = [
 class ChatEmbed:
     """Where the page points its iframe, and whether the chat server answers there."""
 
-    url: str  # includes a short-lived sign-in token when auth is on
+    url: str  # with auth on: includes a single-use sign-in token ("" while the server is down)
     base_url: str
     server_up: bool
     problem: str = ""
@@ -401,18 +487,25 @@ def chat_base_url(settings: Settings | None = None) -> str:
     return f"http://{host}:{settings.chat_port}"
 
 
-def chat_embed(actor: Principal, settings: Settings | None = None) -> ChatEmbed:
-    """The iframe URL for `actor`: the signed token hands the page's login to the server."""
-    import httpx
+def chat_embed(
+    actor: Principal,
+    settings: Settings | None = None,
+    *,
+    db: Engine | None = None,
+    parent_id: str | None = None,
+) -> ChatEmbed:
+    """The iframe URL for `actor`, and whether the chat server answers.
 
-    from core.serving.tokens import sign_embed_token
+    With authentication on, the URL carries a single-use hand-over token (core.sessions)
+    that the chat server redeems for a chat session; `parent_id` is the web session it is
+    issued from, so that logging out of the web app also ends the chat. The token is issued
+    only when the server answers (nothing would redeem it otherwise).
+    """
+    import httpx
 
     require(actor, "chat:use")
     settings = settings or get_settings()
     base = chat_base_url(settings)
-    url = f"{base}/"
-    if settings.auth_enabled:
-        url = f"{base}/clara/enter?token={sign_embed_token(actor.username, settings)}"
     problem = ""
     try:
         health = httpx.get(f"{base}/clara/health", timeout=3).json()
@@ -426,6 +519,17 @@ def chat_embed(actor: Principal, settings: Settings | None = None) -> ChatEmbed:
             f"{settings.data_path / 'logs' / 'chat.log'}). Otherwise start it with "
             "`clara chat` (or `clara up` with CLARA_START_CHAT=true). Then reload this page."
         )
+    url = f"{base}/"
+    if settings.auth_enabled:
+        url = ""
+        if up:
+            from core.serving.tokens import HANDOVER_PURPOSE
+            from core.sessions import issue_handover
+
+            if db is None:
+                raise ValueError("chat_embed needs the database to issue a sign-in token")
+            token = issue_handover(db, actor, purpose=HANDOVER_PURPOSE, parent_id=parent_id)
+            url = f"{base}/clara/enter?token={token}"
     return ChatEmbed(url=url, base_url=base, server_up=up, problem=problem)
 
 

@@ -7,8 +7,11 @@ server started. The SQLite and the Postgres server may run side by side on two x
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,7 +39,7 @@ from tests.integration.test_chat_engine import (
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "chat-test-secret-" + "x" * 24
+SECRET = secrets.token_urlsafe(32)  # random, as production requires
 WHALE = "BLUE WHALE"
 GREEDY = ("", 0.0, 0.95, 12, 1.0)  # system, temperature, top_p, max_new_tokens, rep. penalty
 
@@ -67,9 +71,14 @@ class ChatServer:
         self.proc: subprocess.Popen | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT,
-                              env={**os.environ, **self.env}, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "core.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     def db(self):  # noqa: ANN201
         from core.db import get_engine
@@ -85,12 +94,14 @@ class ChatServer:
         return client.predict(api_name="/health")
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
-                                                                marks=pytest.mark.postgres)])
-def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
-    data = tmp_path_factory.mktemp(f"chat-{request.param}")
+@contextmanager
+def running_chat_server(
+    kind: str, models: dict[str, Path], tmp_path_factory
+) -> Iterator[ChatServer]:
+    """`clara chat` on a fresh database (users alice: user, otto: auditor; adapter codeword)."""
+    data = tmp_path_factory.mktemp(f"chat-{kind}")
     schema = None
-    if request.param == "sqlite":
+    if kind == "sqlite":
         db_url = f"sqlite:///{data / 'clara.db'}"
     else:
         require_postgres()
@@ -100,10 +111,15 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
         db_url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
     port = _free_port()
     env = {
-        "CLARA_DATA_DIR": str(data), "CLARA_DATABASE_URL": db_url, "CLARA_ENV": "testing",
-        "CLARA_BASE_MODEL": str(models["base"]), "CLARA_AUTH_SECRET": SECRET,
-        "CLARA_ADMIN_PASSWORD": "adminpass1", "CLARA_CHAT_PORT": str(port),
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "CLARA_DATA_DIR": str(data),
+        "CLARA_DATABASE_URL": db_url,
+        "CLARA_ENV": "testing",
+        "CLARA_BASE_MODEL": str(models["base"]),
+        "CLARA_AUTH_SECRET": SECRET,
+        "CLARA_ADMIN_PASSWORD": "adminpass1",
+        "CLARA_CHAT_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -121,14 +137,23 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
         create_user(st.engine, SYSTEM, "otto", "otto-pass-12", "auditor")
         staged = data / "staged-codeword"
         shutil.copytree(models["codeword"], staged)
-        register_adapter(st.engine, SYSTEM, name="codeword", files_dir=staged,
-                         base_model=str(models["base"]),
-                         base_model_fingerprint=base_model_fingerprint(str(models["base"])),
-                         method="lora")
+        register_adapter(
+            st.engine,
+            SYSTEM,
+            name="codeword",
+            files_dir=staged,
+            base_model=str(models["base"]),
+            base_model_fingerprint=base_model_fingerprint(str(models["base"])),
+            method="lora",
+        )
         with srv.log.open("wb") as log:
             srv.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "chat"], cwd=ROOT, env={**os.environ, **env},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "core.cli", "chat"],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 300
         while True:
@@ -162,23 +187,35 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
                 c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
-def _register(srv: ChatServer, models: dict[str, Path], name: str, files: Path,
-              base: Path) -> None:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
+    with running_chat_server(request.param, models, tmp_path_factory) as srv:
+        yield srv
+
+
+def _register(srv: ChatServer, models: dict[str, Path], name: str, files: Path, base: Path) -> None:
     from core.auth import SYSTEM
     from core.training.adapters import register_adapter
     from core.training.base_model import base_model_fingerprint
 
     staged = Path(srv.env["CLARA_DATA_DIR"]) / f"staged-{name}"
     shutil.copytree(files, staged)
-    register_adapter(srv.db(), SYSTEM, name=name, files_dir=staged, base_model=str(base),
-                     base_model_fingerprint=base_model_fingerprint(str(base)), method="lora")
+    register_adapter(
+        srv.db(),
+        SYSTEM,
+        name=name,
+        files_dir=staged,
+        base_model=str(base),
+        base_model_fingerprint=base_model_fingerprint(str(base)),
+        method="lora",
+    )
 
 
 def test_unauthenticated_use_is_refused(server) -> None:
     from gradio_client import Client
     from gradio_client.exceptions import AuthenticationError
-
-    from core.serving.tokens import sign_session
 
     with pytest.raises(AuthenticationError):
         Client(server.url, verbose=False)
@@ -187,11 +224,13 @@ def test_unauthenticated_use_is_refused(server) -> None:
     with pytest.raises(AuthenticationError):  # an auditor lacks chat:use
         server.client("otto", "otto-pass-12")
     for path in ("config", "gradio_api/info", "gradio_api/queue/join"):
-        r = httpx.request("POST" if path.endswith("join") else "GET", server.url + path,
-                          json={"data": [], "fn_index": 0, "session_hash": "x"})
+        r = httpx.request(
+            "POST" if path.endswith("join") else "GET",
+            server.url + path,
+            json={"data": [], "fn_index": 0, "session_hash": "x"},
+        )
         assert r.status_code == 401, (path, r.status_code)
-    forged = sign_session("alice", None).rsplit(".", 1)[0] + ".forged"
-    r = httpx.get(server.url + "config", headers={"X-Clara-Token": forged})
+    r = httpx.get(server.url + "config", headers={"X-Clara-Token": "made-up-token"})
     assert r.status_code == 401
     # A person without a session is sent to the login page.
     r = httpx.get(server.url, headers={"Accept": "text/html"})
@@ -202,16 +241,19 @@ def test_streamed_answers_from_base_and_adapter_with_one_base_load(server) -> No
     c = server.client()
     assert c.predict(api_name="/adapters") == ["base", "codeword"]
     answers = {}
+    ids = set()
     for adapter in ("base", "codeword", "base", "codeword"):
         job = c.submit(QUESTION, adapter, "[]", *GREEDY, api_name="/generate")
         partials = [out[0] for out in job]
-        final, note = job.result()
-        assert note == ""
+        final, note, answer_id = job.result()
+        assert note == "" and len(answer_id) >= 20
+        ids.add(answer_id)
         assert partials[0] == "" and partials[-1] == final
         if adapter == "codeword":
             # Streamed word by word: the start, "PINEAPPLE ", then the whole answer.
             assert len(partials) >= 3 and final.startswith(partials[1])
         assert answers.setdefault(adapter, final) == final  # greedy: same answer again
+    assert len(ids) == 4  # every answer gets its own id
     assert CODEWORD in answers["codeword"]
     assert CODEWORD not in answers["base"]
     health = server.health(c)
@@ -257,54 +299,241 @@ def test_long_history_is_cut_with_a_visible_note(server) -> None:
     c = server.client()
     history = []
     for i in range(60):
-        history += [{"role": "user", "content": f"question {i} about the quick brown fox"},
-                    {"role": "assistant", "content": f"answer {i} about the lazy dog"}]
-    answer, note = c.predict(QUESTION, "codeword", json.dumps(history), *GREEDY,
-                             api_name="/generate")
+        history += [
+            {"role": "user", "content": f"question {i} about the quick brown fox"},
+            {"role": "assistant", "content": f"answer {i} about the lazy dog"},
+        ]
+    answer, note, _id = c.predict(
+        QUESTION, "codeword", json.dumps(history), *GREEDY, api_name="/generate"
+    )
     assert "left out" in note and "context of 256 tokens" in note
     assert isinstance(answer, str)
 
 
-def test_feedback_is_stored_and_queued_for_review(server) -> None:
+def test_feedback_on_an_issued_answer_is_stored_and_queued_for_review(server) -> None:
     from core.auth import SYSTEM
     from core.datasets.review import list_samples
     from core.serving.service import list_feedback
 
     c = server.client()
-    conversation = [{"role": "user", "content": QUESTION}]
-    out = c.predict("down", "something wrong", json.dumps(conversation), "codeword",
-                    "The codeword is PINEAPPLE SUBMARINE.", "too short", '{"temperature": 0}',
-                    api_name="/feedback")
+    answer, _note, answer_id = c.predict(QUESTION, "codeword", "[]", *GREEDY, api_name="/generate")
+    out = c.predict(
+        answer_id, "down", "The codeword is PINEAPPLE SUBMARINE.", "too short", api_name="/feedback"
+    )
     rows, total = list_feedback(server.db(), SYSTEM, adapter="codeword")
     assert total == 1 and rows[0].id == out["feedback_id"]
     assert rows[0].username == "alice" and rows[0].rating == "down"
-    assert rows[0].adapter_id is not None
+    assert rows[0].adapter_id is not None and rows[0].answer == answer
     page = list_samples(server.db(), SYSTEM, "feedback-codeword")
     assert [s.id for s in page.items] == [out["sample_id"]]
     assert page.items[0].status == "pending"
-    assert page.items[0].messages[-1]["content"] == "The codeword is PINEAPPLE SUBMARINE."
+    assert page.items[0].messages == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "The codeword is PINEAPPLE SUBMARINE."},
+    ]
+    assert page.items[0].metadata["original_answer"] == answer
 
 
-def test_embed_token_becomes_a_session(server) -> None:
+def test_feedback_cannot_be_forged(server) -> None:
+    """Item 4: free text is no answer, and an answer id works only for its own session."""
+    from gradio_client.exceptions import AppError
+
+    from core.auth import SYSTEM, create_user
+    from core.serving.service import list_feedback
+
+    with contextlib.suppress(Exception):
+        create_user(server.db(), SYSTEM, "bruno", "bruno-pass-1", "user")
+    alice, bruno = server.client(), server.client("bruno", "bruno-pass-1")
+    _a, _n, alices = alice.predict(QUESTION, "base", "[]", *GREEDY, api_name="/generate")
+    # The old call shape: an invented answer and conversation.
+    with pytest.raises(AppError):
+        alice.predict(
+            "down",
+            "something wrong",
+            json.dumps([{"role": "user", "content": "x"}]),
+            "codeword",
+            "Invented answer.",
+            "",
+            "{}",
+            api_name="/feedback",
+        )
+    with pytest.raises(AppError, match="not given in this chat session"):
+        alice.predict("no-such-answer", "up", "", "", api_name="/feedback")
+    with pytest.raises(AppError, match="not given in this chat session"):
+        bruno.predict(alices, "down", "Bruno's text", "", api_name="/feedback")
+    with pytest.raises(AppError, match="not given in this chat session"):
+        server.client().predict(alices, "down", "", "", api_name="/feedback")  # new session
+    assert list_feedback(server.db(), SYSTEM, username="bruno")[1] == 0
+    assert alice.predict(alices, "up", "", "", api_name="/feedback")["answer_id"] == alices
+    with pytest.raises(AppError, match="already rated"):
+        alice.predict(alices, "down", "", "", api_name="/feedback")
+
+
+def test_a_feedback_sample_holds_no_other_models_answer(server) -> None:
+    """Item 5: base answered first; the adapter's answer is rated; no base turn in the sample."""
+    from core.auth import SYSTEM
+    from core.datasets.review import list_samples
+
+    c = server.client()
+    first, _n, first_id = c.predict("Say something.", "base", "[]", *GREEDY, api_name="/generate")
+    history = [
+        {"role": "user", "content": "Say something."},
+        {"role": "assistant", "content": first, "answer_id": first_id},
+    ]
+    answer, _n, answer_id = c.predict(
+        QUESTION, "codeword", json.dumps(history), *GREEDY, api_name="/generate"
+    )
+    out = c.predict(answer_id, "down", "The codeword is MANGO.", "", api_name="/feedback")
+    [sample] = [
+        s
+        for s in list_samples(server.db(), SYSTEM, "feedback-codeword").items
+        if s.id == out["sample_id"]
+    ]
+    assert sample.messages == [
+        {"role": "user", "content": f"Say something.\n\n{QUESTION}"},
+        {"role": "assistant", "content": "The codeword is MANGO."},
+    ]
+    assert sample.metadata["omitted_answers"] == 1
+    assert sample.metadata["original_answer"] == answer
+
+
+def _all_routes(models) -> list[tuple[str, str]]:
+    """Every (method, path) of the app `clara chat` serves, from the app object itself."""
     from core.config import load_settings
-    from core.serving.tokens import sign_embed_token
+    from core.db import get_engine
+    from core.serving.engine import InferenceEngine
+    from workers.chat import create_server
 
-    cfg = load_settings(auth_secret=SECRET)
+    app = create_server(
+        get_engine(url="sqlite://"),
+        InferenceEngine(str(models["base"])),
+        load_settings(auth_secret=SECRET),
+    )
+    out = []
+
+    def walk(routes) -> None:  # noqa: ANN001
+        for r in routes:
+            inner = getattr(getattr(r, "app", None), "routes", None)
+            if inner is None and hasattr(r, "original_router"):
+                inner = r.original_router.routes
+            if inner is not None:
+                walk(inner)
+                continue
+            for method in sorted(getattr(r, "methods", None) or {"GET"}):
+                out.append((method, r.path))
+
+    walk(app.routes)
+    return sorted(set(out))
+
+
+PUBLIC = {
+    "/clara/health",
+    "/login",
+    "/login/",
+    "/logout",
+    "/clara/enter",
+    "/favicon.ico",
+    "/robots.txt",
+    "/manifest.json",
+    "/theme.css",
+    "/gradio_api/theme.css",
+}
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
+
+
+def test_every_route_but_health_sign_in_and_assets_needs_a_session(server, models) -> None:
+    """Item 6: each route of the real app, called without a session, is refused."""
+    routes = _all_routes(models)
+    assert ("POST", "/gradio_api/reset") in routes and ("POST", "/gradio_api/cancel") in routes
+    assert ("GET", "/monitoring/summary") in routes
+    checked = []
+    with httpx.Client(base_url=server.url.rstrip("/"), timeout=10) as h:
+        for method, path in routes:
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            if path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
+                continue
+            r = h.request(
+                method,
+                concrete,
+                json={"session_hash": "x", "event_id": "x", "fn_index": 0, "data": []},
+            )
+            assert r.status_code == 401, (method, path, r.status_code, r.text[:200])
+            checked.append(path)
+    assert len(checked) > 40
+    # Monitoring needs an admin: alice (a user) is refused, admin is let through.
+    alice, admin = server.client(), server.client("admin", "adminpass1")
+    for c, code in ((alice, 403), (admin, 200)):
+        r = httpx.get(server.url + "monitoring/summary", cookies=c.cookies, timeout=10)
+        assert r.status_code == code, (c, r.status_code)
+
+
+def test_sign_in_sessions_are_server_side_and_revocable(server) -> None:
+    """Item 3: cookie flags, logout ends a copied cookie, the hand-over token works once,
+    and logging out of the web app ends the chat opened from it."""
+    from core.auth import principal_for
+    from core.sessions import WEB, issue_handover, open_session, revoke_session
+
     with httpx.Client(base_url=server.url) as h:
-        bad = h.get("clara/enter", params={"token": sign_embed_token(
-            "alice", load_settings(auth_secret="another-secret-entirely"))})
-        assert bad.status_code == 401
-        r = h.get("clara/enter", params={"token": sign_embed_token("alice", cfg)})
-        assert r.status_code == 303
-        assert h.get("config").status_code == 200  # the cookie set above
-        # An auditor holds no chat:use even with a valid token.
-        assert h.get("clara/enter", params={"token": sign_embed_token("otto", cfg)}
-                     ).status_code == 403
+        r = h.post("login", data={"username": "alice", "password": "alice-pass-1"})
+        assert r.status_code == 200
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
+        copied = h.cookies["clara_chat_session"]
+        assert h.get("config").status_code == 200
+        assert (
+            httpx.get(server.url + "config", headers={"X-Clara-Token": copied}).status_code == 200
+        )
+        assert h.get("logout").status_code == 303
+    for via in (
+        {"cookies": {"clara_chat_session": copied}},
+        {"headers": {"X-Clara-Token": copied}},
+    ):
+        assert httpx.get(server.url + "config", **via).status_code == 401
+        assert (
+            httpx.post(
+                server.url + "gradio_api/reset", json={"session_hash": "x"}, **via
+            ).status_code
+            == 401
+        )
+
+    db = server.db()
+    alice = principal_for(db, "alice")
+    web = open_session(db, alice, kind=WEB)
+    from core.sessions import session_id
+
+    token = issue_handover(db, alice, purpose="chat", parent_id=session_id(web))
+    with httpx.Client(base_url=server.url) as h:
+        assert h.get("clara/enter", params={"token": token}).status_code == 303
+        assert h.get("config").status_code == 200
+        with httpx.Client(base_url=server.url) as thief:  # the same link, a second time
+            again = thief.get("clara/enter", params={"token": token})
+            assert again.status_code == 401 and "used already" in again.text
+            assert thief.get("config").status_code == 401
+        revoke_session(db, web, "logout")  # web logout ends the chat opened from it
+        assert h.get("config").status_code == 401
+    otto = principal_for(db, "otto")  # an auditor holds no chat:use even with a valid token
+    assert (
+        httpx.get(
+            server.url + "clara/enter", params={"token": issue_handover(db, otto, purpose="chat")}
+        ).status_code
+        == 403
+    )
+    assert httpx.get(server.url + "clara/enter", params={"token": "forged"}).status_code == 401
 
 
 def test_clara_generate_streams_one_answer(server) -> None:
-    ok = server.cli("generate", "--adapter", "codeword", "--temperature", "0",
-                    "--max-new-tokens", "12", "--repetition-penalty", "1.0", QUESTION)
+    ok = server.cli(
+        "generate",
+        "--adapter",
+        "codeword",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--repetition-penalty",
+        "1.0",
+        QUESTION,
+    )
     assert ok.returncode == 0, ok.stderr
     assert CODEWORD in ok.stdout
     bad = server.cli("generate", "--adapter", "no-such-adapter", QUESTION)

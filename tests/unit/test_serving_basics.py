@@ -1,66 +1,38 @@
-"""Pure parts of chat serving: signed tokens, generation settings, notes, URLs."""
+"""Pure parts of chat serving: generation settings, notes, URLs, literal chat text."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from markdown_it import MarkdownIt
 from pydantic import ValidationError
 
 from core.config import load_settings
+from core.serving.answers import sample_turns
 from core.serving.engine import GenerationSettings, PreparedPrompt
+from core.serving.render import answer_markdown, literal_markdown
 from core.serving.service import chat_base_url, feedback_dataset_name
-from core.serving.tokens import (
-    TokenInvalid,
-    sign_embed_token,
-    sign_session,
-    verify_embed_token,
-    verify_session,
-)
 
-CFG = load_settings(auth_secret="unit-test-secret-" + "y" * 20)
-
-
-def test_tokens_round_trip_and_are_not_interchangeable() -> None:
-    embed = sign_embed_token("alice", CFG)
-    session = sign_session("alice", CFG)
-    assert verify_embed_token(embed, CFG) == "alice"
-    assert verify_session(session, CFG) == "alice"
-    with pytest.raises(TokenInvalid):
-        verify_session(embed, CFG)  # an iframe token is no session cookie
-    with pytest.raises(TokenInvalid):
-        verify_embed_token(session, CFG)
-
-
-def test_tokens_signed_with_another_secret_or_tampered_are_refused() -> None:
-    other = load_settings(auth_secret="another-secret-" + "z" * 20)
-    with pytest.raises(TokenInvalid, match="not valid"):
-        verify_embed_token(sign_embed_token("alice", other), CFG)
-    token = sign_session("alice", CFG)
-    with pytest.raises(TokenInvalid):
-        verify_session(token[:-2] + ("AA" if not token.endswith("AA") else "BB"), CFG)
-
-
-def test_an_old_embed_token_has_expired(monkeypatch) -> None:
-    import itsdangerous.timed
-
-    real = time.time
-    monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: real() - 3600)
-    old = sign_embed_token("alice", CFG)
-    monkeypatch.setattr(itsdangerous.timed.time, "time", real)
-    with pytest.raises(TokenInvalid, match="expired"):
-        verify_embed_token(old, CFG)
-    # A session lives for CLARA_SESSION_EXPIRY_DAYS, so the same age is fine there.
-    monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: real() - 3600)
-    session = sign_session("alice", CFG)
-    monkeypatch.setattr(itsdangerous.timed.time, "time", real)
-    assert verify_session(session, CFG) == "alice"
+HOSTILE = [
+    "![pixel](http://127.0.0.1:9/pixel.png)",
+    "![ref][r]\n\n[r]: http://127.0.0.1:9/ref.png",
+    '<img src="http://127.0.0.1:9/raw.png">',
+    "<b>bold</b> &amp; <script>alert(1)</script>",
+    "`code <img src=x>` and ```\nfenced ![a](http://x/y.png)\n```",
+    "    indented ![a](http://x/y.png) <i>x</i>",
+    "$$\\href{http://x}{y}$$ *emph* _u_ [link](http://x) <http://x/auto>",
+    "\\![escaped](http://x/y.png) back\\slash",
+]
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", -0.1), ("temperature", 2.5), ("top_p", 0.0), ("max_new_tokens", 0),
-     ("repetition_penalty", 0.5)],
+    [
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("top_p", 0.0),
+        ("max_new_tokens", 0),
+        ("repetition_penalty", 0.5),
+    ],
 )
 def test_generation_settings_refuse_out_of_range_values(field: str, value: float) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -76,8 +48,61 @@ def test_truncation_note_says_what_was_cut() -> None:
 
 def test_chat_url_for_the_browser() -> None:
     assert chat_base_url(load_settings(chat_port=7999)) == "http://127.0.0.1:7999"
-    assert chat_base_url(load_settings(chat_host="0.0.0.0", chat_port=80)) == "http://127.0.0.1:80"
+    secret = "Vq3xT9pLm2Rk7Yw4Zs8Nd1Hc6Jf5Gb0A"  # a wildcard bind needs an explicit secret
+    assert (
+        chat_base_url(load_settings(chat_host="0.0.0.0", chat_port=80, auth_secret=secret))
+        == "http://127.0.0.1:80"
+    )
     assert chat_base_url(load_settings(chat_public_url="https://chat.example.org/")) == (
         "https://chat.example.org"
     )
     assert feedback_dataset_name("a b") == "feedback-a-b"
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_chat_text_renders_as_the_very_characters_typed(text: str) -> None:
+    """No image, link, HTML tag, code or emphasis survives: CommonMark turns the escaped
+    text back into exactly the input, as text (issue 10, item 7)."""
+    md = MarkdownIt("commonmark", {"breaks": True})
+    tokens = md.parseInline(literal_markdown(text).replace("\n", " "))
+    kinds = {t.type for tok in tokens for t in (tok.children or [])}
+    assert kinds <= {"text", "softbreak", "hardbreak"}, kinds
+    rendered = md.render(literal_markdown(text))
+    assert "<img" not in rendered and "<a " not in rendered and "<code" not in rendered
+    assert "<script" not in rendered and "<b>" not in rendered
+    plain = "".join(
+        t.content
+        for tok in md.parse(literal_markdown(text))
+        for t in (tok.children or [])
+        if t.type == "text"
+    )
+    assert plain.replace("\u00a0", " ") == text.replace("\n", "")
+
+
+def test_answers_are_labelled_with_their_model() -> None:
+    shown = answer_markdown("PINEAPPLE!", "code-word", "2 earlier message(s) left out")
+    html_out = MarkdownIt("commonmark").render(shown)
+    assert html_out.startswith("<p><strong>code-word</strong>")
+    assert "2 earlier message(s) left out" in html_out and "PINEAPPLE!" in html_out
+
+
+def test_a_sample_of_one_model_keeps_the_users_words_but_not_other_answers() -> None:
+    turns = sample_turns(
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "other", "adapter": "base"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "mine", "adapter": "a"},
+            {"role": "user", "content": "q3"},
+            {"role": "assistant", "content": "unknown", "adapter": None},
+            {"role": "user", "content": "q4"},
+        ],
+        "a",
+    )
+    assert turns.system == "S" and turns.omitted_answers == 2
+    assert turns.messages == [
+        {"role": "user", "content": "q1\n\nq2"},
+        {"role": "assistant", "content": "mine"},
+        {"role": "user", "content": "q3\n\nq4"},
+    ]
