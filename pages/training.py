@@ -8,7 +8,9 @@ import streamlit as st
 from core.auth import PermissionDenied
 from core.datasets.versions import list_versions
 from core.training.adapters import AdapterNotFound, lineage, list_adapters
+from core.training.demo_model import demo_build_status
 from core.training.jobs import (
+    DEMO,
     TrainingError,
     cancel_job,
     count_jobs,
@@ -38,9 +40,13 @@ st.title("Training")
 st.session_state.setdefault("training_errors", {})
 st.session_state.setdefault("training_flash", None)
 st.session_state.setdefault("training_selected_job", None)
-if st.session_state["training_flash"]:
-    st.success(st.session_state["training_flash"])
-    st.session_state["training_flash"] = None
+st.session_state.setdefault("training_goto_tab", None)
+# Always present, so that the elements after it keep their place whether a message shows or
+# not (a shifted element is a new element to the browser: tabs would jump back to the first).
+with st.container(key="training_flash_box"):
+    if st.session_state["training_flash"]:
+        st.success(st.session_state["training_flash"])
+        st.session_state["training_flash"] = None
 
 SECTIONS = ("peft", "trainer", "quantization")
 METHODS = ["lora", "qlora", "continue"]
@@ -106,15 +112,41 @@ def _submit(data) -> None:  # noqa: ANN001 - dict or YAML text
         st.session_state["training_errors"] = {"_top": str(err)}
     else:
         st.session_state["training_selected_job"] = job.id
+        st.session_state["training_goto_tab"] = "Jobs"
         st.session_state["training_flash"] = f"Queued job {job.id} for adapter {job.name!r}."
         st.session_state["training_errors"] = {}
     st.rerun()
 
 
-tab_new, tab_jobs, tab_adapters = st.tabs(["New job", "Jobs", "Adapters"])
+def _signature() -> tuple:
+    """What, when it changes, makes every part of the page stale: jobs per state, adapters."""
+    counts = tuple(sorted(count_jobs(engine, user).items()))
+    adapters = tuple(a.id for a in list_adapters(engine, user)) if user.can("adapters:read") else ()
+    return counts, adapters
+
+
+@st.fragment(run_every=3)
+def _watch() -> None:
+    """A job that changes state (finishes, fails, is cancelled by someone) or a new adapter
+    shows everywhere on the page at once: a full rerun, not only the part that noticed."""
+    if _signature() != st.session_state.get("training_signature"):
+        st.rerun()
+
+
+st.session_state["training_signature"] = _signature()
+_watch()
+
+TABS = ["New job", "Jobs", "Adapters"]
+# A tab to open (after a submit: the job's view), set before the tabs exist in this run.
+if st.session_state["training_goto_tab"] in TABS:
+    st.session_state["training_tab"] = st.session_state["training_goto_tab"]
+st.session_state["training_goto_tab"] = None
+# Keyed and stateful: the open tab survives every rerun. The Jobs and Adapters tabs draw
+# only while open, so hidden tabs neither refresh in the background nor leave stale copies.
+tab_new, tab_jobs, tab_adapters = st.tabs(TABS, key="training_tab", on_change="rerun")
 
 # New job -------------------------------------------------------------------------------------
-with tab_new:
+with tab_new:  # always drawn, open or not: the form's widgets keep what was typed
     if not user.can("training:create"):
         st.info("Your role may look at training jobs but not submit them.")
     else:
@@ -230,58 +262,87 @@ COLUMNS = [
     "created_at",
     "error",
 ]
+GROUPS = (
+    ("Queued", ["queued"]),
+    ("Running", ["running"]),
+    ("Finished", ["succeeded", "failed", "cancelled"]),
+)
 
 
 def _jobs_frame(states) -> pd.DataFrame:  # noqa: ANN001
     jobs = list_jobs(engine, user, states, limit=200)
-    return pd.DataFrame([j.model_dump() for j in jobs], columns=None if jobs else COLUMNS)
+    frame = pd.DataFrame([j.model_dump() for j in jobs]) if jobs else pd.DataFrame()
+    return frame.reindex(columns=COLUMNS)
 
 
 @st.fragment(run_every=2)
 def _job_tables() -> None:
+    """Counts and the three tables, always the same elements in the same places (an empty
+    table is still a table), so a refresh replaces them instead of adding copies."""
     counts = count_jobs(engine, user)
     cols = st.columns(5)
     for col, state in zip(
         cols, ("queued", "running", "succeeded", "failed", "cancelled"), strict=True
     ):
         col.metric(state, counts.get(state, 0))
-    for title, states in (
-        ("Queued", ["queued"]),
-        ("Running", ["running"]),
-        ("Finished", ["succeeded", "failed", "cancelled"]),
-    ):
+    for title, states in GROUPS:
         frame = _jobs_frame(states)
         st.markdown(f"**{title}** ({len(frame)})")
-        if len(frame):
-            st.dataframe(
-                frame[COLUMNS],
-                hide_index=True,
-                width="stretch",
-                key=f"training_table_{title.lower()}",
-            )
+        st.dataframe(
+            frame,
+            hide_index=True,
+            width="stretch",
+            height=min(38 + 35 * max(len(frame), 1), 300),
+            key=f"training_table_{title.lower()}",
+        )
 
 
 def _charts(metrics: pd.DataFrame) -> None:
-    if metrics.empty:
-        st.caption("No metrics yet.")
-        return
-    train = metrics[metrics["phase"] == "train"]
-    evals = metrics[metrics["phase"].isin(["eval_before", "eval", "eval_after"])]
+    """Loss, learning rate, eval perplexity: three fixed slots, a chart or a note in each."""
+    train = metrics[metrics["phase"] == "train"] if len(metrics) else metrics
+    evals = (
+        metrics[metrics["phase"].isin(["eval_before", "eval", "eval_after"])]
+        if len(metrics)
+        else metrics
+    )
     c1, c2, c3 = st.columns(3)
     if len(train):
         fig = px.line(train, x="step", y="loss", color="attempt", markers=True, title="Loss")
         c1.plotly_chart(fig, width="stretch", key="training_chart_loss")
         fig = px.line(train, x="step", y="learning_rate", markers=True, title="Learning rate")
         c2.plotly_chart(fig, width="stretch", key="training_chart_lr")
+    else:
+        c1.caption("Loss: no training steps yet.")
+        c2.caption("Learning rate: no training steps yet.")
     if len(evals):
         fig = px.scatter(
             evals, x="step", y="eval_perplexity", color="phase", title="Eval perplexity"
         )
         c3.plotly_chart(fig, width="stretch", key="training_chart_ppl")
+    else:
+        c3.caption("Eval perplexity: no evaluation yet.")
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def _act(action, job_id: int) -> None:  # noqa: ANN001
+    """Cancel or Retry, then a full rerun: the tables, the job list and this view all show
+    the new state at once."""
+    try:
+        action(engine, user, job_id)
+    except (TrainingError, PermissionDenied) as err:
+        st.session_state["training_action_error"] = str(err)
+    st.rerun()
 
 
 @st.fragment(run_every=2)
 def _job_detail(job_id: int) -> None:
+    """One job, refreshed every 2 s. Every element has a fixed place: what does not apply
+    right now leaves its slot empty instead of shifting what follows."""
     try:
         job = get_job(engine, user, job_id)
     except TrainingError as err:
@@ -294,133 +355,159 @@ def _job_detail(job_id: int) -> None:
         f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
         f" · base {job.base_model} · dataset version {job.dataset_version_id}"
     )
-    eta_txt = f", ETA {eta:.0f} s" if eta is not None else ""
+    eta_txt = f", ETA {_fmt_seconds(eta)}" if eta is not None else ""
     st.progress(frac, text=f"step {job.step}/{job.max_steps or '?'} ({frac:.0%}{eta_txt})")
+    building = st.empty()
+    if job.state == "running" and job.base_model == DEMO and job.step == 0:
+        build = demo_build_status(session.settings())
+        if build is not None:
+            left = (
+                f", about {_fmt_seconds(build.eta_seconds)} left"
+                if build.eta_seconds is not None
+                else ""
+            )
+            building.progress(
+                min(1.0, max(0.0, build.fraction)),
+                text=f"Waiting for the demo base model (first use): {build.message} "
+                f"({build.fraction:.0%}{left})",
+            )
+    note = st.empty()
     if job.cancel_requested and job.state == "running":
-        st.warning("Cancel requested: the worker stops the job after the current step.")
-    if job.error:
-        st.error(job.error)
+        note.warning(
+            "Cancel requested: the job saves a checkpoint at the current step, then stops."
+        )
+    elif job.state == "cancelled" and job.error:
+        note.info(job.error, icon=":material/pause_circle:")
+    elif job.error:
+        note.error(job.error)
+    action_error = st.empty()
+    if st.session_state.get("training_action_error"):
+        action_error.error(st.session_state.pop("training_action_error"))
     b1, b2, _ = st.columns([1, 1, 4])
     if job.state in ("queued", "running") and b1.button("Cancel", key="training_cancel"):
-        try:
-            cancel_job(engine, user, job.id)
-        except (TrainingError, PermissionDenied) as err:
-            st.error(str(err))
-        st.rerun(scope="fragment")
+        _act(cancel_job, job.id)
     if job.state in ("failed", "cancelled") and b2.button("Retry", key="training_retry"):
-        try:
-            retry_job(engine, user, job.id)
-        except (TrainingError, PermissionDenied) as err:
-            st.error(str(err))
-        st.rerun(scope="fragment")
+        _act(retry_job, job.id)
     _charts(metrics)
-    last = metrics[metrics["phase"] == "train"].tail(1)
-    if len(last):
-        row = last.iloc[0]
-        m1, m2, m3 = st.columns(3)
-        m1.metric("loss", f"{row['loss']:.4f}")
-        m2.metric("tokens/s", f"{row['tokens_per_second'] or 0:.0f}")
-        m3.metric("grad norm", f"{row['grad_norm'] or 0:.3f}")
+    last = metrics[metrics["phase"] == "train"].tail(1) if len(metrics) else metrics
+    row = last.iloc[0] if len(last) else None
+    m1, m2, m3 = st.columns(3)
+    m1.metric("loss", f"{row['loss']:.4f}" if row is not None else "–")
+    m2.metric("tokens/s", f"{row['tokens_per_second'] or 0:.0f}" if row is not None else "–")
+    m3.metric("grad norm", f"{row['grad_norm'] or 0:.3f}" if row is not None else "–")
     st.markdown("**Log** (last lines)")
     st.code(job_log_tail(engine, user, job.id, 40) or "(no log yet)", language=None)
 
 
 with tab_jobs:
-    _job_tables()
-    recent = list_jobs(engine, user, limit=200)
-    if recent:
-        ids = [j.id for j in recent]
-        chosen = st.session_state.get("training_selected_job")
-        index = ids.index(chosen) if chosen in ids else 0
-        labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
-        job_id = st.selectbox(
-            "Job",
-            ids,
-            index=index,
-            key="training_job_select",
-            format_func=lambda i: labels.get(i, str(i)),
-        )
-        st.session_state["training_selected_job"] = job_id
-        _job_detail(job_id)
-    else:
-        st.caption("No jobs yet.")
+    if tab_jobs.open:
+        _job_tables()
+        recent = list_jobs(engine, user, limit=200)
+        if recent:
+            ids = [j.id for j in recent]
+            # The job to show: one just submitted, else the one chosen before (kept aside
+            # too, as the box forgets while its tab is closed), else the newest. Set on the
+            # widget's own key before it exists in this run, so the choice in the box and
+            # the job shown below are always the same.
+            wanted = st.session_state.pop("training_selected_job", None)
+            kept = st.session_state.get("training_job_kept")
+            if wanted in ids:
+                st.session_state["training_job_select"] = wanted
+            elif st.session_state.get("training_job_select") not in ids:
+                st.session_state["training_job_select"] = kept if kept in ids else ids[0]
+            labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
+            job_id = st.selectbox(
+                "Job",
+                ids,
+                key="training_job_select",
+                format_func=lambda i: labels.get(i, str(i)),
+            )
+            st.session_state["training_job_kept"] = job_id
+            _job_detail(job_id)
+        else:
+            st.caption("No jobs yet.")
 
 # Adapters ------------------------------------------------------------------------------------
-with tab_adapters:
+
+
+def _adapters_tab() -> None:
     adapters = list_adapters(engine, user) if user.can("adapters:read") else []
     if not adapters:
         st.caption("No adapters yet: a succeeded job registers one.")
-    else:
-        rows = [
+        return
+    rows = [
+        {
+            "id": a.id,
+            "name": a.name,
+            "method": a.method,
+            "job": a.job_id,
+            "dataset version": a.dataset_version_id,
+            "ppl before": a.metrics.get("eval_perplexity_before"),
+            "ppl after": a.metrics.get("eval_perplexity_after"),
+            "created by": a.created_by,
+            "created": a.created_at,
+        }
+        for a in adapters
+    ]
+    st.dataframe(
+        pd.DataFrame(rows), hide_index=True, width="stretch", key="training_adapters_table"
+    )
+    names = [a.name for a in adapters]
+    picked = st.multiselect("Compare adapters", names, default=names[:2], key="training_compare")
+    if picked:
+        by_name = {a.name: a for a in adapters}
+        keys = sorted(
             {
-                "id": a.id,
-                "name": a.name,
-                "method": a.method,
-                "job": a.job_id,
-                "dataset version": a.dataset_version_id,
-                "ppl before": a.metrics.get("eval_perplexity_before"),
-                "ppl after": a.metrics.get("eval_perplexity_after"),
-                "created by": a.created_by,
-                "created": a.created_at,
+                k
+                for n in picked
+                for k, v in by_name[n].metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
             }
-            for a in adapters
-        ]
-        st.dataframe(
-            pd.DataFrame(rows), hide_index=True, width="stretch", key="training_adapters_table"
         )
-        names = [a.name for a in adapters]
-        picked = st.multiselect(
-            "Compare adapters", names, default=names[:2], key="training_compare"
+        table = pd.DataFrame(
+            {n: [by_name[n].metrics.get(k) for k in keys] for n in picked}, index=keys
         )
-        if picked:
-            by_name = {a.name: a for a in adapters}
-            keys = sorted(
+        st.dataframe(table, width="stretch", key="training_compare_table")
+        ppl = pd.DataFrame(
+            [
                 {
-                    k
-                    for n in picked
-                    for k, v in by_name[n].metrics.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)
+                    "adapter": n,
+                    "when": w,
+                    "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}"),
                 }
+                for n in picked
+                for w in ("before", "after")
+            ]
+        )
+        st.plotly_chart(
+            px.bar(
+                ppl,
+                x="adapter",
+                y="perplexity",
+                color="when",
+                barmode="group",
+                title="Eval perplexity before / after",
+            ),
+            width="stretch",
+            key="training_compare_chart",
+        )
+    which = st.selectbox("Lineage of", names, key="training_lineage_of")
+    try:
+        lin = lineage(engine, user, which)
+    except AdapterNotFound as err:
+        st.error(str(err))
+    else:
+        for step in lin["chain"]:
+            v, j, a = step["dataset_version"], step["job"], step["adapter"]
+            st.markdown(
+                f"- dataset version **{v.get('ref') or v.get('id')}** "
+                f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
+                f"**{j['id'] if j else '-'}** → adapter **{a['name']}**"
             )
-            table = pd.DataFrame(
-                {n: [by_name[n].metrics.get(k) for k in keys] for n in picked}, index=keys
-            )
-            st.dataframe(table, width="stretch", key="training_compare_table")
-            ppl = pd.DataFrame(
-                [
-                    {
-                        "adapter": n,
-                        "when": w,
-                        "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}"),
-                    }
-                    for n in picked
-                    for w in ("before", "after")
-                ]
-            )
-            st.plotly_chart(
-                px.bar(
-                    ppl,
-                    x="adapter",
-                    y="perplexity",
-                    color="when",
-                    barmode="group",
-                    title="Eval perplexity before / after",
-                ),
-                width="stretch",
-                key="training_compare_chart",
-            )
-        which = st.selectbox("Lineage of", names, key="training_lineage_of")
-        try:
-            lin = lineage(engine, user, which)
-        except AdapterNotFound as err:
-            st.error(str(err))
-        else:
-            for step in lin["chain"]:
-                v, j, a = step["dataset_version"], step["job"], step["adapter"]
-                st.markdown(
-                    f"- dataset version **{v.get('ref') or v.get('id')}** "
-                    f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
-                    f"**{j['id'] if j else '-'}** → adapter **{a['name']}**"
-                )
-            with st.expander("Lineage (JSON)"):
-                st.json(lin)
+        with st.expander("Lineage (JSON)"):
+            st.json(lin)
+
+
+with tab_adapters:
+    if tab_adapters.open:
+        _adapters_tab()

@@ -351,6 +351,10 @@ def job_progress(job: JobInfo, metrics: pd.DataFrame | None = None) -> tuple[flo
     eta = None
     if metrics is not None and len(metrics) >= 2 and job.state == "running":
         train = metrics[metrics["phase"] == "train"].dropna(subset=["step"])
+        if job.started_at is not None and len(train):
+            # Only this attempt's pace: a resumed job's earlier attempts (and the pause
+            # between them) say nothing about how fast it trains now.
+            train = train[pd.to_datetime(train["at"], utc=True) >= pd.Timestamp(job.started_at)]
         if len(train) >= 2:
             first, last = train.iloc[0], train.iloc[-1]
             dt = (last["at"] - first["at"]).total_seconds()

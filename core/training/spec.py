@@ -317,7 +317,11 @@ def save_spec(spec: TrainingSpec, path: str | Path) -> Path:
 PRESETS: dict[str, dict[str, Any]] = {
     "demo-lora": {
         "method": "lora",
-        "description": "LoRA on all linear layers of the demo model; a minute on a CPU",
+        "description": (
+            "LoRA on all linear layers of the demo model: 60 steps of 4 × 256 tokens. "
+            "Measured on a shared 2-core CPU: about 6 s a step, so 6-7 minutes (11 under "
+            "heavy load); the job view shows the ETA from the job's own pace"
+        ),
         "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
         "trainer": {
             "learning_rate": 2e-3,
@@ -335,7 +339,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "demo-qlora": {
         "method": "qlora",
-        "description": "QLoRA: 4-bit NF4 base with double quantization, LoRA on attention",
+        "description": (
+            "QLoRA: 4-bit NF4 base with double quantization, LoRA on attention: 40 steps of "
+            "4 × 256 tokens; the job view shows the ETA from the job's own pace"
+        ),
         "quantization": {
             "bits": 4,
             "quant_type": "nf4",
@@ -363,7 +370,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "continue": {
         "method": "continue",
-        "description": "Continue training an existing adapter on a new dataset version",
+        "description": (
+            "Continue training an existing adapter on a new dataset version: 30 steps of "
+            "4 × 256 tokens; the job view shows the ETA from the job's own pace"
+        ),
         "trainer": {
             "learning_rate": 1e-3,
             "max_steps": 30,

@@ -88,10 +88,16 @@ def test_form_errors_yaml_mode_jobs_and_registry(app, db_engine, admin, tmp_path
             dataset_manifest_sha256=version.manifest_sha256,
             metrics={"eval_perplexity_before": 50.0, "eval_perplexity_after": after},
         )
+    # Only the open tab's content runs (stateful tabs): open each in turn.
+    at.session_state["training_tab"] = "Jobs"
     at.run()
     assert not at.exception, at.exception
     markdown = " ".join(m.value for m in at.markdown)
     assert f"Job {job.id}: `sleepy` — **queued**" in markdown
+    at.session_state["training_tab"] = "Adapters"
+    at.run()
+    assert not at.exception, at.exception
+    markdown = " ".join(m.value for m in at.markdown)
     assert "dataset version **faq@v1**" in markdown and "adapter **beta**" in markdown
     frames = [d.value for d in at.dataframe]
     compare = next(f for f in frames if list(f.columns) == ["beta", "alpha"])
