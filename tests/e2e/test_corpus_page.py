@@ -42,7 +42,11 @@ def test_load_sample_search_open_document_and_select(workbench, page):
     page.get_by_test_id("stPlotlyChart").first.wait_for()
     # The text is shown as text: the Markdown heading marks are visible, not rendered.
     page.get_by_text("## § 1 Steuergegenstand", exact=False).first.wait_for()
+    selected = page.get_by_test_id("stMetric").filter(has_text="Selected for datasets")
+    selected.get_by_text("0", exact=True).wait_for()
     page.get_by_role("button", name="Add to selection").last.click()
+    # The count follows the click in the same run (issue 10, item 14: it stayed 0).
+    selected.get_by_text("1", exact=True).wait_for(timeout=10_000)
 
     stats = json.loads(workbench.cli("corpus", "stats", "--json").stdout)
     assert stats["documents"] == 60 and stats["by_edge_type"]["cites"] > 0
