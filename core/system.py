@@ -20,12 +20,14 @@ class Startup:
 
 
 def prepare(settings: Settings | None = None, *, migrate: bool = True) -> Startup:
-    """Create the data dir, check the database, upgrade the schema, create the first admin.
+    """Create the data dir and its secret, check the database, upgrade the schema, create
+    the first admin.
 
     Raises core.db.DatabaseUnavailable (one clear line) when the database cannot be reached.
     """
     settings = settings or get_settings()
     settings.ensure_dirs()
+    settings.auth_secret_value()  # made on the first start, before any server needs it
     engine = get_engine(settings)
     connect(engine)
     if migrate and current_revision(engine) != head_revision():

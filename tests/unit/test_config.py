@@ -131,3 +131,11 @@ def test_masked_hides_secrets():
     assert STRONG not in shown and "hunter2" not in shown and "neo-pw" not in shown
     assert s.masked()["database_url"] == "postgresql+psycopg://u:********@h/db"
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_first_start_makes_the_secret_file(tmp_path):
+    from core.system import prepare
+
+    s = load_settings(data_dir=tmp_path / "fresh", database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    prepare(s)
+    assert (tmp_path / "fresh" / "auth_secret").stat().st_mode & 0o777 == 0o600
