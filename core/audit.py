@@ -27,8 +27,11 @@ def record(
     outcome: str = "ok",
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Write one audit row in its own transaction (so it survives the caller's rollback)."""
-    with session_scope(engine) as s:
+    """Write one audit row in its own transaction (so it survives the caller's rollback).
+
+    It takes the write lock up front, waiting with backoff for a long writer (a lost audit
+    row would hide what happened)."""
+    with session_scope(engine, immediate=True) as s:
         s.add(
             AuditEntry(
                 actor=actor[:64],

@@ -111,7 +111,7 @@ def load_tokenizer(base_model: str | None) -> Any:
 
 
 def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> ScoringRunInfo:
-    with session_scope(engine) as s:
+    with session_scope(engine, immediate=True) as s:
         d = resolve_dataset(s, dataset_ref)
         now = utcnow()
         # Write-lock the dataset row so two concurrent starts cannot both pass the check.
@@ -304,7 +304,7 @@ def execute_run(
     which are recorded on the run row instead."""
     from core.datasets.quality import QualityPipeline, QualityThresholds, default_steps
 
-    with session_scope(engine) as s:
+    with session_scope(engine, immediate=True) as s:
         run = s.get(ScoringRun, run_id)
         if run is None or run.status != "queued":
             return
@@ -364,7 +364,7 @@ def execute_run(
                         "scored_at": now,
                     }
                 )
-            with session_scope(engine) as s:
+            with session_scope(engine, immediate=True) as s:
                 if params:
                     # One executemany per batch; an edit made while scoring wins (the content
                     # hash no longer matches, so its stale score is not written).
@@ -387,7 +387,7 @@ def execute_run(
                 break
         if pending and not cancelled:
             cancelled = flush()
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             r = s.get(ScoringRun, run_id)
             r.status = "cancelled" if cancelled else "done"
             r.stats = {
@@ -396,7 +396,7 @@ def execute_run(
             }
             r.finished_at = r.heartbeat_at = utcnow()
     except Exception as err:  # recorded on the run so the page can show it
-        with session_scope(engine) as s:
+        with session_scope(engine, immediate=True) as s:
             r = s.get(ScoringRun, run_id)
             r.status, r.finished_at = "failed", utcnow()
             r.error = f"{type(err).__name__}: {err}"[:2000]

@@ -158,3 +158,26 @@ def test_cross_dataset_near_duplicate_from_stored_signatures(db_engine, admin):
     with session_scope(db_engine) as s:
         row = s.get(DatasetSample, mid)
         assert "near_duplicate" in row.reasons and row.duplicate_of == f"other#{oid}"
+
+
+def test_scoring_waits_out_a_writer_that_holds_the_lock_past_the_busy_timeout(
+    db_engine, admin, monkeypatch
+):
+    """Issue 10 item 11: the scoring writer read-then-wrote with a plain BEGIN, so another
+    process's write made it fail at once with 'database is locked' (and the run with it)."""
+    if db_engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock")
+    import core.db.engine as db_engine_module
+    from tests.integration.test_corpus_hardening_locks import Holder
+
+    ds = create_dataset(db_engine, admin, "locked")
+    add_samples(db_engine, admin, ds.id, [_text(GOOD + f" Fall {i}.") for i in range(5)])
+    monkeypatch.setattr(db_engine_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    db_engine.dispose()  # new connections get the short busy timeout
+    holder = Holder(db_engine.url.database, seconds=2.5)
+    try:
+        run = score_dataset(db_engine, admin, ds.id)
+    finally:
+        holder.wait()
+    assert run.status == "done", run.error
+    assert run.done == 5
