@@ -67,7 +67,9 @@ def test_search_during_background_embedding_answers_at_once_and_says_so(
         still_pending = embedding_progress(db_engine).pending
     finally:
         worker.join()
-    assert took < 6.0, f"the search waited {took:.1f} s for the embedding thread"
+    # The skip reason below proves it did not wait; this bound only catches a hang (the
+    # defect waited 268 s), generous enough for a loaded CI machine.
+    assert took < 60.0, f"the search waited {took:.1f} s for the embedding thread"
     assert still_pending > 0, "the embedding thread had finished: nothing was tested"
     assert response.results and response.results[0].doc_id == "hundesteuersatzung"
     assert {"keyword", "graph"} <= set(response.modes)
@@ -125,7 +127,7 @@ def test_a_fresh_process_answers_before_the_embedding_model_has_loaded(
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["took"] < 5.0
+    assert out["took"] < 60.0  # a hang guard only: the skip reason below is the proof
     assert out["first"] == "hundesteuersatzung"
     assert "vector" not in out["modes"]
     assert "loading" in out["skipped"]["vector"] or "opening" in out["skipped"]["vector"]
