@@ -48,10 +48,15 @@ def build(tmp: Path, layers: int, hidden: int) -> tuple[Path, list[Path]]:
     tok.save_pretrained(base)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-        num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64), max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(base)
@@ -59,8 +64,13 @@ def build(tmp: Path, layers: int, hidden: int) -> tuple[Path, list[Path]]:
     for i in range(2):
         torch.manual_seed(i + 1)
         model = AutoModelForCausalLM.from_pretrained(base)
-        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                          init_lora_weights=False, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        )
         peft_model = get_peft_model(model, lora)
         out = tmp / f"adapter{i}"
         peft_model.save_pretrained(out)
@@ -98,8 +108,10 @@ def main() -> None:
         eng = InferenceEngine(base, device="cpu")
         eng.load()
         params = sum(p.numel() for p in eng.model.parameters())
-        refs = {f"a{i}": AdapterRef(f"a{i}", str(p), base_model=str(base))
-                for i, p in enumerate(adapters)}
+        refs = {
+            f"a{i}": AdapterRef(f"a{i}", str(p), base_model=str(base))
+            for i, p in enumerate(adapters)
+        }
         for r in refs.values():
             eng.add_adapter(r)
 
@@ -125,8 +137,9 @@ def main() -> None:
         assert eng.stats.base_loads == 1
 
         # 2./3. streaming vs plain generate -----------------------------------------------
-        settings = GenerationSettings(temperature=0.0, max_new_tokens=args.tokens,
-                                      repetition_penalty=1.0)
+        settings = GenerationSettings(
+            temperature=0.0, max_new_tokens=args.tokens, repetition_penalty=1.0
+        )
         messages = [{"role": "user", "content": "What is the codeword? Tell me a story."}]
         prepared = eng.prepare(messages, settings)
         kw = eng._generate_kwargs(settings)
@@ -137,8 +150,9 @@ def main() -> None:
             with eng.lock:
                 eng._select("a0", refs)
                 with torch.inference_mode():
-                    out = eng.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                             **kw)
+                    out = eng.model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), **kw
+                    )
             return int(out.shape[1] - ids.shape[1])
 
         orig = eng._generate_kwargs
@@ -213,9 +227,11 @@ def main() -> None:
 
         cpu = platform.processor() or ""
         try:
-            cpu = next(line.split(":", 1)[1].strip() for line in
-                       Path("/proc/cpuinfo").read_text().splitlines()
-                       if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            )
         except (OSError, StopIteration):
             pass
         machine = (
@@ -227,8 +243,11 @@ def main() -> None:
         )
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with (ROOT / "bench" / "RESULTS.md").open("a", encoding="utf-8") as fh:
-            fh.write(f"\n## Chat engine (bench/chat_bench.py, {stamp})\n\n{machine}\n"
-                     + "\n".join(lines) + "\n")
+            fh.write(
+                f"\n## Chat engine (bench/chat_bench.py, {stamp})\n\n{machine}\n"
+                + "\n".join(lines)
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def _wait_text(page, text: str, timeout: float = 120_000):
 
 def test_build_score_review_freeze_export(workbench, page, tmp_path):
     _ok(workbench.cli("corpus", "ingest", *[str(CORPUS / d) for d in DOCS], "--no-embed"))
-    _ok(workbench.cli("corpus", "search", "Satzung", "--mode", "keyword", "--k", "3",
-                      "--save", "satzungen"))
+    _ok(
+        workbench.cli(
+            "corpus", "search", "Satzung", "--mode", "keyword", "--k", "3", "--save", "satzungen"
+        )
+    )
     login(page, workbench)
 
     # Datasets page: create, then build from the saved search through a template.
@@ -131,8 +134,11 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
     assert counts["rejected"] == 1 and counts["pending"] == 0
     version = shown["versions"][0]
     assert version["counts"]["total"] == counts["accepted"]
-    frozen = {r["id"]: r for part in ("train", "eval")
-              for r in _read_parquet(Path(version["path"]) / f"{part}.parquet")}
+    frozen = {
+        r["id"]: r
+        for part in ("train", "eval")
+        for r in _read_parquet(Path(version["path"]) / f"{part}.parquet")
+    }
     assert str(first_id) not in frozen
     assert frozen[str(second_id)]["messages"][-1]["content"] == EDITED
 

@@ -20,16 +20,22 @@ DOCS = ["hundesteuersatzung", "baumschutzsatzung", "friedhofssatzung"]
 
 @pytest.fixture
 def corpus(db_engine, admin, settings):
-    report = ingest_paths(db_engine, admin, [CORPUS / f"{d}.md" for d in DOCS],
-                          IngestOptions(embed=False), settings=settings)
+    report = ingest_paths(
+        db_engine,
+        admin,
+        [CORPUS / f"{d}.md" for d in DOCS],
+        IngestOptions(embed=False),
+        settings=settings,
+    )
     assert sum(f.counts["added"] for f in report.files) == 3
     return DOCS
 
 
 def test_documents_to_chat_with_template_and_splitting(db_engine, admin, corpus):
     ds = create_dataset(db_engine, admin, "qa")
-    rep = build_from_documents(db_engine, admin, ds.id, corpus + ["gibt-es-nicht"],
-                               template="was-regelt", max_tokens=200)
+    rep = build_from_documents(
+        db_engine, admin, ds.id, corpus + ["gibt-es-nicht"], template="was-regelt", max_tokens=200
+    )
     assert rep.missing == ["gibt-es-nicht"] and rep.documents == 3
     assert rep.split_documents == 3 and rep.added > 3
     page = list_samples(db_engine, admin, ds.id, sort="id_asc", limit=200)
@@ -45,15 +51,21 @@ def test_documents_to_chat_with_template_and_splitting(db_engine, admin, corpus)
     # Parts cover the document in order, without gaps beyond whitespace.
     ends = [(v.provenance["start_char"], v.provenance["end_char"]) for v in parts]
     assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))
-    again = build_from_documents(db_engine, admin, ds.id, corpus, template="was-regelt",
-                                 max_tokens=200)
+    again = build_from_documents(
+        db_engine, admin, ds.id, corpus, template="was-regelt", max_tokens=200
+    )
     assert again.added == 0 and again.skipped_existing == rep.added
 
 
 def test_chunks_and_custom_template(db_engine, admin, corpus):
     ds = create_dataset(db_engine, admin, "chunks")
-    tpl = SampleTemplate(name="mine", kind="chat", system="Typ: {document_type}",
-                         user="Erkläre Abschnitt {part} aus {title}.", assistant="{text}")
+    tpl = SampleTemplate(
+        name="mine",
+        kind="chat",
+        system="Typ: {document_type}",
+        user="Erkläre Abschnitt {part} aus {title}.",
+        assistant="{text}",
+    )
     rep = build_from_documents(db_engine, admin, ds.id, corpus[:1], tpl, unit="chunk")
     assert rep.added >= 1
     v = list_samples(db_engine, admin, ds.id, sort="id_asc").items[0]

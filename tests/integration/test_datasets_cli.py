@@ -10,19 +10,35 @@ import sys
 import pytest
 
 GOOD = [
-    {"messages": [{"role": "user", "content": f"Wie hoch ist die Hundesteuer für Hund {i}?"},
-                  {"role": "assistant", "content": f"Für Hund Nummer {i} gilt der Satz der "
-                   "Hundesteuersatzung der Stadt, fällig jeweils zum ersten Juli."}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"Wie hoch ist die Hundesteuer für Hund {i}?"},
+            {
+                "role": "assistant",
+                "content": f"Für Hund Nummer {i} gilt der Satz der "
+                "Hundesteuersatzung der Stadt, fällig jeweils zum ersten Juli.",
+            },
+        ]
+    }
     for i in range(5)
 ]
 
 
 def clara(settings, *args, ok=True):
-    env = {**os.environ, "CLARA_DATA_DIR": str(settings.data_path),
-           "CLARA_DATABASE_URL": settings.effective_database_url, "CLARA_ENV": "testing",
-           "CLARA_ADMIN_PASSWORD": "adminpass1"}
-    proc = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "CLARA_DATA_DIR": str(settings.data_path),
+        "CLARA_DATABASE_URL": settings.effective_database_url,
+        "CLARA_ENV": "testing",
+        "CLARA_ADMIN_PASSWORD": "adminpass1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -35,8 +51,9 @@ def test_cli_flow(db_engine, settings, tmp_path):
     p = clara(settings, "dataset", "import", "faq", str(bad), ok=False)
     assert p.returncode == 1
     assert "faq.jsonl:6: invalid JSON" in p.stderr and "nothing was imported" in p.stderr
-    out = json.loads(clara(settings, "dataset", "import", "faq", str(bad), "--skip-bad",
-                           "--json").stdout)
+    out = json.loads(
+        clara(settings, "dataset", "import", "faq", str(bad), "--skip-bad", "--json").stdout
+    )
     assert out["imported"] == 5 and out["skipped"] == 1 and out["format"] == "messages"
 
     run = json.loads(clara(settings, "dataset", "score", "faq", "--json").stdout)
@@ -50,16 +67,28 @@ def test_cli_flow(db_engine, settings, tmp_path):
     listed = json.loads(clara(settings, "dataset", "list", "--json").stdout)
     assert listed[0]["counts"] == {"total": 5, "pending": 0, "accepted": 4, "rejected": 1}
 
-    v1 = json.loads(clara(settings, "dataset", "freeze", "faq", "--eval-ratio", "0.25",
-                          "--json").stdout)
+    v1 = json.loads(
+        clara(settings, "dataset", "freeze", "faq", "--eval-ratio", "0.25", "--json").stdout
+    )
     assert v1["counts"]["train"] == 3 and v1["counts"]["eval"] == 1
     clara(settings, "dataset", "review", "accept", "faq", "--ids", "1")
     clara(settings, "dataset", "freeze", "faq")
     d = json.loads(clara(settings, "dataset", "diff", "faq@v1", "faq@v2", "--json").stdout)
     assert d["added"] == ["1"] and d["removed"] == [] and d["changed"] == []
 
-    exp = json.loads(clara(settings, "dataset", "export", "faq@v2", "--format", "sharegpt",
-                           "--file-type", "parquet", "--json").stdout)
+    exp = json.loads(
+        clara(
+            settings,
+            "dataset",
+            "export",
+            "faq@v2",
+            "--format",
+            "sharegpt",
+            "--file-type",
+            "parquet",
+            "--json",
+        ).stdout
+    )
     assert set(exp["files"]) == {"train.parquet", "eval.parquet"}
     shown = json.loads(clara(settings, "dataset", "show", "faq", "--json").stdout)
     assert [v["number"] for v in shown["versions"]] == [2, 1]

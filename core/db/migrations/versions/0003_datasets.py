@@ -37,8 +37,9 @@ def upgrade() -> None:
         sa.Column(
             "dataset_id",
             sa.Integer(),
-            sa.ForeignKey("datasets.id", ondelete="CASCADE",
-                          name="fk_dataset_samples_dataset_id_datasets"),
+            sa.ForeignKey(
+                "datasets.id", ondelete="CASCADE", name="fk_dataset_samples_dataset_id_datasets"
+            ),
             nullable=False,
         ),
         sa.Column("kind", sa.String(8), nullable=False),
@@ -83,8 +84,9 @@ def upgrade() -> None:
         sa.Column(
             "dataset_id",
             sa.Integer(),
-            sa.ForeignKey("datasets.id", ondelete="RESTRICT",
-                          name="fk_dataset_versions_dataset_id_datasets"),
+            sa.ForeignKey(
+                "datasets.id", ondelete="RESTRICT", name="fk_dataset_versions_dataset_id_datasets"
+            ),
             nullable=False,
         ),
         sa.Column("number", sa.Integer(), nullable=False),
@@ -105,8 +107,11 @@ def upgrade() -> None:
         sa.Column(
             "dataset_id",
             sa.Integer(),
-            sa.ForeignKey("datasets.id", ondelete="CASCADE",
-                          name="fk_dataset_scoring_runs_dataset_id_datasets"),
+            sa.ForeignKey(
+                "datasets.id",
+                ondelete="CASCADE",
+                name="fk_dataset_scoring_runs_dataset_id_datasets",
+            ),
             nullable=False,
         ),
         sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
