@@ -108,7 +108,6 @@ def write_jsonl(path: Path, n: int, seed: int = 0) -> None:
 def run(url: str, n: int, data_dir: Path, jsonl: Path) -> dict:
     os.environ["CLARA_DATA_DIR"] = str(data_dir)
     os.environ["CLARA_DATABASE_URL"] = url
-    from core.auth import SYSTEM
     from core.config import get_settings
     from core.datasets.export import export_version
     from core.datasets.importers import import_file
@@ -117,6 +116,7 @@ def run(url: str, n: int, data_dir: Path, jsonl: Path) -> dict:
     from core.datasets.service import create_dataset
     from core.datasets.versions import freeze
     from core.db import dispose_engines, get_engine, upgrade
+    from core.permissions import SYSTEM
 
     get_settings.cache_clear()
     engine = get_engine(get_settings())

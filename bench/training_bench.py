@@ -88,10 +88,10 @@ def setup(data_dir: Path, size: str) -> tuple:
         TRANSFORMERS_OFFLINE="1",
         CLARA_CLI_USER="admin",
     )
-    from core.auth import SYSTEM
     from core.config import get_settings
     from core.datasets.service import SampleIn, add_samples, create_dataset
     from core.datasets.versions import freeze
+    from core.permissions import SYSTEM
     from core.system import prepare
     from core.training.demo_model import _corpus_texts, ensure_demo_model
 
@@ -136,7 +136,7 @@ def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int,
 
 
 def run_worker_job(st, version, name: str, trainer: dict, peft_cfg: dict, threads: int) -> dict:
-    from core.auth import SYSTEM
+    from core.permissions import SYSTEM
     from core.training.adapters import get_adapter
     from core.training.jobs import get_job, submit_job
 
@@ -197,8 +197,8 @@ def claim_latency(st, n: int = 10) -> dict:
     submit → the job's child process running."""
     from sqlalchemy import select
 
-    from core.auth import SYSTEM
     from core.db import session_scope
+    from core.permissions import SYSTEM
     from core.training.jobs import get_job, submit_sleep_job
     from core.training.models import TrainingMetric
 

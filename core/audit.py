@@ -12,11 +12,10 @@ from sqlalchemy import Engine, func, select
 
 from core.db import session_scope
 from core.db.models import AuditEntry
+from core.permissions import PermissionDenied, Principal, require
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from core.auth import Principal
 
 
 def record(
@@ -60,7 +59,6 @@ def audited(
     detail: dict[str, Any] | None = None,
 ) -> Iterator[AuditContext]:
     """Record a mutating action with outcome ok, denied (PermissionDenied) or failed."""
-    from core.auth import PermissionDenied  # local: auth imports this module
 
     ctx = AuditContext(detail=dict(detail or {}), target=str(target))
     try:
@@ -106,8 +104,6 @@ def read_audit_log(
 ) -> AuditPage:
     """A page of the audit log, newest first; filters are applied in SQL."""
     import pandas as pd  # only here: every `clara` command imports this module at start
-
-    from core.auth import require
 
     require(actor, "audit:read")
     conds = []

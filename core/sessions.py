@@ -18,10 +18,10 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, or_, select, update
 
-from core.auth import Principal
 from core.db import session_scope
 from core.db.base import utcnow
 from core.db.models import AuthSession, User
+from core.permissions import Principal
 
 WEB = "web"
 CHAT = "chat"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, inspect, select, table
 
-from core.auth import Principal, ensure_admin, require
 from core.config import Settings, get_settings, mask_url
 from core.db import connect, current_revision, get_engine, head_revision, upgrade
+from core.permissions import Principal, require
+from core.users import ensure_admin
 
 
 @dataclass(frozen=True)

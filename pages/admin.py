@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from core import auth
+from core.permissions import ROLES, AuthError
+from core.users import create_user, list_users, reset_password, set_disabled, set_role
 from ui import session
 
 user = session.require_principal()
@@ -18,7 +19,7 @@ if st.session_state["admin_flash"]:
     flash_slot.success(st.session_state["admin_flash"])
     st.session_state["admin_flash"] = None
 
-users = auth.list_users(engine, user)
+users = list_users(engine, user)
 st.dataframe(
     pd.DataFrame([u.__dict__ for u in users]).drop(columns=["id"]),
     hide_index=True,
@@ -31,7 +32,7 @@ def _run(action, *args, ok: str) -> None:  # noqa: ANN001
     """Do it, then rerun at once: the table above was drawn before the action."""
     try:
         action(engine, user, *args)
-    except auth.AuthError as err:
+    except AuthError as err:
         st.error(str(err))
         return
     st.session_state["admin_flash"] = ok
@@ -43,12 +44,12 @@ with st.form("admin_add_user", clear_on_submit=True):
     st.subheader("Add user")
     c1, c2, c3 = st.columns(3)
     name = c1.text_input("User name", key="admin_new_name")
-    role = c2.selectbox("Role", auth.ROLES, index=auth.ROLES.index("user"), key="admin_new_role")
+    role = c2.selectbox("Role", ROLES, index=ROLES.index("user"), key="admin_new_role")
     password = c3.text_input("Password", type="password", key="admin_new_password")
     full_name = c1.text_input("Full name", key="admin_new_full_name")
     email = c2.text_input("E-mail", key="admin_new_email")
     if st.form_submit_button("Add user"):
-        _run(auth.create_user, name, password, role, email, full_name, ok=f"Added {name}.")
+        _run(create_user, name, password, role, email, full_name, ok=f"Added {name}.")
 
 st.subheader("Change a user")
 by_name = {u.username: u for u in users}
@@ -59,20 +60,20 @@ c1, c2, c3 = st.columns(3)
 # The user's own role is preselected (one key per user, so switching users shows theirs):
 # nothing changes unless a different role is chosen on purpose.
 new_role = c1.selectbox(
-    "New role", auth.ROLES, index=auth.ROLES.index(current.role), key=f"admin_set_role_{target}"
+    "New role", ROLES, index=ROLES.index(current.role), key=f"admin_set_role_{target}"
 )
 if c1.button("Set role", key="admin_set_role_btn", disabled=new_role == current.role):
     if new_role == "admin":
         st.session_state["admin_confirm_admin"] = target  # asked below, not done yet
     else:
-        _run(auth.set_role, target, new_role, ok=f"{target} is now {new_role}.")
+        _run(set_role, target, new_role, ok=f"{target} is now {new_role}.")
 if c2.button("Disable", key="admin_disable_btn", disabled=current.disabled):
-    _run(auth.set_disabled, target, True, ok=f"{target} disabled.")
+    _run(set_disabled, target, True, ok=f"{target} disabled.")
 if c2.button("Enable", key="admin_enable_btn", disabled=not current.disabled):
-    _run(auth.set_disabled, target, False, ok=f"{target} enabled.")
+    _run(set_disabled, target, False, ok=f"{target} enabled.")
 new_pw = c3.text_input("New password", type="password", key="admin_reset_pw")
 if c3.button("Reset password", key="admin_reset_btn"):
-    _run(auth.reset_password, target, new_pw, ok=f"Password of {target} changed.")
+    _run(reset_password, target, new_pw, ok=f"Password of {target} changed.")
 
 pending = st.session_state["admin_confirm_admin"]
 if pending is not None:
@@ -86,7 +87,7 @@ if pending is not None:
             )
             b1, b2 = st.columns(2)
             if b1.button(f"Yes, make {pending} an admin", key="admin_confirm_admin_btn"):
-                _run(auth.set_role, pending, "admin", ok=f"{pending} is now admin.")
+                _run(set_role, pending, "admin", ok=f"{pending} is now admin.")
             if b2.button("Cancel", key="admin_cancel_admin_btn"):
                 st.session_state["admin_confirm_admin"] = None
                 st.rerun()

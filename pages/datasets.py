@@ -4,7 +4,6 @@ search through templates, import files, score, freeze versions, diff, export and
 import pandas as pd
 import streamlit as st
 
-from core.auth import PermissionDenied
 from core.corpus.search import list_saved_searches
 from core.datasets.builder import (
     BUILTIN_TEMPLATES,
@@ -35,6 +34,7 @@ from core.datasets.thresholds import (
     with_field_value,
 )
 from core.datasets.versions import diff_versions, freeze, list_versions
+from core.permissions import PermissionDenied
 from ui import session
 
 user = session.require_principal()

@@ -4,7 +4,7 @@ auditors only: core.system decides)."""
 import pandas as pd
 import streamlit as st
 
-from core.auth import permissions_of
+from core.permissions import permissions_of
 from core.system import system_status
 from ui import session
 

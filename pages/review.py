@@ -5,7 +5,6 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.auth import PermissionDenied
 from core.datasets.errors import DatasetError, ReviewConflict
 from core.datasets.quality.reasons import ALL_REASONS, reason_label
 from core.datasets.review import (
@@ -21,6 +20,7 @@ from core.datasets.review import (
 )
 from core.datasets.scoring import latest_scoring_run
 from core.datasets.service import list_datasets
+from core.permissions import PermissionDenied
 from ui import session
 
 user = session.require_principal()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.auth import Principal
 from core.config import Settings, get_settings
+from core.permissions import Principal
 
 PG_ADMIN_URL = os.environ.get(
     "CLARA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -126,8 +126,8 @@ def settings(data_dir: Path, db_url: str, monkeypatch) -> Iterator[Settings]:
 @pytest.fixture
 def db_engine(settings: Settings):
     """A migrated database (both engines) with the bootstrap admin (password adminpass1)."""
-    from core.auth import ensure_admin
     from core.db import dispose_engines, get_engine, upgrade
+    from core.users import ensure_admin
 
     engine = get_engine(settings)
     upgrade(engine)

@@ -22,8 +22,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from core.auth import AccountLocked, AuthenticationFailed, authenticate
 from core.config import Settings, get_settings
+from core.login import AccountLocked, AuthenticationFailed, authenticate
 from core.sessions import WEB, end_web_session, open_session, resolve_session
 from core.system import Startup, prepare
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.auth import SYSTEM, Principal
 from core.config import Settings, get_settings
+from core.permissions import SYSTEM, Principal
 from core.sessions import WEB, resolve_session, session_id
 from core.system import Startup, prepare
 

@@ -75,8 +75,8 @@ def generate(
     quantization: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes)"),
 ) -> None:
     """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
-    from core.auth import require
     from core.cli.common import err_console
+    from core.permissions import require
     from core.serving.service import ChatService, engine_from_settings
 
     st = startup()

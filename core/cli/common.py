@@ -16,9 +16,10 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from core.auth import AuthError, PermissionDenied, Principal, principal_for
 from core.config import ConfigError, Settings, get_settings
 from core.db import DatabaseUnavailable
+from core.permissions import AuthError, PermissionDenied, Principal
+from core.users import principal_for
 
 # Model loads print tqdm bars ("Loading weights") that interleave with our own rich output
 # and fill logs; the CLI shows its own progress for everything slow. Before any import of

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from core import auth
+from core import users as accounts
 from core.cli.common import acting_user, allowed_user, app, console, print_json, startup
+from core.permissions import ROLES
 
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -21,7 +22,7 @@ def _password(value: str | None, confirm: bool = True) -> str:
 @users_app.command("add")
 def add(
     username: str,
-    role: str = typer.Option("user", help=f"one of {', '.join(auth.ROLES)}"),
+    role: str = typer.Option("user", help=f"one of {', '.join(ROLES)}"),
     password: str | None = typer.Option(None, help="prompted when omitted"),
     email: str = "",
     full_name: str = "",
@@ -30,7 +31,9 @@ def add(
     """Add a user."""
     st = startup()
     actor = allowed_user(st.engine, "users:manage", "users.add", username)  # before the prompt
-    info = auth.create_user(st.engine, actor, username, _password(password), role, email, full_name)
+    info = accounts.create_user(
+        st.engine, actor, username, _password(password), role, email, full_name
+    )
     if json_out:
         print_json(info)
     else:
@@ -41,7 +44,7 @@ def add(
 def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     """List users."""
     st = startup()
-    users = auth.list_users(st.engine, acting_user(st.engine))
+    users = accounts.list_users(st.engine, acting_user(st.engine))
     if json_out:
         print_json(users)
         return
@@ -62,7 +65,7 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
 def set_role(username: str, role: str) -> None:
     """Change a user's role."""
     st = startup()
-    info = auth.set_role(st.engine, acting_user(st.engine), username, role)
+    info = accounts.set_role(st.engine, acting_user(st.engine), username, role)
     console.print(f"{info.username} is now {info.role}")
 
 
@@ -70,7 +73,7 @@ def set_role(username: str, role: str) -> None:
 def disable(username: str) -> None:
     """Disable a user (they can no longer log in)."""
     st = startup()
-    auth.set_disabled(st.engine, acting_user(st.engine), username, True)
+    accounts.set_disabled(st.engine, acting_user(st.engine), username, True)
     console.print(f"{username} disabled")
 
 
@@ -78,7 +81,7 @@ def disable(username: str) -> None:
 def enable(username: str) -> None:
     """Enable a disabled user again."""
     st = startup()
-    auth.set_disabled(st.engine, acting_user(st.engine), username, False)
+    accounts.set_disabled(st.engine, acting_user(st.engine), username, False)
     console.print(f"{username} enabled")
 
 
@@ -91,5 +94,5 @@ def reset_password(
     actor = acting_user(st.engine)
     if actor.username != username.strip().lower():  # everyone may change their own password
         actor = allowed_user(st.engine, "users:manage", "users.reset_password", username)
-    auth.reset_password(st.engine, actor, username, _password(password))
+    accounts.reset_password(st.engine, actor, username, _password(password))
     console.print(f"password of {username} changed")

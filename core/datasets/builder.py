@@ -18,7 +18,6 @@ from pydantic import BaseModel, model_validator
 from sqlalchemy import Engine, select
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import get_settings
 from core.datasets.errors import DatasetError, TemplateError
 from core.datasets.models import DatasetSample
@@ -31,6 +30,7 @@ from core.datasets.service import (
 )
 from core.db import session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 PLACEHOLDERS: dict[str, str] = {
     "title": "document title",

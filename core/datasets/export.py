@@ -24,12 +24,12 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import get_settings
 from core.datasets.errors import ExportError
 from core.datasets.models import DatasetSample
 from core.datasets.versions import SPLITS, VersionInfo, file_sha256, get_version, read_version
 from core.db import session_scope
+from core.permissions import Principal, require
 
 EXPORT_FORMATS = ("messages", "alpaca", "sharegpt", "text")
 FILE_TYPES = ("jsonl", "parquet", "csv")

@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.datasets.errors import DatasetError, ImportFailed, ImportRowError, UnknownFormat
 from core.datasets.service import SampleIn, insert_samples, resolve_dataset, sample_row
 from core.db import session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 FORMATS: dict[str, str] = {
     "messages": 'OpenAI chat: {"messages": [{"role": "user"|"assistant"|"system", "content"}]}',

@@ -19,12 +19,12 @@ from sqlalchemy import Engine, Integer, Text, and_, case, cast, func, or_, selec
 from sqlalchemy.orm import Session
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.datasets.errors import DatasetError, ReviewConflict, SampleNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.service import SampleIn, content_sha256, joined_text, resolve_dataset
 from core.db import session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 Decision = Literal["accepted", "rejected", "pending"]
 SORTS: dict[str, str] = {

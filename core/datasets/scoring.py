@@ -23,13 +23,13 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, bindparam, case, func, select, update
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import get_settings
 from core.datasets.errors import DatasetError
 from core.datasets.models import Dataset, DatasetSample, ScoringRun
 from core.datasets.service import joined_text, resolve_dataset
 from core.db import get_engine, session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 FETCH = 256
 _T = DatasetSample.__table__

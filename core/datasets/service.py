@@ -18,11 +18,11 @@ from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.datasets.errors import DatasetError, DatasetNotFound
 from core.datasets.models import DATASET_KINDS, Dataset, DatasetSample, DatasetVersion
 from core.db import session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 ROLES = ("system", "user", "assistant")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

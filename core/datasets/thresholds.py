@@ -21,13 +21,13 @@ from annotated_types import Ge, Gt, Le
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from core.auth import Principal, require
 from core.datasets.errors import DatasetError
 from core.datasets.models import DatasetSample
 from core.datasets.quality import reasons as R
 from core.datasets.quality.models import QualityThresholds
 from core.datasets.service import resolve_dataset
 from core.db import session_scope
+from core.permissions import Principal, require
 
 FieldKind = Literal["int", "float", "bool", "list", "optional_list", "choice", "mapping"]
 

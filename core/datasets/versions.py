@@ -27,13 +27,13 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import get_settings
 from core.datasets.errors import DatasetError, VersionNotFound
 from core.datasets.models import Dataset, DatasetSample, DatasetVersion
 from core.datasets.service import resolve_dataset
 from core.db import session_scope
 from core.db.base import utcnow
+from core.permissions import Principal, require
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 PARQUET_SCHEMA = pa.schema(

@@ -7,7 +7,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core import auth, sessions
+from core import sessions
+from core.permissions import ROLES
+from core.users import create_user, principal_for, set_disabled
 from tests.conftest import ROOT
 
 FOUNDATION_PAGES = {"Home", "Audit log", "Users"}
@@ -30,16 +32,16 @@ def db_url(data_dir):
 @pytest.fixture
 def app_env(db_engine, admin):
     st.cache_resource.clear()
-    for role in auth.ROLES:
+    for role in ROLES:
         if role != "admin":
-            auth.create_user(db_engine, admin, f"{role}1", "password-1", role)
+            create_user(db_engine, admin, f"{role}1", "password-1", role)
     yield db_engine
     st.cache_resource.clear()
 
 
 def _login(engine, username: str) -> AppTest:
     """AppTest has no cookies: hand the app a real session token the way ui/session reads it."""
-    token = sessions.open_session(engine, auth.principal_for(engine, username))
+    token = sessions.open_session(engine, principal_for(engine, username))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.session_state["clara_session"] = token
     at.run()
@@ -104,7 +106,7 @@ def test_logout_button_revokes_the_session(app_env):
 
 def test_disabling_a_user_ends_their_open_page_at_the_next_click(app_env, admin):
     at = _login(app_env, "trainer1")
-    auth.set_disabled(app_env, admin, "trainer1")
+    set_disabled(app_env, admin, "trainer1")
     at.run()
     assert _signed_out(at)
 

@@ -13,19 +13,22 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from core import auth, sessions
+from core import sessions
 from core.audit import read_audit_log
 from core.db import session_scope
 from core.db.base import utcnow
-from core.db.models import AuthSession
+from core.db.models import AuthSession, User
+from core.login import AccountLocked, LoginLimits, authenticate
+from core.permissions import SYSTEM, AuthError
+from core.users import create_user, principal_for, reset_password, set_disabled, set_role
 
-LIMITS = auth.LoginLimits(per_name_and_address=5, per_address=20, per_name=30, lockout_seconds=300)
+LIMITS = LoginLimits(per_name_and_address=5, per_address=20, per_name=30, lockout_seconds=300)
 
 
 @pytest.fixture
 def alice(db_engine, admin):
-    auth.create_user(db_engine, admin, "alice", "alice-pass-1", "trainer")
-    return auth.principal_for(db_engine, "alice")
+    create_user(db_engine, admin, "alice", "alice-pass-1", "trainer")
+    return principal_for(db_engine, "alice")
 
 
 def test_session_token_is_stored_only_as_hash_and_resolves(db_engine, alice):
@@ -44,16 +47,16 @@ def test_logout_revokes_a_copied_token(db_engine, alice):
     copied = str(token)
     sessions.end_web_session(db_engine, token, alice)
     assert sessions.resolve_session(db_engine, copied) is None
-    rows = read_audit_log(db_engine, auth.SYSTEM, action_prefix="auth.logout").rows
+    rows = read_audit_log(db_engine, SYSTEM, action_prefix="auth.logout").rows
     assert list(rows.actor) == ["alice"]
 
 
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda e, a: auth.set_disabled(e, a, "alice"), "user disabled"),
-        (lambda e, a: auth.reset_password(e, a, "alice", "another-pass-2"), "password reset"),
-        (lambda e, a: auth.set_role(e, a, "alice", "user"), "role changed"),
+        (lambda e, a: set_disabled(e, a, "alice"), "user disabled"),
+        (lambda e, a: reset_password(e, a, "alice", "another-pass-2"), "password reset"),
+        (lambda e, a: set_role(e, a, "alice", "user"), "role changed"),
     ],
 )
 def test_disable_reset_and_role_change_end_every_session(db_engine, admin, alice, change, reason):
@@ -79,10 +82,10 @@ def test_expired_session_is_refused(db_engine, alice):
 def test_role_is_read_per_request(db_engine, admin, alice):
     token = sessions.open_session(db_engine, alice)
     assert sessions.resolve_session(db_engine, token).role == "trainer"
-    auth.set_role(db_engine, admin, "alice", "analyst")  # revokes: sign in again
+    set_role(db_engine, admin, "alice", "analyst")  # revokes: sign in again
     token = sessions.open_session(db_engine, alice)
     with session_scope(db_engine) as s:
-        s.execute(update(auth.User).where(auth.User.username == "alice").values(role="user"))
+        s.execute(update(User).where(User.username == "alice").values(role="user"))
     assert sessions.resolve_session(db_engine, token).role == "user"
 
 
@@ -134,16 +137,16 @@ def test_expired_handover_is_refused(db_engine, alice):
 
 def _fail(engine, name: str, addr: str, times: int) -> None:
     for _ in range(times):
-        with pytest.raises(auth.AuthError):
-            auth.authenticate(engine, name, "wrong-password", client_addr=addr, limits=LIMITS)
+        with pytest.raises(AuthError):
+            authenticate(engine, name, "wrong-password", client_addr=addr, limits=LIMITS)
 
 
 def test_attacker_address_cannot_lock_the_user_out_elsewhere(db_engine, admin):
     _fail(db_engine, "admin", "203.0.113.9", 5)
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "admin", "adminpass1", "203.0.113.9", LIMITS)
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "admin", "adminpass1", "203.0.113.9", LIMITS)
     # The real admin, from another address, still gets in.
-    ok = auth.authenticate(db_engine, "admin", "adminpass1", "192.0.2.10", LIMITS)
+    ok = authenticate(db_engine, "admin", "adminpass1", "192.0.2.10", LIMITS)
     assert ok.username == "admin"
     rows = read_audit_log(db_engine, admin, action_prefix="auth.lockout").rows
     assert rows.iloc[0].detail["scope"] == "name from address"
@@ -152,13 +155,13 @@ def test_attacker_address_cannot_lock_the_user_out_elsewhere(db_engine, admin):
 def test_one_address_spraying_names_is_locked_for_every_name(db_engine, admin, alice):
     for i in range(4):
         _fail(db_engine, f"user{i}", "203.0.113.7", 5)  # 4 x 5 = 20 failures
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "alice", "alice-pass-1", "203.0.113.7", LIMITS)
-    assert auth.authenticate(db_engine, "alice", "alice-pass-1", "192.0.2.1", LIMITS)
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "alice", "alice-pass-1", "203.0.113.7", LIMITS)
+    assert authenticate(db_engine, "alice", "alice-pass-1", "192.0.2.1", LIMITS)
 
 
 def test_many_addresses_guessing_one_name_lock_it_everywhere(db_engine, admin):
     for i in range(10):
         _fail(db_engine, "admin", f"198.51.100.{i}", 3)  # 30 failures, none locks a pair
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "admin", "adminpass1", "192.0.2.99", LIMITS)
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "admin", "adminpass1", "192.0.2.99", LIMITS)

@@ -15,9 +15,9 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from core.auth import create_user
 from core.db import session_scope
 from core.db.models import AuditEntry
+from core.users import create_user
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 

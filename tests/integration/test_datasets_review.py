@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from core.auth import PermissionDenied
 from core.datasets.errors import DatasetError, ReviewConflict
 from core.datasets.review import (
     SampleFilter,
@@ -17,6 +16,7 @@ from core.datasets.review import (
 )
 from core.datasets.scoring import score_dataset
 from core.datasets.service import SampleIn, add_samples, create_dataset
+from core.permissions import PermissionDenied
 from tests.conftest import principal
 
 TOPICS = [

@@ -8,7 +8,6 @@ import json
 import pytest
 from sqlalchemy import select
 
-from core.auth import PermissionDenied
 from core.datasets.errors import DatasetError
 from core.datasets.models import DatasetSample
 from core.datasets.quality.models import QualityThresholds
@@ -30,6 +29,7 @@ from core.datasets.thresholds import (
     with_field_value,
 )
 from core.db import session_scope
+from core.permissions import PermissionDenied
 from tests.conftest import principal
 
 SENTENCES = [

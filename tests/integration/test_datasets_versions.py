@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from core.auth import PermissionDenied
 from core.datasets.errors import DatasetError, VersionNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.service import (
@@ -25,6 +24,7 @@ from core.datasets.versions import (
     list_versions,
 )
 from core.db import session_scope
+from core.permissions import PermissionDenied
 from tests.conftest import principal
 
 

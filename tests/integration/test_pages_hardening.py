@@ -148,7 +148,7 @@ def test_users_table_shows_add_and_disable_at_once(db_engine, admin, settings, m
 def test_new_role_preselects_the_current_role_and_admin_needs_confirmation(
     db_engine, admin, settings, monkeypatch
 ):
-    from core.auth import create_user, get_user
+    from core.users import create_user, get_user
 
     create_user(db_engine, admin, "ulla", "ulla-pass-1", "user")
     create_user(db_engine, admin, "tom", "tom-pass-11", "trainer")
@@ -197,7 +197,7 @@ def test_new_role_preselects_the_current_role_and_admin_needs_confirmation(
 
 
 def test_system_status_details_only_for_admins_and_auditors(db_engine, settings):
-    from core.auth import ROLES, Principal
+    from core.permissions import ROLES, Principal
     from core.system import system_status
 
     for role in ROLES:
@@ -214,8 +214,8 @@ def test_system_status_details_only_for_admins_and_auditors(db_engine, settings)
 
 
 def _home_as(db_engine, settings, monkeypatch, username, role) -> AppTest:  # noqa: ANN001
-    from core.auth import create_user, principal_for
     from core.sessions import open_session
+    from core.users import create_user, principal_for
 
     monkeypatch.setenv("CLARA_AUTH", "on")
     from core.config import get_settings

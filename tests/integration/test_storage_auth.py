@@ -6,11 +6,22 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from core import auth
 from core.audit import read_audit_log, record
 from core.db import current_revision, head_revision, session_scope, upgrade
 from core.db.base import utcnow
 from core.db.models import AuditEntry, LoginThrottle, User
+from core.login import AccountLocked, AuthenticationFailed, authenticate
+from core.permissions import ROLES, AuthError, PermissionDenied
+from core.users import (
+    UserError,
+    create_user,
+    ensure_admin,
+    list_users,
+    principal_for,
+    reset_password,
+    set_disabled,
+    set_role,
+)
 from tests.conftest import principal
 
 
@@ -19,7 +30,7 @@ def test_schema_at_head_and_upgrade_idempotent(db_engine):
     assert upgrade(db_engine) == head_revision()
     with session_scope(db_engine) as s:
         roles = s.execute(text("SELECT name FROM roles ORDER BY name")).scalars().all()
-    assert roles == sorted(auth.ROLES)
+    assert roles == sorted(ROLES)
 
 
 def test_sqlite_runs_in_wal_with_busy_timeout(db_engine):
@@ -31,7 +42,7 @@ def test_sqlite_runs_in_wal_with_busy_timeout(db_engine):
 
 
 def test_first_admin_created_once(db_engine):
-    assert auth.ensure_admin(db_engine, None) is None  # the fixture already made one
+    assert ensure_admin(db_engine, None) is None  # the fixture already made one
     with session_scope(db_engine) as s:
         assert s.scalar(select(func.count()).select_from(User)) == 1
 
@@ -41,28 +52,28 @@ def test_generated_admin_password_works(settings):
 
     engine = get_engine(settings)
     upgrade(engine)
-    pw = auth.ensure_admin(engine, None)
+    pw = ensure_admin(engine, None)
     assert pw and len(pw) >= 12
-    assert auth.authenticate(engine, "admin", pw).role == "admin"
+    assert authenticate(engine, "admin", pw).role == "admin"
 
 
 def test_user_lifecycle_and_audit(db_engine, admin):
-    info = auth.create_user(db_engine, admin, "Alice", "secret123", "analyst", "a@x.de", "Alice A")
+    info = create_user(db_engine, admin, "Alice", "secret123", "analyst", "a@x.de", "Alice A")
     assert info.username == "alice" and info.role == "analyst"
     with session_scope(db_engine) as s:
         stored = s.scalar(select(User.password_hash).where(User.username == "alice"))
     assert stored.startswith("$2") and "secret123" not in stored
 
-    assert auth.authenticate(db_engine, "alice", "secret123").role == "analyst"
-    auth.set_role(db_engine, admin, "alice", "trainer")
-    assert auth.authenticate(db_engine, "alice", "secret123").role == "trainer"
-    auth.reset_password(db_engine, admin, "alice", "newsecret9")
-    with pytest.raises(auth.AuthenticationFailed):
-        auth.authenticate(db_engine, "alice", "secret123")
-    auth.set_disabled(db_engine, admin, "alice", True)
-    with pytest.raises(auth.AuthenticationFailed):
-        auth.authenticate(db_engine, "alice", "newsecret9")
-    assert auth.principal_for(db_engine, "alice") is None
+    assert authenticate(db_engine, "alice", "secret123").role == "analyst"
+    set_role(db_engine, admin, "alice", "trainer")
+    assert authenticate(db_engine, "alice", "secret123").role == "trainer"
+    reset_password(db_engine, admin, "alice", "newsecret9")
+    with pytest.raises(AuthenticationFailed):
+        authenticate(db_engine, "alice", "secret123")
+    set_disabled(db_engine, admin, "alice", True)
+    with pytest.raises(AuthenticationFailed):
+        authenticate(db_engine, "alice", "newsecret9")
+    assert principal_for(db_engine, "alice") is None
 
     actions = read_audit_log(db_engine, admin, limit=100).rows
     done = set(zip(actions.action, actions.outcome, strict=True))
@@ -80,58 +91,58 @@ def test_user_lifecycle_and_audit(db_engine, admin):
 
 
 def test_bad_user_input(db_engine, admin):
-    with pytest.raises(auth.UserError, match="unknown role"):
-        auth.create_user(db_engine, admin, "bob", "secret123", "king")
-    with pytest.raises(auth.UserError, match="too short"):
-        auth.create_user(db_engine, admin, "bob", "short", "user")
-    auth.create_user(db_engine, admin, "bob", "secret123", "user")
-    with pytest.raises(auth.UserError, match="already exists"):
-        auth.create_user(db_engine, admin, "BOB", "secret123", "user")
-    with pytest.raises(auth.UserError, match="no enabled admin"):
-        auth.set_role(db_engine, admin, "admin", "user")
+    with pytest.raises(UserError, match="unknown role"):
+        create_user(db_engine, admin, "bob", "secret123", "king")
+    with pytest.raises(UserError, match="too short"):
+        create_user(db_engine, admin, "bob", "short", "user")
+    create_user(db_engine, admin, "bob", "secret123", "user")
+    with pytest.raises(UserError, match="already exists"):
+        create_user(db_engine, admin, "BOB", "secret123", "user")
+    with pytest.raises(UserError, match="no enabled admin"):
+        set_role(db_engine, admin, "admin", "user")
     failed = read_audit_log(db_engine, admin, action_prefix="users.add").rows
     assert (failed.outcome == "failed").sum() == 3
 
 
 def test_non_admin_is_denied_and_audited(db_engine, admin):
     analyst = principal("analyst", "ann")
-    with pytest.raises(auth.PermissionDenied):
-        auth.create_user(db_engine, analyst, "eve", "secret123", "admin")
-    with pytest.raises(auth.PermissionDenied):
-        auth.list_users(db_engine, analyst)
+    with pytest.raises(PermissionDenied):
+        create_user(db_engine, analyst, "eve", "secret123", "admin")
+    with pytest.raises(PermissionDenied):
+        list_users(db_engine, analyst)
     rows = read_audit_log(db_engine, admin, user="ann").rows
     assert list(rows.outcome) == ["denied"]
 
 
 def test_wrong_password_does_not_reveal_user_existence(db_engine):
-    with pytest.raises(auth.AuthenticationFailed) as known:
-        auth.authenticate(db_engine, "admin", "nope-nope")
-    with pytest.raises(auth.AuthenticationFailed) as unknown:
-        auth.authenticate(db_engine, "ghost", "nope-nope")
+    with pytest.raises(AuthenticationFailed) as known:
+        authenticate(db_engine, "admin", "nope-nope")
+    with pytest.raises(AuthenticationFailed) as unknown:
+        authenticate(db_engine, "ghost", "nope-nope")
     assert str(known.value) == str(unknown.value) == "Wrong user name or password."
 
 
 def test_lockout_after_five_failures(db_engine, admin):
     for _ in range(4):
-        with pytest.raises(auth.AuthenticationFailed):
-            auth.authenticate(db_engine, "admin", "wrong-password")
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "admin", "wrong-password")
+        with pytest.raises(AuthenticationFailed):
+            authenticate(db_engine, "admin", "wrong-password")
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "admin", "wrong-password")
     # Even the right password is refused while locked.
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "admin", "adminpass1")
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "admin", "adminpass1")
     # Unknown users lock the same way, so a lockout reveals nothing either.
     for _ in range(5):
-        with pytest.raises(auth.AuthError):
-            auth.authenticate(db_engine, "ghost", "x")
-    with pytest.raises(auth.AccountLocked):
-        auth.authenticate(db_engine, "ghost", "x")
+        with pytest.raises(AuthError):
+            authenticate(db_engine, "ghost", "x")
+    with pytest.raises(AccountLocked):
+        authenticate(db_engine, "ghost", "x")
     rows = read_audit_log(db_engine, admin, action_prefix="auth.lockout").rows
     assert set(rows.target) == {"admin", "ghost"}
     # After the lockout period the right password works again and clears the counter.
     with session_scope(db_engine) as s:
         s.execute(update(LoginThrottle).values(locked_until=utcnow() - timedelta(seconds=1)))
-    assert auth.authenticate(db_engine, "admin", "adminpass1").username == "admin"
+    assert authenticate(db_engine, "admin", "adminpass1").username == "admin"
     with session_scope(db_engine) as s:
         assert s.get(LoginThrottle, ("name", "admin")) is None
         assert s.get(LoginThrottle, ("pair", "admin|unknown")) is None
@@ -148,6 +159,6 @@ def test_audit_log_is_append_only(db_engine):
 
 
 def test_audit_read_requires_permission(db_engine):
-    with pytest.raises(auth.PermissionDenied):
+    with pytest.raises(PermissionDenied):
         read_audit_log(db_engine, principal("trainer"))
     assert read_audit_log(db_engine, principal("auditor")).total >= 1

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,27 +71,33 @@ def test_manifest_lists_every_file_and_verification_finds_changes(tmp_path):
     ]
 
 
-def _build_in_process(target: str, counter: str) -> None:
-    def build(folder: Path) -> None:
-        with open(counter, "a") as f:
-            f.write("built\n")
-        time.sleep(0.5)
-        (folder / "done").write_text("ok")
+BUILD_IN_A_PROCESS = """
+import sys, time
+from pathlib import Path
+from core.artifacts import build_once
 
-    build_once(Path(target), lambda p: (p / "done").exists(), build)
+target, counter = Path(sys.argv[1]), sys.argv[2]
+
+def build(folder):
+    with open(counter, "a") as f:
+        f.write("built\\n")
+    time.sleep(0.5)
+    (folder / "done").write_text("ok")
+
+build_once(target, lambda p: (p / "done").exists(), build)
+"""
 
 
 def test_build_once_builds_once_across_processes(tmp_path):
     target, counter = tmp_path / "model", tmp_path / "count.txt"
-    ctx = multiprocessing.get_context("spawn")
+    root = Path(__file__).resolve().parents[2]
     procs = [
-        ctx.Process(target=_build_in_process, args=(str(target), str(counter))) for _ in range(3)
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_IN_A_PROCESS, str(target), str(counter)], cwd=root
+        )
+        for _ in range(3)
     ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
     assert counter.read_text() == "built\n"
     assert (target / "done").read_text() == "ok"
 

@@ -1,15 +1,14 @@
 import pytest
 
-from core.auth import (
+from core.passwords import hash_password, verify_password
+from core.permissions import (
     PERMISSIONS,
     ROLE_PERMISSIONS,
     ROLES,
     PermissionDenied,
     Principal,
     has_permission,
-    hash_password,
     require,
-    verify_password,
 )
 
 REQUIRED = {
