@@ -78,9 +78,9 @@ def main() -> None:
     from bench.corpus_synth import write_jsonl
     from core.auth import SYSTEM
     from core.corpus.chunking import Chunker, load_tokenizer
+    from core.corpus.embedders import get_embedder, model_location
     from core.corpus.ingest import IngestOptions, ingest_paths
     from core.corpus.readers import read_file
-    from core.corpus.vectors import get_embedder, model_location
 
     tmp = Path(tempfile.mkdtemp(prefix="clara-ingest-src-"))
     out: dict = {"no_embeddings": {}, "with_embeddings": {}}

@@ -90,8 +90,8 @@ def main() -> None:
     import torch
     import transformers
 
+    from core.corpus.embedders import Embedder, model_location
     from core.corpus.onnx_embedder import OnnxEmbedder, ensure_onnx_model
-    from core.corpus.vectors import Embedder, model_location
 
     settings, chunks = sample_chunks()
     texts = [t for _d, t in chunks]

@@ -44,9 +44,10 @@ def sentence_mean_vectors(st) -> int:  # noqa: ANN001 - core.system.Startup
     import sqlalchemy as sa
 
     from bench.corpus_synth import sentences
-    from core.corpus.ingest import _pending_batches, chunk_metadata
+    from core.corpus.embedders import get_embedder
+    from core.corpus.embedding import _pending_batches, chunk_metadata
     from core.corpus.models import Chunk
-    from core.corpus.vectors import get_embedder, get_vector_store
+    from core.corpus.vectors import get_vector_store
 
     pool = sorted(set(sentences()))
     emb = get_embedder(st.settings).encode(pool)
@@ -91,7 +92,8 @@ def main() -> None:
     from core.auth import SYSTEM
     from core.config import get_settings
     from core.corpus.documents import corpus_stats
-    from core.corpus.ingest import IngestOptions, embed_pending, ingest_paths
+    from core.corpus.embedding import embed_pending
+    from core.corpus.ingest import IngestOptions, ingest_paths
     from core.corpus.search import search
     from core.system import prepare
 

@@ -152,8 +152,8 @@ def embed(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute the pending embeddings."""
-    from core.corpus.ingest import embed_pending, pending_count
-    from core.corpus.vectors import EmbeddingUnavailable, get_embedder, reset_embeddings
+    from core.corpus.embedders import EmbeddingUnavailable, get_embedder
+    from core.corpus.embedding import embed_pending, pending_count, reset_embeddings
 
     st = startup()
     user = acting_user(st.engine)
@@ -183,8 +183,8 @@ def build_onnx(
     it on first use otherwise) into the data dir."""
     import json
 
+    from core.corpus.embedders import EmbeddingUnavailable
     from core.corpus.onnx_embedder import MANIFEST, OnnxBackendUnavailable, ensure_onnx_model
-    from core.corpus.vectors import EmbeddingUnavailable
 
     st = startup()
 
@@ -379,7 +379,7 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
 def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Delete a document from the database, keyword, vector and graph indexes."""
     from core.corpus.documents import DocumentNotFound, get_document
-    from core.corpus.ingest import delete_document
+    from core.corpus.store_writes import delete_document
 
     st = startup()
     # Permission first, the question after: nobody confirms what they may not do.
