@@ -18,8 +18,8 @@ from core.corpus.documents import (
     list_documents,
     related_documents,
 )
+from core.corpus.embedding import BackgroundEmbedding
 from core.corpus.ingest import (
-    BackgroundEmbedding,
     IngestError,
     IngestOptions,
     ingest_server_folder,

@@ -100,7 +100,7 @@ class RelationalGraphStore:
             retry_on_lock(write, what="graph")
 
     def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:
-        rows = _unique_rows(edges)
+        rows = unique_edge_rows(edges)
         if not rows:
             return
 
@@ -123,7 +123,7 @@ class RelationalGraphStore:
     ) -> None:
         def go(c: Connection) -> None:
             c.execute(sa.delete(Edge).where(Edge.src == src))
-            rows = _unique_rows(e for e in edges if e.src == src)
+            rows = unique_edge_rows(e for e in edges if e.src == src)
             if rows:
                 c.execute(sa.insert(Edge), rows)
 
@@ -220,7 +220,7 @@ class Neo4jGraphStore:
         )
 
     def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:  # noqa: ARG002
-        rows = _unique_rows(edges)
+        rows = unique_edge_rows(edges)
         if rows:
             self._write(
                 "UNWIND $rows AS r "
@@ -292,7 +292,7 @@ class Neo4jGraphStore:
             return int(rec["n"]) if rec else 0
 
 
-def _unique_rows(edges: Iterable[GraphEdge]) -> list[dict[str, str]]:
+def unique_edge_rows(edges: Iterable[GraphEdge]) -> list[dict[str, str]]:
     seen: dict[tuple[str, str, str], dict[str, str]] = {}
     for e in edges:
         if e.src == e.dst or not e.dst:

@@ -1,6 +1,6 @@
 """An int8 ONNX Runtime embedder built locally from a sentence-transformers model folder.
 
-`CLARA_EMBEDDING_BACKEND=onnx` selects it (see `core.corpus.vectors.get_embedder`). Nothing is
+`CLARA_EMBEDDING_BACKEND=onnx` selects it (see `core.corpus.embedders.get_embedder`). Nothing is
 downloaded: the transformer of the configured (or packaged) model is exported with
 `torch.onnx.export`, fused by ONNX Runtime's transformer optimizer, and its weights are
 quantized to int8 per channel (`onnxruntime.quantization.quantize_dynamic`). The model is
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Settings
-from core.corpus.vectors import EmbeddingUnavailable, QueryFirstLock, model_location
+from core.corpus.embedders import EmbeddingUnavailable, QueryFirstLock, model_location
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ def build_onnx_model(
 
 
 class OnnxEmbedder:
-    """The int8 model in ONNX Runtime; same interface as `core.corpus.vectors.Embedder`.
+    """The int8 model in ONNX Runtime; same interface as `core.corpus.embedders.Embedder`.
 
     `location` is the ONNX folder (so caches keyed by location never mix it with the torch
     model); `source_location` is the sentence-transformers model it was built from.

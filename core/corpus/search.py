@@ -135,7 +135,8 @@ def vector_candidates(
     With `wait_s`, waits at most that long for the embedding model (loading, or busy with
     a batch of pending chunks) and raises VectorSkipped instead of waiting longer.
     """
-    from core.corpus.vectors import EmbedderBusy, vector_backend
+    from core.corpus.embedders import EmbedderBusy
+    from core.corpus.vectors import vector_backend
 
     if not query.strip():
         return {}, {}

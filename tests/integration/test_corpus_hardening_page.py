@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.corpus.ingest import BackgroundEmbedding
+from core.corpus.embedding import BackgroundEmbedding
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

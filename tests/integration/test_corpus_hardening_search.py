@@ -19,10 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from core.corpus.ingest import IngestOptions, embed_pending, ingest_paths
+from core.corpus.embedders import get_embedder
+from core.corpus.embedding import embed_pending
+from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.sample import SAMPLE_DIR
 from core.corpus.search import SearchRequest, embedding_progress, search_response
-from core.corpus.vectors import get_embedder
 
 NO_EMBED = IngestOptions(embed=False)
 

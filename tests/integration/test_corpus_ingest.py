@@ -18,10 +18,11 @@ from core.corpus.documents import (
     iter_documents,
     list_documents,
 )
-from core.corpus.ingest import IngestOptions, delete_document, ingest_paths
+from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.models import Chunk, Document, Edge
 from core.corpus.sample import SAMPLE_DIR, SAMPLE_EXCLUDE
 from core.corpus.search import search
+from core.corpus.store_writes import delete_document
 from tests.conftest import principal
 
 NO_EMBED = IngestOptions(embed=False)
@@ -258,7 +259,7 @@ def test_permissions(db_engine, settings, tmp_path):
 
 
 def test_sample_exclusions_match_readme():
-    from core.corpus.ingest import collect_files
+    from core.corpus.files import collect_files
 
     files = collect_files([SAMPLE_DIR], exclude=SAMPLE_EXCLUDE)
     assert len(files) == 48 and not any("broken" in str(f) for f in files)

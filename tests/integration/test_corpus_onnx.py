@@ -19,7 +19,9 @@ import pytest
 
 from core.config import ConfigError, get_settings, load_settings
 from core.corpus.chunking import Chunker, load_tokenizer
-from core.corpus.ingest import IngestOptions, embed_pending, ingest_paths, pending_count
+from core.corpus.embedders import Embedder, get_embedder, model_location
+from core.corpus.embedding import embed_pending, pending_count, reset_embeddings
+from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.onnx_embedder import (
     MANIFEST,
     OnnxBackendUnavailable,
@@ -32,15 +34,7 @@ from core.corpus.onnx_embedder import (
 from core.corpus.readers import SourceDocument, read_file
 from core.corpus.sample import SAMPLE_DIR, SAMPLE_EXCLUDE
 from core.corpus.search import search
-from core.corpus.vectors import (
-    Embedder,
-    EmbeddingMismatch,
-    get_embedder,
-    get_vector_store,
-    model_location,
-    reset_embeddings,
-    reset_vector_stores,
-)
+from core.corpus.vectors import EmbeddingMismatch, get_vector_store, reset_vector_stores
 from tests.conftest import ROOT, shared_build
 
 QUESTIONS = ROOT / "bench" / "data" / "search_questions.jsonl"
