@@ -35,12 +35,21 @@ def page_env(db_engine, settings, data_dir, monkeypatch, admin):
     monkeypatch.setenv("CLARA_AUTH", "off")
     get_settings.cache_clear()
     base = make_tiny_model(data_dir / "base")
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                          LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     lora.save_pretrained(data_dir / "lora")
-    register_adapter(db_engine, admin, name="town-history", files_dir=data_dir / "lora",
-                     base_model=str(base), base_model_fingerprint=base_model_fingerprint(str(base)),
-                     method="lora", metrics={"eval_loss": 1.25})
+    register_adapter(
+        db_engine,
+        admin,
+        name="town-history",
+        files_dir=data_dir / "lora",
+        base_model=str(base),
+        base_model_fingerprint=base_model_fingerprint(str(base)),
+        method="lora",
+        metrics={"eval_loss": 1.25},
+    )
     st.cache_resource.clear()
     yield closed_port
     st.cache_resource.clear()
@@ -57,3 +66,29 @@ def test_chat_page_without_server_lists_adapters_and_explains(page_env) -> None:
     text = " ".join(m.value for m in at.markdown)
     assert "**town-history** · lora" in text
     assert "base:" in text
+
+
+def test_chat_page_shows_the_demo_model_builds_progress_while_the_server_waits(
+    page_env, settings
+) -> None:
+    """Item 13 for the chat: while the demo model is built (the chat server's first start),
+    the page shows a progress bar and an estimate instead of only an error."""
+    import fcntl
+
+    from core.training.demo_model import _lock_path, _status_path, _StatusWriter, demo_model_dir
+
+    target = demo_model_dir(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _lock_path(target).open("a+") as lock:  # a build holds the lock, as the builder does
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _StatusWriter(_status_path(target), "small").update(
+            "pre-training", 0.5, "step 120 of 240", eta_seconds=150
+        )
+        at = AppTest.from_file(str(ROOT / "pages" / "chat.py"), default_timeout=60).run()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert not at.exception, at.exception
+    [bar] = at.get("progress")
+    assert 0 < bar.value < 100  # percent
+    assert "pre-training" in bar.proto.text and "min left" in bar.proto.text
+    assert "step 120 of 240" in " ".join(c.value for c in at.caption)
+    assert not at.error  # no "does not answer" while the build is under way
