@@ -44,10 +44,10 @@ def load() -> str:
 def sample_chunks():  # noqa: ANN201 - (settings, [(doc_id, text)])
     import sqlalchemy as sa
 
-    from core.auth import SYSTEM
     from core.config import get_settings
     from core.corpus.models import Chunk
     from core.corpus.sample import load_sample
+    from core.permissions import SYSTEM
     from core.system import prepare
 
     os.environ["CLARA_DATA_DIR"] = tempfile.mkdtemp(prefix="clara-onnx-bench-")
@@ -90,6 +90,7 @@ def main() -> None:
     import torch
     import transformers
 
+    from core.artifacts import read_manifest
     from core.corpus.embedders import Embedder, model_location
     from core.corpus.onnx_embedder import OnnxEmbedder, ensure_onnx_model
 
@@ -167,7 +168,7 @@ def main() -> None:
             f"{transformers.__version__}, sentence-transformers "
             f"{sentence_transformers.__version__}, onnxruntime {onnxruntime.__version__}"
         ),
-        "manifest": json.loads((folder / "clara_onnx_manifest.json").read_text()),
+        "manifest": read_manifest(folder),
     }
     if args.json:
         print(json.dumps(out, indent=2))

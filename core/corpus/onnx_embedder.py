@@ -4,8 +4,9 @@
 downloaded: the transformer of the configured (or packaged) model is exported with
 `torch.onnx.export`, fused by ONNX Runtime's transformer optimizer, and its weights are
 quantized to int8 per channel (`onnxruntime.quantization.quantize_dynamic`). The model is
-built once into `data_path/models/<name>-onnx-int8` (file-locked, atomic rename) with a
-manifest naming the source model's fingerprint, so a changed source model is rebuilt.
+built once into `data_path/models/<name>-onnx-int8` (`core.artifacts.build_once`: file-locked,
+staged, renamed into place) with a manifest (`core.artifacts.write_manifest`) naming the
+source model and its fingerprint, so a changed source model is rebuilt.
 
 Tokenisation, pooling and normalisation follow the source model's own sentence-transformers
 modules (modules.json, sentence_bert_config.json, the pooling module's config.json): texts
@@ -18,28 +19,28 @@ vector store records which backend filled it (see `core.corpus.vectors`).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.artifacts import MANIFEST, build_once, file_sha256, read_manifest, write_manifest
 from core.config import Settings
 from core.corpus.embedders import EmbeddingUnavailable, QueryFirstLock, model_location
 
 log = logging.getLogger(__name__)
 
 BACKEND = "onnx-int8"
-MANIFEST = "clara_onnx_manifest.json"
+MANIFEST_KIND = "onnx-embedder"
 MODEL_FILE = "model_int8.onnx"
-FORMAT_VERSION = 1
+# 2: the manifest is core.artifacts' manifest.json (1 was clara_onnx_manifest.json).
+FORMAT_VERSION = 2
 # Files copied next to the ONNX model: the tokenizer and the sentence-transformers config.
 _COPIED = (
     "tokenizer.json",
@@ -108,7 +109,8 @@ def _source_dir(location: str) -> Path:
 
 
 def source_fingerprint(source: Path) -> str:
-    """sha256 over the files that define the model's output (weights, config, tokenizer)."""
+    """sha256 over the names and sha256 of the files that define the model's output
+    (weights, config, tokenizer)."""
     h = hashlib.sha256()
     names = sorted(
         p.relative_to(source).as_posix()
@@ -119,11 +121,7 @@ def source_fingerprint(source: Path) -> str:
         and p.name not in ("README.md", "data_config.json")
     )
     for name in names:
-        h.update(name.encode())
-        h.update(b"\0")
-        with (source / name).open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{name}\0{file_sha256(source / name)}\n".encode())
     return h.hexdigest()
 
 
@@ -205,12 +203,10 @@ def _require_runtime(build: bool) -> None:
 
 
 def _is_complete(target: Path, fingerprint: str | None) -> bool:
-    try:
-        manifest = _read_json(target / MANIFEST)
-    except (OSError, json.JSONDecodeError):
-        return False
+    manifest = read_manifest(target) or {}
     return (
-        manifest.get("format") == FORMAT_VERSION
+        manifest.get("kind") == MANIFEST_KIND
+        and manifest.get("format") == FORMAT_VERSION
         and (fingerprint is None or manifest.get("source_sha256") == fingerprint)
         and (target / MODEL_FILE).is_file()
         and (target / "tokenizer.json").is_file()
@@ -229,37 +225,23 @@ def ensure_onnx_model(
     if not force and _is_complete(target, fingerprint):
         return target
     _require_runtime(build=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    with lock_path.open("a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def build(staging: Path) -> None:
         try:
-            if not force and _is_complete(target, fingerprint):  # built while we waited
-                return target
-            # Holding the lock, any other temp folder is the leftover of a killed build.
-            for stale in target.parent.glob(f".{target.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            try:
-                build_onnx_model(source, tmp, fingerprint=fingerprint, progress=progress)
-                if target.exists():
-                    shutil.rmtree(target)
-                tmp.rename(target)
-            except OnnxBackendUnavailable:
-                raise
-            except Exception as err:
-                log.exception("building the ONNX embedding model failed")
-                raise OnnxBackendUnavailable(
-                    f"building the int8 ONNX model of {source} failed ({err.__class__.__name__}: "
-                    f"{err}). Set CLARA_EMBEDDING_BACKEND=torch, or retry with `clara corpus "
-                    "build-onnx --force` (the log has the traceback)."
-                ) from err
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return target
+            build_onnx_model(source, staging, fingerprint=fingerprint, progress=progress)
+        except OnnxBackendUnavailable:
+            raise
+        except Exception as err:
+            log.exception("building the ONNX embedding model failed")
+            raise OnnxBackendUnavailable(
+                f"building the int8 ONNX model of {source} failed ({err.__class__.__name__}: "
+                f"{err}). Set CLARA_EMBEDDING_BACKEND=torch, or retry with `clara corpus "
+                "build-onnx --force` (the log has the traceback)."
+            ) from err
+
+    # Under the lock: built by another process while we waited counts as complete (unless
+    # forced); a half-built folder of a killed build is removed first.
+    return build_once(target, lambda t: not force and _is_complete(t, fingerprint), build)
 
 
 class _TransformerOutput:
@@ -377,51 +359,48 @@ def build_onnx_model(
 ) -> Path:
     """Export, fuse, quantize and check; writes everything into the (existing, empty)
     folder `target`. Raises OnnxBackendUnavailable for a model this backend cannot mirror."""
-    import onnxruntime
-    import torch
-    import transformers
-
     report = progress or (lambda _msg: None)
     layout = sentence_transformers_layout(source)
-    with tempfile.TemporaryDirectory(prefix="clara-onnx-build-") as work:
-        fp32, fused = Path(work) / "model.onnx", Path(work) / "model_fused.onnx"
+    # The intermediate models stay inside `target` (a staging folder when called by
+    # ensure_onnx_model, which core.artifacts cleans up if the build is killed).
+    work = target / ".work"
+    work.mkdir()
+    try:
+        fp32, fused = work / "model.onnx", work / "model_fused.onnx"
         report("exporting the transformer to ONNX")
         _export(source, fp32)
         report("fusing attention and layer norms")
         is_fused = _optimize(fp32, fused, layout)
         report("quantizing weights to int8")
         _quantize(fused if is_fused else fp32, target / MODEL_FILE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     for name in _COPIED:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
-    manifest = {
+    fields = {
         "format": FORMAT_VERSION,
         "backend": BACKEND,
         "source": str(source),
         "source_sha256": fingerprint or source_fingerprint(source),
         "model_file": MODEL_FILE,
-        "model_sha256": hashlib.sha256((target / MODEL_FILE).read_bytes()).hexdigest(),
         "fused": is_fused,
         "quantization": "dynamic int8, weights per channel (QInt8), activations uint8",
         **{k: layout[k] for k in ("pooling", "normalize", "max_seq_length", "do_lower_case")},
         "dimension": layout["dimension"],
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
     }
     report("checking the int8 model against the source model")
-    emb = OnnxEmbedder(target, manifest=manifest)
+    emb = OnnxEmbedder(target, manifest=fields)
     cos = (emb.encode(_CHECK_TEXTS) * _reference_vectors(source, _CHECK_TEXTS)).sum(axis=1)
-    manifest["check_min_cosine"] = round(float(cos.min()), 4)
     if cos.min() < MIN_BUILD_COSINE:
         raise OnnxBackendUnavailable(
             f"the int8 ONNX model of {source} disagrees with the source model (cosine "
             f"{cos.min():.3f} < {MIN_BUILD_COSINE}); use CLARA_EMBEDDING_BACKEND=torch"
         )
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    # The manifest also holds the sha256 of every file (the model's among them) and the
+    # library versions that built it.
+    write_manifest(target, MANIFEST_KIND, **fields, check_min_cosine=round(float(cos.min()), 4))
     return target
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.artifacts import MANIFEST, verify_manifest
 from core.config import ConfigError, get_settings, load_settings
 from core.corpus.chunking import Chunker, load_tokenizer
 from core.corpus.embedders import Embedder, get_embedder, model_location
 from core.corpus.embedding import embed_pending, pending_count, reset_embeddings
 from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.onnx_embedder import (
-    MANIFEST,
     OnnxBackendUnavailable,
     OnnxEmbedder,
     build_onnx_model,
@@ -120,6 +120,8 @@ def test_manifest_and_tokenisation_follow_the_source_model(onnx_folder, onnx_mod
     assert manifest["max_seq_length"] == 256 == onnx_model.max_seq_length
     assert onnx_model.dimension == torch_model.dimension == 384
     assert manifest["check_min_cosine"] >= 0.95 and manifest["fused"] is True
+    assert manifest["kind"] == "onnx-embedder" and manifest["source"] == str(_source())
+    assert verify_manifest(onnx_folder) == []  # sha256 of every file, the int8 model's among them
     assert (onnx_folder / "model_int8.onnx").stat().st_size < 30e6  # int8: ~23 MB, fp32 ~90
     texts = [
         "  Baumfällung im Außenbereich: Genehmigung nötig?  ",
