@@ -183,8 +183,9 @@ def build_onnx(
     it on first use otherwise) into the data dir."""
     import json
 
+    from core.artifacts import MANIFEST
     from core.corpus.embedders import EmbeddingUnavailable
-    from core.corpus.onnx_embedder import MANIFEST, OnnxBackendUnavailable, ensure_onnx_model
+    from core.corpus.onnx_embedder import OnnxBackendUnavailable, ensure_onnx_model
 
     st = startup()
 
