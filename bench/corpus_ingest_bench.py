@@ -76,11 +76,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench.corpus_synth import write_jsonl
-    from core.auth import SYSTEM
     from core.corpus.chunking import Chunker, load_tokenizer
     from core.corpus.embedders import get_embedder, model_location
     from core.corpus.ingest import IngestOptions, ingest_paths
     from core.corpus.readers import read_file
+    from core.permissions import SYSTEM
 
     tmp = Path(tempfile.mkdtemp(prefix="clara-ingest-src-"))
     out: dict = {"no_embeddings": {}, "with_embeddings": {}}

@@ -89,12 +89,12 @@ def main() -> None:
     os.environ["CLARA_DATA_DIR"] = str(data)
 
     from bench.corpus_synth import queries, write_jsonl
-    from core.auth import SYSTEM
     from core.config import get_settings
     from core.corpus.documents import corpus_stats
     from core.corpus.embedding import embed_pending
     from core.corpus.ingest import IngestOptions, ingest_paths
     from core.corpus.search import search
+    from core.permissions import SYSTEM
     from core.system import prepare
 
     st = prepare(get_settings())

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
 
-from core.auth import Principal, require
 from core.corpus.models import Chunk, Document, DocumentRevision, Edge
+from core.permissions import Principal, require
 
 _BATCH = 200
 

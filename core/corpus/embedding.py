@@ -22,13 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, Row
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus.embedders import TextEmbedder, embedding_identity, get_embedder
 from core.corpus.ingest_report import Progress
 from core.corpus.models import Chunk, Document
 from core.corpus.vectors import VectorStore, date_number, get_vector_store
 from core.db.engine import retry_on_lock, write_transaction
+from core.permissions import Principal, require
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus.chunking import (
     DEFAULT_CHUNK_OVERLAP,
@@ -48,6 +47,7 @@ from core.corpus.readers import MAX_DOCUMENT_BYTES, parse_mapping
 from core.corpus.store_writes import DocumentWriter, write_file
 from core.corpus.vectors import get_vector_store
 from core.db.engine import retry_on_lock
+from core.permissions import Principal, require
 
 log = logging.getLogger(__name__)
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -209,7 +209,7 @@ def _audited_ingest(
     "partial" or "failed" (naming the files), never as "ok". The row is written with the
     same lock retries as every other write."""
     from core.audit import record
-    from core.auth import PermissionDenied
+    from core.permissions import PermissionDenied
 
     ctx = _IngestAudit(target=target)
 

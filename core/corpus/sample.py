@@ -6,10 +6,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from core.auth import Principal
 from core.config import Settings
 from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.ingest_report import IngestReport, Progress
+from core.permissions import Principal
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "corpus"
 # The folder's README describes the corpus; broken/ holds deliberately bad test files.

@@ -23,13 +23,13 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Engine
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus import keyword
 from core.corpus.documents import DocumentFilters
 from core.corpus.graph import get_graph_stores, query_store
 from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
+from core.permissions import Principal, require
 
 Mode = Literal["keyword", "vector", "graph", "hybrid"]
 MODES: tuple[str, ...] = ("keyword", "vector", "graph", "hybrid")

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.corpus import keyword
 from core.corpus.chunking import Chunker
@@ -31,6 +30,7 @@ from core.corpus.readers import (
 from core.corpus.vectors import get_vector_store
 from core.db.base import utcnow
 from core.db.engine import is_lock_error, retry_on_lock, write_transaction
+from core.permissions import Principal, require
 
 MAX_OUTCOMES_PER_FILE = 1000
 

@@ -96,7 +96,7 @@ def test_search_skips_vectors_while_nothing_is_embedded(db_engine, admin, settin
 SEARCH_IN_FRESH_PROCESS = textwrap.dedent(
     """
     import json, sys, time
-    from core.auth import Principal
+    from core.permissions import Principal
     from core.config import get_settings
     from core.db import get_engine
     from core.corpus.search import search_response

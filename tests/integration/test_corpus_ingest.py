@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from core.auth import PermissionDenied
 from core.corpus.documents import (
     DocumentNotFound,
     corpus_stats,
@@ -23,6 +22,7 @@ from core.corpus.models import Chunk, Document, Edge
 from core.corpus.sample import SAMPLE_DIR, SAMPLE_EXCLUDE
 from core.corpus.search import search
 from core.corpus.store_writes import delete_document
+from core.permissions import PermissionDenied
 from tests.conftest import principal
 
 NO_EMBED = IngestOptions(embed=False)
