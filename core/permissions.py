@@ -30,6 +30,7 @@ PERMISSIONS: dict[str, str] = {
     "audit:read": "Read the audit log",
     "users:manage": "Add users, change roles, disable, reset passwords",
     "system:read": "See system status and configuration",
+    "system:monitor": "Read the servers' monitoring (request statistics of the chat server)",
 }
 
 _READ_ALL = {

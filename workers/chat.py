@@ -60,9 +60,8 @@ log = logging.getLogger("clara.chat")
 
 DEV_PRINCIPAL = Principal(username="dev", role="admin", full_name="Developer (auth off)")
 NONE_CHOICE = "(none)"
-# Gradio's monitoring pages show every user's traffic: only admins (the one role holding
-# users:manage) may open them.
-MONITORING_PERMISSION = "users:manage"
+# Gradio's monitoring pages show every user's traffic: only admins hold this permission.
+MONITORING_PERMISSION = "system:monitor"
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,7 @@ def test_bcrypt_hashes():
     assert verify_password("correct horse", h)
     assert not verify_password("wrong horse", h)
     assert not verify_password("x", "not-a-hash")
+
+
+def test_only_admins_read_server_monitoring():
+    assert [r for r in ROLES if "system:monitor" in ROLE_PERMISSIONS[r]] == ["admin"]
