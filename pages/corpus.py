@@ -1,5 +1,8 @@
 """Corpus: ingest (upload, or a server folder for admins), browse, search, read documents,
-and pick documents for the Datasets page."""
+and pick documents for the Datasets page.
+
+One render function per tab; the rules that turn form values into core arguments are in
+core.corpus.forms."""
 
 import datetime as dt
 import math
@@ -19,12 +22,16 @@ from core.corpus.documents import (
     related_documents,
 )
 from core.corpus.embedding import BackgroundEmbedding
-from core.corpus.ingest import (
-    IngestError,
-    IngestOptions,
-    ingest_server_folder,
-    ingest_uploads,
+from core.corpus.forms import (
+    FormError,
+    add_to_selection,
+    document_filters,
+    ingest_options,
+    page_count,
+    page_offset,
+    search_request,
 )
+from core.corpus.ingest import IngestError, ingest_server_folder, ingest_uploads
 from core.corpus.sample import load_sample, sample_available
 from core.corpus.search import (
     DEFAULT_WEIGHTS,
@@ -37,15 +44,12 @@ from core.corpus.search import (
 from ui import session
 
 PAGE_SIZE = 25
+UPLOAD_TYPES = ["txt", "md", "html", "htm", "pdf", "jsonl", "json", "csv", "parquet"]
 user = session.require_principal()
 engine, cfg = session.engine(), session.settings()
 st.session_state.setdefault("selection_documents", [])
 st.session_state.setdefault("corpus_results", [])
 st.session_state.setdefault("corpus_report", None)
-st.title("Corpus")
-# The status row is drawn into this box at the end of the script, so that it shows what the
-# actions of this run (ingest, selection) changed, not the state before them.
-status_box = st.container()
 
 
 @st.fragment(run_every=3)
@@ -88,8 +92,9 @@ def _progress_callback(bar):  # noqa: ANN001, ANN202
 
 def _select(doc_ids: list[str]) -> None:
     """Add documents to the page-to-page selection (kept in order, without repeats)."""
-    sel = list(st.session_state["selection_documents"])
-    st.session_state["selection_documents"] = sel + [d for d in doc_ids if d not in sel]
+    st.session_state["selection_documents"] = add_to_selection(
+        st.session_state["selection_documents"], doc_ids
+    )
 
 
 def _show_report(report: dict) -> None:
@@ -122,11 +127,11 @@ def _show_report(report: dict) -> None:
         )
 
 
-if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"):
-    _start_embedding()  # e.g. after `clara up` loaded the sample without embeddings
-
-stats_now = corpus_stats(engine, user)
-if stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_available():
+def render_sample_offer() -> None:
+    """On an empty corpus: offer the sample corpus; its report shows in this very run."""
+    stats_now = corpus_stats(engine, user)
+    if not (stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_available()):
+        return
     sample_box = st.empty()
     with sample_box.container():
         st.info(
@@ -143,15 +148,8 @@ if stats_now["documents"] == 0 and user.can("corpus:ingest") and sample_availabl
         sample_box.empty()
         _start_embedding()
 
-# Filled at the end of the script, like the status row: an ingest further down in this run
-# shows its report here at once.
-report_box = st.container()
 
-tab_search, tab_browse, tab_doc, tab_ingest = st.tabs(["Search", "Browse", "Document", "Ingest"])
-facets = facet_values(engine, user)
-
-
-def _filters_ui(prefix: str) -> DocumentFilters:
+def _filters_ui(prefix: str, facets: dict[str, list[str]]) -> DocumentFilters:
     c1, c2, c3, c4 = st.columns(4)
     types = c1.multiselect("Document type", facets["document_type"], key=f"{prefix}_types")
     domains = c2.multiselect("Domain", facets["domain"], key=f"{prefix}_domains")
@@ -164,20 +162,13 @@ def _filters_ui(prefix: str) -> DocumentFilters:
         key=f"{prefix}_meta",
         placeholder="zustaendig=Umweltamt",
     )
-    meta = {}
-    for part in meta_raw.split(","):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            if k.strip():
-                meta[k.strip()] = v.strip()
-        elif part.strip():
-            st.warning(f"Ignored {part.strip()!r}: write key=value.")
-    return DocumentFilters(
-        document_type=types, domain=domains, date_from=date_from, date_to=date_to, metadata=meta
-    )
+    filters, warnings = document_filters(types, domains, date_from, date_to, meta_raw)
+    for warning in warnings:
+        st.warning(warning)
+    return filters
 
 
-with tab_search:
+def render_search_tab(facets: dict[str, list[str]]) -> None:
     query = st.text_input(
         "Search", key="corpus_query", placeholder="z. B. Wie hoch ist die Hundesteuer?"
     )
@@ -206,17 +197,14 @@ with tab_search:
         ),
     }
     with st.expander("Filters"):
-        filters = _filters_ui("corpus_search")
+        filters = _filters_ui("corpus_search", facets)
     saved = list_saved_searches(engine, user)
     if st.button("Search", key="corpus_search_btn", type="primary"):
-        if sum(weights.values()) <= 0 and mode == "hybrid":
-            st.error("Set at least one weight above 0.")
-        elif not query.strip():
-            st.error("Type a question or keywords first.")
+        try:
+            req = search_request(query, mode, k, weights, fusion, filters)
+        except FormError as err:
+            st.error(str(err))
         else:
-            req = SearchRequest(
-                query=query, mode=mode, k=int(k), weights=weights, fusion=fusion, filters=filters
-            )
             with st.spinner("Searching…"):
                 # Never waits for pending embeddings: vectors that are not ready are skipped.
                 resp = search_response(engine, user, req, cfg, vector_wait_s=PAGE_VECTOR_WAIT_S)
@@ -240,60 +228,67 @@ with tab_search:
             st.caption(f"Note: {note}.")
     results = st.session_state["corpus_results"]
     if results:
-        rows = [
-            {
-                "#": r["rank"],
-                "doc_id": r["doc_id"],
-                "title": r["title"],
-                "score": round(r["score"], 3),
-                **{m: r["scores"].get(m) for m in ("keyword", "vector", "graph")},
-                "snippet": r["snippet"],
-                "related via": r["related_via"],
-            }
-            for r in results
-        ]
-        st.dataframe(
-            pd.DataFrame(rows),
-            hide_index=True,
-            width="stretch",
-            key="corpus_results_table",
-            column_config={"snippet": st.column_config.TextColumn(width="large")},
-        )
-        ids = [r["doc_id"] for r in results]
-        c1, c2 = st.columns([3, 1])
-        picked = c1.multiselect("Select results for a dataset", ids, default=ids, key="corpus_pick")
-        if c2.button("Add to selection", key="corpus_add_selection"):
-            _select(picked)
-            st.success(
-                f"{len(st.session_state['selection_documents'])} documents selected; "
-                "open the Datasets page to turn them into samples."
-            )
-        c1, c2 = st.columns([3, 1])
-        open_id = c1.selectbox("Open a result", ids, key="corpus_open_result")
-        if c2.button("Open document", key="corpus_open_btn"):
-            st.session_state["corpus_doc_id"] = open_id
-            st.info(f"Showing {open_id} in the Document tab.")
-        c1, c2 = st.columns([3, 1])
-        name = c1.text_input("Save this search as", key="corpus_save_name")
-        if c2.button("Save search", key="corpus_save_btn") and name.strip():
-            req = SearchRequest(**st.session_state["corpus_last_request"])
-            save_search(engine, user, name, req)
-            st.success(f"Saved as {name!r}; the Datasets page can build from it.")
+        _render_results(results)
     elif st.session_state.get("corpus_last_request"):
         st.info("No results. Try other words, the hybrid mode or fewer filters.")
     if saved:
         st.caption("Saved searches: " + ", ".join(s.name for s in saved))
 
-with tab_browse:
+
+def _render_results(results: list[dict]) -> None:
+    rows = [
+        {
+            "#": r["rank"],
+            "doc_id": r["doc_id"],
+            "title": r["title"],
+            "score": round(r["score"], 3),
+            **{m: r["scores"].get(m) for m in ("keyword", "vector", "graph")},
+            "snippet": r["snippet"],
+            "related via": r["related_via"],
+        }
+        for r in results
+    ]
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        key="corpus_results_table",
+        column_config={"snippet": st.column_config.TextColumn(width="large")},
+    )
+    ids = [r["doc_id"] for r in results]
+    c1, c2 = st.columns([3, 1])
+    picked = c1.multiselect("Select results for a dataset", ids, default=ids, key="corpus_pick")
+    if c2.button("Add to selection", key="corpus_add_selection"):
+        _select(picked)
+        st.success(
+            f"{len(st.session_state['selection_documents'])} documents selected; "
+            "open the Datasets page to turn them into samples."
+        )
+    c1, c2 = st.columns([3, 1])
+    open_id = c1.selectbox("Open a result", ids, key="corpus_open_result")
+    if c2.button("Open document", key="corpus_open_btn"):
+        st.session_state["corpus_doc_id"] = open_id
+        st.info(f"Showing {open_id} in the Document tab.")
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Save this search as", key="corpus_save_name")
+    if c2.button("Save search", key="corpus_save_btn") and name.strip():
+        req = SearchRequest(**st.session_state["corpus_last_request"])
+        save_search(engine, user, name, req)
+        st.success(f"Saved as {name!r}; the Datasets page can build from it.")
+
+
+def render_browse_tab(facets: dict[str, list[str]]) -> None:
     with st.expander("Filters", expanded=False):
-        bfilters = _filters_ui("corpus_browse")
+        bfilters = _filters_ui("corpus_browse", facets)
     title_part = st.text_input("Title contains", key="corpus_browse_title")
     bfilters = bfilters.model_copy(update={"title_contains": title_part or None})
     _, total = list_documents(engine, user, 0, 1, bfilters)
-    pages = max(1, math.ceil(total / PAGE_SIZE))
+    pages = page_count(total, PAGE_SIZE)
     c1, c2 = st.columns([1, 3])
     page_no = c1.number_input("Page", 1, pages, 1, key="corpus_browse_page")
-    frame, total = list_documents(engine, user, (int(page_no) - 1) * PAGE_SIZE, PAGE_SIZE, bfilters)
+    frame, total = list_documents(
+        engine, user, page_offset(page_no, PAGE_SIZE), PAGE_SIZE, bfilters
+    )
     c2.caption(f"{total} documents · page {int(page_no)} of {pages}")
     st.dataframe(frame, hide_index=True, width="stretch", key="corpus_browse_table")
     if len(frame):
@@ -354,116 +349,127 @@ def _graph_figure(rel: dict) -> go.Figure:
     return fig
 
 
-with tab_doc:
+def render_document_tab() -> None:
     doc_id = st.text_input("Document id", key="corpus_doc_id")
-    if doc_id:
-        try:
-            doc = get_document(engine, user, doc_id.strip())
-        except DocumentNotFound as err:
-            st.error(str(err))
-        else:
-            st.subheader(doc.title)
-            st.caption(
-                f"{doc.doc_id} · revision {doc.revision} · {doc.document_type or '-'}"
-                f" · {doc.domain or '-'} · {doc.date or 'no date'}"
+    if not doc_id:
+        return
+    try:
+        doc = get_document(engine, user, doc_id.strip())
+    except DocumentNotFound as err:
+        st.error(str(err))
+        return
+    st.subheader(doc.title)
+    st.caption(
+        f"{doc.doc_id} · revision {doc.revision} · {doc.document_type or '-'}"
+        f" · {doc.domain or '-'} · {doc.date or 'no date'}"
+    )
+    if st.button("Add to selection", key="corpus_doc_select"):
+        _select([doc.doc_id])
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        # Plain text on purpose: documents may contain markup that must not render.
+        st.text(doc.text)
+    with c2:
+        st.markdown("**Metadata**")
+        st.json(
+            {
+                "source_path": doc.source_path,
+                "sha256": doc.sha256,
+                "ingested_at": doc.ingested_at.isoformat(),
+                **doc.metadata,
+            },
+            expanded=False,
+        )
+        st.markdown("**Related documents**")
+        hops = st.radio("Hops", [1, 2], horizontal=True, key="corpus_doc_hops")
+        rel = related_documents(engine, user, doc.doc_id, cfg, hops=int(hops))
+        if len(rel["nodes"]) > 1:
+            st.plotly_chart(_graph_figure(rel), key="corpus_doc_graph")
+            st.dataframe(
+                pd.DataFrame([n for n in rel["nodes"] if n["doc_id"] != doc.doc_id]),
+                hide_index=True,
+                width="stretch",
+                key="corpus_doc_related",
             )
-            if st.button("Add to selection", key="corpus_doc_select"):
-                _select([doc.doc_id])
-            c1, c2 = st.columns([3, 2])
-            with c1:
-                # Plain text on purpose: documents may contain markup that must not render.
-                st.text(doc.text)
-            with c2:
-                st.markdown("**Metadata**")
-                st.json(
-                    {
-                        "source_path": doc.source_path,
-                        "sha256": doc.sha256,
-                        "ingested_at": doc.ingested_at.isoformat(),
-                        **doc.metadata,
-                    },
-                    expanded=False,
-                )
-                st.markdown("**Related documents**")
-                hops = st.radio("Hops", [1, 2], horizontal=True, key="corpus_doc_hops")
-                rel = related_documents(engine, user, doc.doc_id, cfg, hops=int(hops))
-                if len(rel["nodes"]) > 1:
-                    st.plotly_chart(_graph_figure(rel), key="corpus_doc_graph")
-                    st.dataframe(
-                        pd.DataFrame([n for n in rel["nodes"] if n["doc_id"] != doc.doc_id]),
-                        hide_index=True,
-                        width="stretch",
-                        key="corpus_doc_related",
-                    )
-                else:
-                    st.caption("No related documents.")
-                revs = document_revisions(engine, user, doc.doc_id)
-                if len(revs) > 1:
-                    st.markdown("**Revisions**")
-                    st.dataframe(revs, hide_index=True, key="corpus_doc_revisions")
+        else:
+            st.caption("No related documents.")
+        revs = document_revisions(engine, user, doc.doc_id)
+        if len(revs) > 1:
+            st.markdown("**Revisions**")
+            st.dataframe(revs, hide_index=True, key="corpus_doc_revisions")
 
-with tab_ingest:
+
+def _ingested(run) -> None:  # noqa: ANN001 - a callable returning an IngestReport
+    """Run an ingest with a progress bar; its report goes to the top of the page."""
+    bar = st.progress(0.0, text="ingesting")
+    try:
+        report = run(_progress_callback(bar))
+    except (IngestError, ValueError) as err:
+        st.error(str(err))
+    else:
+        st.session_state["corpus_report"] = report.to_dict()
+        _start_embedding()
+        st.success("Ingested: the report is at the top of the page.")
+
+
+def render_ingest_tab() -> None:
     if not user.can("corpus:ingest"):
         st.info("You may search and read; ingesting needs the corpus:ingest permission.")
-    else:
-        c1, c2, c3 = st.columns(3)
-        itype = c1.text_input("Document type (default)", key="corpus_ingest_type")
-        idomain = c2.text_input("Domain (default)", key="corpus_ingest_domain")
-        imap = c3.text_input(
-            "Column mapping (tabular files)",
-            key="corpus_ingest_map",
-            placeholder="text=body,title=headline,id=key,links=refs",
-        )
-        opts = IngestOptions(
-            document_type=itype or None, domain=idomain or None, mapping=imap or None, embed=False
-        )
-        uploads = st.file_uploader(
-            "Files",
-            accept_multiple_files=True,
-            key="corpus_uploads",
-            type=["txt", "md", "html", "htm", "pdf", "jsonl", "json", "csv", "parquet"],
-        )
-        if st.button("Ingest uploaded files", key="corpus_ingest_upload_btn", disabled=not uploads):
-            bar = st.progress(0.0, text="ingesting")
-            try:
-                report = ingest_uploads(
-                    engine,
-                    user,
-                    [(u.name, u.getvalue()) for u in uploads],
-                    opts,
-                    cfg,
-                    _progress_callback(bar),
-                )
-            except (IngestError, ValueError) as err:
-                st.error(str(err))
-            else:
-                st.session_state["corpus_report"] = report.to_dict()
-                _start_embedding()
-                st.success("Ingested: the report is at the top of the page.")
-        if user.can("corpus:ingest_server_path"):
-            st.divider()
-            c1, c2 = st.columns([3, 1])
-            folder = c1.text_input("Folder on the server", key="corpus_ingest_path")
-            pattern = c2.text_input("Glob", key="corpus_ingest_glob", placeholder="*.md")
-            if st.button("Ingest folder", key="corpus_ingest_path_btn", disabled=not folder):
-                bar = st.progress(0.0, text="ingesting")
-                try:
-                    opts.globs = [pattern] if pattern else []
-                    report = ingest_server_folder(
-                        engine, user, folder, opts, cfg, _progress_callback(bar)
-                    )
-                except (IngestError, ValueError) as err:
-                    st.error(str(err))
-                else:
-                    st.session_state["corpus_report"] = report.to_dict()
-                    _start_embedding()
-                    st.success("Ingested: the report is at the top of the page.")
-        pending_now = corpus_stats(engine, user)["pending_embeddings"]
-        idle = pending_now and not BackgroundEmbedding.running()
-        if idle and st.button("Compute pending embeddings", key="corpus_embed_btn"):
-            _start_embedding()
-            st.rerun()
+        return
+    c1, c2, c3 = st.columns(3)
+    itype = c1.text_input("Document type (default)", key="corpus_ingest_type")
+    idomain = c2.text_input("Domain (default)", key="corpus_ingest_domain")
+    imap = c3.text_input(
+        "Column mapping (tabular files)",
+        key="corpus_ingest_map",
+        placeholder="text=body,title=headline,id=key,links=refs",
+    )
+    uploads = st.file_uploader(
+        "Files", accept_multiple_files=True, key="corpus_uploads", type=UPLOAD_TYPES
+    )
+    if st.button("Ingest uploaded files", key="corpus_ingest_upload_btn", disabled=not uploads):
+        opts = ingest_options(itype, idomain, imap)
+        files = [(u.name, u.getvalue()) for u in uploads]
+        _ingested(lambda progress: ingest_uploads(engine, user, files, opts, cfg, progress))
+    if user.can("corpus:ingest_server_path"):
+        st.divider()
+        c1, c2 = st.columns([3, 1])
+        folder = c1.text_input("Folder on the server", key="corpus_ingest_path")
+        pattern = c2.text_input("Glob", key="corpus_ingest_glob", placeholder="*.md")
+        if st.button("Ingest folder", key="corpus_ingest_path_btn", disabled=not folder):
+            opts = ingest_options(itype, idomain, imap, pattern)
+            _ingested(
+                lambda progress: ingest_server_folder(engine, user, folder, opts, cfg, progress)
+            )
+    pending_now = corpus_stats(engine, user)["pending_embeddings"]
+    idle = pending_now and not BackgroundEmbedding.running()
+    if idle and st.button("Compute pending embeddings", key="corpus_embed_btn"):
+        _start_embedding()
+        st.rerun()
 
+
+# The page ---------------------------------------------------------------------------------
+
+st.title("Corpus")
+# The status row is drawn into this box at the end of the script, so that it shows what the
+# actions of this run (ingest, selection) changed, not the state before them.
+status_box = st.container()
+if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"):
+    _start_embedding()  # e.g. after `clara up` loaded the sample without embeddings
+render_sample_offer()
+# Filled at the end of the script, like the status row: an ingest further down in this run
+# shows its report here at once.
+report_box = st.container()
+tab_search, tab_browse, tab_doc, tab_ingest = st.tabs(["Search", "Browse", "Document", "Ingest"])
+facets = facet_values(engine, user)
+with tab_search:
+    render_search_tab(facets)
+with tab_browse:
+    render_browse_tab(facets)
+with tab_doc:
+    render_document_tab()
+with tab_ingest:
+    render_ingest_tab()
 # Last, so that they show what this run's actions did (see status_box, report_box).
 with status_box:
     _status()

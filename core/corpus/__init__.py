@@ -9,4 +9,5 @@ Modules: files (which files an ingest takes) → readers (file formats) → stor
 (documents, chunks, keyword index, declared links; one transaction per file) → linking
 (mentions, Neo4j copy) → embedding (pending chunks → vectors) with embedders (the models)
 and vectors (the Chroma store); ingest orchestrates, ingest_report says what happened.
+forms turns the Corpus page's form values into these functions' arguments.
 """
