@@ -99,10 +99,7 @@ def ingest_paths(
             raise IngestError(str(err)) from None
         report = _run_ingest(engine, settings, files, opts, mapping, progress)
         audit.report = report
-    if opts.embed and report.pending_embeddings:
-        report.embedded = embed_pending(engine, actor, settings, progress=progress)
-        report.pending_embeddings = pending_count(engine, actor)
-    return report
+    return _embed_unless_deferred(engine, actor, settings, opts, report, progress)
 
 
 def ingest_server_folder(
@@ -147,6 +144,19 @@ def ingest_uploads(
             names[target] = safe
         report = _run_ingest(engine, settings, files, opts, mapping, progress, names)
         audit.report = report
+    return _embed_unless_deferred(engine, actor, settings, opts, report, progress)
+
+
+def _embed_unless_deferred(
+    engine: Engine,
+    actor: Principal,
+    settings: Settings,
+    opts: IngestOptions,
+    report: IngestReport,
+    progress: Progress | None,
+) -> IngestReport:
+    """Embed the pending chunks now, unless the options leave them to later (`embed=False`:
+    the page's background thread, `clara corpus embed`)."""
     if opts.embed and report.pending_embeddings:
         report.embedded = embed_pending(engine, actor, settings, progress=progress)
         report.pending_embeddings = pending_count(engine, actor)
