@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.models import AuditEntry
 from core.permissions import PermissionDenied, Principal, require
 
@@ -30,7 +30,7 @@ def record(
 
     It takes the write lock up front, waiting with backoff for a long writer (a lost audit
     row would hide what happened)."""
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         s.add(
             AuditEntry(
                 actor=actor[:64],
@@ -113,7 +113,7 @@ def read_audit_log(
         conds.append(AuditEntry.actor == user)
     if since:
         conds.append(AuditEntry.at >= since)
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         total = s.scalar(select(func.count()).select_from(AuditEntry).where(*conds)) or 0
         rows = s.scalars(
             select(AuditEntry)

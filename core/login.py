@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, select
 
 from core.audit import record
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.db.models import LoginThrottle, User
 from core.passwords import dummy_hash, verify_password
@@ -74,7 +74,7 @@ def _limit(limits: LoginLimits, scope: str) -> int:
 def clear_failures(engine: Engine, username: str, client_addr: str = "") -> None:
     """A successful login or a password reset clears the name's counters (not the address's)."""
     name = username.strip().lower()[:64]
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         s.execute(
             delete(LoginThrottle).where(
                 (LoginThrottle.scope == "name") & (LoginThrottle.key == name)
@@ -88,7 +88,7 @@ def lockout_until(engine: Engine, username: str, client_addr: str = "") -> datet
     name = username.strip().lower()[:64]
     now = utcnow()
     until = None
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         for scope, key in _throttle_keys(name, client_addr):
             row = s.get(LoginThrottle, (scope, key))
             if row and row.locked_until and row.locked_until > now:
@@ -104,7 +104,7 @@ def record_login_failure(
     name = username.strip().lower()[:64] or "(empty)"
     locked: list[tuple[str, datetime]] = []
     now = utcnow()
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         for scope, key in _throttle_keys(name, client_addr):
             row = s.get(LoginThrottle, (scope, key))
             if row is None:
@@ -160,7 +160,7 @@ def authenticate(
             detail={"reason": "locked", "address": client_addr},
         )
         raise AccountLocked(until)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         user = s.scalar(select(User).where(User.username == name))
         ok = (
             verify_password(password, user.password_hash)

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import Engine, func, select
 
 from core.audit import audited, record
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.models import User
 from core.login import clear_failures
 from core.passwords import PasswordPolicyError, check_password_policy, hash_password
@@ -81,7 +81,7 @@ def create_user(
         name = _normalise_username(username)
         _check_role(role)
         _check_password_policy(password)
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             if s.scalar(select(User).where(User.username == name)) is not None:
                 raise UserError(f"user {name!r} already exists")
             user = User(
@@ -98,19 +98,19 @@ def create_user(
 
 def list_users(engine: Engine, actor: Principal) -> list[UserInfo]:
     require(actor, "users:manage")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return [_info(u) for u in s.scalars(select(User).order_by(User.username))]
 
 
 def get_user(engine: Engine, username: str) -> UserInfo | None:
     """Internal lookup (no permission): used by login and session restore."""
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         u = s.scalar(select(User).where(User.username == username.strip().lower()))
         return _info(u) if u else None
 
 
 def _update_user(engine: Engine, username: str, **changes: object) -> UserInfo:
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         u = s.scalar(select(User).where(User.username == username.strip().lower()))
         if u is None:
             raise UserError(f"no user named {username!r}")
@@ -127,7 +127,7 @@ def _end_sessions(engine: Engine, username: str, reason: str) -> None:
 
 
 def _admins_left(engine: Engine, excluding: str) -> int:
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return (
             s.scalar(
                 select(func.count())
@@ -184,7 +184,7 @@ def principal_for(engine: Engine, username: str) -> Principal | None:
 
 def ensure_admin(engine: Engine, admin_password: str | None = None) -> str | None:
     """On first start create user `admin`. Returns the generated password, if one was made."""
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         if s.scalar(select(func.count()).select_from(User)):
             return None
     generated = None
@@ -192,7 +192,7 @@ def ensure_admin(engine: Engine, admin_password: str | None = None) -> str | Non
     if not password:
         password = generated = secrets.token_urlsafe(12)
     _check_password_policy(password)
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         s.add(
             User(
                 username="admin",

@@ -28,7 +28,7 @@ from core.datasets.service import (
     resolve_dataset,
     sample_row,
 )
-from core.db import session_scope
+from core.db import writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -205,7 +205,7 @@ def build_from_documents(
         require(actor, "datasets:create")
         require(actor, "corpus:search")
         ids = list(dict.fromkeys(doc_ids))
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, dataset_ref)
             ctx.target = d.name
             existing = set(
@@ -275,7 +275,7 @@ def build_from_documents(
                         {"part": i, "parts": len(parts), "start_char": start, "end_char": end},
                     )
         if samples:
-            with session_scope(engine) as s:
+            with writing(engine) as s:
                 d = resolve_dataset(s, d.id)
                 rows = [sample_row(d.id, smp, actor.username) for smp in samples]
                 report.sample_ids = insert_samples(s, d.id, rows)

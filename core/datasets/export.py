@@ -28,7 +28,7 @@ from core.config import get_settings
 from core.datasets.errors import ExportError
 from core.datasets.models import DatasetSample
 from core.datasets.versions import SPLITS, VersionInfo, file_sha256, get_version, read_version
-from core.db import session_scope
+from core.db import reading
 from core.permissions import Principal, require
 
 EXPORT_FORMATS = ("messages", "alpaca", "sharegpt", "text")
@@ -55,7 +55,7 @@ class ExportInfo(BaseModel):
 def _alpaca_meta(engine: Engine, ids: list[str]) -> dict[str, dict[str, str]]:
     """Alpaca instruction/input pairs kept at import time, to restore the split on export."""
     out: dict[str, dict[str, str]] = {}
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start : start + 500] if i.isdigit()]
             for sid, meta in s.execute(

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from core.audit import audited
 from core.datasets.errors import DatasetError, ImportFailed, ImportRowError, UnknownFormat
 from core.datasets.service import SampleIn, insert_samples, resolve_dataset, sample_row
-from core.db import session_scope
+from core.db import writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -374,7 +374,7 @@ def import_file(
             pass
 
         try:
-            with session_scope(engine) as s:
+            with writing(engine) as s:
                 d = resolve_dataset(s, dataset_id)
                 ctx.target = d.name
                 batch: list[dict[str, Any]] = []

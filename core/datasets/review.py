@@ -22,7 +22,7 @@ from core.audit import audited
 from core.datasets.errors import DatasetError, ReviewConflict, SampleNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.service import SampleIn, content_sha256, joined_text, resolve_dataset
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -223,7 +223,7 @@ def list_samples(
     require(actor, "datasets:read")
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = resolve_dataset(s, dataset_ref)
         conds = _conditions(d.id, filters)
         total = s.scalar(select(func.count()).select_from(DatasetSample).where(*conds)) or 0
@@ -235,7 +235,7 @@ def list_samples(
 
 def get_sample(engine: Engine, actor: Principal, sample_id: int) -> SampleView:
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         r = s.get(DatasetSample, sample_id)
         if r is None:
             raise SampleNotFound(sample_id)
@@ -281,7 +281,7 @@ def decide(
     ):
         require(actor, "datasets:review")
         now = utcnow()
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             row = _guarded_update(
                 s,
                 sample_id,
@@ -313,7 +313,7 @@ def edit_sample(
     are recorded; the quality score is cleared (it described the old text)."""
     with audited(engine, actor, "datasets.edit", target=f"sample:{sample_id}"):
         require(actor, "datasets:review")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             cur = s.get(DatasetSample, sample_id)
             if cur is None:
                 raise SampleNotFound(sample_id)
@@ -382,7 +382,7 @@ def bulk_decide(
     ) as ctx:
         require(actor, "datasets:review")
         now = utcnow()
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, dataset_ref)
             ctx.target = d.name
             conds = _conditions(d.id, filters) + [DatasetSample.status != decision]
@@ -421,7 +421,7 @@ def review_stats(
     from core.datasets.quality.reasons import ALL_REASONS
 
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         d = resolve_dataset(s, dataset_ref)
         where = DatasetSample.dataset_id == d.id
         counts = {"pending": 0, "accepted": 0, "rejected": 0}

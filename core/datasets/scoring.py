@@ -27,7 +27,7 @@ from core.config import get_settings
 from core.datasets.errors import DatasetError
 from core.datasets.models import Dataset, DatasetSample, ScoringRun
 from core.datasets.service import joined_text, resolve_dataset
-from core.db import get_engine, session_scope
+from core.db import get_engine, reading, writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -111,7 +111,7 @@ def load_tokenizer(base_model: str | None) -> Any:
 
 
 def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> ScoringRunInfo:
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         d = resolve_dataset(s, dataset_ref)
         now = utcnow()
         # Write-lock the dataset row so two concurrent starts cannot both pass the check.
@@ -165,7 +165,7 @@ def start_scoring(engine: Engine, actor: Principal, dataset_ref: int | str) -> S
                 env=env,
                 start_new_session=True,
             )
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             s.execute(update(ScoringRun).where(ScoringRun.id == run.id).values(pid=proc.pid))
         return run
 
@@ -190,7 +190,7 @@ def score_dataset(
 
 def get_scoring_run(engine: Engine, actor: Principal, run_id: int) -> ScoringRunInfo:
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         r = s.get(ScoringRun, run_id)
         if r is None:
             raise DatasetError(f"no scoring run {run_id}")
@@ -201,7 +201,7 @@ def latest_scoring_run(
     engine: Engine, actor: Principal, dataset_ref: int | str
 ) -> ScoringRunInfo | None:
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = resolve_dataset(s, dataset_ref)
         r = s.scalar(
             select(ScoringRun)
@@ -216,7 +216,7 @@ def cancel_scoring(engine: Engine, actor: Principal, run_id: int) -> None:
     """Ask a run to stop after its current batch (scores written so far are kept)."""
     with audited(engine, actor, "datasets.score_cancel", target=str(run_id)):
         require(actor, "datasets:review")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             s.execute(
                 update(ScoringRun)
                 .where(ScoringRun.id == run_id, ScoringRun.status.in_(("queued", "running")))
@@ -230,7 +230,7 @@ def _iter_samples(engine: Engine, dataset_id: int) -> Iterator[tuple[int, str, s
     rejected_last = case((DatasetSample.status == "rejected", 1), else_=0)
     last = (-1, -1)
     while True:
-        with session_scope(engine) as s:
+        with reading(engine) as s:
             rows = s.execute(
                 select(
                     rejected_last.label("rl"),
@@ -267,7 +267,7 @@ def _reference(
     """Other datasets' non-rejected samples for the dedup indexes: stored content hashes and
     MinHash signatures where a compatible earlier run left them, the text otherwise."""
     texts, hashes, sigs = [], [], []
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         for name, sid, kind, text, messages, system, minhash, signals in s.execute(
             select(
                 Dataset.name,
@@ -304,7 +304,7 @@ def execute_run(
     which are recorded on the run row instead."""
     from core.datasets.quality import QualityPipeline, QualityThresholds, default_steps
 
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         run = s.get(ScoringRun, run_id)
         if run is None or run.status != "queued":
             return
@@ -364,7 +364,7 @@ def execute_run(
                         "scored_at": now,
                     }
                 )
-            with session_scope(engine, immediate=True) as s:
+            with writing(engine) as s:
                 if params:
                     # One executemany per batch; an edit made while scoring wins (the content
                     # hash no longer matches, so its stale score is not written).
@@ -387,7 +387,7 @@ def execute_run(
                 break
         if pending and not cancelled:
             cancelled = flush()
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             r = s.get(ScoringRun, run_id)
             r.status = "cancelled" if cancelled else "done"
             r.stats = {
@@ -396,7 +396,7 @@ def execute_run(
             }
             r.finished_at = r.heartbeat_at = utcnow()
     except Exception as err:  # recorded on the run so the page can show it
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             r = s.get(ScoringRun, run_id)
             r.status, r.finished_at = "failed", utcnow()
             r.error = f"{type(err).__name__}: {err}"[:2000]

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from core.audit import audited
 from core.datasets.errors import DatasetError, DatasetNotFound
 from core.datasets.models import DATASET_KINDS, Dataset, DatasetSample, DatasetVersion
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -183,7 +183,7 @@ def create_dataset(
         name = check_name(name)
         if thresholds is not None:
             thresholds = _validated_thresholds(thresholds)
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             d = _create(s, actor, name, description, kind)
             d.thresholds = thresholds
             ctx.detail["id"] = d.id
@@ -196,7 +196,7 @@ def get_or_create_dataset(
     """The dataset of that name, created when missing (feedback datasets use this)."""
     require(actor, "datasets:create")
     name = check_name(name)
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = s.scalar(select(Dataset).where(Dataset.name == name))
         if d is not None:
             return _info(d)
@@ -204,7 +204,7 @@ def get_or_create_dataset(
         return create_dataset(engine, actor, name, description, kind)
     except DatasetError:
         # Lost a race with a concurrent creator: the row exists now.
-        with session_scope(engine) as s:
+        with reading(engine) as s:
             d = s.scalar(select(Dataset).where(Dataset.name == name))
             if d is None:
                 raise
@@ -259,7 +259,7 @@ def _counts(s: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 def list_datasets(engine: Engine, actor: Principal, kind: str | None = None) -> list[DatasetInfo]:
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         q = select(Dataset).order_by(Dataset.name)
         if kind:
             q = q.where(Dataset.kind == kind)
@@ -270,7 +270,7 @@ def list_datasets(engine: Engine, actor: Principal, kind: str | None = None) -> 
 
 def get_dataset(engine: Engine, actor: Principal, ref: int | str) -> DatasetInfo:
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = resolve_dataset(s, ref)
         return _info(d, **_counts(s, [d.id])[d.id])
 
@@ -302,7 +302,7 @@ def set_thresholds(
     with audited(engine, actor, "datasets.set_thresholds", target=str(ref)) as ctx:
         require(actor, "datasets:create")
         thresholds = _validated_thresholds(values)
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, ref)
             ctx.target = d.name
             d.thresholds = thresholds
@@ -314,7 +314,7 @@ def reset_thresholds(engine: Engine, actor: Principal, ref: int | str) -> Datase
     """Back to the quality library's defaults (stored as "not customised")."""
     with audited(engine, actor, "datasets.reset_thresholds", target=str(ref)) as ctx:
         require(actor, "datasets:create")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, ref)
             ctx.target = d.name
             d.thresholds = None
@@ -367,7 +367,7 @@ def add_samples(
     """Add samples in one transaction; returns the new sample ids in input order."""
     with audited(engine, actor, "datasets.add_samples", target=str(dataset_id)) as ctx:
         require(actor, "datasets:create")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, dataset_id)
             ctx.target = d.name
             rows = [sample_row(d.id, smp, actor.username) for smp in samples]
@@ -381,7 +381,7 @@ def delete_dataset(engine: Engine, actor: Principal, ref: int | str) -> None:
     """Delete a dataset and its samples; refused while frozen versions reference it."""
     with audited(engine, actor, "datasets.delete", target=str(ref)) as ctx:
         require(actor, "datasets:create")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             d = resolve_dataset(s, ref)
             ctx.target = d.name
             n = s.scalar(select(func.count()).where(DatasetVersion.dataset_id == d.id)) or 0

@@ -26,7 +26,7 @@ from core.datasets.models import DatasetSample
 from core.datasets.quality import reasons as R
 from core.datasets.quality.models import QualityThresholds
 from core.datasets.service import resolve_dataset
-from core.db import session_scope
+from core.db import reading
 from core.permissions import Principal, require
 
 FieldKind = Literal["int", "float", "bool", "list", "optional_list", "choice", "mapping"]
@@ -533,7 +533,7 @@ class ThresholdEffects:
 
 def load_scored_samples(engine: Engine, dataset_id: int) -> tuple[int, list[ScoredSample]]:
     """(samples in the dataset, the scored ones' stored scores, signals and reasons)."""
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         rows = s.execute(
             select(DatasetSample.score, DatasetSample.signals, DatasetSample.reasons).where(
                 DatasetSample.dataset_id == dataset_id
@@ -555,7 +555,7 @@ def threshold_effects(
     `proposed` is not valid (naming the field)."""
     require(actor, "datasets:read")
     new = validated(proposed)
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = resolve_dataset(s, ref)
         name, dataset_id = d.name, d.id
         saved = QualityThresholds.from_dict(d.thresholds or {})

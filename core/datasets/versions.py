@@ -31,7 +31,7 @@ from core.config import get_settings
 from core.datasets.errors import DatasetError, VersionNotFound
 from core.datasets.models import Dataset, DatasetSample, DatasetVersion
 from core.datasets.service import resolve_dataset
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
 
@@ -198,8 +198,8 @@ def freeze(
         final: Path | None = None
         renamed = committed = False
         try:
-            # Reads, then writes: on SQLite take the write lock first (see session_scope).
-            with session_scope(engine, immediate=True) as s:
+            # Reads, then writes: on SQLite take the write lock first (writing() does).
+            with writing(engine) as s:
                 d = resolve_dataset(s, dataset_id)
                 ctx.target = d.name
                 # Takes the write lock (row lock on Postgres, database lock on SQLite) so two
@@ -330,7 +330,7 @@ def get_version(engine: Engine, actor: Principal, version_id_or_ref: int | str) 
     """A version by numeric id or by reference `name@v2`, `name@2`, `name@latest`, `name`."""
     require(actor, "datasets:read")
     vid, name, ver = _parse_ref(version_id_or_ref)
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         if vid is not None:
             v = s.get(DatasetVersion, vid)
             if v is None:
@@ -358,7 +358,7 @@ def list_versions(
 ) -> list[VersionInfo]:
     """Versions of one dataset (newest first), or of all datasets when none is given."""
     require(actor, "datasets:read")
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         q = select(DatasetVersion, Dataset.name).join(
             Dataset, Dataset.id == DatasetVersion.dataset_id
         )

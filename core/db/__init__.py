@@ -2,17 +2,21 @@
 
 from core.db.engine import (
     DatabaseUnavailable,
+    ReadOnlyTransaction,
     connect,
     dispose_engines,
     get_engine,
     is_postgres,
     is_sqlite,
+    reading,
     session_scope,
+    writing,
 )
 from core.db.migrate import current_revision, head_revision, upgrade
 
 __all__ = [
     "DatabaseUnavailable",
+    "ReadOnlyTransaction",
     "connect",
     "current_revision",
     "dispose_engines",
@@ -20,6 +24,8 @@ __all__ = [
     "head_revision",
     "is_postgres",
     "is_sqlite",
+    "reading",
     "session_scope",
     "upgrade",
+    "writing",
 ]

@@ -208,6 +208,51 @@ _sessionmakers: dict[int, sessionmaker] = {}
 
 
 @contextmanager
+def writing(engine: Engine | None = None) -> Iterator[Session]:
+    """A transaction that writes: committed on success, rolled back on any error.
+
+    On SQLite it takes the write lock before the block runs (BEGIN IMMEDIATE, retried with
+    backoff while another writer keeps it past the busy timeout), so a block that reads and
+    then writes never fails with "database is locked" when it upgrades. Plain `engine.begin()`
+    semantics on PostgreSQL.
+    """
+    with session_scope(engine, immediate=True) as s:
+        yield s
+
+
+class ReadOnlyTransaction(Exception):
+    """A `reading()` block tried to write: use `writing()` for it."""
+
+
+def _refuse_flush(session: Session, _ctx, _instances) -> None:  # noqa: ANN001
+    if session.new or session.dirty or session.deleted:
+        raise ReadOnlyTransaction("this block only reads (reading()); writes need writing()")
+
+
+def _refuse_dml(state) -> None:  # noqa: ANN001 - an ORMExecuteState
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlyTransaction("this block only reads (reading()); writes need writing()")
+
+
+@contextmanager
+def reading(engine: Engine | None = None) -> Iterator[Session]:
+    """A transaction that only reads; it never commits, and a write inside it raises
+    ReadOnlyTransaction, so a forgotten write lock shows up at once, not under load."""
+    engine = engine or get_engine()
+    maker = _sessionmakers.get(id(engine))
+    if maker is None:
+        maker = _sessionmakers[id(engine)] = sessionmaker(bind=engine, expire_on_commit=False)
+    session = maker()
+    event.listen(session, "before_flush", _refuse_flush)
+    event.listen(session, "do_orm_execute", _refuse_dml)
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+@contextmanager
 def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
     """A transaction: commit on success, roll back on any error.
 

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from core import sessions
 from core.audit import read_audit_log
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.db.models import AuthSession, User
 from core.login import AccountLocked, LoginLimits, authenticate
@@ -33,7 +33,7 @@ def alice(db_engine, admin):
 
 def test_session_token_is_stored_only_as_hash_and_resolves(db_engine, alice):
     token = sessions.open_session(db_engine, alice, client_addr="127.0.0.1", user_agent="ua")
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         ids = list(s.scalars(select(AuthSession.id)))
     assert token not in ids and sessions.session_id(token) in ids
     assert sessions.resolve_session(db_engine, token).username == "alice"
@@ -67,14 +67,14 @@ def test_disable_reset_and_role_change_end_every_session(db_engine, admin, alice
     assert sessions.resolve_session(db_engine, web) is None
     assert sessions.resolve_session(db_engine, chat) is None
     assert sessions.resolve_session(db_engine, other).username == "admin"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         row = s.get(AuthSession, sessions.session_id(web))
         assert row.revoked_reason == reason
 
 
 def test_expired_session_is_refused(db_engine, alice):
     token = sessions.open_session(db_engine, alice, ttl_seconds=60)
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.execute(update(AuthSession).values(expires_at=utcnow() - timedelta(seconds=1)))
     assert sessions.resolve_session(db_engine, token) is None
 
@@ -84,7 +84,7 @@ def test_role_is_read_per_request(db_engine, admin, alice):
     assert sessions.resolve_session(db_engine, token).role == "trainer"
     set_role(db_engine, admin, "alice", "analyst")  # revokes: sign in again
     token = sessions.open_session(db_engine, alice)
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.execute(update(User).where(User.username == "alice").values(role="user"))
     assert sessions.resolve_session(db_engine, token).role == "user"
 
@@ -129,7 +129,7 @@ def test_handover_redeemed_concurrently_succeeds_once(db_engine, alice):
 
 def test_expired_handover_is_refused(db_engine, alice):
     hand = sessions.issue_handover(db_engine, alice, purpose="chat", ttl_seconds=60)
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.execute(update(AuthSession).values(expires_at=utcnow() - timedelta(seconds=1)))
     with pytest.raises(sessions.HandoverInvalid, match="expired"):
         sessions.redeem_handover(db_engine, hand, purpose="chat")

@@ -15,7 +15,7 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from core.db import session_scope
+from core.db import reading
 from core.db.models import AuditEntry
 from core.users import create_user
 
@@ -55,7 +55,7 @@ def assert_refused_without_asking(proc, permission: str) -> None:
 
 
 def denied_rows(engine, action: str) -> list[tuple[str, str, str]]:
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return [
             (r.actor, r.target, r.detail.get("permission"))
             for r in s.scalars(

@@ -11,7 +11,7 @@ from core.datasets.errors import ImportFailed
 from core.datasets.importers import BATCH, import_file
 from core.datasets.models import DatasetSample
 from core.datasets.service import create_dataset, get_dataset
-from core.db import session_scope
+from core.db import reading
 
 
 def _write(path, rows):
@@ -20,7 +20,7 @@ def _write(path, rows):
 
 
 def _count(engine) -> int:
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return s.scalar(select(func.count()).select_from(DatasetSample))
 
 
@@ -43,7 +43,7 @@ def test_bad_rows_import_nothing_until_skipped(db_engine, admin, tmp_path):
     assert (report.format, report.imported, report.skipped) == ("alpaca", BATCH + 13, 2)
     assert _count(db_engine) == BATCH + 13
     assert get_dataset(db_engine, admin, "imp").counts["pending"] == BATCH + 13
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         last = s.get(DatasetSample, report.sample_ids[-1])
         assert last.provenance == {
             "source": "import",

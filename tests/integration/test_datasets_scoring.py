@@ -10,7 +10,7 @@ from core.datasets.errors import DatasetError
 from core.datasets.models import DatasetSample
 from core.datasets.scoring import get_scoring_run, score_dataset, start_scoring
 from core.datasets.service import SampleIn, add_samples, create_dataset, set_thresholds
-from core.db import session_scope
+from core.db import reading
 
 GOOD = (
     "Die Abfallgebührensatzung der Stadt regelt, wie die Gebühren für die Abfuhr von "
@@ -54,7 +54,7 @@ def test_scores_reasons_and_cross_dataset_duplicates(db_engine, admin):
     run = score_dataset(db_engine, admin, "mine", progress=lambda d, t: seen.append((d, t)))
     assert run.status == "done" and run.done == 4 and seen[-1] == (4, 4)
     assert run.stats["tokenizer"] == "regex (fallback)"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         rows = {r.id: r for r in s.query(DatasetSample).filter(DatasetSample.dataset_id == ds.id)}
         assert "too_short" in rows[ids[0]].reasons and rows[ids[0]].score < 0.5
         assert rows[ids[1]].duplicate_of == f"other#{other_id}"
@@ -73,7 +73,7 @@ def test_thresholds_per_dataset(db_engine, admin):
     add_samples(db_engine, admin, ds.id, [_text(GOOD)])
     set_thresholds(db_engine, admin, ds.id, {"min_chars": 500})
     score_dataset(db_engine, admin, ds.id)
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         row = s.query(DatasetSample).one()
         assert row.reasons == ["too_short"]
     with pytest.raises(DatasetError, match="min_chars"):
@@ -96,7 +96,7 @@ def test_background_run_in_child_process(db_engine, admin):
         time.sleep(0.2)
     assert info.status == "done", info.error
     assert info.done == 300
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         assert s.query(DatasetSample).filter(DatasetSample.score.is_(None)).count() == 0
 
 
@@ -121,7 +121,7 @@ def test_base_model_tokenizer_counts_tokens(db_engine, admin, tmp_path, monkeypa
     add_samples(db_engine, admin, ds.id, [_text(GOOD)])
     run = score_dataset(db_engine, admin, ds.id)
     assert run.stats["tokenizer"] == f"base model {tmp_path / 'base'}"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         assert s.query(DatasetSample).one().token_count == len(GOOD)
 
     monkeypatch.setenv("CLARA_BASE_MODEL", str(tmp_path / "missing"))
@@ -147,7 +147,7 @@ def test_cross_dataset_near_duplicate_from_stored_signatures(db_engine, admin):
     other = create_dataset(db_engine, admin, "other")
     (oid,) = add_samples(db_engine, admin, other.id, [_text(LONG)])
     score_dataset(db_engine, admin, other.id)
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         stored = s.get(DatasetSample, oid)
         assert stored.minhash and stored.signals["minhash_key"] == minhash_key(QualityThresholds())
     mine = create_dataset(db_engine, admin, "mine")
@@ -155,7 +155,7 @@ def test_cross_dataset_near_duplicate_from_stored_signatures(db_engine, admin):
     texts, hashes, sigs = _reference(db_engine, mine.id, minhash_key(QualityThresholds()))
     assert texts == [] and [r for r, _ in sigs] == [f"other#{oid}"]
     score_dataset(db_engine, admin, mine.id)
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         row = s.get(DatasetSample, mid)
         assert "near_duplicate" in row.reasons and row.duplicate_of == f"other#{oid}"
 

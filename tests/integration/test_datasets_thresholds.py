@@ -28,7 +28,7 @@ from core.datasets.thresholds import (
     threshold_fields,
     with_field_value,
 )
-from core.db import session_scope
+from core.db import reading
 from core.permissions import PermissionDenied
 from tests.conftest import principal
 
@@ -78,7 +78,7 @@ PROPOSED = {
 
 
 def _actual(engine, dataset_id, min_score):
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         rows = s.execute(
             select(DatasetSample.score, DatasetSample.reasons).where(
                 DatasetSample.dataset_id == dataset_id

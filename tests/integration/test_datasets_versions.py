@@ -23,7 +23,7 @@ from core.datasets.versions import (
     get_version,
     list_versions,
 )
-from core.db import session_scope
+from core.db import writing
 from core.permissions import PermissionDenied
 from tests.conftest import principal
 
@@ -133,7 +133,7 @@ def test_freeze_refuses_empty_and_diff(db_engine, admin):
         freeze(db_engine, admin, info.id)
     ids = add_samples(db_engine, admin, info.id, _samples(6))
     v1 = freeze(db_engine, admin, info.id)
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.get(DatasetSample, ids[0]).status = "rejected"
         s.get(DatasetSample, ids[1]).text = "Geänderter Text der Satzung."
     new_ids = add_samples(db_engine, admin, info.id, _samples(1))

@@ -7,7 +7,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from core.audit import read_audit_log, record
-from core.db import current_revision, head_revision, session_scope, upgrade
+from core.db import current_revision, head_revision, reading, upgrade, writing
 from core.db.base import utcnow
 from core.db.models import AuditEntry, LoginThrottle, User
 from core.login import AccountLocked, AuthenticationFailed, authenticate
@@ -28,7 +28,7 @@ from tests.conftest import principal
 def test_schema_at_head_and_upgrade_idempotent(db_engine):
     assert current_revision(db_engine) == head_revision()
     assert upgrade(db_engine) == head_revision()
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         roles = s.execute(text("SELECT name FROM roles ORDER BY name")).scalars().all()
     assert roles == sorted(ROLES)
 
@@ -43,7 +43,7 @@ def test_sqlite_runs_in_wal_with_busy_timeout(db_engine):
 
 def test_first_admin_created_once(db_engine):
     assert ensure_admin(db_engine, None) is None  # the fixture already made one
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         assert s.scalar(select(func.count()).select_from(User)) == 1
 
 
@@ -60,7 +60,7 @@ def test_generated_admin_password_works(settings):
 def test_user_lifecycle_and_audit(db_engine, admin):
     info = create_user(db_engine, admin, "Alice", "secret123", "analyst", "a@x.de", "Alice A")
     assert info.username == "alice" and info.role == "analyst"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         stored = s.scalar(select(User.password_hash).where(User.username == "alice"))
     assert stored.startswith("$2") and "secret123" not in stored
 
@@ -140,21 +140,21 @@ def test_lockout_after_five_failures(db_engine, admin):
     rows = read_audit_log(db_engine, admin, action_prefix="auth.lockout").rows
     assert set(rows.target) == {"admin", "ghost"}
     # After the lockout period the right password works again and clears the counter.
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.execute(update(LoginThrottle).values(locked_until=utcnow() - timedelta(seconds=1)))
     assert authenticate(db_engine, "admin", "adminpass1").username == "admin"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         assert s.get(LoginThrottle, ("name", "admin")) is None
         assert s.get(LoginThrottle, ("pair", "admin|unknown")) is None
 
 
 def test_audit_log_is_append_only(db_engine):
     record(db_engine, "admin", "test.action", "x")
-    with pytest.raises(DBAPIError, match="append-only"), session_scope(db_engine) as s:
+    with pytest.raises(DBAPIError, match="append-only"), writing(db_engine) as s:
         s.execute(text("UPDATE audit_log SET actor = 'mallory'"))
-    with pytest.raises(DBAPIError, match="append-only"), session_scope(db_engine) as s:
+    with pytest.raises(DBAPIError, match="append-only"), writing(db_engine) as s:
         s.execute(text("DELETE FROM audit_log"))
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         assert s.scalar(select(func.count()).select_from(AuditEntry)) >= 1
 
 
