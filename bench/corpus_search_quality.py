@@ -57,9 +57,9 @@ def main() -> None:
     os.environ["CLARA_DATA_DIR"] = data
     if args.database_url:
         os.environ["CLARA_DATABASE_URL"] = args.database_url
-    from core.auth import SYSTEM
     from core.config import get_settings
     from core.corpus.sample import load_sample
+    from core.permissions import SYSTEM
     from core.system import prepare
 
     st = prepare(get_settings())

@@ -421,9 +421,9 @@ def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
     import os
     import sys
 
-    from core.auth import SYSTEM
     from core.corpus.documents import corpus_stats
     from core.corpus.sample import load_sample, sample_available
+    from core.permissions import SYSTEM
 
     choice = os.environ.get("CLARA_LOAD_SAMPLE", "").strip().lower()
     if choice in ("no", "false", "0") or not sample_available():
