@@ -9,7 +9,9 @@ the build's progress and an estimate, and opens the chat by itself once it answe
 import pandas as pd
 import streamlit as st
 
-from core.serving.service import adapter_lineage, chat_adapters, chat_embed, list_feedback
+from core.serving.adapters import adapter_lineage, chat_adapters
+from core.serving.feedback import list_feedback
+from core.serving.iframe import chat_embed
 from ui import session
 
 user = session.require_principal()
@@ -17,7 +19,6 @@ engine = session.engine()
 
 st.title("Chat")
 st.caption("Talk to the base model and the trained adapters; rate answers to improve them.")
-
 
 
 def _demo_build():  # noqa: ANN202 - the build's status, or None
@@ -39,18 +40,20 @@ def _eta(seconds: float | None) -> str:
 def _waiting_for_chat() -> None:
     """While the chat server is down: the demo model build's progress, re-checked every 3 s;
     a full rerun (which embeds the chat) as soon as the server answers."""
-    embed = chat_embed(user, session.settings(), db=engine,
-                       parent_id=session.current_session_id())
+    embed = chat_embed(user, session.settings(), db=engine, parent_id=session.current_session_id())
     if embed.server_up:
         st.rerun()
     build = _demo_build()
     if build is not None:
-        st.info("The chat server starts once the demo base model is built (first start "
-                "only). This page opens the chat by itself when it is ready.",
-                icon=":material/hourglass_top:")
+        st.info(
+            "The chat server starts once the demo base model is built (first start "
+            "only). This page opens the chat by itself when it is ready.",
+            icon=":material/hourglass_top:",
+        )
         fraction = min(1.0, max(0.0, float(build.fraction)))
-        st.progress(fraction, text=f"{build.phase}: {round(fraction * 100)} % · "
-                    f"{_eta(build.eta_seconds)}")
+        st.progress(
+            fraction, text=f"{build.phase}: {round(fraction * 100)} % · {_eta(build.eta_seconds)}"
+        )
         if build.message:
             st.caption(build.message)
     else:
@@ -71,14 +74,21 @@ with right:
     st.subheader("Adapters")
     adapters = chat_adapters(engine, user)
     if not adapters:
-        st.info("No adapters yet: only the base model is available. Train one on the "
-                "Training page.")
+        st.info(
+            "No adapters yet: only the base model is available. Train one on the Training page."
+        )
     else:
         st.dataframe(
             pd.DataFrame(
-                [{"name": a.name, "method": a.method,
-                  "created": a.created_at.strftime("%Y-%m-%d %H:%M"), "by": a.created_by}
-                 for a in adapters]
+                [
+                    {
+                        "name": a.name,
+                        "method": a.method,
+                        "created": a.created_at.strftime("%Y-%m-%d %H:%M"),
+                        "by": a.created_by,
+                    }
+                    for a in adapters
+                ]
             ),
             hide_index=True,
             key="chat_adapters_table",
@@ -101,10 +111,18 @@ with right:
     rows, total = list_feedback(engine, user, username=user.username, limit=10)
     if rows:
         st.dataframe(
-            pd.DataFrame([{"when": r.created_at.strftime("%m-%d %H:%M"), "adapter": r.adapter_name,
-                           "rating": "👍" if r.rating == "up" else "👎",
-                           "prompt": r.prompt[:40], "corrected": bool(r.correction)}
-                          for r in rows]),
+            pd.DataFrame(
+                [
+                    {
+                        "when": r.created_at.strftime("%m-%d %H:%M"),
+                        "adapter": r.adapter_name,
+                        "rating": "👍" if r.rating == "up" else "👎",
+                        "prompt": r.prompt[:40],
+                        "corrected": bool(r.correction),
+                    }
+                    for r in rows
+                ]
+            ),
             hide_index=True,
             key="chat_feedback_table",
         )

@@ -41,9 +41,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import AccountLocked, AuthenticationFailed, Principal, authenticate
 from core.config import Settings, get_settings
+from core.serving.chat import ChatService, engine_from_settings
 from core.serving.engine import BASE, GenerationSettings, InferenceEngine, ServingError
+from core.serving.feedback import FeedbackIn, record_feedback
 from core.serving.render import answer_markdown, literal_markdown
-from core.serving.service import ChatService, FeedbackIn, engine_from_settings, record_feedback
 from core.serving.tokens import HANDOVER_PURPOSE, SESSION_COOKIE, TOKEN_HEADER
 from core.sessions import (
     CHAT,

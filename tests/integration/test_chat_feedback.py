@@ -1,8 +1,8 @@
 """Feedback from the chat: it rates a stored answer, and the sample is that exact exchange.
 
 Runs on both engines (SQLite and the real PostgreSQL) through the `db_engine` fixture. The
-answers are stored with core.serving.answers, as ChatService.reply stores them (the chat
-server's test drives the same path through a real model).
+answers are stored with core.serving.answers, as ChatService.reply (core.serving.chat) stores
+them (the chat server's test drives the same path through a real model).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from core.datasets.review import list_samples
 from core.db import session_scope
 from core.db.models import AuditEntry
 from core.serving.answers import AnswerStart, annotate_context, new_answer_id, store_answer
-from core.serving.models import ChatFeedback
-from core.serving.service import (
+from core.serving.feedback import (
     FeedbackError,
     FeedbackIn,
     feedback_dataset_name,
     list_feedback,
     record_feedback,
 )
+from core.serving.models import ChatFeedback
 
 SESSION = "s" * 64
 OTHER_SESSION = "t" * 64

@@ -313,7 +313,7 @@ def test_long_history_is_cut_with_a_visible_note(server) -> None:
 def test_feedback_on_an_issued_answer_is_stored_and_queued_for_review(server) -> None:
     from core.auth import SYSTEM
     from core.datasets.review import list_samples
-    from core.serving.service import list_feedback
+    from core.serving.feedback import list_feedback
 
     c = server.client()
     answer, _note, answer_id = c.predict(QUESTION, "codeword", "[]", *GREEDY, api_name="/generate")
@@ -339,7 +339,7 @@ def test_feedback_cannot_be_forged(server) -> None:
     from gradio_client.exceptions import AppError
 
     from core.auth import SYSTEM, create_user
-    from core.serving.service import list_feedback
+    from core.serving.feedback import list_feedback
 
     with contextlib.suppress(Exception):
         create_user(server.db(), SYSTEM, "bruno", "bruno-pass-1", "user")

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 from core.config import load_settings
 from core.serving.answers import sample_turns
 from core.serving.engine import GenerationSettings, PreparedPrompt
+from core.serving.feedback import feedback_dataset_name
+from core.serving.iframe import chat_base_url
 from core.serving.render import answer_markdown, literal_markdown
-from core.serving.service import chat_base_url, feedback_dataset_name
 
 HOSTILE = [
     "![pixel](http://127.0.0.1:9/pixel.png)",

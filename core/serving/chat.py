@@ -1,0 +1,205 @@
+"""Chat replies as core sees it: the engine for the configured base model, and `ChatService`.
+
+`ChatService` is what the Gradio app, the CLI and the benchmarks call. It re-reads the
+adapter registry on every list and every request, so an adapter registered after the server
+started is offered at once and a deleted one disappears (and is refused by name). Every
+answer is stored under an id (core.serving.answers) that feedback refers to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from core.config import Settings, get_settings
+from core.permissions import Principal, require
+from core.serving.adapters import registered_adapters
+from core.serving.answers import AnswerStart, annotate_context, new_answer_id, store_answer
+from core.serving.engine import (
+    BASE,
+    AdapterRef,
+    AdapterUnavailable,
+    GenerationSettings,
+    InferenceEngine,
+    ServingError,
+)
+
+Message = dict[str, str]
+
+log = logging.getLogger("clara.chat")
+
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+def engine_from_settings(
+    settings: Settings | None = None, quantization: str | None = None
+) -> InferenceEngine:
+    """The engine for the configured base model (CLARA_BASE_MODEL, or the demo model built
+    under the data dir); quantization from the argument or CLARA_CHAT_QUANTIZATION (4bit |
+    8bit, through bitsandbytes)."""
+    from core.training.base_model import resolve_base_model
+
+    settings = settings or get_settings()
+    quant = quantization or os.environ.get("CLARA_CHAT_QUANTIZATION") or None
+    if quant not in (None, *QUANTIZATIONS):
+        raise ServingError(
+            f"CLARA_CHAT_QUANTIZATION / --quantization: must be one of 4bit, 8bit (got {quant!r})"
+        )
+    return InferenceEngine(str(resolve_base_model(settings)), quantization=quant)
+
+
+@dataclass
+class Reply:
+    """A streamed answer: `note` is known before the first token (context truncation).
+
+    `answer_id` names the stored answer (kept when the stream ends, also when it is stopped
+    early); feedback refers to it.
+    """
+
+    adapter: str
+    note: str
+    _pieces: Iterator[str] = field(repr=False)
+    answer_id: str = ""
+    dropped_turns: int = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    name: str
+    id: str | None
+    base_model: str
+    compatible: bool
+    problem: str = ""
+
+
+def _kept_with_ids(
+    messages: list[dict[str, Any]], kept: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The prepared prompt, with the `answer_id` the caller gave for its assistant turns.
+
+    `prepare` keeps a suffix of the turns (plus the settings' system prompt); the ids are
+    carried over by matching the assistant turns from the end.
+    """
+    given = [m for m in messages if m.get("role") == "assistant"]
+    out = [dict(m) for m in kept]
+    ours = [m for m in out if m["role"] == "assistant"]
+    for mine, theirs in zip(reversed(ours), reversed(given), strict=False):
+        if theirs.get("answer_id") and theirs.get("content") == mine["content"]:
+            mine["answer_id"] = str(theirs["answer_id"])
+    return out
+
+
+class ChatService:
+    def __init__(self, db: Engine, inference: InferenceEngine) -> None:
+        self.db = db
+        self.inference = inference
+
+    def _refs(self) -> dict[str, AdapterRef]:
+        refs = {r.name: r for r in registered_adapters(self.db)}
+        self.inference.sync(list(refs.values()))
+        return refs
+
+    def adapters(self, actor: Principal) -> list[AdapterChoice]:
+        """What the picker offers: base first, then every registered adapter.
+
+        Adapters for another base model are listed as incompatible (with the reason) so
+        that a person understands why they cannot pick them.
+        """
+        require(actor, "chat:use")
+        out = [AdapterChoice(BASE, None, self.inference.base_model, True)]
+        for ref in self._refs().values():
+            try:
+                self.inference.check_base(ref)
+                out.append(AdapterChoice(ref.name, ref.id, ref.base_model, True))
+            except ServingError as err:
+                out.append(AdapterChoice(ref.name, ref.id, ref.base_model, False, str(err)))
+        return out
+
+    def adapter_names(self, actor: Principal) -> list[str]:
+        return [a.name for a in self.adapters(actor) if a.compatible]
+
+    def reply(
+        self,
+        actor: Principal,
+        messages: list[Message],
+        adapter: str | None = None,
+        settings: GenerationSettings | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> Reply:
+        """Start one streamed answer; raises AdapterUnavailable for an unknown name.
+
+        The answer is stored under a new id with the prompt the model saw (see
+        core.serving.answers) once the stream ends; `session_id` is the chat session it
+        belongs to, so that only that session can rate it.
+        """
+        require(actor, "chat:use")
+        settings = settings or GenerationSettings()
+        name = adapter or BASE
+        refs = self._refs()
+        if name != BASE and name not in refs:
+            raise AdapterUnavailable(name, sorted(refs))
+        if name != BASE:
+            self.inference.check_base(refs[name])
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        prepared = self.inference.prepare(plain, settings)
+        pieces = self.inference.stream(
+            plain, adapter=name, settings=settings, refs=refs, prepared=prepared
+        )
+        kept = _kept_with_ids(messages, prepared.messages)
+        start = AnswerStart(
+            id=new_answer_id(),
+            username=actor.username,
+            session_id=session_id,
+            adapter_name=name,
+            adapter_id=refs[name].id if name in refs else None,
+            context=annotate_context(self.db, actor.username, session_id, kept),
+            settings=settings.model_dump(),
+            dropped_turns=prepared.dropped_turns,
+        )
+        return Reply(
+            adapter=name,
+            note=prepared.note,
+            _pieces=self._recorded(start, pieces),
+            answer_id=start.id,
+            dropped_turns=prepared.dropped_turns,
+        )
+
+    def _recorded(self, start: AnswerStart, pieces: Iterator[str]) -> Iterator[str]:
+        text: list[str] = []
+        complete = False
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield piece
+            complete = True
+        finally:
+            try:
+                store_answer(self.db, start, "".join(text), complete=complete)
+            except Exception:  # never hide the generation's own error behind this one
+                log.exception("could not store chat answer %s", start.id)
+
+    def health(self) -> dict[str, Any]:
+        s = self.inference.stats
+        return {
+            "status": "ok",
+            "base_model": self.inference.base_model,
+            "base_loaded": self.inference._model is not None,
+            "base_loads": s.base_loads,
+            "adapter_loads": s.adapter_loads,
+            "switches": s.switches,
+            "last_switch_ms": round(s.last_switch_ms, 3),
+            "generations": s.generations,
+            "loaded_adapters": list(s.loaded_adapters),
+        }
