@@ -52,8 +52,10 @@ def test_views_follow_actions_and_finished_jobs(trainbench, page):  # noqa: F811
 
     # A second job from the form: it is the job shown (not the one selected before).
     page.get_by_role("tab", name="New job").click()
+    page.locator('[role="tab"][aria-selected="true"]', has_text="New job").wait_for()
     _fill_short_job(page, "hard-two")
     page.get_by_role("button", name="Submit job").click()
+    page.get_by_text(re.compile(r"Queued job \d+ for adapter 'hard-two'")).wait_for(timeout=60_000)
     page.get_by_role("tab", name="Jobs").click()
     page.get_by_role("heading", name=re.compile(rf"^Job {first + 1}: hard-two")).wait_for(
         timeout=60_000

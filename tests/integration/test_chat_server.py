@@ -402,7 +402,7 @@ def _all_routes(models) -> list[tuple[str, str]]:
     from core.config import load_settings
     from core.db import get_engine
     from core.serving.engine import InferenceEngine
-    from workers.chat import create_server
+    from workers.chat_server import create_server
 
     app = create_server(
         get_engine(url="sqlite://"),
