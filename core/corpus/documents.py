@@ -165,9 +165,9 @@ def _view(d: Document) -> DocumentView:
 def get_document(engine: Engine, actor: Principal, doc_id: str) -> DocumentView:
     """The latest revision of one document; raises DocumentNotFound."""
     require(actor, "corpus:search")
-    from core.db import session_scope
+    from core.db import reading
 
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         d = s.scalar(sa.select(Document).where(Document.doc_id == doc_id))
         if d is None:
             raise DocumentNotFound(doc_id)
@@ -177,11 +177,11 @@ def get_document(engine: Engine, actor: Principal, doc_id: str) -> DocumentView:
 def iter_documents(engine: Engine, actor: Principal, doc_ids: list[str]) -> Iterator[DocumentView]:
     """Documents in the order given (unknown ids are skipped), read in batches."""
     require(actor, "corpus:search")
-    from core.db import session_scope
+    from core.db import reading
 
     for i in range(0, len(doc_ids), _BATCH):
         part = doc_ids[i : i + _BATCH]
-        with session_scope(engine) as s:
+        with reading(engine) as s:
             found = {
                 d.doc_id: _view(d)
                 for d in s.scalars(sa.select(Document).where(Document.doc_id.in_(part)))

@@ -503,9 +503,9 @@ def save_search(
         require(actor, "corpus:search")
         if not 1 <= len(name) <= 128:
             raise SearchError("a saved search needs a name of 1-128 characters")
-        from core.db import session_scope
+        from core.db import writing
 
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
             if row is None:
                 row = SavedSearch(name=name, created_by=actor.username)
@@ -541,9 +541,9 @@ def _saved_view(row: SavedSearch) -> SavedSearchView:
 
 def list_saved_searches(engine: Engine, actor: Principal) -> list[SavedSearchView]:
     require(actor, "corpus:search")
-    from core.db import session_scope
+    from core.db import reading
 
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return [
             _saved_view(r) for r in s.scalars(sa.select(SavedSearch).order_by(SavedSearch.name))
         ]
@@ -551,9 +551,9 @@ def list_saved_searches(engine: Engine, actor: Principal) -> list[SavedSearchVie
 
 def get_saved_search(engine: Engine, actor: Principal, name: str) -> SavedSearchView:
     require(actor, "corpus:search")
-    from core.db import session_scope
+    from core.db import reading
 
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
         if row is None:
             raise SavedSearchNotFound(name)
@@ -575,9 +575,9 @@ def run_saved_search(
 def delete_saved_search(engine: Engine, actor: Principal, name: str) -> None:
     with audited(engine, actor, "corpus.delete_search", target=name):
         require(actor, "corpus:search")
-        from core.db import session_scope
+        from core.db import writing
 
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             row = s.scalar(sa.select(SavedSearch).where(SavedSearch.name == name))
             if row is None:
                 raise SavedSearchNotFound(name)

@@ -160,48 +160,11 @@ def retry_on_lock(
             delay = min(LOCK_BACKOFF_MAX_S, delay * 2)
 
 
-def _begin_write(conn) -> None:  # noqa: ANN001 - a Connection
-    """BEGIN IMMEDIATE on this SQLite connection now (waits out the busy timeout)."""
-    conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-    try:
-        conn.begin()
-    finally:
-        conn.info.pop("sqlite_begin", None)
-
-
 @contextmanager
-def write_transaction(engine: Engine, *, what: str = "write") -> Iterator:
-    """A Connection in a write transaction, committed on success, rolled back on error.
-
-    On SQLite the write lock is taken up front (BEGIN IMMEDIATE), so reads inside it never
-    need to upgrade (that upgrade fails at once while another process writes); if the lock
-    stays taken past the busy timeout, BEGIN is retried with backoff (retry_on_lock).
-    On PostgreSQL it is `engine.begin()`. Retrying the body itself on a lock error (e.g. a
-    deadlock) is the caller's business: wrap the whole block in retry_on_lock.
-    """
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            yield conn
-        return
-
-    def open_conn():  # noqa: ANN202
-        conn = engine.connect()
-        try:
-            _begin_write(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    conn = retry_on_lock(open_conn, what=what)
-    try:
-        yield conn
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
+def write_transaction(engine: Engine, *, what: str = "write") -> Iterator[Connection]:
+    """`writing()` for code that works on a Connection (bulk SQL): the same lock rules."""
+    with writing(engine) as s:
+        yield s.connection()
 
 
 _sessionmakers: dict[int, sessionmaker] = {}

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import core.db.engine as engine_module
-from core.db import session_scope
+from core.db import writing
 from core.db.engine import create_engine_for, is_lock_error, retry_on_lock, write_transaction
 
 HOLDER = textwrap.dedent(
@@ -60,7 +60,7 @@ def test_session_scope_immediate_waits_past_the_busy_timeout(engine):
     proc = _hold(engine, 1.5)
     started = time.monotonic()
     try:
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             n = s.execute(sa.text("SELECT n FROM counter")).scalar_one()
             s.execute(sa.text("UPDATE counter SET n = :n"), {"n": n + 1})
     finally:

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from core.db import session_scope
+from core.db import writing
 from core.db.engine import create_engine_for
 
 
@@ -38,7 +38,8 @@ def _hold_write_lock(engine, started: threading.Event, seconds: float) -> None:
 
 
 def _read_then_write(engine, immediate: bool) -> None:
-    with session_scope(engine, immediate=immediate) as s:
+    """With writing() (the lock first), or the way it failed: a plain BEGIN that reads first."""
+    with writing(engine) if immediate else engine.begin() as s:
         n = s.execute(sa.text("SELECT n FROM counter")).scalar_one()
         time.sleep(0.3)  # the other writer still holds its lock
         s.execute(sa.text("UPDATE counter SET n = :n"), {"n": n + 1})
