@@ -228,6 +228,27 @@ def redeem_handover(
         return Principal(user.username, user.role, user.id, user.full_name), row.parent_id
 
 
+def handover_owner(engine: Engine, token: str | None, *, purpose: str) -> str | None:
+    """The username a hand-over token was issued to, used or not, expired or not.
+
+    Only names the owner, never signs anyone in: the chat server uses it to let a browser
+    that already holds that same user's chat session back in with a link it used before.
+    None for an unknown or revoked token, or one meant for something else.
+    """
+    if not token or len(token) > 200:
+        return None
+    with session_scope(engine) as s:
+        row = s.get(AuthSession, session_id(token))
+        if (
+            row is None
+            or row.kind != HANDOVER
+            or row.purpose != purpose
+            or row.revoked_at is not None
+        ):
+            return None
+        return row.username
+
+
 def purge_expired(engine: Engine, older_than: timedelta = timedelta(days=7)) -> int:
     """Delete sessions that ended more than `older_than` ago (they only matter for a while)."""
     from sqlalchemy import delete

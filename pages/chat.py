@@ -2,6 +2,8 @@
 
 The iframe URL carries a single-use sign-in token issued for this user's web session, so the
 chat server knows who is chatting without a second login (and refuses anyone without one).
+The URL is kept in st.session_state and reused on every rerun: a new one would reload the
+iframe and lose the conversation.
 While the chat server is not up yet because the demo model is being built, the page shows
 the build's progress and an estimate, and opens the chat by itself once it answers.
 """
@@ -11,7 +13,7 @@ import streamlit as st
 
 from core.serving.adapters import adapter_lineage, chat_adapters
 from core.serving.feedback import list_feedback
-from core.serving.iframe import chat_embed
+from core.serving.iframe import ChatEmbed, chat_embed
 from ui import session
 
 user = session.require_principal()
@@ -19,6 +21,18 @@ engine = session.engine()
 
 st.title("Chat")
 st.caption("Talk to the base model and the trained adapters; rate answers to improve them.")
+
+
+def _embed() -> ChatEmbed:
+    """Where the iframe points: the URL this page got before for this user and web session
+    (kept across reruns, so the iframe is not reloaded), else a new one."""
+    owner = (user.username, session.current_session_id())
+    kept = st.session_state.get("chat_embed_url")
+    known = kept[1] if isinstance(kept, tuple) and kept[0] == owner else ""
+    embed = chat_embed(user, session.settings(), db=engine, parent_id=owner[1], known_url=known)
+    if embed.url:
+        st.session_state["chat_embed_url"] = (owner, embed.url)
+    return embed
 
 
 def _demo_build():  # noqa: ANN202 - the build's status, or None
@@ -40,7 +54,7 @@ def _eta(seconds: float | None) -> str:
 def _waiting_for_chat() -> None:
     """While the chat server is down: the demo model build's progress, re-checked every 3 s;
     a full rerun (which embeds the chat) as soon as the server answers."""
-    embed = chat_embed(user, session.settings(), db=engine, parent_id=session.current_session_id())
+    embed = _embed()
     if embed.server_up:
         st.rerun()
     build = _demo_build()
@@ -60,7 +74,7 @@ def _waiting_for_chat() -> None:
         st.error(embed.problem, icon=":material/cloud_off:")
 
 
-embed = chat_embed(user, session.settings(), db=engine, parent_id=session.current_session_id())
+embed = _embed()
 left, right = st.columns([3, 1], gap="medium")
 
 with left:

@@ -10,7 +10,9 @@ door behind an authenticated page:
   authenticate the same way people do. `/logout` revokes the session.
 - `/clara/enter?token=...` redeems the single-use hand-over token the Streamlit page issues
   and opens a chat session as a child of the page's web session (logging out there ends the
-  chat too), so a user already signed in there is not asked again inside the iframe.
+  chat too), so a user already signed in there is not asked again inside the iframe. A link
+  used before lets in only a browser that already holds a chat session of the link's owner
+  (the page re-mounting its iframe); anyone else is refused.
 - `X-Clara-Token: <chat session token>` authenticates API clients.
 - `SessionGate` (ASGI middleware) refuses every route without a live chat session except
   health, sign-in and static assets; Gradio's monitoring routes need an admin.
@@ -38,6 +40,7 @@ from core.sessions import (
     CHAT,
     HandoverInvalid,
     end_web_session,
+    handover_owner,
     open_session,
     redeem_handover,
     resolve_session,
@@ -240,10 +243,19 @@ def create_server(
     @app.get("/clara/enter")
     def enter(request: Request, token: str = "") -> Response:
         """The Streamlit page's hand-over: a single-use token becomes a chat session, a child
-        of the page's web session."""
+        of the page's web session.
+
+        A token used (or expired) already still lets in a browser that holds a live chat
+        session of the token's owner: the page re-mounts its iframe with the link it keeps,
+        and the conversation lives on in that session. Anyone else is refused.
+        """
         try:
             user, parent = redeem_handover(engine, token, purpose=HANDOVER_PURPOSE)
         except HandoverInvalid as err:
+            caller = resolve_caller(engine, settings, request)
+            owner = handover_owner(engine, token, purpose=HANDOVER_PURPOSE)
+            if caller is not None and owner is not None and owner == caller.user.username:
+                return RedirectResponse("../", status_code=303)
             return HTMLResponse(
                 f"<p>{html.escape(str(err))}. <a href='../login'>Sign in</a></p>", 401
             )

@@ -37,6 +37,7 @@ def chat_embed(
     *,
     db: Engine | None = None,
     parent_id: str | None = None,
+    known_url: str = "",
 ) -> ChatEmbed:
     """The iframe URL for `actor`, and whether the chat server answers.
 
@@ -44,6 +45,11 @@ def chat_embed(
     that the chat server redeems for a chat session; `parent_id` is the web session it is
     issued from, so that logging out of the web app also ends the chat. The token is issued
     only when the server answers (nothing would redeem it otherwise).
+
+    `known_url` is the URL given to this page before: while it points at this server it is
+    returned again instead of a new token, so that a rerun of the page keeps the same iframe
+    (a new URL would reload it and lose the conversation). The chat server lets a used link
+    in again only for a browser that holds a chat session of the link's owner.
     """
     import httpx
 
@@ -66,7 +72,9 @@ def chat_embed(
     url = f"{base}/"
     if settings.auth_enabled:
         url = ""
-        if up:
+        if up and known_url.startswith(f"{base}/clara/enter?token="):
+            url = known_url
+        elif up:
             from core.serving.tokens import HANDOVER_PURPOSE
             from core.sessions import issue_handover
 

@@ -539,3 +539,64 @@ def test_clara_generate_streams_one_answer(server) -> None:
     bad = server.cli("generate", "--adapter", "no-such-adapter", QUESTION)
     assert bad.returncode == 1
     assert "'no-such-adapter' is not available" in bad.stderr
+
+
+def test_a_used_hand_over_link_lets_in_only_the_browser_of_its_owner(server) -> None:
+    """Issue 11: the Chat page keeps its iframe URL across reruns, so a re-mounted iframe
+    opens a link used before. With a chat session of the link's owner that enters the app
+    (the same session, not a new one); without it, or with another user's, it is refused."""
+    from core.auth import principal_for
+    from core.sessions import WEB, issue_handover, open_session, session_id
+
+    db = server.db()
+    web = open_session(db, principal_for(db, "alice"), kind=WEB)
+    token = issue_handover(
+        db, principal_for(db, "alice"), purpose="chat", parent_id=session_id(web)
+    )
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        assert h.get("clara/enter", params={"token": token}).status_code == 303
+        chat_session = h.cookies["clara_chat_session"]
+        again = h.get("clara/enter", params={"token": token})
+        assert again.status_code == 303 and "set-cookie" not in again.headers
+        app = h.get("clara/enter", params={"token": token}, follow_redirects=True)
+        assert app.status_code == 200 and app.url.path == "/"
+        assert "CLARA Chat" in app.text
+        assert h.cookies["clara_chat_session"] == chat_session
+        assert h.get("config").status_code == 200  # the session the link opened, still live
+    no_cookie = httpx.get(server.url + "clara/enter", params={"token": token}, timeout=30)
+    assert no_cookie.status_code == 401 and "used already" in no_cookie.text
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        r = other.post("login", data={"username": "admin", "password": "adminpass1"})
+        assert r.status_code == 200 and other.get("config").status_code == 200
+        foreign = other.get("clara/enter", params={"token": token})
+        assert foreign.status_code == 401 and "used already" in foreign.text
+
+
+def test_chat_page_keeps_its_iframe_url_across_reruns(server) -> None:
+    """Issue 11: two reruns of the Chat page show the same iframe URL (a new single-use link
+    on each rerun reloaded the chat and lost the conversation), and that URL still works."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from core.auth import principal_for
+    from core.sessions import WEB, open_session
+
+    db = server.db()
+    web = open_session(db, principal_for(db, "alice"), kind=WEB)
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "pages" / "chat.py"), default_timeout=60)
+        at.session_state["clara_session"] = web  # AppTest has no cookies (ui/session.py)
+        urls = []
+        for _ in range(3):
+            at.run()
+            assert not at.exception, at.exception
+            [frame] = at.get("iframe")
+            urls.append(frame.proto.src)
+    finally:
+        st.cache_resource.clear()
+    assert urls[0].startswith(server.url + "clara/enter?token=")
+    assert urls[0] == urls[1] == urls[2]
+    with httpx.Client(timeout=30) as browser:  # the iframe loads it, then is mounted again
+        assert browser.get(urls[0]).status_code == 303
+        assert browser.get(urls[0], follow_redirects=True).status_code == 200
