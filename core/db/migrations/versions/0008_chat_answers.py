@@ -3,9 +3,6 @@
 Revision ID: 0008_chat_answers
 Revises: 0007_auth_sessions
 
-The chain 0007 → 0009 is fixed up front so that the areas can be built in parallel; each
-area fills in its own file (an area with nothing to migrate leaves its upgrade empty).
-
 Feedback used to carry its own answer and conversation, so anyone could file any text as a
 "rated answer". Now every generated answer is stored (`chat_answers`) and feedback names one
 of them (`chat_feedback.answer_id`, unique: one rating per answer).
