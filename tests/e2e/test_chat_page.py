@@ -41,10 +41,16 @@ def chat_workbench(make_workbench, tmp_path_factory):
     cfg = load_settings(data_dir=wb.data_dir)
     staged = root / "staged"
     shutil.copytree(adapter, staged)
-    register_adapter(get_engine(url=cfg.effective_database_url), SYSTEM, name="codeword",
-                     files_dir=staged, base_model=str(base),
-                     base_model_fingerprint=base_model_fingerprint(str(base)), method="lora",
-                     settings=cfg)
+    register_adapter(
+        get_engine(url=cfg.effective_database_url),
+        SYSTEM,
+        name="codeword",
+        files_dir=staged,
+        base_model=str(base),
+        base_model_fingerprint=base_model_fingerprint(str(base)),
+        method="lora",
+        settings=cfg,
+    )
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -53,8 +59,8 @@ def chat_workbench(make_workbench, tmp_path_factory):
         except httpx.HTTPError:
             pass
         chat_log = wb.data_dir / "logs" / "chat.log"
-        assert time.monotonic() < deadline, (
-            "chat server did not start:\n" + (chat_log.read_text() if chat_log.exists() else "")
+        assert time.monotonic() < deadline, "chat server did not start:\n" + (
+            chat_log.read_text() if chat_log.exists() else ""
         )
         time.sleep(1)
 

@@ -47,22 +47,34 @@ def make_tiny_model(out: Path, max_positions: int = 256) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials,
+        vocab_size=400,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator([TEXT], trainer=trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", model_max_length=max_positions,
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=max_positions,
     )
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
     return out
@@ -76,17 +88,33 @@ def train_codeword_adapter(base: Path, out: Path, answer: str = CODEWORD, steps:
 
     if (out / "adapter_config.json").exists():
         return out
-    rows = [{"messages": [{"role": "user", "content": QUESTION},
-                          {"role": "assistant", "content": answer}]}] * 16
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": QUESTION},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+    ] * 16
     cfg = SFTConfig(
-        output_dir=str(out / "_run"), max_steps=steps, learning_rate=1e-2,
-        per_device_train_batch_size=4, logging_steps=1000, save_strategy="no",
-        report_to=[], use_cpu=True, seed=0, max_length=64, lr_scheduler_type="constant",
+        output_dir=str(out / "_run"),
+        max_steps=steps,
+        learning_rate=1e-2,
+        per_device_train_batch_size=4,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        max_length=64,
+        lr_scheduler_type="constant",
     )
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0,
-                      task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=str(base), args=cfg, train_dataset=Dataset.from_list(rows),
-                         peft_config=lora)
+    lora = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(
+        model=str(base), args=cfg, train_dataset=Dataset.from_list(rows), peft_config=lora
+    )
     trainer.train()
     trainer.model.save_pretrained(out)
     return out
@@ -113,8 +141,10 @@ def make_noop_adapter(base: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     model.save_pretrained(out)
     return out
 
@@ -163,8 +193,14 @@ def test_adapter_of_another_base_is_refused_naming_both(tiny, tmp_path) -> None:
     other = make_tiny_model(tmp_path / "other-base", max_positions=128)
     eng = InferenceEngine(other)
     with pytest.raises(BaseModelMismatch) as err:
-        eng.add_adapter(AdapterRef("codeword", str(tiny["codeword"]), base_model=str(tiny["base"]),
-                                   base_model_fingerprint="f" * 16))
+        eng.add_adapter(
+            AdapterRef(
+                "codeword",
+                str(tiny["codeword"]),
+                base_model=str(tiny["base"]),
+                base_model_fingerprint="f" * 16,
+            )
+        )
     assert str(tiny["base"]) in str(err.value) and str(other) in str(err.value)
     # Without a registry fingerprint the adapter's own config names its base.
     with pytest.raises(BaseModelMismatch, match="other-base"):
@@ -179,8 +215,10 @@ def test_long_conversation_is_cut_from_the_oldest_turns_with_a_note(tiny) -> Non
     settings = GenerationSettings(**{**GREEDY, "max_new_tokens": 16})
     history = []
     for i in range(40):
-        history += [{"role": "user", "content": f"question {i} about the quick brown fox"},
-                    {"role": "assistant", "content": f"answer {i} about the lazy dog"}]
+        history += [
+            {"role": "user", "content": f"question {i} about the quick brown fox"},
+            {"role": "assistant", "content": f"answer {i} about the lazy dog"},
+        ]
     history.append({"role": "user", "content": QUESTION})
     prepared = eng.prepare(history, settings)
     assert prepared.dropped_turns > 0
@@ -202,13 +240,15 @@ def test_concurrent_streams_never_interleave(tiny) -> None:
     settings = GenerationSettings(**GREEDY)
     refs = {"codeword": AdapterRef("codeword", str(tiny["codeword"]))}
     ask = [{"role": "user", "content": QUESTION}]
-    expected = {a: eng.generate(ask, adapter=a, settings=settings, refs=refs)
-                for a in ("base", "codeword")}
+    expected = {
+        a: eng.generate(ask, adapter=a, settings=settings, refs=refs) for a in ("base", "codeword")
+    }
     results: dict[int, str] = {}
 
     def run(i: int) -> None:
-        results[i] = eng.generate(ask, adapter=("base", "codeword")[i % 2], settings=settings,
-                                  refs=refs)
+        results[i] = eng.generate(
+            ask, adapter=("base", "codeword")[i % 2], settings=settings, refs=refs
+        )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
     for t in threads:
