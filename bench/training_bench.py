@@ -152,7 +152,7 @@ def run_worker_job(st, version, name: str, trainer: dict, peft_cfg: dict, thread
         },
     )
     subprocess.run(
-        [sys.executable, "-m", "core.cli", "worker", "--once"],
+        [sys.executable, "-m", "cli", "worker", "--once"],
         cwd=ROOT,
         env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)},
         check=True,
@@ -203,7 +203,7 @@ def claim_latency(st, n: int = 10) -> dict:
     from core.training.models import TrainingMetric
 
     worker = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "worker"],
+        [sys.executable, "-m", "cli", "worker"],
         cwd=ROOT,
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,

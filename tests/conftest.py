@@ -184,7 +184,7 @@ def shared_demo_model(tmp_path_factory) -> Path:
         env = {k: v for k, v in os.environ.items() if k != "CLARA_DATABASE_URL"}
         env.update(CLARA_DATA_DIR=str(folder), CLARA_DEMO_MODEL_SIZE="tiny", CLARA_ENV="testing")
         r = subprocess.run(
-            [sys.executable, "-m", "core.cli", "demo-model", "--json"],
+            [sys.executable, "-m", "cli", "demo-model", "--json"],
             cwd=ROOT,
             env=env,
             capture_output=True,

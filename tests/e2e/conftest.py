@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def clara_command() -> list[str]:
     exe = Path(sys.executable).with_name("clara")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "core.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
 @dataclass

@@ -72,7 +72,7 @@ class ChatServer:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             cwd=ROOT,
             env={**os.environ, **self.env},
             capture_output=True,
@@ -148,7 +148,7 @@ def running_chat_server(
         )
         with srv.log.open("wb") as log:
             srv.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "chat"],
+                [sys.executable, "-m", "cli", "chat"],
                 cwd=ROOT,
                 env={**os.environ, **env},
                 stdout=log,

@@ -34,7 +34,7 @@ def clara(settings, *args, as_user: str = "admin", stdin: str | None = None):
         "CLARA_CLI_USER": as_user,
     }
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -243,7 +243,7 @@ def test_cli_build_and_reembed(db_engine, admin, settings, tmp_path, onnx_folder
 
     def clara(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", "corpus", *args],
+            [sys.executable, "-m", "cli", "corpus", *args],
             env=env,
             capture_output=True,
             text=True,

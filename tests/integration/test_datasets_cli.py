@@ -33,7 +33,7 @@ def clara(settings, *args, ok=True):
         "CLARA_ADMIN_PASSWORD": "adminpass1",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from workers.trainer import process_start_time, signal_process_group
 
 def clara(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         env={**os.environ, "CLARA_CLI_USER": "admin"},
         capture_output=True,

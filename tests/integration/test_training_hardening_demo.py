@@ -24,7 +24,7 @@ def test_status_of_a_running_build(settings):
     assert demo_build_status(settings) is None  # nothing builds
     env = {**os.environ, "CLARA_DEMO_MODEL_SIZE": "tiny"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "demo-model", "--json"],
+        [sys.executable, "-m", "cli", "demo-model", "--json"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

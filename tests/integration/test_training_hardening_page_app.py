@@ -88,7 +88,7 @@ def test_a_job_waiting_for_the_demo_model_shows_the_build(app, db_engine, admin,
     assert job.base_model == "demo"
     assert claim_next_job(db_engine, "test-worker", 60) is not None  # running, step 0
     build = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "demo-model"],
+        [sys.executable, "-m", "cli", "demo-model"],
         cwd=ROOT,
         env={**os.environ, "CLARA_DEMO_MODEL_SIZE": "small"},  # minutes: still running below
         stdout=subprocess.DEVNULL,

@@ -93,7 +93,7 @@ def spec(name: str, version_id: int, method: str = "lora", **trainer) -> dict:
 
 def run_worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "worker", *args],
+        [sys.executable, "-m", "cli", "worker", *args],
         cwd=ROOT,
         env=dict(os.environ),
         capture_output=True,
@@ -106,7 +106,7 @@ def run_worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def start_worker(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "worker", *args],
+        [sys.executable, "-m", "cli", "worker", *args],
         cwd=ROOT,
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,

@@ -149,7 +149,7 @@ def test_claim_uses_the_engine_specific_lock(db_engine, admin):
 
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "worker", *args],
+        [sys.executable, "-m", "cli", "worker", *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -29,6 +29,26 @@ def test_core_never_imports_ui_libraries():
     assert offenders == {}
 
 
+# Composition roots (the CLI and `clara up` supervisor, the workers, the Streamlit shell and
+# its pages) sit on top of core; core imports none of them.
+COMPOSITION_ROOTS = {"cli", "workers", "ui", "pages", "app"}
+
+
+def test_core_never_imports_composition_roots():
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & COMPOSITION_ROOTS)
+        for p in (ROOT / "core").rglob("*.py")
+        if _imports(p) & COMPOSITION_ROOTS
+    }
+    assert offenders == {}
+
+
+def test_the_roots_check_catches_a_deliberate_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    import workers.trainer\n    from cli.common import app\n")
+    assert _imports(bad) & COMPOSITION_ROOTS == {"workers", "cli"}
+
+
 def test_pages_import_only_light_modules():
     stdlib = set(sys.stdlib_module_names)
     offenders = {}

@@ -80,7 +80,7 @@ def children_for_up(
                 [
                     sys.executable,
                     "-m",
-                    "core.cli",
+                    "cli",
                     "worker",
                     "--concurrency",
                     str(cfg.worker_concurrency),
@@ -91,7 +91,7 @@ def children_for_up(
         children.append(
             ChildSpec(
                 "chat",
-                [sys.executable, "-m", "core.cli", "chat"],
+                [sys.executable, "-m", "cli", "chat"],
                 host=cfg.chat_host,
                 port=cfg.chat_port,
                 port_variable="CLARA_CHAT_PORT",

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.cli.common import (
+from cli.common import (
     EXIT_USAGE,
     CliFailure,
     acting_user,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from core.cli.common import (
+from cli.common import (
     CliFailure,
     acting_user,
     app,
@@ -117,10 +117,10 @@ def up(
     no_chat: bool = typer.Option(False, "--no-chat", help="do not start the chat server"),
 ) -> None:
     """Start the workbench: the web app and its supervised helper processes."""
-    from core.supervisor import PortTaken, Supervisor, check_port, children_for_up
+    from cli.supervisor import PortTaken, Supervisor, check_port, children_for_up
 
     st = startup()
-    from core.cli.corpus import offer_sample
+    from cli.corpus import offer_sample
 
     offer_sample(st)
     cfg = st.settings

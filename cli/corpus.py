@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from core.cli.common import (
+from cli.common import (
     EXIT_FAILED,
     CliFailure,
     acting_user,

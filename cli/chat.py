@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from core.cli.common import CliFailure, acting_user, app, console, print_json, settings, startup
+from cli.common import CliFailure, acting_user, app, console, print_json, settings, startup
 from core.serving.engine import BASE, GenerationSettings, ServingError
 
 feedback_app = typer.Typer(help="Feedback given in the chat.", no_args_is_help=True)
@@ -75,9 +75,10 @@ def generate(
     quantization: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes)"),
 ) -> None:
     """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
-    from core.cli.common import err_console
-    from core.permissions import require
     from core.serving.service import ChatService, engine_from_settings
+
+    from cli.common import err_console
+    from core.permissions import require
 
     st = startup()
     user = require(acting_user(st.engine), "chat:use")  # before reading stdin or loading

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from cli.common import acting_user, allowed_user, app, console, print_json, startup
 from core import users as accounts
-from core.cli.common import acting_user, allowed_user, app, console, print_json, startup
 from core.permissions import ROLES
 
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.cli.common import (
+from cli.common import (
     EXIT_USAGE,
     CliFailure,
     acting_user,
