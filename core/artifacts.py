@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from core.errors import ClaraError
+
 MANIFEST = "manifest.json"
 # Staging folders: `.clara-staging-<final name>-<pid>-<random>`, next to the final place.
 STAGING_PREFIX = ".clara-staging-"
@@ -42,7 +44,7 @@ _LIBRARIES = (
 )
 
 
-class ArtifactError(Exception):
+class ArtifactError(ClaraError):
     """An artifact cannot be made or read (it exists already, its manifest is wrong...)."""
 
 

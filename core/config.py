@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ClaraError
+
 # Values published somewhere (our own old default, examples, placeholders) and words that
 # no random secret contains; a configured secret holding any of them is refused.
 _PUBLISHED_SECRETS = {"change-me-clara-development-secret"}
@@ -30,7 +32,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ENV_PREFIX = "CLARA_"
 
 
-class ConfigError(Exception):
+class ConfigError(ClaraError):
     """A configuration value is invalid; the message is one line meant for a person."""
 
 

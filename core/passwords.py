@@ -6,10 +6,12 @@ import secrets
 
 import bcrypt
 
+from core.errors import ClaraError
+
 MIN_PASSWORD_LENGTH = 8
 
 
-class PasswordPolicyError(ValueError):
+class PasswordPolicyError(ClaraError, ValueError):
     """A password that the policy refuses; the message says what to do."""
 
 

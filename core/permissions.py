@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from core.errors import ClaraError
+
 RoleName = Literal["admin", "trainer", "analyst", "user", "auditor"]
 ROLES: tuple[str, ...] = ("admin", "trainer", "analyst", "user", "auditor")
 
@@ -65,7 +67,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 
-class AuthError(Exception):
+class AuthError(ClaraError):
     """Base class of authentication and authorisation errors."""
 
 

@@ -18,9 +18,10 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, or_, select, update
 
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.db.models import AuthSession, User
+from core.errors import ClaraError
 from core.permissions import Principal
 
 WEB = "web"
@@ -31,7 +32,7 @@ HANDOVER = "handover"
 _TOUCH_EVERY = timedelta(seconds=60)
 
 
-class HandoverInvalid(Exception):
+class HandoverInvalid(ClaraError):
     """A hand-over token is unknown, used, expired or meant for something else."""
 
 
@@ -61,7 +62,7 @@ def open_session(
     token = secrets.token_urlsafe(32)
     now = utcnow()
     ttl = ttl_seconds if ttl_seconds is not None else _default_ttl()
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         user = s.scalar(select(User).where(User.username == principal.username))
         if user is None or user.disabled:
             raise HandoverInvalid(f"user {principal.username!r} is unknown or disabled")
@@ -103,7 +104,7 @@ def resolve_session(
         return None
     sid = session_id(token)
     now = utcnow()
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         row = s.get(AuthSession, sid)
         if (
             row is None
@@ -120,7 +121,7 @@ def resolve_session(
         principal = Principal(user.username, user.role, user.id, user.full_name)
         stale = row.last_seen_at is None or now - row.last_seen_at > _TOUCH_EVERY
     if stale:
-        with session_scope(engine) as s:
+        with writing(engine) as s:
             s.execute(update(AuthSession).where(AuthSession.id == sid).values(last_seen_at=now))
     return principal
 
@@ -138,7 +139,7 @@ def revoke_session_id(engine: Engine, sid: str, reason: str = "logout") -> None:
 
 def _revoke_tree(engine: Engine, ids: list[str], reason: str) -> None:
     now = utcnow()
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         frontier = list(ids)
         while frontier:
             s.execute(
@@ -158,7 +159,7 @@ def _revoke_tree(engine: Engine, ids: list[str], reason: str) -> None:
 def revoke_user_sessions(engine: Engine, username: str, reason: str) -> int:
     """End every live session and unused hand-over of a user; returns how many ended."""
     now = utcnow()
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         result = s.execute(
             update(AuthSession)
             .where(
@@ -198,7 +199,7 @@ def redeem_handover(
         raise HandoverInvalid("the sign-in link is not valid; reload the page")
     sid = session_id(token)
     now = utcnow()
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         # One UPDATE decides: of two concurrent redeems, exactly one changes the row.
         used = s.execute(
             update(AuthSession)
@@ -237,7 +238,7 @@ def handover_owner(engine: Engine, token: str | None, *, purpose: str) -> str | 
     """
     if not token or len(token) > 200:
         return None
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         row = s.get(AuthSession, session_id(token))
         if (
             row is None
@@ -254,7 +255,7 @@ def purge_expired(engine: Engine, older_than: timedelta = timedelta(days=7)) -> 
     from sqlalchemy import delete
 
     cut = utcnow() - older_than
-    with session_scope(engine, immediate=True) as s:
+    with writing(engine) as s:
         result = s.execute(
             delete(AuthSession).where(
                 or_(AuthSession.expires_at < cut, AuthSession.revoked_at < cut)

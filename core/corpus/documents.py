@@ -14,12 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
 
 from core.corpus.models import Chunk, Document, DocumentRevision, Edge
+from core.errors import ClaraError
 from core.permissions import Principal, require
 
 _BATCH = 200
 
 
-class DocumentNotFound(Exception):
+class DocumentNotFound(ClaraError):
     def __init__(self, doc_id: str) -> None:
         super().__init__(f"no document with id {doc_id!r}; `clara corpus search` lists ids")
         self.doc_id = doc_id

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.config import Settings
+from core.errors import ClaraError
 
 TORCH_BACKEND = "sentence-transformers"
 
 
-class EmbeddingUnavailable(Exception):
+class EmbeddingUnavailable(ClaraError):
     """The configured embedding model cannot be loaded; the message says what to do."""
 
 

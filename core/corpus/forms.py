@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from core.corpus.documents import DocumentFilters
 from core.corpus.ingest import IngestOptions
 from core.corpus.search import SearchRequest
+from core.errors import ClaraError
 
 
-class FormError(ValueError):
+class FormError(ClaraError, ValueError):
     """The form's values cannot become a request; the message says what to change."""
 
 

@@ -47,6 +47,7 @@ from core.corpus.readers import MAX_DOCUMENT_BYTES, parse_mapping
 from core.corpus.store_writes import DocumentWriter, write_file
 from core.corpus.vectors import get_vector_store
 from core.db.engine import retry_on_lock
+from core.errors import ClaraError
 from core.permissions import Principal, require
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class IngestOptions:
     embed: bool = True
 
 
-class IngestError(Exception):
+class IngestError(ClaraError):
     """The request itself is invalid (bad mapping, path missing); nothing was ingested."""
 
 

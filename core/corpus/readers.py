@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import ClaraError
+
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf"}
 TABULAR_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".parquet"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | TABULAR_SUFFIXES
@@ -37,7 +39,7 @@ RELATION_KEYS = {
 MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 
 
-class FileProblem(Exception):
+class FileProblem(ClaraError):
     """The whole file cannot be ingested; `reason` says why and what to do."""
 
     def __init__(self, path: str, reason: str) -> None:

@@ -29,6 +29,7 @@ from core.corpus.documents import DocumentFilters
 from core.corpus.graph import get_graph_stores, query_store
 from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
+from core.errors import ClaraError
 from core.permissions import Principal, require
 
 Mode = Literal["keyword", "vector", "graph", "hybrid"]
@@ -44,7 +45,7 @@ SEEDS_PER_MODE = 5
 EDGE_WEIGHTS = {"cites": 1.0, "links_to": 0.8, "part_of": 0.8, "supersedes": 0.6}
 
 
-class SearchError(Exception):
+class SearchError(ClaraError):
     """A search request that cannot run (unknown mode, bad weights); says what to change."""
 
 
@@ -489,7 +490,7 @@ class SavedSearchView(BaseModel):
     created_at: dt.datetime
 
 
-class SavedSearchNotFound(Exception):
+class SavedSearchNotFound(ClaraError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no saved search named {name!r}; `clara corpus searches` lists them")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from core.errors import ClaraError
 
-class DatasetError(Exception):
+
+class DatasetError(ClaraError):
     """Invalid dataset operation (bad name, nothing to freeze, ...)."""
 
 

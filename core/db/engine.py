@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, get_settings, mask_url
+from core.errors import ClaraError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A write that still finds the database locked after the busy timeout (another writer held
@@ -32,7 +33,7 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(ClaraError):
     """The configured database cannot be reached; the message says which and why."""
 
 
