@@ -21,12 +21,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.errors import ClaraError
+
 BASE = "base"
 
 Quantization = Literal["4bit", "8bit"] | None
 
 
-class ServingError(Exception):
+class ServingError(ClaraError):
     """An expected failure of the chat engine; the message is meant for the person chatting."""
 
 

@@ -20,18 +20,19 @@ from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.db import session_scope
 from core.db.base import utcnow
+from core.errors import ClaraError
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
 
 MANIFEST = "clara-adapter.json"
 
 
-class AdapterNotFound(LookupError):
+class AdapterNotFound(ClaraError, LookupError):
     def __init__(self, ref: int | str) -> None:
         super().__init__(f"no adapter {ref!r}; `clara adapters list` shows the registered ones")
 
 
-class AdapterError(ValueError):
+class AdapterError(ClaraError, ValueError):
     pass
 
 

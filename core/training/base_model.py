@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings, get_settings
+from core.errors import ClaraError
 
 if TYPE_CHECKING:
     from core.training.spec import QuantizationSpec
@@ -26,7 +27,7 @@ CONFIG_FILES = (
 )
 
 
-class BaseModelNotFound(LookupError):
+class BaseModelNotFound(ClaraError, LookupError):
     pass
 
 

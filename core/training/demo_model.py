@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.config import Settings, get_settings
+from core.errors import ClaraError
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "examples" / "corpus"
 MANIFEST = "clara-demo-model.json"
@@ -80,7 +81,7 @@ PHASES = {
 }
 
 
-class DemoModelError(RuntimeError):
+class DemoModelError(ClaraError, RuntimeError):
     pass
 
 

@@ -17,13 +17,14 @@ from core.auth import Principal, require
 from core.config import Settings, get_settings
 from core.db import session_scope
 from core.db.base import utcnow
+from core.errors import ClaraError
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
 from core.training.spec import SpecError, TrainingSpec, parse_spec, spec_from_dict
 
 DEMO = "demo"  # base_model value meaning "the demo model of the worker's data dir"
 
 
-class TrainingError(Exception):
+class TrainingError(ClaraError):
     """An expected training failure with a message meant for a person."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from core.errors import ClaraError
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 # The runner owns these: where files go, which device, where logs go.
@@ -45,7 +47,7 @@ PEFT_OWNED = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(ClaraError, ValueError):
     """An invalid spec; names the file, the line (when known) and the field."""
 
     def __init__(
