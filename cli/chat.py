@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import CliFailure, acting_user, app, console, print_json, settings, startup
-from core.serving.engine import BASE, GenerationSettings, ServingError
+from cli.common import CliFailure, app, console, context, print_json, settings
+from core.serving.engine import BASE, GenerationSettings
 
 feedback_app = typer.Typer(help="Feedback given in the chat.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
@@ -34,12 +34,8 @@ def chat(
         f"chat server on http://{host or cfg.chat_host}:{port or cfg.chat_port} "
         f"(auth {'on' if cfg.auth_enabled else 'OFF'}); loading the base model…"
     )
-    from core.training.base_model import BaseModelNotFound
 
-    try:
-        serve(host, port, cfg, quantization)
-    except (ServingError, BaseModelNotFound) as err:
-        raise CliFailure(str(err)) from None
+    serve(host, port, cfg, quantization)
 
 
 def _history(path: Path | None) -> list[dict[str, str]]:
@@ -80,8 +76,8 @@ def generate(
     from cli.common import err_console
     from core.permissions import require
 
-    st = startup()
-    user = require(acting_user(st.engine), "chat:use")  # before reading stdin or loading
+    ctx = context()
+    user = require(ctx.user, "chat:use")  # before reading stdin or loading
     if prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
@@ -93,22 +89,15 @@ def generate(
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
     )
-    from core.training.base_model import BaseModelNotFound
 
-    try:
-        service = ChatService(st.engine, engine_from_settings(st.settings, quantization))
-    except (ServingError, BaseModelNotFound) as err:
-        raise CliFailure(str(err)) from None
+    service = ChatService(ctx.engine, engine_from_settings(ctx.settings, quantization))
     messages = [*_history(history), {"role": "user", "content": prompt}]
-    try:
-        reply = service.reply(user, messages, adapter, gen)
-        if reply.note:
-            err_console.print(f"[yellow]{reply.note}[/yellow]")
-        for piece in reply:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except (ServingError, BaseModelNotFound) as err:
-        raise CliFailure(str(err)) from None
+    reply = service.reply(user, messages, adapter, gen)
+    if reply.note:
+        err_console.print(f"[yellow]{reply.note}[/yellow]")
+    for piece in reply:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
     sys.stdout.write("\n")
 
 
@@ -123,10 +112,10 @@ def feedback_list(
     """List feedback, newest first."""
     from core.serving.service import list_feedback
 
-    st = startup()
+    ctx = context()
     rows, total = list_feedback(
-        st.engine,
-        acting_user(st.engine),
+        ctx.engine,
+        ctx.user,
         adapter=adapter,
         username=user,
         limit=limit,

@@ -7,8 +7,9 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from rich.console import Console
 
 from core.config import ConfigError, Settings, get_settings
 from core.db import DatabaseUnavailable
-from core.permissions import AuthError, PermissionDenied, Principal
+from core.errors import ClaraError
+from core.permissions import PermissionDenied, Principal
 from core.users import principal_for
 
 # Model loads print tqdm bars ("Loading weights") that interleave with our own rich output
@@ -64,7 +66,7 @@ def fail_cleanly() -> Iterator[None]:
     except CliFailure as err:
         err_console.print(f"[red]error:[/red] {err}")
         sys.exit(err.code)
-    except AuthError as err:
+    except ClaraError as err:  # every domain error, mapped here once
         err_console.print(f"[red]error:[/red] {err}")
         sys.exit(EXIT_FAILED)
 
@@ -117,6 +119,29 @@ def allowed_user(engine, permission: str, action: str, target: str = "") -> Prin
         record(engine, principal.username, action, target, "denied", {"permission": permission})
         raise PermissionDenied(principal.username, principal.role, permission)
     return principal
+
+
+@dataclass
+class Context:
+    """What every command needs: storage, settings and the acting user (resolved when first
+    used, so commands that need no user do not require one). Domain errors need no handling
+    in commands: `fail_cleanly` turns every ClaraError into one line."""
+
+    engine: Any
+    settings: Settings
+
+    @cached_property
+    def user(self) -> Principal:
+        return acting_user(self.engine)
+
+    def allowed(self, permission: str, action: str, target: str = "") -> Principal:
+        """The acting user, refused before the command asks anything (see allowed_user)."""
+        return allowed_user(self.engine, permission, action, target)
+
+
+def context() -> Context:
+    st = startup()
+    return Context(st.engine, st.settings)
 
 
 def _plain(value: Any) -> Any:

@@ -13,13 +13,11 @@ from rich.table import Table
 from cli.common import (
     EXIT_FAILED,
     CliFailure,
-    acting_user,
-    allowed_user,
     app,
     console,
+    context,
     err_console,
     print_json,
-    startup,
 )
 
 corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.", no_args_is_help=True)
@@ -100,7 +98,7 @@ def ingest(
     """Ingest files and folders; prints a per-file report, exit code 1 if anything failed."""
     from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
 
-    st = startup()
+    ctx = context()
     try:
         opts = IngestOptions(
             document_type=type_,
@@ -114,9 +112,7 @@ def ingest(
             embed=not no_embed,
         )
         with _progress(not json_out) as progress:
-            report = ingest_paths(
-                st.engine, acting_user(st.engine), paths, opts, st.settings, progress
-            )
+            report = ingest_paths(ctx.engine, ctx.user, paths, opts, ctx.settings, progress)
     except (IngestError, ValueError) as err:
         raise CliFailure(str(err)) from None
     _print_report(report, json_out)
@@ -132,10 +128,10 @@ def load_sample_cmd(
 
     if not sample_available():
         raise CliFailure("the sample corpus (examples/corpus) is not part of this installation")
-    st = startup()
+    ctx = context()
     with _progress(not json_out) as progress:
         report = load_sample(
-            st.engine, acting_user(st.engine), st.settings, embed=not no_embed, progress=progress
+            ctx.engine, ctx.user, ctx.settings, embed=not no_embed, progress=progress
         )
     _print_report(report, json_out)
 
@@ -152,22 +148,17 @@ def embed(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute the pending embeddings."""
-    from core.corpus.embedders import EmbeddingUnavailable, get_embedder
+    from core.corpus.embedders import get_embedder
     from core.corpus.embedding import embed_pending, pending_count, reset_embeddings
 
-    st = startup()
-    user = acting_user(st.engine)
-    try:
-        if all_chunks:
-            get_embedder(st.settings)  # a model that cannot load must not cost the old vectors
-            reset_embeddings(st.engine, user, st.settings)
-        with _progress(not json_out) as progress:
-            n = embed_pending(
-                st.engine, user, st.settings, batch_size=batch_size, progress=progress
-            )
-    except EmbeddingUnavailable as err:
-        raise CliFailure(str(err)) from None
-    left = pending_count(st.engine, user)
+    ctx = context()
+    user = ctx.user
+    if all_chunks:
+        get_embedder(ctx.settings)  # a model that cannot load must not cost the old vectors
+        reset_embeddings(ctx.engine, user, ctx.settings)
+    with _progress(not json_out) as progress:
+        n = embed_pending(ctx.engine, user, ctx.settings, batch_size=batch_size, progress=progress)
+    left = pending_count(ctx.engine, user)
     if json_out:
         print_json({"embedded": n, "pending": left})
     else:
@@ -184,19 +175,15 @@ def build_onnx(
     import json
 
     from core.artifacts import MANIFEST
-    from core.corpus.embedders import EmbeddingUnavailable
-    from core.corpus.onnx_embedder import OnnxBackendUnavailable, ensure_onnx_model
+    from core.corpus.onnx_embedder import ensure_onnx_model
 
-    st = startup()
+    ctx = context()
 
     def say(msg: str) -> None:
         if not json_out:
             err_console.print(msg)
 
-    try:
-        folder = ensure_onnx_model(st.settings, force=force, progress=say)
-    except (OnnxBackendUnavailable, EmbeddingUnavailable) as err:
-        raise CliFailure(str(err)) from None
+    folder = ensure_onnx_model(ctx.settings, force=force, progress=say)
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if json_out:
         print_json({"folder": str(folder), **manifest})
@@ -246,8 +233,8 @@ def search_cmd(
     from core.corpus.documents import DocumentFilters
     from core.corpus.search import SearchRequest, save_search, search
 
-    st = startup()
-    user = acting_user(st.engine)
+    ctx = context()
+    user = ctx.user
     try:
         req = SearchRequest(
             query=query,
@@ -263,9 +250,9 @@ def search_cmd(
         raise CliFailure(_one_line(err)) from None
     if not query and not seed:
         raise CliFailure("give a query (or --seed ids with --mode graph)")
-    results = search(st.engine, user, req, st.settings)
+    results = search(ctx.engine, user, req, ctx.settings)
     if save:
-        save_search(st.engine, user, save, req)
+        save_search(ctx.engine, user, save, req)
     if json_out:
         print_json([r.model_dump(mode="json") for r in results])
         return
@@ -308,20 +295,16 @@ def show(
 ) -> None:
     """Show one document: metadata, text and related documents."""
     from core.corpus.documents import (
-        DocumentNotFound,
         get_document,
         iter_chunks,
         related_documents,
     )
 
-    st = startup()
-    user = acting_user(st.engine)
-    try:
-        doc = get_document(st.engine, user, doc_id)
-    except DocumentNotFound as err:
-        raise CliFailure(str(err)) from None
-    related = related_documents(st.engine, user, doc_id, st.settings)
-    chunk_list = list(iter_chunks(st.engine, user, [doc_id])) if chunks else []
+    ctx = context()
+    user = ctx.user
+    doc = get_document(ctx.engine, user, doc_id)
+    related = related_documents(ctx.engine, user, doc_id, ctx.settings)
+    chunk_list = list(iter_chunks(ctx.engine, user, [doc_id])) if chunks else []
     if json_out:
         print_json(
             {
@@ -358,8 +341,8 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
     """Counts: documents, chunks, pending embeddings, edges, per type and domain."""
     from core.corpus.documents import corpus_stats
 
-    st = startup()
-    s = corpus_stats(st.engine, acting_user(st.engine))
+    ctx = context()
+    s = corpus_stats(ctx.engine, ctx.user)
     if json_out:
         print_json(s)
         return
@@ -379,19 +362,16 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
 @corpus_app.command("delete")
 def delete(doc_id: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
     """Delete a document from the database, keyword, vector and graph indexes."""
-    from core.corpus.documents import DocumentNotFound, get_document
+    from core.corpus.documents import get_document
     from core.corpus.store_writes import delete_document
 
-    st = startup()
+    ctx = context()
     # Permission first, the question after: nobody confirms what they may not do.
-    user = allowed_user(st.engine, "corpus:ingest", "corpus.delete", doc_id)
-    try:
-        get_document(st.engine, user, doc_id)
-        if not yes and not typer.confirm(f"Delete {doc_id} from all indexes?"):
-            raise CliFailure("not deleted")
-        delete_document(st.engine, user, doc_id, st.settings)
-    except DocumentNotFound as err:
-        raise CliFailure(str(err)) from None
+    user = ctx.allowed("corpus:ingest", "corpus.delete", doc_id)
+    get_document(ctx.engine, user, doc_id)
+    if not yes and not typer.confirm(f"Delete {doc_id} from all indexes?"):
+        raise CliFailure("not deleted")
+    delete_document(ctx.engine, user, doc_id, ctx.settings)
     console.print(f"deleted {doc_id}")
 
 
@@ -400,8 +380,8 @@ def searches(json_out: bool = typer.Option(False, "--json")) -> None:
     """List saved searches."""
     from core.corpus.search import list_saved_searches
 
-    st = startup()
-    rows = list_saved_searches(st.engine, acting_user(st.engine))
+    ctx = context()
+    rows = list_saved_searches(ctx.engine, ctx.user)
     if json_out:
         print_json([r.model_dump(mode="json") for r in rows])
         return
@@ -411,7 +391,7 @@ def searches(json_out: bool = typer.Option(False, "--json")) -> None:
     console.print(t)
 
 
-def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
+def offer_sample(ctx) -> None:  # noqa: ANN001 - a cli.common.Context
     """`clara up` on an empty corpus: load the sample corpus if the user wants it.
 
     CLARA_LOAD_SAMPLE=yes|no decides without asking; otherwise a terminal is asked and a
@@ -428,7 +408,7 @@ def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
     choice = os.environ.get("CLARA_LOAD_SAMPLE", "").strip().lower()
     if choice in ("no", "false", "0") or not sample_available():
         return
-    if corpus_stats(st.engine, SYSTEM)["documents"]:
+    if corpus_stats(ctx.engine, SYSTEM)["documents"]:
         return
     if choice not in ("yes", "true", "1"):
         if not sys.stdin.isatty():
@@ -437,7 +417,7 @@ def offer_sample(st) -> None:  # noqa: ANN001 - core.system.Startup
             "The corpus is empty. Load the sample corpus (≈60 German documents)?", default=True
         ):
             return
-    report = load_sample(st.engine, SYSTEM, st.settings, embed=False)
+    report = load_sample(ctx.engine, SYSTEM, ctx.settings, embed=False)
     console.print(
         f"sample corpus: {report.added} documents added "
         f"({report.pending_embeddings} chunks wait for embeddings)"

@@ -12,11 +12,10 @@ from rich.table import Table
 from cli.common import (
     EXIT_USAGE,
     CliFailure,
-    acting_user,
     app,
     console,
+    context,
     print_json,
-    startup,
 )
 from core.datasets.errors import DatasetError, ImportFailed
 
@@ -43,10 +42,6 @@ def _progress() -> Progress:
     )
 
 
-def _fail(err: DatasetError) -> CliFailure:
-    return CliFailure(str(err))
-
-
 @dataset_app.command("create")
 def create(
     name: str,
@@ -57,11 +52,8 @@ def create(
     """Create an empty dataset."""
     from core.datasets.service import create_dataset
 
-    st = startup()
-    try:
-        info = create_dataset(st.engine, acting_user(st.engine), name, description, kind)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    info = create_dataset(ctx.engine, ctx.user, name, description, kind)
     if json_out:
         print_json(info)
     else:
@@ -83,8 +75,8 @@ def build(
     from core.datasets.builder import build_from_documents, build_from_saved_search
     from core.datasets.service import get_or_create_dataset
 
-    st = startup()
-    actor = acting_user(st.engine)
+    ctx = context()
+    actor = ctx.user
     tpl: object = template
     if template.endswith((".json", ".yaml", ".yml")):
         import yaml
@@ -96,16 +88,13 @@ def build(
     ids = [d.strip() for d in docs.split(",") if d.strip()]
     if bool(ids) == bool(saved_search):
         raise CliFailure("give either --docs or --saved-search")
-    try:
-        ds = get_or_create_dataset(st.engine, actor, name)
-        if ids:
-            rep = build_from_documents(st.engine, actor, ds.id, ids, tpl, unit, max_tokens)
-        else:
-            rep = build_from_saved_search(
-                st.engine, actor, ds.id, saved_search, tpl, unit, max_tokens, k or None
-            )
-    except DatasetError as err:
-        raise _fail(err) from None
+    ds = get_or_create_dataset(ctx.engine, actor, name)
+    if ids:
+        rep = build_from_documents(ctx.engine, actor, ds.id, ids, tpl, unit, max_tokens)
+    else:
+        rep = build_from_saved_search(
+            ctx.engine, actor, ds.id, saved_search, tpl, unit, max_tokens, k or None
+        )
     if json_out:
         print_json(rep)
         return
@@ -135,14 +124,14 @@ def import_(
     from core.datasets.importers import import_file
     from core.datasets.service import get_or_create_dataset
 
-    st = startup()
-    actor = acting_user(st.engine)
+    ctx = context()
+    actor = ctx.user
     try:
-        ds = get_or_create_dataset(st.engine, actor, name)
+        ds = get_or_create_dataset(ctx.engine, actor, name)
         with _progress() as prog:
             task = prog.add_task(f"importing {file.name}", total=None)
             rep = import_file(
-                st.engine,
+                ctx.engine,
                 actor,
                 ds.id,
                 file,
@@ -154,8 +143,6 @@ def import_(
         if json_out:
             print_json({"imported": 0, "errors": [str(e) for e in err.errors]})
         raise CliFailure(str(err)) from None
-    except DatasetError as err:
-        raise _fail(err) from None
     if json_out:
         print_json(rep)
         return
@@ -179,22 +166,19 @@ def score(
     """Run the quality pipeline over a dataset (scores, reasons, duplicates)."""
     from core.datasets.scoring import score_dataset, start_scoring
 
-    st = startup()
-    actor = acting_user(st.engine)
-    try:
-        if background:
-            run = start_scoring(st.engine, actor, name)
-        else:
-            with _progress() as prog:
-                task = prog.add_task(f"scoring {name}", total=None)
-                run = score_dataset(
-                    st.engine,
-                    actor,
-                    name,
-                    progress=lambda d, t: prog.update(task, completed=d, total=t),
-                )
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    actor = ctx.user
+    if background:
+        run = start_scoring(ctx.engine, actor, name)
+    else:
+        with _progress() as prog:
+            task = prog.add_task(f"scoring {name}", total=None)
+            run = score_dataset(
+                ctx.engine,
+                actor,
+                name,
+                progress=lambda d, t: prog.update(task, completed=d, total=t),
+            )
     if json_out:
         print_json(run)
     elif background:
@@ -209,8 +193,8 @@ def list_(json_out: bool = JSON) -> None:
     """List datasets with counts by status and their mean quality score."""
     from core.datasets.service import list_datasets
 
-    st = startup()
-    items = list_datasets(st.engine, acting_user(st.engine))
+    ctx = context()
+    items = list_datasets(ctx.engine, ctx.user)
     if json_out:
         print_json(items)
         return
@@ -248,14 +232,11 @@ def show(name: str, json_out: bool = JSON) -> None:
     from core.datasets.service import get_dataset
     from core.datasets.versions import list_versions
 
-    st = startup()
-    actor = acting_user(st.engine)
-    try:
-        info = get_dataset(st.engine, actor, name)
-        versions = list_versions(st.engine, actor, info.id)
-        run = latest_scoring_run(st.engine, actor, info.id)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    actor = ctx.user
+    info = get_dataset(ctx.engine, actor, name)
+    versions = list_versions(ctx.engine, actor, info.id)
+    run = latest_scoring_run(ctx.engine, actor, info.id)
     if json_out:
         print_json({"dataset": info, "versions": versions, "latest_scoring_run": run})
         return
@@ -283,11 +264,8 @@ def review_stats_(name: str, json_out: bool = JSON) -> None:
     from core.datasets.quality.reasons import reason_label
     from core.datasets.review import review_stats
 
-    st = startup()
-    try:
-        stats = review_stats(st.engine, acting_user(st.engine), name)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    stats = review_stats(ctx.engine, ctx.user, name)
     if json_out:
         print_json(stats)
         return
@@ -329,18 +307,18 @@ def _review(
 ) -> None:
     from core.datasets.review import bulk_decide, decide, get_sample
 
-    st = startup()
-    actor = acting_user(st.engine)
+    ctx = context()
+    actor = ctx.user
     try:
         if ids:
             wanted = [int(i) for i in ids.split(",") if i.strip()]
             for sid in wanted:
-                cur = get_sample(st.engine, actor, sid)
-                decide(st.engine, actor, sid, decision, cur.row_version)
+                cur = get_sample(ctx.engine, actor, sid)
+                decide(ctx.engine, actor, sid, decision, cur.row_version)
             changed = len(wanted)
         else:
             f = _filters(status, reason, source, min_score, max_score)
-            changed = bulk_decide(st.engine, actor, name, decision, f)
+            changed = bulk_decide(ctx.engine, actor, name, decision, f)
     except (DatasetError, ValueError) as err:
         raise CliFailure(str(err)) from None
     if json_out:
@@ -412,34 +390,31 @@ def thresholds(
 
     if reset and set_:
         raise CliFailure("--reset and --set exclude each other", EXIT_USAGE)
-    st = startup()
-    actor = acting_user(st.engine)
-    try:
-        current = thresholds_for(st.engine, actor, name)
-        if reset:
-            current = QualityThresholds().to_dict()
-        for item in set_:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise CliFailure(f"--set {item!r}: write field=value")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            field, _, n = key.strip().partition(".")
-            if n and not isinstance(current.get(field), dict):
-                raise CliFailure(f"--set {item!r}: {field} has no parts")
-            current = with_field_value(current, key.strip(), value)
-        eff = None
-        if preview:
-            eff = threshold_effects(st.engine, actor, name, current)
-        elif reset:
-            reset_thresholds(st.engine, actor, name)
-        elif set_:
-            set_thresholds(st.engine, actor, name, current)
-            current = thresholds_for(st.engine, actor, name)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    actor = ctx.user
+    current = thresholds_for(ctx.engine, actor, name)
+    if reset:
+        current = QualityThresholds().to_dict()
+    for item in set_:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise CliFailure(f"--set {item!r}: write field=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        field, _, n = key.strip().partition(".")
+        if n and not isinstance(current.get(field), dict):
+            raise CliFailure(f"--set {item!r}: {field} has no parts")
+        current = with_field_value(current, key.strip(), value)
+    eff = None
+    if preview:
+        eff = threshold_effects(ctx.engine, actor, name, current)
+    elif reset:
+        reset_thresholds(ctx.engine, actor, name)
+    elif set_:
+        set_thresholds(ctx.engine, actor, name, current)
+        current = thresholds_for(ctx.engine, actor, name)
     if eff is not None:
         if json_out:
             print_json({"thresholds": current, "effects": eff})
@@ -474,11 +449,8 @@ def freeze_(
     """Freeze the accepted samples into a new immutable version (Parquet + manifest)."""
     from core.datasets.versions import freeze
 
-    st = startup()
-    try:
-        v = freeze(st.engine, acting_user(st.engine), name, eval_ratio, seed, label)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    v = freeze(ctx.engine, ctx.user, name, eval_ratio, seed, label)
     if json_out:
         print_json(v)
     else:
@@ -493,11 +465,8 @@ def diff(old: str, new: str, json_out: bool = JSON) -> None:
     """Samples added, removed and changed between two versions (name@vN or id)."""
     from core.datasets.versions import diff_versions
 
-    st = startup()
-    try:
-        d = diff_versions(st.engine, acting_user(st.engine), old, new)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    d = diff_versions(ctx.engine, ctx.user, old, new)
     if json_out:
         print_json(d)
         return
@@ -521,11 +490,8 @@ def export(
     """Export a version with a LLaMA-Factory dataset_info.json and an Axolotl snippet."""
     from core.datasets.export import export_version
 
-    st = startup()
-    try:
-        exp = export_version(st.engine, acting_user(st.engine), version, fmt, file_type, out)
-    except DatasetError as err:
-        raise _fail(err) from None
+    ctx = context()
+    exp = export_version(ctx.engine, ctx.user, version, fmt, file_type, out)
     if json_out:
         print_json(exp)
     else:

@@ -7,13 +7,12 @@ from rich.table import Table
 
 from cli.common import (
     CliFailure,
-    acting_user,
     app,
     console,
+    context,
     err_console,
     print_json,
     settings,
-    startup,
 )
 
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
@@ -64,8 +63,8 @@ def status(json_out: bool = typer.Option(False, "--json")) -> None:
     """System status: database, schema, table counts, data dir."""
     from core.system import system_status
 
-    st = startup()
-    s = system_status(st.engine, acting_user(st.engine), st.settings)
+    ctx = context()
+    s = system_status(ctx.engine, ctx.user, ctx.settings)
     if json_out:
         print_json(s)
         return
@@ -95,10 +94,8 @@ def audit(
     """Show the newest audit log entries."""
     from core.audit import read_audit_log
 
-    st = startup()
-    page = read_audit_log(
-        st.engine, acting_user(st.engine), limit=limit, action_prefix=action, user=user
-    )
+    ctx = context()
+    page = read_audit_log(ctx.engine, ctx.user, limit=limit, action_prefix=action, user=user)
     if json_out:
         print_json(page.rows.to_dict(orient="records"))
         return
@@ -119,11 +116,11 @@ def up(
     """Start the workbench: the web app and its supervised helper processes."""
     from cli.supervisor import PortTaken, Supervisor, check_port, children_for_up
 
-    st = startup()
+    ctx = context()
     from cli.corpus import offer_sample
 
-    offer_sample(st)
-    cfg = st.settings
+    offer_sample(ctx)
+    cfg = ctx.settings
     if cfg.env != "production" and not cfg.auth_enabled:
         err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
     ui_host, ui_port = host or cfg.host, port or cfg.ui_port

@@ -13,36 +13,18 @@ from rich.table import Table
 from cli.common import (
     EXIT_USAGE,
     CliFailure,
-    acting_user,
-    allowed_user,
     app,
     console,
+    context,
     err_console,
     print_json,
     settings,
-    startup,
 )
 
 train_app = typer.Typer(help="Training jobs: submit, watch, cancel, retry.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(adapters_app, name="adapters")
-
-
-def _training_errors():  # noqa: ANN202
-    from core.training.adapters import AdapterError, AdapterNotFound
-    from core.training.jobs import TrainingError
-    from core.training.spec import SpecError
-
-    return (SpecError, TrainingError, AdapterError, AdapterNotFound)
-
-
-def _run(fn, *args, **kwargs):  # noqa: ANN001,ANN002,ANN003,ANN202
-    """Call core; turn its expected errors into one clear CLI line."""
-    try:
-        return fn(*args, **kwargs)
-    except _training_errors() as err:
-        raise CliFailure(str(err)) from None
 
 
 def _ts(value) -> str:  # noqa: ANN001
@@ -61,9 +43,9 @@ def submit(
     from core.training.jobs import submit_job
     from core.training.spec import load_spec
 
-    st = startup()
-    spec = _run(load_spec, spec_file)
-    job = _run(submit_job, st.engine, acting_user(st.engine), spec, settings=st.settings)
+    ctx = context()
+    spec = load_spec(spec_file)
+    job = submit_job(ctx.engine, ctx.user, spec, settings=ctx.settings)
     if json_out:
         print_json(job)
         return
@@ -82,8 +64,8 @@ def list_(
     """List training jobs, newest first."""
     from core.training.jobs import list_jobs
 
-    st = startup()
-    jobs = list_jobs(st.engine, acting_user(st.engine), state or None, limit=limit)
+    ctx = context()
+    jobs = list_jobs(ctx.engine, ctx.user, state or None, limit=limit)
     if json_out:
         print_json(jobs)
         return
@@ -108,10 +90,10 @@ def show(job_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
     """One job: state, progress, metrics summary, error."""
     from core.training.jobs import get_job, job_metrics, job_progress
 
-    st = startup()
-    user = acting_user(st.engine)
-    job = _run(get_job, st.engine, user, job_id)
-    metrics = job_metrics(st.engine, user, job_id)
+    ctx = context()
+    user = ctx.user
+    job = get_job(ctx.engine, user, job_id)
+    metrics = job_metrics(ctx.engine, user, job_id)
     frac, eta = job_progress(job, metrics)
     if json_out:
         print_json(
@@ -164,11 +146,11 @@ def logs(
     """The job's log (last lines); --follow keeps printing until the job finishes."""
     from core.training.jobs import FINISHED_STATES, get_job, job_log_tail
 
-    st = startup()
-    user = acting_user(st.engine)
-    job = _run(get_job, st.engine, user, job_id)
+    ctx = context()
+    user = ctx.user
+    job = get_job(ctx.engine, user, job_id)
     if not follow:
-        console.print(job_log_tail(st.engine, user, job_id, lines), markup=False, highlight=False)
+        console.print(job_log_tail(ctx.engine, user, job_id, lines), markup=False, highlight=False)
         return
     pos = 0
     while True:
@@ -183,7 +165,7 @@ def logs(
         if job.state in FINISHED_STATES:
             break
         time.sleep(1.0)
-        job = get_job(st.engine, user, job_id)
+        job = get_job(ctx.engine, user, job_id)
     err_console.print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
 
 
@@ -192,8 +174,8 @@ def cancel(job_id: int) -> None:
     """Cancel a queued job, or stop a running one (it checkpoints first)."""
     from core.training.jobs import cancel_job
 
-    st = startup()
-    job = _run(cancel_job, st.engine, acting_user(st.engine), job_id)
+    ctx = context()
+    job = cancel_job(ctx.engine, ctx.user, job_id)
     what = "cancelled" if job.state == "cancelled" else "cancel requested (the worker stops it)"
     console.print(f"job {job.id}: {what}")
 
@@ -203,8 +185,8 @@ def retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (resumes from its last checkpoint)."""
     from core.training.jobs import retry_job
 
-    st = startup()
-    job = _run(retry_job, st.engine, acting_user(st.engine), job_id)
+    ctx = context()
+    job = retry_job(ctx.engine, ctx.user, job_id)
     console.print(f"job {job.id}: {job.state}")
 
 
@@ -219,7 +201,7 @@ def presets_cmd(name: str | None = typer.Argument(None)) -> None:
         for key, value in PRESETS.items():
             console.print(f"[bold]{key}[/bold]: {value.get('description', '')}")
         return
-    data = _run(preset, name, name="my-adapter", dataset_version="DATASET@v1")
+    data = preset(name, name="my-adapter", dataset_version="DATASET@v1")
     typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
@@ -233,9 +215,9 @@ def sleep_job(
     """Queue jobs that only sleep (checks of queue and workers)."""
     from core.training.jobs import submit_sleep_job
 
-    st = startup()
-    user = acting_user(st.engine)
-    jobs = [submit_sleep_job(st.engine, user, seconds, name=name) for _ in range(count)]
+    ctx = context()
+    user = ctx.user
+    jobs = [submit_sleep_job(ctx.engine, user, seconds, name=name) for _ in range(count)]
     if json_out:
         print_json([j.id for j in jobs])
     else:
@@ -261,18 +243,18 @@ def worker(
     """Run training jobs from the queue (each in its own child process)."""
     from workers.trainer import Worker
 
-    st = startup()
+    ctx = context()
     if concurrency is not None and concurrency < 1:
         raise CliFailure("--concurrency must be at least 1", EXIT_USAGE)
     if lease_seconds < 2:
         raise CliFailure("--lease-seconds must be at least 2", EXIT_USAGE)
     w = Worker(
-        st.settings,
-        concurrency=concurrency or st.settings.worker_concurrency,
+        ctx.settings,
+        concurrency=concurrency or ctx.settings.worker_concurrency,
         lease_seconds=lease_seconds,
         poll_interval=poll_interval,
         once=once,
-        engine=st.engine,
+        engine=ctx.engine,
         log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
     )
     raise typer.Exit(w.run())
@@ -284,7 +266,7 @@ def worker(
 @app.command("demo-model")
 def demo_model(json_out: bool = typer.Option(False, "--json")) -> None:
     """Build (once) the small demo base model from the sample corpus and print its folder."""
-    from core.training.demo_model import MANIFEST, DemoModelError, ensure_demo_model
+    from core.training.demo_model import MANIFEST, ensure_demo_model
 
     cfg = settings()
     cfg.ensure_dirs()
@@ -296,13 +278,10 @@ def demo_model(json_out: bool = typer.Option(False, "--json")) -> None:
         transient=True,
     ) as progress:
         task = progress.add_task("demo model", total=1.0)
-        try:
-            path = ensure_demo_model(
-                cfg,
-                progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
-            )
-        except DemoModelError as err:
-            raise CliFailure(str(err)) from None
+        path = ensure_demo_model(
+            cfg,
+            progress=lambda msg, frac: progress.update(task, description=msg, completed=frac),
+        )
     manifest = json.loads((path / MANIFEST).read_text())
     if json_out:
         print_json({"path": str(path), **manifest})
@@ -322,8 +301,8 @@ def adapters_list(json_out: bool = typer.Option(False, "--json")) -> None:
     """Registered adapters, newest first."""
     from core.training.adapters import list_adapters
 
-    st = startup()
-    items = list_adapters(st.engine, acting_user(st.engine))
+    ctx = context()
+    items = list_adapters(ctx.engine, ctx.user)
     if json_out:
         print_json(items)
         return
@@ -363,10 +342,10 @@ def adapters_show(name: str, json_out: bool = typer.Option(False, "--json")) -> 
     """One adapter with its manifest data and lineage (dataset version → job → adapter)."""
     from core.training.adapters import get_adapter, lineage
 
-    st = startup()
-    user = acting_user(st.engine)
-    info = _run(get_adapter, st.engine, user, name)
-    lin = _run(lineage, st.engine, user, name)
+    ctx = context()
+    user = ctx.user
+    info = get_adapter(ctx.engine, user, name)
+    lin = lineage(ctx.engine, user, name)
     if json_out:
         print_json({"adapter": info, "lineage": lin})
         return
@@ -389,11 +368,9 @@ def adapters_merge(name: str, out_dir: Path) -> None:
     """Export base + adapter as full safetensors weights with the tokenizer."""
     from core.training.adapters import merge_adapter
 
-    st = startup()
+    ctx = context()
     with console.status(f"merging {name}…"):
-        out = _run(
-            merge_adapter, st.engine, acting_user(st.engine), name, out_dir, settings=st.settings
-        )
+        out = merge_adapter(ctx.engine, ctx.user, name, out_dir, settings=ctx.settings)
     console.print(f"merged model written to [bold]{out}[/bold]")
 
 
@@ -402,11 +379,11 @@ def adapters_delete(name: str, yes: bool = typer.Option(False, "--yes", "-y")) -
     """Delete an adapter (row and files)."""
     from core.training.adapters import delete_adapter, get_adapter
 
-    st = startup()
+    ctx = context()
     # Permission and existence first, the question after: nobody confirms what they may not do.
-    user = allowed_user(st.engine, "adapters:activate", "adapters.delete", name)
-    _run(get_adapter, st.engine, user, name)
+    user = ctx.allowed("adapters:activate", "adapters.delete", name)
+    get_adapter(ctx.engine, user, name)
     if not yes:
         typer.confirm(f"delete adapter {name!r} and its files?", abort=True)
-    info = _run(delete_adapter, st.engine, user, name)
+    info = delete_adapter(ctx.engine, user, name)
     console.print(f"deleted adapter {info.name}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli.common import acting_user, allowed_user, app, console, print_json, startup
+from cli.common import app, console, context, print_json
 from core import users as accounts
 from core.permissions import ROLES
 
@@ -29,10 +29,10 @@ def add(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add a user."""
-    st = startup()
-    actor = allowed_user(st.engine, "users:manage", "users.add", username)  # before the prompt
+    ctx = context()
+    actor = ctx.allowed("users:manage", "users.add", username)  # before the prompt
     info = accounts.create_user(
-        st.engine, actor, username, _password(password), role, email, full_name
+        ctx.engine, actor, username, _password(password), role, email, full_name
     )
     if json_out:
         print_json(info)
@@ -43,8 +43,8 @@ def add(
 @users_app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     """List users."""
-    st = startup()
-    users = accounts.list_users(st.engine, acting_user(st.engine))
+    ctx = context()
+    users = accounts.list_users(ctx.engine, ctx.user)
     if json_out:
         print_json(users)
         return
@@ -64,24 +64,24 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
 @users_app.command("set-role")
 def set_role(username: str, role: str) -> None:
     """Change a user's role."""
-    st = startup()
-    info = accounts.set_role(st.engine, acting_user(st.engine), username, role)
+    ctx = context()
+    info = accounts.set_role(ctx.engine, ctx.user, username, role)
     console.print(f"{info.username} is now {info.role}")
 
 
 @users_app.command("disable")
 def disable(username: str) -> None:
     """Disable a user (they can no longer log in)."""
-    st = startup()
-    accounts.set_disabled(st.engine, acting_user(st.engine), username, True)
+    ctx = context()
+    accounts.set_disabled(ctx.engine, ctx.user, username, True)
     console.print(f"{username} disabled")
 
 
 @users_app.command("enable")
 def enable(username: str) -> None:
     """Enable a disabled user again."""
-    st = startup()
-    accounts.set_disabled(st.engine, acting_user(st.engine), username, False)
+    ctx = context()
+    accounts.set_disabled(ctx.engine, ctx.user, username, False)
     console.print(f"{username} enabled")
 
 
@@ -90,9 +90,9 @@ def reset_password(
     username: str, password: str | None = typer.Option(None, help="prompted when omitted")
 ) -> None:
     """Set a new password for a user (also lifts a login lockout)."""
-    st = startup()
-    actor = acting_user(st.engine)
+    ctx = context()
+    actor = ctx.user
     if actor.username != username.strip().lower():  # everyone may change their own password
-        actor = allowed_user(st.engine, "users:manage", "users.reset_password", username)
-    accounts.reset_password(st.engine, actor, username, _password(password))
+        actor = ctx.allowed("users:manage", "users.reset_password", username)
+    accounts.reset_password(ctx.engine, actor, username, _password(password))
     console.print(f"password of {username} changed")
