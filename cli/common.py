@@ -95,7 +95,7 @@ def acting_user(engine) -> Principal:  # noqa: ANN001
     Whoever runs the CLI has the data dir and database credentials anyway; naming the user
     still matters because every action is permission-checked and audited under that name.
     """
-    name = os.environ.get("CLARA_CLI_USER", "admin")
+    name = settings().cli_user
     principal = principal_for(engine, name)
     if principal is None:
         raise CliFailure(

@@ -398,19 +398,18 @@ def offer_sample(ctx) -> None:  # noqa: ANN001 - a cli.common.Context
     non-interactive start leaves the corpus empty (the Corpus page offers a button).
     Embeddings are left pending: the Corpus page computes them in the background.
     """
-    import os
     import sys
 
     from core.corpus.documents import corpus_stats
     from core.corpus.sample import load_sample, sample_available
     from core.permissions import SYSTEM
 
-    choice = os.environ.get("CLARA_LOAD_SAMPLE", "").strip().lower()
-    if choice in ("no", "false", "0") or not sample_available():
+    choice = ctx.settings.load_sample
+    if choice == "no" or not sample_available():
         return
     if corpus_stats(ctx.engine, SYSTEM)["documents"]:
         return
-    if choice not in ("yes", "true", "1"):
+    if choice == "ask":
         if not sys.stdin.isatty():
             return
         if not typer.confirm(

@@ -104,10 +104,39 @@ class Settings(BaseSettings):
         default=None, description="URL the browser uses to reach the chat server"
     )
 
-    # Workers.
+    # Workers and models.
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    train_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads per training job; 0: cores split between jobs",
+    )
+    demo_model_size: Literal["tiny", "small"] = "small"
+    chat_quantization: Literal["4bit", "8bit"] | None = Field(
+        default=None, description="load the chat base model in 4 or 8 bit (bitsandbytes)"
+    )
+
+    # Command line and local files.
+    cli_user: str = Field(default="admin", description="the user the CLI acts as")
+    load_sample: Literal["ask", "yes", "no"] = Field(
+        default="ask", description="load the sample corpus into an empty data dir at `clara up`"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="derived files (decoded language model); $XDG_CACHE_HOME/clara"
+    )
     start_worker: bool = True
     start_chat: bool = True
+
+    @field_validator("load_sample", mode="before")
+    @classmethod
+    def _check_load_sample(cls, v: Any) -> Any:
+        word = str(v).strip().lower() if v is not None else "ask"
+        return {"": "ask", "true": "yes", "1": "yes", "false": "no", "0": "no"}.get(word, word)
+
+    @field_validator("demo_model_size", "chat_quantization", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return (v.strip().lower() or None) if isinstance(v, str) else v
 
     @field_validator("embedding_backend", mode="before")
     @classmethod

@@ -36,7 +36,9 @@ _BY_SET: dict[tuple[str, ...] | None, LanguageIdentifier] = {}
 
 
 def _cache_path() -> Path:
-    base = os.environ.get("CLARA_CACHE_DIR")
+    from core.config import get_settings
+
+    base = get_settings().cache_dir
     if base:
         root = Path(base)
     else:
