@@ -21,13 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.waiting import WaitTimeout, wait_until_http
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -131,18 +131,12 @@ def start_workbench(base_dir: Path, **extra_env: str) -> Workbench:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if wb.proc.poll() is not None:
-            raise RuntimeError(f"`clara up` exited with {wb.proc.returncode}:\n{wb.log()}")
-        try:
-            if httpx.get(f"{wb.url}/_stcore/health", timeout=2).status_code == 200:
-                return wb
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    wb.stop()
-    raise RuntimeError(f"`clara up` did not answer within 120 s:\n{wb.log()}")
+    try:
+        wait_until_http(f"{wb.url}/_stcore/health", limit=120, proc=wb.proc, log=wb.log)
+    except WaitTimeout as err:
+        wb.stop()
+        raise RuntimeError(f"`clara up` did not start: {err}") from None
+    return wb
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from core.corpus.graph import GraphEdge, Neo4jGraphStore, RelationalGraphStore
 from core.corpus.models import Document
 from core.corpus.vectors import ChromaVectorStore
 from core.db.base import utcnow
+from tests.waiting import WaitTimeout, wait_until_http
 
 # Vector stores -----------------------------------------------------------------------------
 
@@ -50,21 +50,16 @@ def chroma_server(tmp_path_factory):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:  # wait for readiness; a failure to start fails the fixture, not a timing test
-        if proc.poll() is not None:
-            pytest.fail(f"chroma server exited: {(path / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            pytest.fail("chroma server did not answer within 120 s")
-        time.sleep(0.5)
+    try:  # a failure to start fails the fixture, not a timing test
+        wait_until_http(
+            f"{url}/api/v2/heartbeat",
+            limit=120,
+            proc=proc,
+            log=lambda: (path / "server.log").read_text(),
+        )
+    except WaitTimeout as err:
+        proc.terminate()
+        pytest.fail(f"chroma server: {err}")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
