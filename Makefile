@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean-data
+.PHONY: install run test test-fast lint format bench clean-data
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ run: install
 test: install
 	./scripts/ensure-services.sh
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest
 
 test-fast: install
@@ -30,6 +31,16 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
-	@echo "see bench/README.md for each benchmark's command"
+	@cat bench/README.md
+
+# Deletes ./.clara: the embedded database, indexes, models, adapters and logs.
+clean-data:
+	@test "$(CONFIRM)" = "yes" || { echo "this deletes ./.clara (all embedded data); run: make clean-data CONFIRM=yes"; exit 1; }
+	rm -rf .clara
