@@ -30,6 +30,7 @@ def chat(
     from workers.chat import serve
 
     cfg = settings()
+    cfg.check_bind(host or cfg.chat_host)
     console.print(
         f"chat server on http://{host or cfg.chat_host}:{port or cfg.chat_port} "
         f"(auth {'on' if cfg.auth_enabled else 'OFF'}); loading the base model…"

@@ -19,6 +19,8 @@ config_app = typer.Typer(help="Show the effective configuration.", no_args_is_he
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+admin_app = typer.Typer(help="Maintenance of the installation.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 
 
 @config_app.command("show")
@@ -114,16 +116,20 @@ def up(
     no_chat: bool = typer.Option(False, "--no-chat", help="do not start the chat server"),
 ) -> None:
     """Start the workbench: the web app and its supervised helper processes."""
+    from cli.corpus import offer_sample
     from cli.supervisor import PortTaken, Supervisor, check_port, children_for_up
+    from core.permissions import SYSTEM
+    from core.system import cleanup_data_dir
 
     ctx = context()
-    from cli.corpus import offer_sample
-
-    offer_sample(ctx)
     cfg = ctx.settings
+    ui_host, ui_port = host or cfg.host, port or cfg.ui_port
+    cfg.check_bind(ui_host)
+    for leftover in cleanup_data_dir(ctx.engine, SYSTEM, cfg):
+        console.print(f"removed the leftover of a killed build: {leftover}")
+    offer_sample(ctx)
     if cfg.env != "production" and not cfg.auth_enabled:
         err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
-    ui_host, ui_port = host or cfg.host, port or cfg.ui_port
     children = children_for_up(cfg, ui_host, ui_port, worker=not no_worker, chat=not no_chat)
     try:
         for child in children:
@@ -135,3 +141,22 @@ def up(
     console.print(f"CLARA Workbench: [bold]http://{ui_host}:{ui_port}[/bold]   (Ctrl-C stops)")
     code = sup.run()
     raise typer.Exit(code)
+
+
+@admin_app.command("cleanup")
+def admin_cleanup(
+    dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be removed"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove what killed builds left in the data dir (never a build that is still running)."""
+    from core.system import cleanup_data_dir
+
+    ctx = context()
+    found = cleanup_data_dir(ctx.engine, ctx.user, ctx.settings, dry_run=dry_run)
+    if json_out:
+        print_json({"dry_run": dry_run, "paths": [str(p) for p in found]})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for p in found:
+        console.print(f"{verb} {p}")
+    console.print(f"{len(found)} leftover(s) {verb}" if found else "nothing left behind")

@@ -27,8 +27,11 @@ from typing import Any
 from core.errors import ClaraError
 
 MANIFEST = "manifest.json"
-# Staging folders: `.clara-staging-<final name>-<pid>-<random>`, next to the final place.
+# Staging folders: `.clara-staging-<final name>-<host>-<pid>-<random>`, next to the final
+# place. <host> is a short hash of this machine's name: a data dir shared by several
+# machines must never lose a build that runs elsewhere to our cleanup.
 STAGING_PREFIX = ".clara-staging-"
+HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 _LIBRARIES = (
     "torch",
     "transformers",
@@ -68,7 +71,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def _staging_name(final: Path) -> str:
-    return f"{STAGING_PREFIX}{final.name}-{os.getpid()}-{os.urandom(4).hex()}"
+    return f"{STAGING_PREFIX}{final.name}-{HOST_TAG}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 @contextmanager
@@ -226,19 +229,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _staging_owner(name: str) -> int | None:
-    """The pid in a staging folder's name, or None for a name not made by `_staging_name`."""
-    parts = name.rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+def _staging_owner(name: str) -> tuple[str, int] | None:
+    """(host tag, pid) from a staging name, or None for a name `_staging_name` did not make."""
+    parts = name.rsplit("-", 3)
+    if len(parts) != 4 or not parts[2].isdigit() or len(parts[1]) != len(HOST_TAG):
         return None
-    return int(parts[1])
+    return parts[1], int(parts[2])
 
 
-def _remove_if_orphaned(p: Path) -> bool:
-    """Remove a staging entry unless the process that made it is still alive."""
+def _remove_if_orphaned(p: Path, dry_run: bool = False) -> bool:
+    """Remove a staging entry made on this machine by a process that is gone."""
     owner = _staging_owner(p.name if p.is_dir() else p.name.removesuffix(p.suffix))
-    if owner is not None and owner != os.getpid() and _pid_alive(owner):
+    if owner is None or owner[0] != HOST_TAG:
+        return False  # not ours, or made on another machine sharing this data dir
+    if owner[1] != os.getpid() and _pid_alive(owner[1]):
         return False  # a build under way in another process
+    if dry_run:
+        return True
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)
     else:
@@ -250,7 +257,9 @@ def _remove_staging(parent: Path, final_name: str) -> list[Path]:
     return [p for p in parent.glob(f"{STAGING_PREFIX}{final_name}-*") if _remove_if_orphaned(p)]
 
 
-def cleanup_leftovers(root: Path, *, max_depth: int = 4, min_age_s: float = 0.0) -> list[Path]:
+def cleanup_leftovers(
+    root: Path, *, max_depth: int = 4, min_age_s: float = 0.0, dry_run: bool = False
+) -> list[Path]:
     """Remove staging folders and files that killed builds left anywhere under `root`.
 
     A staging entry whose owning process is still alive is kept; so is one younger than
@@ -274,7 +283,7 @@ def cleanup_leftovers(root: Path, *, max_depth: int = 4, min_age_s: float = 0.0)
                     age = now - p.stat().st_mtime
                 except OSError:
                     continue
-                if age >= min_age_s and _remove_if_orphaned(p):
+                if age >= min_age_s and _remove_if_orphaned(p, dry_run):
                     removed.append(p)
             elif p.is_dir() and not p.is_symlink() and depth < max_depth:
                 stack.append((p, depth + 1))

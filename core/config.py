@@ -206,6 +206,15 @@ class Settings(BaseSettings):
                 raise ValueError("CLARA_GRAPH_PASSWORD is empty while CLARA_GRAPH_URI is set")
         return self
 
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve beyond this machine without an explicit secret (the rule the
+        settings apply to CLARA_HOST / CLARA_CHAT_HOST, for a host given another way)."""
+        if self.auth_secret is None and host not in _LOOPBACK:
+            raise ConfigError(
+                f"serving on {host} (not only this machine) needs an explicit "
+                f"CLARA_AUTH_SECRET shared by every process; {GENERATE_HINT}"
+            )
+
     def auth_secret_value(self) -> str:
         """The configured secret, or the one generated once into the data dir."""
         if self.auth_secret is not None:

@@ -33,6 +33,7 @@ PERMISSIONS: dict[str, str] = {
     "users:manage": "Add users, change roles, disable, reset passwords",
     "system:read": "See system status and configuration",
     "system:monitor": "Read the servers' monitoring (request statistics of the chat server)",
+    "system:maintain": "Clean up what killed builds left in the data dir",
 }
 
 _READ_ALL = {

@@ -10,6 +10,7 @@ import pytest
 
 from core import artifacts
 from core.artifacts import (
+    HOST_TAG,
     STAGING_PREFIX,
     ArtifactError,
     build_once,
@@ -106,7 +107,7 @@ def test_build_once_replaces_an_incomplete_target_and_old_leftovers(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "partial").write_text("?")
-    dead = tmp_path / f"{STAGING_PREFIX}model-999999-deadbeef"
+    dead = tmp_path / f"{STAGING_PREFIX}model-{HOST_TAG}-999999-deadbeef"
     dead.mkdir()
     build_once(target, lambda p: (p / "done").exists(), lambda f: (f / "done").write_text("1"))
     assert sorted(p.name for p in target.iterdir()) == ["done"]
@@ -117,19 +118,24 @@ def test_cleanup_removes_what_dead_builds_left_and_keeps_live_ones(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / "models").mkdir()
-        dead_dir = tmp_path / "models" / f"{STAGING_PREFIX}demo-999999-0000aaaa"
-        live_dir = tmp_path / "models" / f"{STAGING_PREFIX}onnx-{live.pid}-0000bbbb"
-        dead_file = tmp_path / f"{STAGING_PREFIX}export.jsonl-999999-0000cccc.jsonl"
+        dead_dir = tmp_path / "models" / f"{STAGING_PREFIX}demo-{HOST_TAG}-999999-0000aaaa"
+        live_dir = tmp_path / "models" / f"{STAGING_PREFIX}onnx-{HOST_TAG}-{live.pid}-0000bbbb"
+        dead_file = tmp_path / f"{STAGING_PREFIX}export.jsonl-{HOST_TAG}-999999-0000cccc.jsonl"
         dead_dir.mkdir()
         live_dir.mkdir()
         dead_file.write_text("half")
         keep = tmp_path / "models" / "demo"
         keep.mkdir()
+        other_host = tmp_path / f"{STAGING_PREFIX}demo-0123abcd-999999-0000eeee"
+        other_host.mkdir()
+        assert sorted(cleanup_leftovers(tmp_path, dry_run=True)) == sorted([dead_dir, dead_file])
+        assert dead_dir.exists() and dead_file.exists()
         removed = cleanup_leftovers(tmp_path)
         assert sorted(removed) == sorted([dead_dir, dead_file])
+        assert other_host.exists()  # another machine's build on a shared data dir
         assert live_dir.exists() and keep.exists()
         # Young leftovers may belong to a build we cannot see yet: kept until old enough.
-        young = tmp_path / f"{STAGING_PREFIX}x-999999-0000dddd"
+        young = tmp_path / f"{STAGING_PREFIX}x-{HOST_TAG}-999999-0000dddd"
         young.mkdir()
         assert cleanup_leftovers(tmp_path, min_age_s=3600) == []
     finally:
