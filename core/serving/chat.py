@@ -9,7 +9,6 @@ answer is stored under an id (core.serving.answers) that feedback refers to.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +39,12 @@ def engine_from_settings(
     settings: Settings | None = None, quantization: str | None = None
 ) -> InferenceEngine:
     """The engine for the configured base model (CLARA_BASE_MODEL, or the demo model built
-    under the data dir); quantization from the argument or CLARA_CHAT_QUANTIZATION (4bit |
-    8bit, through bitsandbytes)."""
+    under the data dir); quantization from the argument or settings.chat_quantization
+    (CLARA_CHAT_QUANTIZATION; 4bit | 8bit, through bitsandbytes)."""
     from core.training.base_model import resolve_base_model
 
     settings = settings or get_settings()
-    quant = quantization or os.environ.get("CLARA_CHAT_QUANTIZATION") or None
+    quant = quantization or settings.chat_quantization or None
     if quant not in (None, *QUANTIZATIONS):
         raise ServingError(
             f"CLARA_CHAT_QUANTIZATION / --quantization: must be one of 4bit, 8bit (got {quant!r})"
