@@ -7,10 +7,8 @@ never collide. With CI=true an unreachable Postgres fails the run instead of ski
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from core.artifacts import build_once
 from core.config import Settings, get_settings
 from core.permissions import Principal
 
@@ -160,17 +159,7 @@ def shared_build(tmp_path_factory, name: str, build: Callable[[Path], object]) -
     root = base / "shared"
     root.mkdir(exist_ok=True)
     target = root / name
-    with (root / f".{name}.lock").open("a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not target.exists():
-                tmp = root / f".{name}-building"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                build(tmp)
-                tmp.rename(target)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    build_once(target, lambda folder: folder.is_dir(), build)
     return target
 
 
