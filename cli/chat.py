@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from cli.common import CliFailure, app, console, context, print_json, settings
+from cli.common import CliFailure, app, console, context, print_rows, settings
 from core.serving.engine import BASE, GenerationSettings
 
 feedback_app = typer.Typer(help="Feedback given in the chat.", no_args_is_help=True)
@@ -122,22 +121,11 @@ def feedback_list(
         limit=limit,
         offset=offset,
     )
-    if json_out:
-        print_json({"total": total, "items": rows})
-        return
-    t = Table(
-        "id",
-        "when",
-        "user",
-        "adapter",
-        "rating",
-        "prompt",
-        "corrected",
-        "sample",
-        title=f"{len(rows)} of {total}",
-    )
-    for r in rows:
-        t.add_row(
+    print_rows(
+        rows,
+        json_out,
+        ["id", "when", "user", "adapter", "rating", "prompt", "corrected", "sample"],
+        lambda r: (
             str(r.id),
             r.created_at.strftime("%Y-%m-%d %H:%M"),
             r.username,
@@ -146,5 +134,7 @@ def feedback_list(
             r.prompt[:60],
             "yes" if r.correction else "",
             str(r.sample_id or ""),
-        )
-    console.print(t)
+        ),
+        data={"total": total, "items": rows},
+        title=f"{len(rows)} of {total}",
+    )

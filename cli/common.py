@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.table import Table
 
 from core.config import ConfigError, Settings, get_settings
 from core.db import DatabaseUnavailable
@@ -158,6 +159,26 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def print_rows(
+    rows: Iterable[Any],
+    json_out: bool,
+    columns: Sequence[str],
+    cells: Callable[[Any], Sequence[object]],
+    *,
+    data: Any = None,
+    title: str | None = None,
+) -> None:
+    """The one output of list commands: JSON (`data`, else the rows) for --json, else a
+    table with one row of `cells(row)` per row."""
+    if json_out:
+        print_json(list(rows) if data is None else data)
+        return
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*("" if c is None else str(c) for c in cells(row)))
+    console.print(table)
 
 
 def print_json(value: Any) -> None:

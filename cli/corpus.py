@@ -18,6 +18,7 @@ from cli.common import (
     context,
     err_console,
     print_json,
+    print_rows,
 )
 
 corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.", no_args_is_help=True)
@@ -382,13 +383,19 @@ def searches(json_out: bool = typer.Option(False, "--json")) -> None:
 
     ctx = context()
     rows = list_saved_searches(ctx.engine, ctx.user)
-    if json_out:
-        print_json([r.model_dump(mode="json") for r in rows])
-        return
-    t = Table("name", "mode", "query", "k", "by")
-    for r in rows:
-        t.add_row(r.name, r.request.mode, r.request.query[:60], str(r.request.k), r.created_by)
-    console.print(t)
+    print_rows(
+        rows,
+        json_out,
+        ["name", "mode", "query", "k", "by"],
+        lambda r: (
+            r.name,
+            r.request.mode,
+            r.request.query[:60],
+            str(r.request.k),
+            r.created_by,
+        ),
+        data=[r.model_dump(mode="json") for r in rows],
+    )
 
 
 def offer_sample(ctx) -> None:  # noqa: ANN001 - a cli.common.Context

@@ -333,34 +333,25 @@ _REASON = typer.Option("", help="reason code to match")
 _SOURCE = typer.Option("", help="source to match (corpus, import, feedback, manual)")
 
 
-@review_app.command("accept")
-def accept(
-    name: str,
-    ids: str = _IDS,
-    status: str = _STATUS,
-    reason: str = _REASON,
-    source: str = _SOURCE,
-    min_score: float = typer.Option(None),
-    max_score: float = typer.Option(None),
-    json_out: bool = JSON,
-) -> None:
-    """Accept samples by id or every sample matching the filters."""
-    _review("accepted", name, ids, status, reason, source, min_score, max_score, json_out)
+def _review_command(decision: str, verb: str):  # noqa: ANN202 - a typer command
+    def command(
+        name: str,
+        ids: str = _IDS,
+        status: str = _STATUS,
+        reason: str = _REASON,
+        source: str = _SOURCE,
+        min_score: float = typer.Option(None),
+        max_score: float = typer.Option(None),
+        json_out: bool = JSON,
+    ) -> None:
+        _review(decision, name, ids, status, reason, source, min_score, max_score, json_out)
+
+    command.__doc__ = f"{verb} samples by id or every sample matching the filters."
+    return command
 
 
-@review_app.command("reject")
-def reject(
-    name: str,
-    ids: str = _IDS,
-    status: str = _STATUS,
-    reason: str = _REASON,
-    source: str = _SOURCE,
-    min_score: float = typer.Option(None),
-    max_score: float = typer.Option(None),
-    json_out: bool = JSON,
-) -> None:
-    """Reject samples by id or every sample matching the filters."""
-    _review("rejected", name, ids, status, reason, source, min_score, max_score, json_out)
+review_app.command("accept")(_review_command("accepted", "Accept"))
+review_app.command("reject")(_review_command("rejected", "Reject"))
 
 
 @dataset_app.command("thresholds")

@@ -12,6 +12,7 @@ from cli.common import (
     context,
     err_console,
     print_json,
+    print_rows,
     settings,
 )
 
@@ -27,13 +28,13 @@ app.add_typer(admin_app, name="admin")
 def config_show(json_out: bool = typer.Option(False, "--json")) -> None:
     """Print the effective configuration (secrets masked)."""
     values = settings().masked()
-    if json_out:
-        print_json(values)
-        return
-    t = Table("variable", "value")
-    for k, v in values.items():
-        t.add_row(f"CLARA_{k.upper()}", "" if v is None else str(v))
-    console.print(t)
+    print_rows(
+        values.items(),
+        json_out,
+        ["variable", "value"],
+        lambda kv: (f"CLARA_{kv[0].upper()}", kv[1]),
+        data=values,
+    )
 
 
 @db_app.command("upgrade")
@@ -98,14 +99,14 @@ def audit(
 
     ctx = context()
     page = read_audit_log(ctx.engine, ctx.user, limit=limit, action_prefix=action, user=user)
-    if json_out:
-        print_json(page.rows.to_dict(orient="records"))
-        return
-    t = Table("at", "actor", "action", "target", "outcome")
-    for r in page.rows.itertuples():
-        t.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.actor, r.action, r.target, r.outcome)
-    console.print(t)
-    console.print(f"{len(page.rows)} of {page.total}")
+    print_rows(
+        page.rows.itertuples(),
+        json_out,
+        ["at", "actor", "action", "target", "outcome"],
+        lambda r: (r.at.strftime("%Y-%m-%d %H:%M:%S"), r.actor, r.action, r.target, r.outcome),
+        data=page.rows.to_dict(orient="records"),
+        title=f"{len(page.rows)} of {page.total}",
+    )
 
 
 @app.command("up")

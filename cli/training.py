@@ -18,6 +18,7 @@ from cli.common import (
     context,
     err_console,
     print_json,
+    print_rows,
     settings,
 )
 
@@ -66,12 +67,11 @@ def list_(
 
     ctx = context()
     jobs = list_jobs(ctx.engine, ctx.user, state or None, limit=limit)
-    if json_out:
-        print_json(jobs)
-        return
-    t = Table("id", "name", "method", "state", "step", "attempts", "owner", "created", "error")
-    for j in jobs:
-        t.add_row(
+    print_rows(
+        jobs,
+        json_out,
+        ["id", "name", "method", "state", "step", "attempts", "owner", "created", "error"],
+        lambda j: (
             str(j.id),
             j.name,
             j.method,
@@ -81,8 +81,8 @@ def list_(
             j.owner,
             _ts(j.created_at),
             (j.error or "")[:60],
-        )
-    console.print(t)
+        ),
+    )
 
 
 @train_app.command("show")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from cli.common import app, console, context, print_json
+from cli.common import app, console, context, print_json, print_rows
 from core import users as accounts
 from core.permissions import ROLES
 
@@ -45,20 +44,19 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     """List users."""
     ctx = context()
     users = accounts.list_users(ctx.engine, ctx.user)
-    if json_out:
-        print_json(users)
-        return
-    t = Table("user", "role", "name", "e-mail", "status", "last login")
-    for u in users:
-        t.add_row(
+    print_rows(
+        users,
+        json_out,
+        ["user", "role", "name", "e-mail", "status", "last login"],
+        lambda u: (
             u.username,
             u.role,
             u.full_name,
             u.email,
             "disabled" if u.disabled else "active",
             u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "-",
-        )
-    console.print(t)
+        ),
+    )
 
 
 @users_app.command("set-role")
