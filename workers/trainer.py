@@ -1,13 +1,16 @@
-"""`clara worker`: claims training jobs and runs each in a child process, heartbeating.
+"""`clara worker`: claims jobs (training, scoring, embedding; `kinds` limits which) and runs
+each in a child process, heartbeating.
 
-One loop, no threads: reap finished children, renew leases (and stop cancelled or lost jobs),
-claim while a slot is free, sleep briefly. Children are started with an argument list in
-their own process group with output to the job's log; stop = SIGTERM to the group (the
-trainer finishes its step, checkpoints at it and exits). SIGKILL follows only when the
-process does not answer within a short grace period, or when it answered but then stops
-making progress (its stop report's deadline passes; see core.training.stopping). The pid is
-recorded together with the process start time, and a signal is only sent after checking
-that the pid still belongs to that very process.
+One loop, no threads: each `tick()` reaps finished children, renews leases (and stops
+cancelled or lost jobs) and claims while a slot is free; `run()` ticks and sleeps briefly.
+The child reports its job's success or failure through its lease; the worker records only
+what the child could not: a stop it asked for, a process killed by a signal, an exit code.
+Children are started with an argument list in their own process group with output to the
+job's log; stop = SIGTERM to the group (the trainer finishes its step, checkpoints at it and
+exits). SIGKILL follows only when the process does not answer within a short grace period,
+or when it answered but then stops making progress (its stop report's deadline passes; see
+core.training.stopping). The pid is recorded together with the process start time, and a
+signal is only sent after checking that the pid still belongs to that very process.
 """
 
 from __future__ import annotations
@@ -27,16 +30,11 @@ import psutil
 from sqlalchemy import Engine, select
 
 from core.config import Settings, get_settings
-from core.db import get_engine, session_scope
-from core.training.child import ERROR_MARK, EXIT_LOST, EXIT_OK, EXIT_STOPPED
-from core.training.models import TrainingJob
-from core.training.queue import (
-    ClaimedJob,
-    claim_next_job,
-    finish_job,
-    renew_lease,
-    update_running,
-)
+from core.db import get_engine, reading
+from core.training.child import EXIT_LOST, EXIT_OK, EXIT_STOPPED
+from core.training.jobs import load_job
+from core.training.models import JOB_KINDS, TrainingJob
+from core.training.queue import ClaimedJob, FailureReason, JobLease, claim_next_job
 from core.training.stopping import (
     MAX_STOP_S,
     cancel_summary,
@@ -82,6 +80,24 @@ class Slot:
     stop_reason: str | None = None  # cancel | shutdown | lost
     killed: bool = False
     last_beat: float = field(default_factory=time.monotonic)
+    lease: JobLease | None = None  # made from `job` when not given
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...]:
+    """`--kinds train,score`: "train" is the "sft" kind; empty means every kind."""
+    if not text:
+        return JOB_KINDS
+    kinds = []
+    for part in text.split(","):
+        kind = {"train": "sft", "training": "sft"}.get(part.strip(), part.strip())
+        if kind not in JOB_KINDS:
+            raise ValueError(
+                f"--kinds: {part.strip()!r} is not a job kind (train, score, embed, sleep)"
+            )
+        if kind == "sft" and "sleep" not in kinds:
+            kinds.append("sleep")  # the queue exercise runs wherever training does
+        kinds.append(kind)
+    return tuple(dict.fromkeys(kinds))
 
 
 class Worker:
@@ -95,6 +111,7 @@ class Worker:
         once: bool = False,
         grace_seconds: float = STOP_GRACE_S,
         engine: Engine | None = None,
+        kinds: tuple[str, ...] = JOB_KINDS,
         log=print,
     ) -> None:  # noqa: ANN001
         self.settings = settings or get_settings()
@@ -107,6 +124,7 @@ class Worker:
         self.grace = grace_seconds
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.kinds = tuple(kinds)
         self.slots: list[Slot] = []
         self._stopping = False
         self._last_cancel_check = 0.0
@@ -120,15 +138,12 @@ class Worker:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log(
             f"worker {self.worker_id}: concurrency {self.concurrency}, "
-            f"lease {self.lease_seconds:.0f}s"
+            f"lease {self.lease_seconds:.0f}s, kinds {','.join(self.kinds)}"
         )
         try:
             idle = False
             while not self._stopping:
-                self._reap()
-                self._check_cancels()
-                self._heartbeat()
-                claimed_any = self._fill_slots()
+                claimed_any = self.tick()
                 if self.once and not self.slots and not claimed_any:
                     idle = True
                     break
@@ -141,10 +156,20 @@ class Worker:
         self.log(f"worker {self.worker_id}: stopped")
         return 0
 
+    def tick(self, *, claim: bool = True) -> bool:
+        """One round of supervision: reap finished children, stop cancelled ones, heartbeat,
+        then (with `claim`) start jobs while a slot is free. Returns whether it claimed."""
+        self._reap()
+        self._check_cancels()
+        self._heartbeat()
+        return self._fill_slots() if claim else False
+
     def _fill_slots(self) -> bool:
         claimed_any = False
         while len(self.slots) < self.concurrency and not self._stopping:
-            job = claim_next_job(self.engine, self.worker_id, self.lease_seconds, host=self.host)
+            job = claim_next_job(
+                self.engine, self.worker_id, self.lease_seconds, kinds=self.kinds, host=self.host
+            )
             if job is None:
                 break
             claimed_any = True
@@ -152,14 +177,13 @@ class Worker:
         return claimed_any
 
     def _start(self, job: ClaimedJob) -> None:
-        with session_scope(self.engine) as s:
-            row = s.get(TrainingJob, job.id)
-            log_path = Path(
-                row.log_path or self.settings.data_path / "logs" / "training" / f"job-{job.id}.log"
-            )
-            output_dir = Path(
-                row.output_dir or self.settings.data_path / "training" / "jobs" / str(job.id)
-            )
+        row = load_job(self.engine, job.id)
+        log_path = Path(
+            row.log_path or self.settings.data_path / "logs" / "training" / f"job-{job.id}.log"
+        )
+        output_dir = Path(
+            row.output_dir or self.settings.data_path / "training" / "jobs" / str(job.id)
+        )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_stop_report(output_dir)  # a report of an earlier attempt is not this one's
@@ -181,8 +205,9 @@ class Worker:
                 env=env,
             )
         started = process_start_time(proc.pid)
-        update_running(self.engine, job.id, job.token, pid=proc.pid, pid_started_at=started)
-        self.slots.append(Slot(job, proc, started, log_path, output_dir))
+        lease = JobLease(self.engine, job.id, job.token)
+        lease.update(pid=proc.pid, pid_started_at=started)
+        self.slots.append(Slot(job, proc, started, log_path, output_dir, lease=lease))
         self.log(f"job {job.id}: started attempt {job.attempt} (pid {proc.pid})")
 
     # Supervision -----------------------------------------------------------------------
@@ -216,8 +241,8 @@ class Worker:
             if now - slot.last_beat < self.heartbeat_every and slot.stop_sent_at is None:
                 continue
             slot.last_beat = now
-            state = renew_lease(self.engine, slot.job.id, slot.job.token, self.lease_seconds)
-            if not state.held and slot.stop_reason is None:
+            state = self._lease(slot).heartbeat(self.lease_seconds)
+            if not state.held and slot.stop_reason is None and slot.proc.poll() is None:
                 self.log(f"job {slot.job.id}: lease lost; stopping its process")
                 self._stop(slot, "lost", signal.SIGKILL)
             elif state.cancel_requested and slot.stop_reason is None:
@@ -234,7 +259,7 @@ class Worker:
         ids = [s.job.id for s in self.slots if s.stop_reason is None]
         if not ids:
             return
-        with session_scope(self.engine) as s:
+        with reading(self.engine) as s:
             wanted = set(
                 s.scalars(
                     select(TrainingJob.id).where(
@@ -263,60 +288,67 @@ class Worker:
                 os.killpg(slot.proc.pid, signal.SIGKILL)
             self._finish(slot, rc)
 
+    def _lease(self, slot: Slot) -> JobLease:
+        if slot.lease is None:
+            slot.lease = JobLease(self.engine, slot.job.id, slot.job.token)
+        return slot.lease
+
     def _finish(self, slot: Slot, rc: int) -> None:
         job = slot.job
+        lease = self._lease(slot)
+        row = load_job(self.engine, job.id)
+        reported = row is None or row.fencing_token != job.token or row.state != "running"
         if rc == EXIT_LOST or slot.stop_reason == "lost":
             self.log(f"job {job.id}: given up (lease lost)")
             return
+        if reported and rc in (EXIT_OK, 1):
+            # The child recorded the outcome itself, through its lease.
+            what = "gone" if row is None else row.state
+            why = f": {row.error}" if row is not None and row.error else ""
+            self.log(f"job {job.id}: {what}{why}")
+            return
         if rc == EXIT_OK:
-            ok = finish_job(self.engine, job.id, job.token, "succeeded")
+            ok = lease.succeed()
             self.log(f"job {job.id}: succeeded" + ("" if ok else " (but the lease was lost)"))
             return
         if slot.stop_reason == "cancel":
-            with session_scope(self.engine) as s:
-                row = s.get(TrainingJob, job.id)
-                step, checkpoint = (row.step, row.checkpoint) if row else (0, None)
-            summary = cancel_summary(
-                step=step, checkpoint=checkpoint, report=read_stop_report(slot.output_dir), rc=rc
-            )
-            finish_job(self.engine, job.id, job.token, "cancelled", error=summary)
+            if job.kind in ("score", "embed"):
+                total = f" of {row.max_steps}" if row and row.max_steps else ""
+                summary = (
+                    f"cancelled after {row.step if row else 0}{total} done; the finished "
+                    "batches are kept"
+                )
+            else:
+                summary = cancel_summary(
+                    step=row.step if row else 0,
+                    checkpoint=row.checkpoint if row else None,
+                    report=read_stop_report(slot.output_dir),
+                    rc=rc,
+                )
+            lease.cancelled(summary)
             self.log(f"job {job.id}: {summary}")
             return
         if slot.stop_reason == "shutdown" or rc == EXIT_STOPPED:
-            # A later worker resumes it from the checkpoint just written.
-            finish_job(self.engine, job.id, job.token, "queued", error=None)
+            # A later worker resumes it from the checkpoint (or batch) just written.
+            lease.requeue()
             self.log(f"job {job.id}: stopped for worker shutdown; back in the queue")
             return
-        reason = self._error_from_log(slot.log_path, rc)
-        with session_scope(self.engine) as s:
-            row = s.get(TrainingJob, job.id)
-            retry = rc < 0 and row is not None and row.attempts < row.max_attempts
-        if retry:
-            # Killed by a signal (out of memory, operator): a new attempt resumes from the
-            # last checkpoint. An exception would only repeat itself, so that one fails.
-            finish_job(self.engine, job.id, job.token, "queued", error=reason)
-            self.log(f"job {job.id}: {reason}; queued again")
-        else:
-            finish_job(self.engine, job.id, job.token, "failed", error=reason)
-            self.log(f"job {job.id}: failed: {reason}")
-
-    @staticmethod
-    def _error_from_log(log_path: Path, rc: int) -> str:
-        try:
-            with log_path.open("rb") as fh:
-                fh.seek(0, 2)
-                fh.seek(max(0, fh.tell() - 64 * 1024))
-                tail = fh.read().decode("utf-8", errors="replace").splitlines()
-        except OSError:
-            tail = []
-        for line in reversed(tail):
-            if line.startswith(ERROR_MARK):
-                return line[len(ERROR_MARK) :].strip()
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
             hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
-            return f"the training process was killed by {name}{hint}; see the job log"
-        return f"the training process exited with code {rc}; see the job log"
+            reason = FailureReason.KILLED
+            error = f"the job's process was killed by {name}{hint}; see the job log"
+        else:
+            reason = FailureReason.EXIT
+            error = f"the job's process exited with code {rc}; see the job log"
+        if rc < 0 and row is not None and row.attempts < row.max_attempts:
+            # Killed by a signal (out of memory, operator): a new attempt resumes from the
+            # last checkpoint. An exception would only repeat itself, so that one fails.
+            lease.requeue(error=error, reason=reason)
+            self.log(f"job {job.id}: {error}; queued again")
+        else:
+            lease.fail(reason, error)
+            self.log(f"job {job.id}: failed: {error}")
 
     def _shutdown(self) -> None:
         if not self.slots:

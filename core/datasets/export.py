@@ -23,11 +23,12 @@ import yaml
 from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
+from core.artifacts import file_sha256
 from core.audit import audited
 from core.config import get_settings
 from core.datasets.errors import ExportError
 from core.datasets.models import DatasetSample
-from core.datasets.versions import SPLITS, VersionInfo, file_sha256, get_version, read_version
+from core.datasets.versions import SPLITS, VersionInfo, get_version, read_version
 from core.db import reading
 from core.permissions import Principal, require
 

@@ -1,9 +1,11 @@
 """Quality scoring of a dataset with core.datasets.quality, in batches, with progress.
 
 A scoring run is a row (status, done/total, heartbeat) so any page or CLI can watch it.
-`start_scoring` runs it in a child process (`python -m core.datasets.scoring RUN_ID`, its own
-session, output in data_dir/logs), so a Streamlit page stays responsive and never runs work
-in a thread of its own; `score_dataset` runs it in the calling process (CLI, tests).
+`start_scoring` queues it as a "score" job in the one jobs queue (core.training.queue), which
+`clara worker` runs in a child process of its own (core.training.handlers.run_scoring); the
+page or CLI only polls the run. `score_dataset` runs it in the calling process (the CLI's
+blocking `clara dataset score`, tests). Scores are written batch by batch; a run whose worker
+was killed resumes in its next attempt and skips the samples it scored already.
 
 Deduplication covers the dataset itself and the other datasets: their non-rejected samples
 seed the exact and near-duplicate indexes, so a sample copied from another dataset is flagged
@@ -13,23 +15,23 @@ with `duplicate_of = "<dataset>#<sample id>"`.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, bindparam, case, func, select, update
+from sqlalchemy import Engine, bindparam, case, func, select, true, update
 
 from core.audit import audited
 from core.config import get_settings
 from core.datasets.errors import DatasetError
 from core.datasets.models import Dataset, DatasetSample, ScoringRun
 from core.datasets.service import joined_text, resolve_dataset
-from core.db import get_engine, reading, writing
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.permissions import Principal, require
+from core.training.models import FINISHED_STATES, TrainingJob
 
 FETCH = 256
 _T = DatasetSample.__table__
@@ -70,6 +72,7 @@ class ScoringRunInfo(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    job_id: int | None = None  # the queued job that runs it (None: run in-process)
 
     @property
     def fraction(self) -> float:
@@ -80,21 +83,50 @@ class ScoringRunInfo(BaseModel):
         return self.status in ACTIVE
 
 
-def _info(r: ScoringRun) -> ScoringRunInfo:
+def _job_of_run(s: Any, run_id: int) -> TrainingJob | None:  # noqa: ANN401 - Session
+    """The newest "score" job that runs `run_id` (its spec names the run)."""
+    jobs = s.scalars(
+        select(TrainingJob)
+        .where(TrainingJob.kind == "score")
+        .order_by(TrainingJob.id.desc())
+        .limit(200)
+    )
+    return next((j for j in jobs if (j.spec or {}).get("run_id") == run_id), None)
+
+
+def _job_outcome(job: TrainingJob | None) -> tuple[str, str | None] | None:
+    """(status, error) for an active run whose job ended without finishing it (cancelled
+    while queued, failed, attempts used up); None while the job can still finish it."""
+    if job is None or job.state not in FINISHED_STATES:
+        return None
+    if job.state == "cancelled":
+        return "cancelled", None
+    return "failed", job.error or f"its job {job.id} {job.state}"
+
+
+def _info(r: ScoringRun, job: TrainingJob | None = None) -> ScoringRunInfo:
+    status, error = r.status, r.error
+    if r.status in ACTIVE and (outcome := _job_outcome(job)) is not None:
+        status, error = outcome
     return ScoringRunInfo(
         id=r.id,
         dataset_id=r.dataset_id,
-        status=r.status,
+        status=status,
         total=r.total,
         done=r.done,
-        error=r.error,
+        error=error,
         stats=r.stats,
         started_by=r.started_by,
         created_at=r.created_at,
         started_at=r.started_at,
         finished_at=r.finished_at,
         heartbeat_at=r.heartbeat_at,
+        job_id=job.id if job is not None else None,
     )
+
+
+def _run_info(s: Any, r: ScoringRun) -> ScoringRunInfo:  # noqa: ANN401 - Session
+    return _info(r, _job_of_run(s, r.id) if r.status in ACTIVE else None)
 
 
 def load_tokenizer(base_model: str | None) -> Any:
@@ -119,8 +151,13 @@ def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> Sco
         for r in s.scalars(
             select(ScoringRun).where(ScoringRun.dataset_id == d.id, ScoringRun.status.in_(ACTIVE))
         ):
+            job = _job_of_run(s, r.id)
             beat = r.heartbeat_at or r.created_at
-            if now - beat > STALE_AFTER:
+            if (outcome := _job_outcome(job)) is not None:
+                r.status, r.error = outcome
+                r.finished_at = now
+            elif job is None and now - beat > STALE_AFTER:
+                # Run in a process of its own (no job) that stopped beating.
                 r.status, r.error, r.finished_at = "failed", "no heartbeat: the run died", now
             else:
                 raise DatasetError(
@@ -144,30 +181,29 @@ def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> Sco
 
 
 def start_scoring(engine: Engine, actor: Principal, dataset_ref: int | str) -> ScoringRunInfo:
-    """Queue a scoring run and start it in a child process; returns at once."""
+    """Queue a scoring run as a "score" job for `clara worker`; returns at once."""
+    from core.training.jobs import job_log_path, jobs_root
+    from core.training.queue import enqueue_job
+
     with audited(engine, actor, "datasets.score", target=str(dataset_ref)) as ctx:
         require(actor, "datasets:review")
         run = _create_run(engine, actor, dataset_ref)
         ctx.detail["run_id"] = run.id
         settings = get_settings()
-        logs = settings.data_path / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["CLARA_DATABASE_URL"] = engine.url.render_as_string(hide_password=False)
-        env["CLARA_DATA_DIR"] = str(settings.data_path)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        with (logs / f"scoring-{run.id}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "core.datasets.scoring", str(run.id)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        with writing(engine) as s:
-            s.execute(update(ScoringRun).where(ScoringRun.id == run.id).values(pid=proc.pid))
-        return run
+        with reading(engine) as s:
+            name = s.get(Dataset, run.dataset_id).name
+        job_id = enqueue_job(
+            engine,
+            kind="score",
+            name=f"score-{name}",
+            owner=actor.username,
+            spec={"run_id": run.id, "dataset_id": run.dataset_id},
+            max_steps=run.total or None,
+            log_path=lambda jid: str(job_log_path(settings, jid)),
+            output_dir=lambda jid: str(jobs_root(settings) / str(jid)),
+        )
+        ctx.detail["job_id"] = job_id
+        return run.model_copy(update={"job_id": job_id})
 
 
 def score_dataset(
@@ -194,7 +230,7 @@ def get_scoring_run(engine: Engine, actor: Principal, run_id: int) -> ScoringRun
         r = s.get(ScoringRun, run_id)
         if r is None:
             raise DatasetError(f"no scoring run {run_id}")
-        return _info(r)
+        return _run_info(s, r)
 
 
 def latest_scoring_run(
@@ -209,11 +245,14 @@ def latest_scoring_run(
             .order_by(ScoringRun.id.desc())
             .limit(1)
         )
-        return _info(r) if r else None
+        return _run_info(s, r) if r else None
 
 
 def cancel_scoring(engine: Engine, actor: Principal, run_id: int) -> None:
-    """Ask a run to stop after its current batch (scores written so far are kept)."""
+    """Ask a run to stop after its current batch (scores written so far are kept); a run
+    whose job still waits in the queue is cancelled at once."""
+    from core.training.queue import request_cancel
+
     with audited(engine, actor, "datasets.score_cancel", target=str(run_id)):
         require(actor, "datasets:review")
         with writing(engine) as s:
@@ -222,11 +261,28 @@ def cancel_scoring(engine: Engine, actor: Principal, run_id: int) -> None:
                 .where(ScoringRun.id == run_id, ScoringRun.status.in_(("queued", "running")))
                 .values(status="cancelling")
             )
+            job = _job_of_run(s, run_id)
+            job_id = job.id if job is not None and job.state == "queued" else None
+        if job_id is not None and request_cancel(engine, job_id) == "queued":
+            mark_run(engine, run_id, "cancelled")
 
 
-def _iter_samples(engine: Engine, dataset_id: int) -> Iterator[tuple[int, str, str]]:
+def mark_run(engine: Engine, run_id: int, status: str, error: str | None = None) -> None:
+    """End an unfinished run (its job was cancelled or stopped for good)."""
+    with writing(engine) as s:
+        s.execute(
+            update(ScoringRun)
+            .where(ScoringRun.id == run_id, ScoringRun.status.in_(ACTIVE))
+            .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+        )
+
+
+def _iter_samples(
+    engine: Engine, dataset_id: int, scored_since: datetime | None = None
+) -> Iterator[tuple[int, str, str]]:
     """(id, content sha, joined text) in keyset pages; rejected samples last so they never
-    become the representative of a duplicate cluster."""
+    become the representative of a duplicate cluster. With `scored_since`, samples scored
+    since then (by an earlier attempt of the same run) are skipped."""
     rejected_last = case((DatasetSample.status == "rejected", 1), else_=0)
     last = (-1, -1)
     while True:
@@ -242,6 +298,12 @@ def _iter_samples(engine: Engine, dataset_id: int) -> Iterator[tuple[int, str, s
                     DatasetSample.content_sha256,
                 )
                 .where(DatasetSample.dataset_id == dataset_id)
+                .where(
+                    true()
+                    if scored_since is None
+                    else (DatasetSample.scored_at.is_(None))
+                    | (DatasetSample.scored_at < scored_since)
+                )
                 .where(
                     (rejected_last > last[0])
                     | ((rejected_last == last[0]) & (DatasetSample.id > last[1]))
@@ -262,11 +324,20 @@ def minhash_key(t: Any) -> str:
 
 
 def _reference(
-    engine: Engine, dataset_id: int, key: str
+    engine: Engine, dataset_id: int, key: str, scored_since: datetime | None = None
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, bytes]]]:
     """Other datasets' non-rejected samples for the dedup indexes: stored content hashes and
-    MinHash signatures where a compatible earlier run left them, the text otherwise."""
+    MinHash signatures where a compatible earlier run left them, the text otherwise. With
+    `scored_since` (a resumed run), also this dataset's samples scored since then, under
+    their own ids, so that the rest is still compared with them."""
     texts, hashes, sigs = [], [], []
+    with reading(engine) as s:
+        own_name = s.get(Dataset, dataset_id).name
+    wanted = (DatasetSample.dataset_id != dataset_id) & (DatasetSample.status != "rejected")
+    if scored_since is not None:
+        wanted = wanted | (
+            (DatasetSample.dataset_id == dataset_id) & (DatasetSample.scored_at >= scored_since)
+        )
     with reading(engine) as s:
         for name, sid, kind, text, messages, system, minhash, signals in s.execute(
             select(
@@ -280,10 +351,10 @@ def _reference(
                 DatasetSample.signals,
             )
             .join(Dataset, Dataset.id == DatasetSample.dataset_id)
-            .where(DatasetSample.dataset_id != dataset_id, DatasetSample.status != "rejected")
+            .where(wanted)
             .order_by(DatasetSample.id)
         ):
-            rid = f"{name}#{sid}"
+            rid = f"{name}#{sid}" if name != own_name else str(sid)
             if (
                 minhash
                 and signals
@@ -298,29 +369,48 @@ def _reference(
 
 
 def execute_run(
-    engine: Engine, run_id: int, progress: Callable[[int, int], None] | None = None
-) -> None:
-    """Do the work of one run (in whatever process calls it); never raises for run errors,
-    which are recorded on the run row instead."""
+    engine: Engine,
+    run_id: int,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    stop: threading.Event | None = None,
+    resume: bool = False,
+) -> tuple[str | None, str | None]:
+    """Do the work of one run (in whatever process calls it); returns (outcome, error):
+    done | cancelled (asked through the run) | stopped (`stop` was set; the run stays
+    running for a later attempt) | failed, or None when the run is not there to be run.
+    Never raises for run errors, which are recorded on the run row instead.
+
+    `resume` (a job's later attempt) continues a run left running by a killed process:
+    the samples it scored already keep their scores and are not scored again."""
     from core.datasets.quality import QualityPipeline, QualityThresholds, default_steps
 
     with writing(engine) as s:
         run = s.get(ScoringRun, run_id)
-        if run is None or run.status != "queued":
-            return
-        run.status, run.started_at, run.heartbeat_at, run.pid = (
-            "running",
-            utcnow(),
-            utcnow(),
-            os.getpid(),
-        )
-        dataset_id, total = run.dataset_id, run.total
+        resuming = resume and run is not None and run.status == "running"
+        if run is None or (run.status != "queued" and not resuming):
+            return None, None
+        if not resuming:
+            run.started_at = utcnow()
+        run.status, run.heartbeat_at, run.pid = "running", utcnow(), os.getpid()
+        dataset_id, total, since = run.dataset_id, run.total, run.started_at
         thresholds = QualityThresholds.from_dict(run.thresholds or {})
+        done = 0
+        if resuming:
+            done = (
+                s.scalar(
+                    select(func.count()).where(
+                        DatasetSample.dataset_id == dataset_id, DatasetSample.scored_at >= since
+                    )
+                )
+                or 0
+            )
+    scored_since = since if resuming else None
     try:
         base_model = get_settings().base_model
         tokenizer = load_tokenizer(base_model)
         key = minhash_key(thresholds)
-        texts, hashes, sigs = _reference(engine, dataset_id, key)
+        texts, hashes, sigs = _reference(engine, dataset_id, key, scored_since)
         steps = default_steps(
             tokenizer=tokenizer,
             reference=texts,
@@ -332,11 +422,10 @@ def execute_run(
         shas: dict[str, str] = {}
 
         def inputs() -> Iterator[tuple[str, str]]:
-            for sid, sha, text in _iter_samples(engine, dataset_id):
+            for sid, sha, text in _iter_samples(engine, dataset_id, scored_since):
                 shas[str(sid)] = sha
                 yield str(sid), text
 
-        done = 0
         pending: list[Any] = []
 
         def flush() -> bool:
@@ -374,43 +463,36 @@ def execute_run(
                 r = s.get(ScoringRun, run_id)
                 r.done, r.heartbeat_at = done, now
                 r.total = max(r.total, done)  # samples added while scoring
-                stop = r.status == "cancelling"
+                cancel = r.status == "cancelling"
             if progress:
-                progress(done, total)
-            return stop
+                progress(done, max(total, done))
+            return cancel
 
-        cancelled = False
+        cancelled = stopped = False
         for res in pipeline.run(inputs()):
             pending.append(res)
-            if len(pending) >= FETCH and flush():
-                cancelled = True
-                break
-        if pending and not cancelled:
+            if len(pending) >= FETCH:
+                cancelled = flush()
+                stopped = stop is not None and stop.is_set()
+                if cancelled or stopped:
+                    break
+        if pending and not cancelled and not stopped:
             cancelled = flush()
+        if stopped and not cancelled:
+            return "stopped", None  # a later attempt resumes it
+        final = "cancelled" if cancelled else "done"
         with writing(engine) as s:
             r = s.get(ScoringRun, run_id)
-            r.status = "cancelled" if cancelled else "done"
+            r.status = final
             r.stats = {
                 "pipeline": pipeline.stats(),
                 "tokenizer": f"base model {base_model}" if tokenizer else "regex (fallback)",
             }
             r.finished_at = r.heartbeat_at = utcnow()
+        return final, None
     except Exception as err:  # recorded on the run so the page can show it
+        error = f"{type(err).__name__}: {err}"[:2000]
         with writing(engine) as s:
             r = s.get(ScoringRun, run_id)
-            r.status, r.finished_at = "failed", utcnow()
-            r.error = f"{type(err).__name__}: {err}"[:2000]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m core.datasets.scoring RUN_ID", file=sys.stderr)
-        return 2
-    engine = get_engine(get_settings())
-    execute_run(engine, int(args[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            r.status, r.finished_at, r.error = "failed", utcnow(), error
+        return "failed", error

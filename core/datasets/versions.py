@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from core.artifacts import file_sha256
+from core.artifacts import library_versions as artifact_library_versions
 from core.audit import audited
 from core.config import get_settings
 from core.datasets.errors import DatasetError, VersionNotFound
@@ -45,7 +47,7 @@ PARQUET_SCHEMA = pa.schema(
     ]
 )
 SPLITS = ("train", "eval")
-_LIBRARIES = ("pyarrow", "datasets", "transformers", "trl", "peft", "datasketch", "langid")
+_QUALITY_LIBRARIES = ("datasketch", "langid")
 
 
 class VersionInfo(BaseModel):
@@ -92,13 +94,15 @@ def _info(v: DatasetVersion, dataset_name: str) -> VersionInfo:
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in _LIBRARIES:
+    """The versions a frozen version records: core.artifacts' list and the quality
+    libraries that shaped its samples; libraries that are not installed are left out."""
+    versions = artifact_library_versions()
+    for name in _QUALITY_LIBRARIES:
         try:
-            out[name] = importlib_metadata.version(name)
+            versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             continue
-    return out
+    return {k: v for k, v in versions.items() if v}
 
 
 def sample_record(row: Any) -> dict[str, Any]:
@@ -131,14 +135,6 @@ def split_records(
 def write_parquet(records: list[dict[str, Any]], path: Path) -> None:
     table = pa.Table.from_pylist(records, schema=PARQUET_SCHEMA)
     pq.write_table(table, path, compression="zstd", write_statistics=True)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sources(s: Session, dataset_id: int) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The adapter registry: PEFT adapters under data_dir/adapters/<name>/ with a manifest, and
-their rows. Files are complete before the row exists; a row never points at half an adapter.
+"""The adapter registry: PEFT adapters under data_dir/adapters/<name>/ with a manifest
+(core.artifacts: staged folder renamed into place, manifest.json with the sha256 of every
+file and the library versions), and their rows. Files are complete before the row exists;
+a row never points at half an adapter.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
+from core.artifacts import MANIFEST as MANIFEST  # re-exported: the adapter's manifest file
+from core.artifacts import library_versions as current_library_versions
+from core.artifacts import staged_dir, write_manifest
 from core.audit import audited
 from core.auth import Principal, require
 from core.config import Settings, get_settings
@@ -24,7 +29,7 @@ from core.errors import ClaraError
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
 
-MANIFEST = "clara-adapter.json"
+ADAPTER_FORMAT = "clara-adapter/1"
 
 
 class AdapterNotFound(ClaraError, LookupError):
@@ -121,8 +126,6 @@ def register_adapter(
     row is only written while that job still holds its lease (fencing): a worker that lost the
     job cannot register a second copy.
     """
-    from core.training.demo_model import library_versions as libs
-
     with audited(engine, actor, "adapters.register", target=name) as ctx:
         require(actor, "training:create")
         check_adapter_name(name)
@@ -135,30 +138,30 @@ def register_adapter(
         with session_scope(engine, immediate=True) as s:
             if s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None:
                 raise AdapterError(f"an adapter named {name!r} already exists")
-        manifest = {
-            "format": "clara-adapter/1",
-            "name": name,
-            "base_model": base_model,
-            "base_model_fingerprint": base_model_fingerprint,
-            "method": method,
-            "dataset_version_id": dataset_version_id,
-            "dataset_manifest_sha256": dataset_manifest_sha256,
-            "job_id": job_id,
-            "parent_adapter_id": parent_adapter_id,
-            "metrics": metrics or {},
-            "spec": spec or {},
-            "library_versions": library_versions or libs(),
-            "created_by": actor.username,
-            "created_at": utcnow().isoformat(),
-            **(extra_manifest or {}),
-        }
-        (files_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        staged = root / f".staged-{name}-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(files_dir, staged)
-        if final.exists():
-            # Left behind by a crash after the rename but before the row: no row points at it.
-            shutil.rmtree(final)
-        staged.rename(final)
+        versions = library_versions or current_library_versions()
+        # An existing folder without a row was left by a crash after the rename but before
+        # the row: no row points at it, so it is replaced.
+        with staged_dir(final, replace=True) as staged:
+            shutil.copytree(files_dir, staged, dirs_exist_ok=True)
+            write_manifest(
+                staged,
+                "adapter",
+                format=ADAPTER_FORMAT,
+                name=name,
+                base_model=base_model,
+                base_model_fingerprint=base_model_fingerprint,
+                method=method,
+                dataset_version_id=dataset_version_id,
+                dataset_manifest_sha256=dataset_manifest_sha256,
+                job_id=job_id,
+                parent_adapter_id=parent_adapter_id,
+                metrics=metrics or {},
+                spec=spec or {},
+                library_versions=versions,
+                created_by=actor.username,
+                created_at=utcnow().isoformat(),
+                **(extra_manifest or {}),
+            )
         try:
             with session_scope(engine, immediate=True) as s:
                 if job_id is not None and job_token is not None:
@@ -178,7 +181,7 @@ def register_adapter(
                     job_id=job_id,
                     parent_adapter_id=parent_adapter_id,
                     metrics=metrics or {},
-                    library_versions=manifest["library_versions"],
+                    library_versions=versions,
                     spec=spec or {},
                     created_by=actor.username,
                 )
@@ -216,16 +219,6 @@ def delete_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> A
         return info
 
 
-def _resolve_base(base_model: str, settings: Settings | None = None) -> str:
-    from core.training.jobs import DEMO
-
-    if base_model == DEMO:
-        from core.training.demo_model import ensure_demo_model
-
-        return str(ensure_demo_model(settings))
-    return base_model
-
-
 def merge_adapter(
     engine: Engine,
     actor: Principal,
@@ -237,7 +230,11 @@ def merge_adapter(
     """Export base + adapter as full safetensors weights with the tokenizer (for other servers)."""
     from peft import PeftModel
 
-    from core.training.base_model import base_model_fingerprint, load_base_model
+    from core.training.base_model import (
+        base_model_fingerprint,
+        load_base_model,
+        resolve_base_model,
+    )
 
     with audited(engine, actor, "adapters.merge", target=name) as ctx:
         require(actor, "adapters:activate")
@@ -245,7 +242,7 @@ def merge_adapter(
         out = Path(out_dir).expanduser().resolve()
         if out.exists() and any(out.iterdir()):
             raise AdapterError(f"{out} exists and is not empty; choose a new folder")
-        base = _resolve_base(info.base_model, settings)
+        base = resolve_base_model(info.base_model, settings)
         if base_model_fingerprint(base) != info.base_model_fingerprint:
             raise AdapterError(
                 f"the base model at {base} is not the one adapter {info.name!r} "

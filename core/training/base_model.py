@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +36,39 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True", "yes")
 
 
-def resolve_base_model(settings: Settings | None = None) -> str:
-    """CLARA_BASE_MODEL when set, else the demo model (built on first use)."""
+DEMO = "demo"  # a base model reference meaning "the demo model of this data dir"
+
+
+def resolve_base_model(
+    ref: str | Settings | None = None,
+    settings: Settings | None = None,
+    *,
+    progress: Callable[[str, float], None] | None = None,
+) -> str:
+    """The one place that interprets a base model reference: a folder or model id as it is;
+    "demo" the demo model (built on first use, reporting `progress(message, fraction)`);
+    empty CLARA_BASE_MODEL when set, else the demo model.
+
+    (`resolve_base_model(settings)` still means "the configured base model".)"""
+    if isinstance(ref, Settings):
+        ref, settings = None, ref
     settings = settings or get_settings()
-    if settings.base_model:
-        return settings.base_model
+    ref = ref or settings.base_model or DEMO
+    if ref != DEMO:
+        return ref
     from core.training.demo_model import ensure_demo_model
 
-    return str(ensure_demo_model(settings))
+    return str(ensure_demo_model(settings, progress=progress))
+
+
+def built_base_model(ref: str, settings: Settings | None = None) -> str | None:
+    """Like `resolve_base_model` but never builds: None while the demo model is not built."""
+    if ref != DEMO:
+        return ref
+    from core.training.demo_model import built_demo_model
+
+    folder = built_demo_model(settings)
+    return str(folder) if folder else None
 
 
 def local_model_dir(name_or_path: str) -> Path:

@@ -3,8 +3,9 @@
 Built once per data dir (data_dir/models/demo-llama/), deterministically: a byte-level BPE
 tokenizer trained with `tokenizers` on examples/corpus, a `LlamaConfig` model, and a short
 pre-training loop so that generations look like the corpus and fine-tuning visibly lowers
-the loss. Two processes building at once are serialised by a file lock; the build happens in
-a temporary folder that is renamed into place, so a reader never sees half a model.
+the loss. Built through core.artifacts: `build_once` serialises two processes building at
+once (file lock), the build happens in a staging folder that is renamed into place (a reader
+never sees half a model), and `write_manifest` describes it (manifest.json).
 
 While it builds, the build writes its progress (phase, fraction, estimate) to a small JSON
 file next to the lock; `demo_build_status(settings)` reads it for the pages (Chat, Training)
@@ -16,23 +17,30 @@ CLARA_DEMO_MODEL_SIZE (tiny | small, default small) picks the size; tests use ti
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.artifacts import (
+    MANIFEST as MANIFEST,  # re-exported: `clara demo-model` reads it
+)
+from core.artifacts import (
+    build_once,
+    lock_is_held,
+    lock_path,
+    read_manifest,
+    write_manifest,
+)
 from core.config import Settings, get_settings
 from core.errors import ClaraError
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "examples" / "corpus"
-MANIFEST = "clara-demo-model.json"
+LEGACY_MANIFEST = "clara-demo-model.json"  # what builds before core.artifacts wrote
 DEMO_DIRNAME = "demo-llama"
 SPECIAL_TOKENS = [
     "<|pad|>",
@@ -100,7 +108,7 @@ def demo_model_dir(settings: Settings | None = None) -> Path:
 
 
 def _lock_path(target: Path) -> Path:
-    return target.parent / f".{DEMO_DIRNAME}.lock"
+    return lock_path(target)
 
 
 def _status_path(target: Path) -> Path:
@@ -158,28 +166,11 @@ class _StatusWriter:
             pass
 
 
-def _build_running(lock_path: Path) -> bool:
-    """Whether some process holds the build lock now (a build is under way)."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 def demo_build_status(settings: Settings | None = None) -> DemoBuildStatus | None:
     """The demo model build under way in this data dir, or None when none is running."""
     target = demo_model_dir(settings)
     path = _status_path(target)
-    if not path.exists() or not _build_running(_lock_path(target)):
+    if not path.exists() or not lock_is_held(target):
         return None
     try:
         data = json.loads(path.read_text())
@@ -251,49 +242,47 @@ def _corpus_digest(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+def demo_manifest(folder: Path) -> dict | None:
+    """The demo model's manifest (also one written before core.artifacts), or None."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        try:
+            manifest = json.loads((Path(folder) / LEGACY_MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _is_complete(folder: Path, size: str) -> bool:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("size") == size and (folder / "config.json").exists()
+    manifest = demo_manifest(folder)
+    return bool(manifest) and manifest.get("size") == size and (folder / "config.json").exists()
+
+
+def built_demo_model(settings: Settings | None = None) -> Path | None:
+    """The demo model folder when it is built (for the configured size), else None."""
+    folder = demo_model_dir(settings)
+    return folder if _is_complete(folder, demo_size_name()) else None
 
 
 def ensure_demo_model(
     settings: Settings | None = None, *, progress: ProgressFn | None = None
 ) -> Path:
-    """The demo model folder, built on first use (file-locked, atomic rename)."""
+    """The demo model folder, built on first use (core.artifacts.build_once)."""
     target = demo_model_dir(settings)
     size = demo_size_name()
     if _is_complete(target, size):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = _lock_path(target)
-    with lock_path.open("a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def build(staging: Path) -> None:
+        # Runs holding the build lock, so the status file is this build's alone.
         status = _StatusWriter(_status_path(target), size)
         try:
-            if _is_complete(target, size):  # another process built it while we waited
-                return target
             status.update("starting", 0.0, f"building the demo model ({size})")
-            # Holding the lock, any other temp build folder is the leftover of a killed build.
-            for stale in target.parent.glob(f".{DEMO_DIRNAME}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}-", dir=target.parent))
-            try:
-                build_demo_model(tmp, size=size, progress=progress, status=status)
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-                elif target.exists():
-                    shutil.rmtree(target)
-                tmp.rename(target)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+            build_demo_model(staging, size=size, progress=progress, status=status)
         finally:
             status.clear()
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return target
+
+    return build_once(target, lambda folder: _is_complete(folder, size), build)
 
 
 def build_demo_model(
@@ -416,40 +405,19 @@ def build_demo_model(
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    manifest = {
-        "what": "CLARA demo base model (Llama architecture, pre-trained on examples/corpus)",
-        "size": size,
-        "size_settings": asdict(cfg),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "corpus_sha256": _corpus_digest(texts),
-        "corpus_tokens": len(ids),
-        "first_loss": losses[0],
-        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "seed": SEED,
-        "build_seconds": round(time.monotonic() - started, 1),
-        "library_versions": library_versions(),
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_manifest(
+        out_dir,
+        "demo-model",
+        what="CLARA demo base model (Llama architecture, pre-trained on examples/corpus)",
+        size=size,
+        size_settings=asdict(cfg),
+        parameters=sum(p.numel() for p in model.parameters()),
+        corpus_sha256=_corpus_digest(texts),
+        corpus_tokens=len(ids),
+        first_loss=losses[0],
+        final_loss=sum(losses[-10:]) / len(losses[-10:]),
+        seed=SEED,
+        build_seconds=round(time.monotonic() - started, 1),
+    )
     report("done", 1.0)
     return out_dir
-
-
-def library_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in (
-        "torch",
-        "transformers",
-        "peft",
-        "trl",
-        "bitsandbytes",
-        "accelerate",
-        "datasets",
-        "tokenizers",
-    ):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out

@@ -1,5 +1,6 @@
-"""Training jobs as the UI and CLI see them: submit (with every check up front), list,
-show, cancel, retry, metrics, logs."""
+"""Jobs as the UI and CLI see them: submit training (with every check up front), list, show,
+cancel, retry, metrics, logs. Scoring and embedding jobs are submitted by their areas
+(core.datasets.scoring, core.corpus.embedding) and listed, shown and cancelled here."""
 
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from sqlalchemy import Engine, func, select, update
 from core.audit import audited
 from core.auth import Principal, require
 from core.config import Settings, get_settings
-from core.db import session_scope
-from core.db.base import utcnow
+from core.db import reading, session_scope
 from core.errors import ClaraError
+from core.training.base_model import DEMO, built_base_model
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
+from core.training.queue import request_cancel
 from core.training.spec import SpecError, TrainingSpec, parse_spec, spec_from_dict
-
-DEMO = "demo"  # base_model value meaning "the demo model of the worker's data dir"
 
 
 class TrainingError(ClaraError):
@@ -73,10 +73,18 @@ class JobInfo(BaseModel):
     log_path: str | None
     output_dir: str | None
     error: str | None
+    failure_reason: str | None = None
     adapter_id: int | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+def load_job(engine: Engine, job_id: int) -> JobInfo | None:
+    """The one view of a job row (pages, CLI and the job's own process use it); no checks."""
+    with reading(engine) as s:
+        job = s.get(TrainingJob, job_id)
+        return None if job is None else JobInfo.model_validate(job)
 
 
 def jobs_root(settings: Settings | None = None) -> Path:
@@ -148,12 +156,7 @@ def preflight(
             local_model_dir(base)
         except BaseModelNotFound as err:
             raise SubmitRefused("base_model", str(err)) from None
-    check_base = base
-    if base == DEMO:
-        from core.training.demo_model import _is_complete, demo_model_dir, demo_size_name
-
-        folder = demo_model_dir(settings)
-        check_base = str(folder) if _is_complete(folder, demo_size_name()) else None
+    check_base = built_base_model(base, settings)
     if check_base and spec.method != "continue":
         try:
             check_target_modules(check_base, spec.lora_kwargs().get("target_modules"))
@@ -287,11 +290,10 @@ def _job_id(ref: int | str) -> int:
 
 def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     require(actor, "training:read")
-    with session_scope(engine) as s:
-        job = s.get(TrainingJob, _job_id(job_id))
-        if job is None:
-            raise JobNotFound(job_id)
-        return JobInfo.model_validate(job)
+    job = load_job(engine, _job_id(job_id))
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
 
 
 METRIC_COLUMNS = [
@@ -378,20 +380,15 @@ def cancel_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     """Queued: cancelled at once. Running: the worker stops the process (checkpoint first)."""
     with audited(engine, actor, "training.cancel", target=str(job_id)):
         require(actor, "training:cancel")
-        with session_scope(engine, immediate=True) as s:
-            job = s.get(TrainingJob, _job_id(job_id), with_for_update=True)
-            if job is None:
-                raise JobNotFound(job_id)
-            if job.state == "queued":
-                job.state, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
-            elif job.state == "running":
-                job.cancel_requested = True
-            else:
-                raise JobStateError(
-                    f"job {job.id} is {job.state}; only queued or running jobs can be cancelled"
-                )
-            s.flush()
-            return JobInfo.model_validate(job)
+        jid = _job_id(job_id)
+        before = request_cancel(engine, jid)
+        if before is None:
+            raise JobNotFound(job_id)
+        if before not in ("queued", "running"):
+            raise JobStateError(
+                f"job {jid} is {before}; only queued or running jobs can be cancelled"
+            )
+        return get_job(engine, actor, jid)
 
 
 def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
@@ -419,6 +416,7 @@ def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
                     attempts=0,
                     cancel_requested=False,
                     error=None,
+                    failure_reason=None,
                     finished_at=None,
                     lease_owner=None,
                     lease_expires_at=None,
@@ -445,6 +443,7 @@ __all__ = [
     "job_metrics",
     "job_progress",
     "list_jobs",
+    "load_job",
     "retry_job",
     "submit_job",
     "submit_sleep_job",

@@ -1,4 +1,5 @@
-"""Training tables: the job queue, streamed metrics and the adapter registry."""
+"""Training tables: the job queue (all background work, not only training), streamed
+metrics and the adapter registry."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from core.db.base import Base, JSONType, UTCDateTime, utcnow
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
+# What a job does; `clara worker --kinds` picks among them. "sft" trains an adapter, "score"
+# scores a dataset, "embed" embeds pending corpus chunks, "sleep" only exercises the queue.
+JOB_KINDS = ("sft", "score", "embed", "sleep")
 
 
 class TrainingJob(Base):
@@ -27,7 +31,7 @@ class TrainingJob(Base):
     __table_args__ = (Index("ix_training_jobs_claim", "state", "priority", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    # "sft" trains; "sleep" only exercises the queue (tests, benchmarks of claim latency).
+    # One of JOB_KINDS.
     kind: Mapped[str] = mapped_column(String(16), nullable=False, default="sft")
     name: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     owner: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -54,6 +58,8 @@ class TrainingJob(Base):
     log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     output_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why a job failed, one of core.training.queue.FailureReason (`error` says it in words).
+    failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     adapter_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.artifacts import staged_dir
 from core.training.callbacks import MetricsCallback, MetricSink, StopCallback, TokenCounter
 from core.training.spec import TrainingSpec
 
@@ -274,12 +274,10 @@ def run_sft(
             f"perplexity {metrics['eval_perplexity_after']:.2f}"
         )
     final = output_dir / ADAPTER_DIR
-    tmp = output_dir / f".{ADAPTER_DIR}-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "clara-run.json").write_text(json.dumps(metrics, indent=2, default=str))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    # A staged folder renamed into place (replacing the adapter of an earlier attempt).
+    with staged_dir(final, replace=True) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "clara-run.json").write_text(json.dumps(metrics, indent=2, default=str))
     log(f"adapter written to {final}")
     return RunResult(final, False, metrics, resume)

@@ -1,16 +1,26 @@
-"""Quality scoring runs over a dataset: in process and in the background child process."""
+"""Quality scoring runs over a dataset: in process, and as a "score" job of the one queue that
+`clara worker` runs in a child process (real worker, real child, both engines)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from core.datasets.errors import DatasetError
 from core.datasets.models import DatasetSample
-from core.datasets.scoring import get_scoring_run, score_dataset, start_scoring
+from core.datasets.scoring import (
+    cancel_scoring,
+    execute_run,
+    get_scoring_run,
+    score_dataset,
+    start_scoring,
+)
 from core.datasets.service import SampleIn, add_samples, create_dataset, set_thresholds
 from core.db import reading
+from core.training.jobs import get_job
+from workers.trainer import Worker
 
 GOOD = (
     "Die Abfallgebührensatzung der Stadt regelt, wie die Gebühren für die Abfuhr von "
@@ -82,22 +92,80 @@ def test_thresholds_per_dataset(db_engine, admin):
         set_thresholds(db_engine, admin, ds.id, {"min_charz": 3})
 
 
-def test_background_run_in_child_process(db_engine, admin):
+def test_background_run_is_a_score_job_of_the_worker(db_engine, admin, settings):
     ds = create_dataset(db_engine, admin, "bg")
     add_samples(db_engine, admin, ds.id, [_text(GOOD + f" Absatz {i}.") for i in range(300)])
     run = start_scoring(db_engine, admin, ds.id)
-    assert run.status == "queued" and run.total == 300
+    assert run.status == "queued" and run.total == 300 and run.job_id
+    job = get_job(db_engine, admin, run.job_id)
+    assert job.kind == "score" and job.state == "queued"
+    time.sleep(0.2)
+    # Queued is not stale: a run waits for a worker as long as it takes.
     with pytest.raises(DatasetError, match="being scored already"):
         start_scoring(db_engine, admin, ds.id)
-    for _ in range(600):  # the child reports via the run row; wait for it to end
-        info = get_scoring_run(db_engine, admin, run.id)
-        if not info.active:
-            break
-        time.sleep(0.2)
+    # A worker limited to training does not take it; one for scoring does.
+    Worker(settings, engine=db_engine, once=True, kinds=("sft",), log=lambda m: None).run()
+    assert get_job(db_engine, admin, run.job_id).state == "queued"
+    Worker(settings, engine=db_engine, once=True, kinds=("score",), log=lambda m: None).run()
+    info = get_scoring_run(db_engine, admin, run.id)
     assert info.status == "done", info.error
     assert info.done == 300
+    job = get_job(db_engine, admin, run.job_id)
+    assert job.state == "succeeded" and (job.step, job.max_steps) == (300, 300)
     with reading(db_engine) as s:
         assert s.query(DatasetSample).filter(DatasetSample.score.is_(None)).count() == 0
+
+
+def test_resumed_run_keeps_finished_batches_and_still_finds_duplicates(db_engine, admin):
+    """A killed worker's run resumes: scores of committed batches stay (not rewritten),
+    the rest is scored, and a duplicate of an already scored sample is still found."""
+    ds = create_dataset(db_engine, admin, "resume")
+    texts = [GOOD + f" Absatz {i}." for i in range(300)] + [GOOD + " Absatz 3."]
+    ids = add_samples(db_engine, admin, ds.id, [_text(t) for t in texts])
+    run = start_scoring(db_engine, admin, ds.id)
+    stop = threading.Event()
+    seen = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        stop.set()  # as if the worker asked it to stop after the first batch
+
+    assert execute_run(db_engine, run.id, progress, stop=stop, resume=True) == ("stopped", None)
+    assert seen == [256]
+    with reading(db_engine) as s:
+        first = {
+            r.id: r.scored_at
+            for r in s.query(DatasetSample).filter(DatasetSample.score.isnot(None))
+        }
+    assert len(first) == 256
+    assert get_scoring_run(db_engine, admin, run.id).status == "running"
+    # The next attempt (a new process after the kill) resumes the run.
+    assert execute_run(db_engine, run.id, resume=True) == ("done", None)
+    info = get_scoring_run(db_engine, admin, run.id)
+    assert info.status == "done" and info.done == 301
+    with reading(db_engine) as s:
+        rows = {r.id: (r.scored_at, r.score, r.duplicate_of) for r in s.query(DatasetSample)}
+    assert all(rows[i][0] == at for i, at in first.items())  # not scored twice
+    assert all(score is not None for _at, score, _dup in rows.values())
+    assert rows[ids[-1]][2] == str(ids[3])
+
+
+def test_cancel_a_queued_run_ends_run_and_job(db_engine, admin):
+    ds = create_dataset(db_engine, admin, "cq")
+    add_samples(db_engine, admin, ds.id, [_text(GOOD)])
+    run = start_scoring(db_engine, admin, ds.id)
+    cancel_scoring(db_engine, admin, run.id)
+    assert get_scoring_run(db_engine, admin, run.id).status == "cancelled"
+    assert get_job(db_engine, admin, run.job_id).state == "cancelled"
+    # A new run can start at once.
+    again = start_scoring(db_engine, admin, ds.id)
+    # Its job cancelled elsewhere (Training page): the run shows it, and does not block.
+    from core.training.queue import request_cancel
+
+    request_cancel(db_engine, again.job_id)
+    assert get_scoring_run(db_engine, admin, again.id).status == "cancelled"
+    third = start_scoring(db_engine, admin, ds.id)
+    assert third.id != again.id
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -120,14 +120,13 @@ def test_cancel_of_an_unresponsive_job_escalates_to_sigkill(db_engine, admin, se
         assert proc.stdout.readline().strip() == "ready"
         w.slots = [Slot(claimed, proc, process_start_time(proc.pid), settings.data_path / "x.log")]
         cancel_job(db_engine, admin, job.id)
-        w._check_cancels()
+        w.tick(claim=False)
         assert w.slots[0].stop_reason == "cancel"
         time.sleep(0.3)
         assert proc.poll() is None  # SIGTERM ignored
         deadline = time.monotonic() + 30
         while w.slots and time.monotonic() < deadline:
-            w._heartbeat()
-            w._reap()
+            w.tick(claim=False)
             time.sleep(0.1)
         assert proc.returncode == -signal.SIGKILL
         assert get_job(db_engine, admin, job.id).state == "cancelled"

@@ -203,11 +203,10 @@ def test_a_stop_that_answers_gets_its_time_and_a_hang_is_killed(
         ]
         cancel_job(db_engine, admin, job.id)
         started = time.monotonic()
-        w._check_cancels()
+        w.tick(claim=False)
         assert w.slots[0].stop_reason == "cancel"
         while w.slots and time.monotonic() - started < 60:
-            w._heartbeat()
-            w._reap()
+            w.tick(claim=False)
             time.sleep(0.05)
         took = time.monotonic() - started
         assert proc.returncode == (-signal.SIGKILL if killed else 3), (proc.returncode, lines)

@@ -203,6 +203,8 @@ def test_worker_requeues_job_of_killed_worker_and_fails_crashing_child(db_engine
     assert w.returncode == 0, out
     failed = get_job(db_engine, admin, crash.id)
     assert failed.state == "failed" and failed.error == "RuntimeError: sleep job asked to fail"
-    assert "CLARA-ERROR" in Path(failed.log_path).read_text()
+    # Reported by the child through its lease, with a typed reason; the traceback is in the log.
+    assert failed.failure_reason == "exception"
+    assert "RuntimeError: sleep job asked to fail" in Path(failed.log_path).read_text()
     done = get_job(db_engine, admin, orphan.id)
     assert done.state == "succeeded" and done.attempts == 2 and done.fencing_token == 2
