@@ -2,7 +2,8 @@
 
 Log in to Streamlit, open Chat (the embedded Gradio app signs in with the page's token, no
 second login), pick an adapter trained in this test, ask, get the answer, give thumbs down
-with a correction, and find the correction waiting on the Review page.
+with a correction, and find the correction waiting on the Review page. A rerun keeps the
+conversation, and coming back to the page opens the chat again with the same link.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     wb = chat_workbench
     login(page, wb)
     _open(page, "Chat")
-    frame = page.frame_locator(f'iframe[src^="{wb.chat_url}"]')
+    iframe = f'iframe[src^="{wb.chat_url}"]'
+    frame = page.frame_locator(iframe)
     # Signed in through the page's token: the chat UI itself, not a login form.
     frame.locator("#chat-input textarea").wait_for(timeout=60_000)
 
@@ -105,6 +107,16 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     frame.locator("#chat-feedback-send").click()
     frame.get_by_text("saved for review").wait_for()
 
+    # A rerun of the page (here: Streamlit's "r" shortcut) keeps the iframe and with it the
+    # conversation; it used to get a new sign-in link and reload the chat (issue 11).
+    src = page.locator(iframe).get_attribute("src")
+    page.get_by_role("heading", name="Chat", exact=True).click()
+    page.keyboard.press("r")
+    page.get_by_text("1 in all").wait_for(timeout=60_000)  # the rerun lists the feedback
+    assert page.locator(iframe).get_attribute("src") == src
+    conversation.get_by_text(CODEWORD).wait_for(timeout=10_000)
+    frame.get_by_text("saved for review").wait_for(timeout=10_000)
+
     _open(page, "Review")
     # The sample card (not the canvas grid, whose cells are hidden from the DOM's view).
     page.get_by_text(CORRECTION).filter(visible=True).first.wait_for(timeout=60_000)
@@ -120,3 +132,9 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     assert sample.messages[-1]["content"] == CORRECTION
     assert sample.provenance["rating"] == "down" and sample.provenance["user"] == "admin"
     assert CODEWORD in sample.metadata["original_answer"]
+
+    # Back on the Chat page the iframe is mounted again with the link it used before: the
+    # browser holds that user's chat session, so the chat opens (not a refusal).
+    _open(page, "Chat")
+    assert page.locator(iframe).get_attribute("src") == src
+    frame.locator("#chat-input textarea").wait_for(timeout=60_000)
