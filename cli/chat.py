@@ -71,10 +71,9 @@ def generate(
     quantization: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes)"),
 ) -> None:
     """Answer one prompt, streaming the text to stdout (notes go to stderr)."""
-    from core.serving.service import ChatService, engine_from_settings
-
     from cli.common import err_console
     from core.permissions import require
+    from core.serving.chat import ChatService, engine_from_settings
 
     ctx = context()
     user = require(ctx.user, "chat:use")  # before reading stdin or loading
@@ -110,7 +109,7 @@ def feedback_list(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """List feedback, newest first."""
-    from core.serving.service import list_feedback
+    from core.serving.feedback import list_feedback
 
     ctx = context()
     rows, total = list_feedback(
