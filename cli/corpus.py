@@ -3,6 +3,7 @@ searches."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -146,17 +147,46 @@ def embed(
         help="re-embed every chunk with the configured model and backend (after changing "
         "CLARA_EMBEDDING_MODEL or CLARA_EMBEDDING_BACKEND): clears the vector store first",
     ),
+    queue: bool = typer.Option(
+        False, "--queue", help="queue an embed job for `clara worker` and return at once"
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="queue an embed job and wait (progress bar) until a worker ran it"
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Compute the pending embeddings."""
+    """Compute the pending embeddings: here and now (default), or as a job for the worker."""
     from core.corpus.embedders import get_embedder
-    from core.corpus.embedding import embed_pending, pending_count, reset_embeddings
+    from core.corpus.embedding import (
+        embed_pending,
+        embedding_job,
+        pending_count,
+        reset_embeddings,
+        start_embedding,
+    )
 
     ctx = context()
     user = ctx.user
     if all_chunks:
         get_embedder(ctx.settings)  # a model that cannot load must not cost the old vectors
         reset_embeddings(ctx.engine, user, ctx.settings)
+    if queue or wait:
+        job_id = start_embedding(ctx.engine, user, ctx.settings)
+        job = embedding_job(ctx.engine, user)
+        with _progress(wait and not json_out) as progress:
+            while wait and job is not None and job.active:
+                if progress and job.state == "running":
+                    progress("embedding", job.done, job.total, f"job {job_id}")
+                time.sleep(0.5)
+                job = embedding_job(ctx.engine, user)
+        left = pending_count(ctx.engine, user)
+        if wait and job is not None and job.state != "succeeded":
+            raise CliFailure(f"embed job {job_id} {job.state}: {job.error or 'see its log'}")
+        if json_out:
+            print_json({"job_id": job_id, "state": job.state if job else None, "pending": left})
+        else:
+            console.print(f"embed job {job_id}: {job.state if job else '?'}; {left} pending")
+        return
     with _progress(not json_out) as progress:
         n = embed_pending(ctx.engine, user, ctx.settings, batch_size=batch_size, progress=progress)
     left = pending_count(ctx.engine, user)

@@ -160,10 +160,13 @@ def import_(
 @dataset_app.command("score")
 def score(
     name: str,
-    background: bool = typer.Option(False, help="start in the background and return"),
+    background: bool = typer.Option(
+        False, help="queue a score job for `clara worker` and return (default: score here)"
+    ),
     json_out: bool = JSON,
 ) -> None:
-    """Run the quality pipeline over a dataset (scores, reasons, duplicates)."""
+    """Run the quality pipeline over a dataset (scores, reasons, duplicates): in this process
+    with a progress bar, or with --background as a job of the worker."""
     from core.datasets.scoring import score_dataset, start_scoring
 
     ctx = context()
@@ -182,7 +185,10 @@ def score(
     if json_out:
         print_json(run)
     elif background:
-        console.print(f"scoring run {run.id} started for {run.total} sample(s)")
+        console.print(
+            f"scoring run {run.id} queued as job {run.job_id} for {run.total} sample(s); "
+            "`clara worker` (or `clara up`) runs it"
+        )
     else:
         kept = run.stats["pipeline"]["pipeline"]["kept"] if run.stats else "?"
         console.print(f"scored {run.done} sample(s); {kept} above the minimum score")

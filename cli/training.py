@@ -239,13 +239,23 @@ def worker(
         help="a job whose worker is silent this long is taken over by another worker",
     ),
     poll_interval: float = typer.Option(0.25, "--poll-interval", hidden=True),
+    kinds: str = typer.Option(
+        "",
+        "--kinds",
+        help="only these job kinds, comma-separated: train, score, embed (default: all); "
+        "e.g. --kinds train on a GPU box, --kinds score,embed elsewhere",
+    ),
 ) -> None:
-    """Run training jobs from the queue (each in its own child process)."""
-    from workers.trainer import Worker
+    """Run jobs from the queue (training, scoring, embedding; each in its own child process)."""
+    from workers.trainer import Worker, parse_kinds
 
     ctx = context()
     if concurrency is not None and concurrency < 1:
         raise CliFailure("--concurrency must be at least 1", EXIT_USAGE)
+    try:
+        wanted = parse_kinds(kinds)
+    except ValueError as err:
+        raise CliFailure(str(err), EXIT_USAGE) from None
     if lease_seconds < 2:
         raise CliFailure("--lease-seconds must be at least 2", EXIT_USAGE)
     w = Worker(
@@ -255,6 +265,7 @@ def worker(
         poll_interval=poll_interval,
         once=once,
         engine=ctx.engine,
+        kinds=wanted,
         log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
     )
     raise typer.Exit(w.run())

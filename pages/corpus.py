@@ -21,7 +21,7 @@ from core.corpus.documents import (
     list_documents,
     related_documents,
 )
-from core.corpus.embedding import BackgroundEmbedding
+from core.corpus.embedding import embedding_job, start_embedding
 from core.corpus.forms import (
     FormError,
     add_to_selection,
@@ -61,25 +61,34 @@ def _status() -> None:
     c[2].metric("Pending embeddings", s["pending_embeddings"])
     c[3].metric("Relations", s["edges"])
     c[4].metric("Selected for datasets", len(st.session_state["selection_documents"]))
+    job = embedding_job(engine, user)
     if s["pending_embeddings"]:
-        running = BackgroundEmbedding.running()
         done, total = s["chunks"] - s["pending_embeddings"], s["chunks"]
+        where = ""
+        if job is not None and job.state == "running":
+            where = f" (embed job {job.id}: {job.done}/{job.total or '?'} in the background)"
+        elif job is not None and job.state == "queued":
+            where = f" (embed job {job.id} waits for a worker)"
         st.progress(
-            done / total if total else 0.0,
-            text=f"Embeddings: {done}/{total} chunks"
-            + (" (computing in the background)" if running else ""),
+            done / total if total else 0.0, text=f"Embeddings: {done}/{total} chunks{where}"
         )
         st.caption(
             f"{s['pending_embeddings']} chunks wait for embeddings. Keyword and graph search "
             "already find these documents; vector search covers the embedded chunks."
         )
-    if BackgroundEmbedding.last_error():
-        st.error(f"Embedding failed: {BackgroundEmbedding.last_error()}")
+    if job is not None and job.state == "failed":
+        st.error(f"Embedding failed (job {job.id}): {job.error}")
 
 
-def _start_embedding() -> None:
-    if user.can("corpus:ingest"):
-        BackgroundEmbedding.start(engine, user, cfg)
+def _start_embedding(*, after_failure: bool = True) -> None:
+    """Queue an embed job for the worker (one at a time); nothing runs in this process.
+    Automatically (`after_failure=False`) not again after a failed one: the button does."""
+    if not user.can("corpus:ingest"):
+        return
+    last = embedding_job(engine, user)
+    if last is not None and last.state == "failed" and not after_failure:
+        return
+    start_embedding(engine, user, cfg)
 
 
 def _progress_callback(bar):  # noqa: ANN001, ANN202
@@ -442,7 +451,8 @@ def render_ingest_tab() -> None:
                 lambda progress: ingest_server_folder(engine, user, folder, opts, cfg, progress)
             )
     pending_now = corpus_stats(engine, user)["pending_embeddings"]
-    idle = pending_now and not BackgroundEmbedding.running()
+    last = embedding_job(engine, user)
+    idle = pending_now and not (last is not None and last.active)
     if idle and st.button("Compute pending embeddings", key="corpus_embed_btn"):
         _start_embedding()
         st.rerun()
@@ -455,7 +465,7 @@ st.title("Corpus")
 # actions of this run (ingest, selection) changed, not the state before them.
 status_box = st.container()
 if corpus_stats(engine, user)["pending_embeddings"] and user.can("corpus:ingest"):
-    _start_embedding()  # e.g. after `clara up` loaded the sample without embeddings
+    _start_embedding(after_failure=False)  # e.g. after `clara up` loaded the sample
 render_sample_offer()
 # Filled at the end of the script, like the status row: an ingest further down in this run
 # shows its report here at once.

@@ -127,8 +127,12 @@ def scoring_status() -> None:
     r = latest_scoring_run(engine, user, ds.id)
     if r is None:
         st.caption("Not scored yet.")
+    elif r.status == "queued":
+        job = f" (job {r.job_id})" if r.job_id else ""
+        st.progress(0.0, text=f"Scoring run {r.id}{job} waits for a worker: 0 / {r.total} samples")
     elif r.active:
-        st.progress(r.fraction, text=f"Scoring run {r.id}: {r.done} / {r.total} samples")
+        job = f", job {r.job_id}" if r.job_id else ""
+        st.progress(r.fraction, text=f"Scoring run {r.id}{job}: {r.done} / {r.total} samples")
     elif r.status == "failed":
         st.error(f"Scoring run {r.id} failed: {r.error}")
     else:

@@ -351,12 +351,20 @@ def _job_detail(job_id: int) -> None:
     metrics = job_metrics(engine, user, job_id)
     frac, eta = job_progress(job, metrics)
     st.markdown(f"### Job {job.id}: `{job.name}` — **{job.state}**")
-    st.caption(
-        f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
-        f" · base {job.base_model} · dataset version {job.dataset_version_id}"
-    )
+    unit = {"score": "samples scored", "embed": "chunks embedded"}.get(job.kind)
+    if unit is None:
+        st.caption(
+            f"{job.method} · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
+            f" · base {job.base_model} · dataset version {job.dataset_version_id}"
+        )
+    else:  # scoring and embedding jobs run in the same queue and workers
+        st.caption(
+            f"{job.kind} job · owner {job.owner} · attempts {job.attempts}/{job.max_attempts}"
+        )
     eta_txt = f", ETA {_fmt_seconds(eta)}" if eta is not None else ""
-    st.progress(frac, text=f"step {job.step}/{job.max_steps or '?'} ({frac:.0%}{eta_txt})")
+    total = job.max_steps or "?"
+    done = f"step {job.step}/{total}" if unit is None else f"{job.step}/{total} {unit}"
+    st.progress(frac, text=f"{done} ({frac:.0%}{eta_txt})")
     building = st.empty()
     if job.state == "running" and job.base_model == DEMO and job.step == 0:
         build = demo_build_status(session.settings())

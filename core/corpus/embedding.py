@@ -5,13 +5,14 @@ Each batch is committed on its own (vectors upserted, then the chunks marked), s
 interrupted run loses at most the batch under way, and a later run picks up the chunks that
 are still pending. `embed_next_batch` is one such step (for a caller that reports progress
 between steps); `embed_pending` runs them all, reading the next batch while the model
-encodes the current one; `BackgroundEmbedding` runs `embed_pending` on a daemon thread.
+encodes the current one. In the background, embedding is an "embed" job of the one jobs
+queue (core.training.queue): `start_embedding` queues it (one at a time), `clara worker`
+runs it batch by batch (core.training.handlers.run_embedding), `embedding_job` shows it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,6 @@ from core.corpus.models import Chunk, Document
 from core.corpus.vectors import VectorStore, date_number, get_vector_store
 from core.db.engine import retry_on_lock, write_transaction
 from core.permissions import Principal, require
-
-log = logging.getLogger(__name__)
 
 EMBED_BATCH = 256
 
@@ -223,36 +222,61 @@ def reset_embeddings(engine: Engine, actor: Principal, settings: Settings) -> in
     return pending
 
 
-class BackgroundEmbedding:
-    """One daemon thread per process that embeds pending chunks (started by the page)."""
+@dataclass(frozen=True)
+class EmbeddingJob:
+    """The embed job a page shows: its id, state, chunks done of total, error."""
 
-    _thread: threading.Thread | None = None
-    _error: str | None = None
-    _guard = threading.Lock()
+    id: int
+    state: str
+    done: int
+    total: int | None
+    error: str | None
 
-    @classmethod
-    def start(cls, engine: Engine, actor: Principal, settings: Settings) -> bool:
-        require(actor, "corpus:ingest")
-        with cls._guard:
-            if cls._thread is not None and cls._thread.is_alive():
-                return False
-            cls._error = None
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
 
-            def run() -> None:
-                try:
-                    embed_pending(engine, actor, settings)
-                except Exception as err:  # noqa: BLE001 - surfaced via last_error()
-                    log.exception("background embedding failed")
-                    cls._error = str(err)
 
-            cls._thread = threading.Thread(target=run, name="clara-embed", daemon=True)
-            cls._thread.start()
-            return True
+def start_embedding(engine: Engine, actor: Principal, settings: Settings | None = None) -> int:
+    """Queue an "embed" job for `clara worker` unless one is queued or running already;
+    returns its id. Never starts a thread or a process here."""
+    from core.training.jobs import job_log_path, jobs_root
+    from core.training.queue import active_jobs, enqueue_job
 
-    @classmethod
-    def running(cls) -> bool:
-        return cls._thread is not None and cls._thread.is_alive()
+    require(actor, "corpus:ingest")
+    settings = settings or get_settings()
+    running = active_jobs(engine, "embed")
+    if running:
+        return running[0].id
+    with audited(engine, actor, "corpus.embed", target="pending chunks") as audit:
+        job_id = enqueue_job(
+            engine,
+            kind="embed",
+            name="embed-pending",
+            owner=actor.username,
+            log_path=lambda jid: str(job_log_path(settings, jid)),
+            output_dir=lambda jid: str(jobs_root(settings) / str(jid)),
+        )
+        audit.detail["job_id"] = job_id
+    return job_id
 
-    @classmethod
-    def last_error(cls) -> str | None:
-        return cls._error
+
+def embedding_job(engine: Engine, actor: Principal) -> EmbeddingJob | None:
+    """The newest embed job (the one under way, or the last one), or None."""
+    from core.training.models import TrainingJob
+
+    require(actor, "corpus:search")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(
+                TrainingJob.id,
+                TrainingJob.state,
+                TrainingJob.step,
+                TrainingJob.max_steps,
+                TrainingJob.error,
+            )
+            .where(TrainingJob.kind == "embed")
+            .order_by(TrainingJob.id.desc())
+            .limit(1)
+        ).first()
+    return None if row is None else EmbeddingJob(*row)

@@ -24,7 +24,9 @@ def _ingest(engine, admin, settings, tmp_path, n: int = 4) -> int:
     src.mkdir()
     for i in range(n):
         (src / f"doc{i}.md").write_text(f"# Satzung {i}\n\n{TEXT}", encoding="utf-8")
-    ingest_paths(engine, admin, [src], IngestOptions(embed=False, chunk_tokens=64, chunk_overlap=8), settings)
+    ingest_paths(
+        engine, admin, [src], IngestOptions(embed=False, chunk_tokens=64, chunk_overlap=8), settings
+    )
     return pending_count(engine, admin)
 
 
@@ -80,3 +82,33 @@ def test_needs_the_ingest_permission(db_engine, admin, settings, tmp_path):
     _ingest(db_engine, admin, settings, tmp_path, n=1)
     with pytest.raises(PermissionDenied):
         embed_next_batch(db_engine, principal("auditor"), settings)
+
+
+def test_embed_job_runs_in_the_worker_and_resumes_with_what_is_pending(
+    db_engine, admin, settings, tmp_path
+):
+    """`start_embedding` only queues an "embed" job (one at a time); `clara worker` runs it
+    in a child process batch by batch with progress; a stopped job's successor continues
+    with what is pending (committed batches are not embedded again)."""
+    from core.corpus.embedding import embedding_job, start_embedding
+    from core.training.jobs import get_job
+    from workers.trainer import Worker
+
+    pending = _ingest(db_engine, admin, settings, tmp_path, n=6)
+    # A first batch by hand, as if a killed worker had committed it.
+    embed_next_batch(db_engine, admin, settings, batch_size=4)
+    left = pending_count(db_engine, admin)
+    assert left == pending - 4
+    job_id = start_embedding(db_engine, admin, settings)
+    assert start_embedding(db_engine, admin, settings) == job_id  # one at a time
+    assert embedding_job(db_engine, admin).state == "queued"
+    assert pending_count(db_engine, admin) == left  # nothing ran in this process
+    Worker(settings, engine=db_engine, once=True, kinds=("embed",), log=lambda m: None).run()
+    job = get_job(db_engine, admin, job_id)
+    assert job.state == "succeeded", job.error
+    assert (job.step, job.max_steps) == (left, left)
+    assert pending_count(db_engine, admin) == 0
+    assert embedding_job(db_engine, admin).done == left
+    assert get_vector_store(settings).count() == pending
+    with pytest.raises(PermissionDenied):
+        start_embedding(db_engine, principal("auditor"), settings)
