@@ -30,8 +30,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.auth import AccountLocked, AuthenticationFailed, authenticate
 from core.config import Settings, get_settings
+from core.login import AccountLocked, AuthenticationFailed, authenticate
 from core.permissions import Principal
 from core.serving.chat import engine_from_settings
 from core.serving.engine import InferenceEngine

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Engine, or_, select
 
-from core.auth import Principal
-from core.db import session_scope
+from core.db import reading, writing
+from core.permissions import Principal
 from core.serving.models import ChatAnswer
 
 log = logging.getLogger("clara.chat")
@@ -52,7 +52,7 @@ def annotate_context(
     if wanted:
         ids = [str(m["answer_id"]) for m in wanted if m.get("answer_id")]
         texts = [str(m.get("content", "")) for m in wanted]
-        with session_scope(db) as s:
+        with reading(db) as s:
             rows = s.execute(
                 select(ChatAnswer.id, ChatAnswer.answer, ChatAnswer.adapter_name).where(
                     ChatAnswer.username == username,
@@ -91,7 +91,7 @@ class AnswerStart:
 
 def store_answer(db: Engine, start: AnswerStart, text: str, *, complete: bool) -> None:
     """Keep the answer (also a partial one, when the stream was stopped)."""
-    with session_scope(db) as s:
+    with writing(db) as s:
         s.add(
             ChatAnswer(
                 id=start.id,
@@ -116,7 +116,7 @@ def find_answer(
     With a session (authentication on), the answer must come from the same session; without
     one (authentication off, the CLI) from a session-less request of the same user.
     """
-    with session_scope(db) as s:
+    with reading(db) as s:
         row = s.get(ChatAnswer, answer_id)
         if row is None or row.username != actor.username:
             return None

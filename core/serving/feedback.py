@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Engine, func, select
 
 from core.audit import audited
-from core.db import session_scope
+from core.db import reading, writing
 from core.permissions import SYSTEM, Principal, require
 from core.serving.answers import find_answer, sample_turns
 from core.serving.engine import BASE, ServingError
@@ -110,7 +110,7 @@ def record_feedback(
             )
         if not answer.answer.strip():
             raise FeedbackError("that answer is empty: there is nothing to rate")
-        with session_scope(db) as s:
+        with reading(db) as s:
             done = s.scalar(select(ChatFeedback.id).where(ChatFeedback.answer_id == answer.id))
         if done is not None:
             raise FeedbackError(f"this answer was already rated (feedback #{done})")
@@ -130,7 +130,7 @@ def record_feedback(
         prompt = next((m["content"] for m in reversed(turns.messages) if m["role"] == "user"), "")
         final = feedback.correction if feedback.correction else answer.answer
         try:
-            with session_scope(db) as s:
+            with writing(db) as s:
                 row = ChatFeedback(
                     username=actor.username,
                     adapter_name=adapter[:64],
@@ -202,7 +202,7 @@ def list_feedback(
         conds.append(ChatFeedback.username == username)
     if adapter:
         conds.append(ChatFeedback.adapter_name == adapter)
-    with session_scope(db) as s:
+    with reading(db) as s:
         total = s.scalar(select(func.count()).select_from(ChatFeedback).where(*conds)) or 0
         rows = s.scalars(
             select(ChatFeedback)

@@ -33,9 +33,9 @@ def chat_workbench(make_workbench, tmp_path_factory):
     base, adapter = shared["base"], shared["codeword"]
     wb = make_workbench(CLARA_START_CHAT="true", CLARA_BASE_MODEL=str(base))
 
-    from core.auth import SYSTEM
     from core.config import load_settings
     from core.db import get_engine
+    from core.permissions import SYSTEM
     from core.training.adapters import register_adapter
     from core.training.base_model import base_model_fingerprint
 
@@ -121,10 +121,10 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     # The sample card (not the canvas grid, whose cells are hidden from the DOM's view).
     page.get_by_text(CORRECTION).filter(visible=True).first.wait_for(timeout=60_000)
     # ...and it is the pending sample of the adapter's feedback dataset, thumbs down.
-    from core.auth import SYSTEM
     from core.config import load_settings
     from core.datasets.review import list_samples
     from core.db import get_engine
+    from core.permissions import SYSTEM
 
     db = get_engine(url=load_settings(data_dir=wb.data_dir).effective_database_url)
     [sample] = list_samples(db, SYSTEM, "feedback-codeword").items

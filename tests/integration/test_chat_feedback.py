@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from core.auth import PermissionDenied, create_user, principal_for
 from core.datasets.review import list_samples
-from core.db import session_scope
+from core.db import reading
 from core.db.models import AuditEntry
+from core.permissions import PermissionDenied
 from core.serving.answers import AnswerStart, annotate_context, new_answer_id, store_answer
 from core.serving.feedback import (
     FeedbackError,
@@ -24,6 +24,7 @@ from core.serving.feedback import (
     record_feedback,
 )
 from core.serving.models import ChatFeedback
+from core.users import create_user, principal_for
 
 SESSION = "s" * 64
 OTHER_SESSION = "t" * 64
@@ -61,7 +62,7 @@ def _answer(
 
 
 def _count(engine) -> int:
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return s.scalar(select(func.count()).select_from(ChatFeedback))
 
 
@@ -87,7 +88,7 @@ def test_thumbs_down_with_correction_holds_exactly_the_stored_exchange(
     assert info.username == "carla" and info.rating == "down" and info.adapter_id == "7"
     assert info.answer_id == aid and info.answer == "In 1999."
     assert info.prompt == "And when did it get town rights?"
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         row = s.get(ChatFeedback, info.id)
         assert row.settings == {"temperature": 0.2, "max_new_tokens": 64}
         assert row.correction == "In 1312, granted by the count." and row.comment == "wrong year"
@@ -160,7 +161,7 @@ def test_only_an_answer_given_in_this_session_to_this_user_can_be_rated_once(
             db_engine, chatter, FeedbackIn(answer_id=aid, rating="down"), session_id=SESSION
         )
     assert _count(db_engine) == 1
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         outcomes = s.scalars(
             select(AuditEntry.outcome)
             .where(AuditEntry.action == "chat.feedback")
@@ -245,7 +246,7 @@ def test_feedback_needs_chat_permission_and_is_audited(db_engine, admin, chatter
             db_engine, auditor, FeedbackIn(answer_id=aid, rating="up"), session_id=SESSION
         )
     assert _count(db_engine) == 0
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         outcomes = s.scalars(
             select(AuditEntry.outcome).where(AuditEntry.action == "chat.feedback")
         ).all()

@@ -123,11 +123,12 @@ def running_chat_server(
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from core.auth import SYSTEM, create_user
     from core.config import get_settings
+    from core.permissions import SYSTEM
     from core.system import prepare
     from core.training.adapters import register_adapter
     from core.training.base_model import base_model_fingerprint
+    from core.users import create_user
 
     srv = ChatServer(f"http://127.0.0.1:{port}/", env, db_url, data / "chat.log")
     try:  # from here on a failure restores the environment (later tests read CLARA_*)
@@ -196,7 +197,7 @@ def server(request, models, tmp_path_factory) -> Iterator[ChatServer]:
 
 
 def _register(srv: ChatServer, models: dict[str, Path], name: str, files: Path, base: Path) -> None:
-    from core.auth import SYSTEM
+    from core.permissions import SYSTEM
     from core.training.adapters import register_adapter
     from core.training.base_model import base_model_fingerprint
 
@@ -277,7 +278,7 @@ def test_compare_returns_three_answers(server, models) -> None:
 def test_deleted_and_foreign_adapters_are_refused_by_name(server, models) -> None:
     from gradio_client.exceptions import AppError
 
-    from core.auth import SYSTEM
+    from core.permissions import SYSTEM
     from core.training.adapters import delete_adapter
 
     _register(server, models, "gone", models["codeword"], models["base"])
@@ -311,8 +312,8 @@ def test_long_history_is_cut_with_a_visible_note(server) -> None:
 
 
 def test_feedback_on_an_issued_answer_is_stored_and_queued_for_review(server) -> None:
-    from core.auth import SYSTEM
     from core.datasets.review import list_samples
+    from core.permissions import SYSTEM
     from core.serving.feedback import list_feedback
 
     c = server.client()
@@ -338,8 +339,9 @@ def test_feedback_cannot_be_forged(server) -> None:
     """Item 4: free text is no answer, and an answer id works only for its own session."""
     from gradio_client.exceptions import AppError
 
-    from core.auth import SYSTEM, create_user
+    from core.permissions import SYSTEM
     from core.serving.feedback import list_feedback
+    from core.users import create_user
 
     with contextlib.suppress(Exception):
         create_user(server.db(), SYSTEM, "bruno", "bruno-pass-1", "user")
@@ -371,8 +373,8 @@ def test_feedback_cannot_be_forged(server) -> None:
 
 def test_a_feedback_sample_holds_no_other_models_answer(server) -> None:
     """Item 5: base answered first; the adapter's answer is rated; no base turn in the sample."""
-    from core.auth import SYSTEM
     from core.datasets.review import list_samples
+    from core.permissions import SYSTEM
 
     c = server.client()
     first, _n, first_id = c.predict("Say something.", "base", "[]", *GREEDY, api_name="/generate")
@@ -470,8 +472,8 @@ def test_every_route_but_health_sign_in_and_assets_needs_a_session(server, model
 def test_sign_in_sessions_are_server_side_and_revocable(server) -> None:
     """Item 3: cookie flags, logout ends a copied cookie, the hand-over token works once,
     and logging out of the web app ends the chat opened from it."""
-    from core.auth import principal_for
     from core.sessions import WEB, issue_handover, open_session, revoke_session
+    from core.users import principal_for
 
     with httpx.Client(base_url=server.url) as h:
         r = h.post("login", data={"username": "alice", "password": "alice-pass-1"})
@@ -545,8 +547,8 @@ def test_a_used_hand_over_link_lets_in_only_the_browser_of_its_owner(server) -> 
     """Issue 11: the Chat page keeps its iframe URL across reruns, so a re-mounted iframe
     opens a link used before. With a chat session of the link's owner that enters the app
     (the same session, not a new one); without it, or with another user's, it is refused."""
-    from core.auth import principal_for
     from core.sessions import WEB, issue_handover, open_session, session_id
+    from core.users import principal_for
 
     db = server.db()
     web = open_session(db, principal_for(db, "alice"), kind=WEB)
@@ -578,8 +580,8 @@ def test_chat_page_keeps_its_iframe_url_across_reruns(server) -> None:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from core.auth import principal_for
     from core.sessions import WEB, open_session
+    from core.users import principal_for
 
     db = server.db()
     web = open_session(db, principal_for(db, "alice"), kind=WEB)
