@@ -197,7 +197,7 @@ def claim_latency(st, n: int = 10) -> dict:
     submit → the job's child process running."""
     from sqlalchemy import select
 
-    from core.db import session_scope
+    from core.db import reading
     from core.permissions import SYSTEM
     from core.training.jobs import get_job, submit_sleep_job
     from core.training.models import TrainingMetric
@@ -217,7 +217,7 @@ def claim_latency(st, n: int = 10) -> dict:
             while get_job(st.engine, SYSTEM, job.id).state != "succeeded":
                 time.sleep(0.05)
             done = get_job(st.engine, SYSTEM, job.id)
-            with session_scope(st.engine) as s:
+            with reading(st.engine) as s:
                 ran_at = s.scalar(
                     select(TrainingMetric.at).where(
                         TrainingMetric.job_id == job.id, TrainingMetric.phase == "run"
@@ -292,7 +292,9 @@ def main() -> int:
     ratio = statistics.median(clara_tps) / statistics.median(plain_tps)
     no_pack = padding_share_without_packing(model, version, trainer)
     latency = claim_latency(st)
-    manifest = json.loads((model / "clara-demo-model.json").read_text())
+    from core.artifacts import read_manifest
+
+    manifest = read_manifest(model) or {}
     result = {
         "machine": env,
         "demo_model": {

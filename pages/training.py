@@ -5,8 +5,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.auth import PermissionDenied
 from core.datasets.versions import list_versions
+from core.permissions import PermissionDenied
 from core.training.adapters import AdapterNotFound, lineage, list_adapters
 from core.training.demo_model import demo_build_status
 from core.training.jobs import (

@@ -79,6 +79,18 @@ def require_postgres() -> None:
     pytest.skip(msg)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_streamlit_caches() -> Iterator[None]:
+    """AppTest runs in this process: a cached engine (st.cache_resource) would otherwise
+    point the next test's app at the previous test's database."""
+    if "streamlit" in sys.modules:
+        import streamlit as st
+
+        st.cache_resource.clear()
+        st.cache_data.clear()
+    yield
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "clara-data"

@@ -192,12 +192,19 @@ class Worker:
                 f"\n===== attempt {job.attempt} on {self.worker_id} at "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode()
             )
-            env = {**os.environ, "CLARA_WORKER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             # Jobs running side by side share the cores instead of each taking all of them.
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
             env.setdefault("CLARA_TRAIN_THREADS", str(max(1, cores // self.concurrency)))
             proc = subprocess.Popen(
-                [sys.executable, "-m", "core.training.child", str(job.id), str(job.token)],
+                [
+                    sys.executable,
+                    "-m",
+                    "core.training.child",
+                    str(job.id),
+                    str(job.token),
+                    str(os.getpid()),
+                ],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

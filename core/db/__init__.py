@@ -9,7 +9,6 @@ from core.db.engine import (
     is_postgres,
     is_sqlite,
     reading,
-    session_scope,
     writing,
 )
 from core.db.migrate import current_revision, head_revision, upgrade
@@ -25,7 +24,6 @@ __all__ = [
     "is_postgres",
     "is_sqlite",
     "reading",
-    "session_scope",
     "upgrade",
     "writing",
 ]

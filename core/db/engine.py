@@ -142,7 +142,7 @@ def retry_on_lock(
     """Run `fn` (one whole transaction) again while it fails for a lock, with exponential
     backoff and jitter, until `deadline_s` (default LOCK_RETRY_SECONDS) have passed; then
     the last lock error is raised. `fn` must roll back everything it did when it raises
-    (a `session_scope` / `engine.begin()` block inside it does)."""
+    (a `writing()` / `engine.begin()` block inside it does)."""
     limit = LOCK_RETRY_SECONDS if deadline_s is None else deadline_s
     started = time.monotonic()
     delay = LOCK_BACKOFF_FIRST_S
@@ -180,7 +180,7 @@ def writing(engine: Engine | None = None) -> Iterator[Session]:
     then writes never fails with "database is locked" when it upgrades. Plain `engine.begin()`
     semantics on PostgreSQL.
     """
-    with session_scope(engine, immediate=True) as s:
+    with _transaction(engine, immediate=True) as s:
         yield s
 
 
@@ -217,15 +217,14 @@ def reading(engine: Engine | None = None) -> Iterator[Session]:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on any error.
+def _transaction(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
+    """A transaction: commit on success, roll back on any error (behind writing()).
 
-    `immediate=True` is for transactions that read and then write on SQLite: they start
-    with BEGIN IMMEDIATE and so wait (busy timeout) for another writer up front. A plain
-    BEGIN that reads first cannot upgrade to a write lock while another process writes
-    (WAL: "database is locked" at once, without waiting). The BEGIN IMMEDIATE is issued
-    before the block runs and retried with backoff (retry_on_lock) when another writer
-    keeps the lock past the busy timeout. No effect on PostgreSQL.
+    `immediate=True` starts with BEGIN IMMEDIATE on SQLite, so a block that reads and then
+    writes waits (busy timeout) for another writer up front: a plain BEGIN that reads first
+    cannot upgrade to a write lock while another process writes (WAL: "database is locked"
+    at once). The BEGIN IMMEDIATE is issued before the block runs and retried with backoff
+    (retry_on_lock) when another writer keeps the lock past the busy timeout.
     """
     engine = engine or get_engine()
     with ExitStack() as stack:

@@ -21,11 +21,11 @@ from core.artifacts import MANIFEST as MANIFEST  # re-exported: the adapter's ma
 from core.artifacts import library_versions as current_library_versions
 from core.artifacts import staged_dir, write_manifest
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import Settings, get_settings
-from core.db import session_scope
+from core.db import reading, writing
 from core.db.base import utcnow
 from core.errors import ClaraError
+from core.permissions import Principal, require
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
 
@@ -87,7 +87,7 @@ def _lookup(s, ref: int | str) -> Adapter:  # noqa: ANN001 - Session
 
 def list_adapters(engine: Engine, actor: Principal) -> list[AdapterInfo]:
     require(actor, "adapters:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return [
             AdapterInfo.model_validate(a)
             for a in s.scalars(select(Adapter).order_by(Adapter.id.desc()))
@@ -96,7 +96,7 @@ def list_adapters(engine: Engine, actor: Principal) -> list[AdapterInfo]:
 
 def get_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> AdapterInfo:
     require(actor, "adapters:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         return AdapterInfo.model_validate(_lookup(s, name_or_id))
 
 
@@ -135,7 +135,7 @@ def register_adapter(
         root = adapters_root(settings)
         root.mkdir(parents=True, exist_ok=True)
         final = root / name
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             if s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None:
                 raise AdapterError(f"an adapter named {name!r} already exists")
         versions = library_versions or current_library_versions()
@@ -163,7 +163,7 @@ def register_adapter(
                 **(extra_manifest or {}),
             )
         try:
-            with session_scope(engine, immediate=True) as s:
+            with writing(engine) as s:
                 if job_id is not None and job_token is not None:
                     job = s.get(TrainingJob, job_id, with_for_update=True)
                     if job is None or job.fencing_token != job_token or job.state != "running":
@@ -206,7 +206,7 @@ def delete_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> A
     """Remove the row, then the files (the row goes first: no row ever points at nothing)."""
     with audited(engine, actor, "adapters.delete", target=str(name_or_id)) as ctx:
         require(actor, "adapters:activate")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             row = _lookup(s, name_or_id)
             info = AdapterInfo.model_validate(row)
             ctx.target = info.name
@@ -284,7 +284,7 @@ def lineage(engine: Engine, actor: Principal, name_or_id: int | str) -> dict[str
     chain: list[dict[str, Any]] = []
     seen: set[int] = set()
     ref: int | str | None = name_or_id
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         while ref is not None:
             try:
                 row = _lookup(s, ref)

@@ -58,7 +58,7 @@ def log(msg: str) -> None:
 
 def main(argv: list[str]) -> int:
     job_id, token = int(argv[0]), int(argv[1])
-    die_with_parent(int(os.environ.get("CLARA_WORKER_PID") or 0) or None)
+    die_with_parent(int(argv[2]) if len(argv) > 2 else None)  # the worker's pid
     stop = threading.Event()
     # Until the job's folder is known, a stop request ends the process at once: nothing of
     # this attempt exists yet.

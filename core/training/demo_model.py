@@ -94,12 +94,7 @@ class DemoModelError(ClaraError, RuntimeError):
 
 
 def demo_size_name() -> str:
-    name = os.environ.get("CLARA_DEMO_MODEL_SIZE", "small").strip().lower() or "small"
-    if name not in SIZES:
-        raise DemoModelError(
-            f"CLARA_DEMO_MODEL_SIZE: must be one of {', '.join(SIZES)} (got {name!r})"
-        )
-    return name
+    return get_settings().demo_model_size  # validated there against tiny | small
 
 
 def demo_model_dir(settings: Settings | None = None) -> Path:

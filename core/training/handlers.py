@@ -65,8 +65,8 @@ def run_sleep(ctx: JobContext) -> int:
 
 def run_training(ctx: JobContext) -> int:
     """Train the job's spec on its dataset version and register the adapter (kind "sft")."""
-    from core.auth import SYSTEM, principal_for
     from core.datasets.versions import get_version, read_version
+    from core.permissions import SYSTEM
     from core.training.adapters import get_adapter
     from core.training.base_model import (
         DEMO,
@@ -76,6 +76,7 @@ def run_training(ctx: JobContext) -> int:
     )
     from core.training.runner import run_sft
     from core.training.spec import spec_from_dict
+    from core.users import principal_for
 
     job, lease, log, engine = ctx.job, ctx.lease, ctx.log, ctx.engine
     spec = spec_from_dict(dict(job.spec))
@@ -209,8 +210,9 @@ def run_scoring(ctx: JobContext) -> int:
 def run_embedding(ctx: JobContext) -> int:
     """Embed every pending corpus chunk (kind "embed"), one committed batch at a time; a new
     attempt continues with what is still pending."""
-    from core.auth import SYSTEM, principal_for
     from core.corpus.embedding import embed_next_batch, pending_count
+    from core.permissions import SYSTEM
+    from core.users import principal_for
 
     actor = principal_for(ctx.engine, ctx.job.owner) or SYSTEM
     ctx.tracker.set_phase("train")  # a stop request ends the run after the batch under way

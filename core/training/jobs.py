@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, func, select, update
 
 from core.audit import audited
-from core.auth import Principal, require
 from core.config import Settings, get_settings
-from core.db import reading, session_scope
+from core.db import reading, writing
 from core.errors import ClaraError
+from core.permissions import Principal, require
 from core.training.base_model import DEMO, built_base_model
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
 from core.training.queue import request_cancel
@@ -163,7 +163,7 @@ def preflight(
         except ValueError as err:
             raise SubmitRefused("peft.target_modules", str(err).split(": ", 1)[-1]) from None
 
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         if s.scalar(select(Adapter.id).where(Adapter.name == spec.name)) is not None:
             raise SubmitRefused(
                 "name",
@@ -199,7 +199,7 @@ def submit_job(
         settings = settings or get_settings()
         refs = preflight(engine, actor, spec, settings)
         max_steps = spec.trainer.get("max_steps")
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             job = TrainingJob(
                 kind="sft",
                 name=spec.name,
@@ -233,7 +233,7 @@ def submit_sleep_job(
     with audited(engine, actor, "training.submit", target=name) as ctx:
         require(actor, "training:create")
         settings = settings or get_settings()
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             job = TrainingJob(
                 kind="sleep",
                 name=name,
@@ -264,7 +264,7 @@ def list_jobs(
     kind: str | None = None,
 ) -> list[JobInfo]:
     require(actor, "training:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         q = select(TrainingJob)
         if states:
             q = q.where(TrainingJob.state.in_(list(states)))
@@ -276,7 +276,7 @@ def list_jobs(
 
 def count_jobs(engine: Engine, actor: Principal) -> dict[str, int]:
     require(actor, "training:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         rows = s.execute(select(TrainingJob.state, func.count()).group_by(TrainingJob.state))
         return {state: n for state, n in rows}
 
@@ -317,7 +317,7 @@ def job_metrics(
 ) -> pd.DataFrame:
     """The job's metric rows (all attempts), oldest first."""
     require(actor, "training:read")
-    with session_scope(engine) as s:
+    with reading(engine) as s:
         rows = s.scalars(
             select(TrainingMetric)
             .where(TrainingMetric.job_id == _job_id(job_id), TrainingMetric.id > since_id)
@@ -396,7 +396,7 @@ def retry_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     with audited(engine, actor, "training.retry", target=str(job_id)):
         require(actor, "training:cancel")
         jid = _job_id(job_id)
-        with session_scope(engine, immediate=True) as s:
+        with writing(engine) as s:
             job = s.get(TrainingJob, jid)
             if job is None:
                 raise JobNotFound(job_id)

@@ -75,7 +75,9 @@ def set_torch_threads() -> int:
     overrides when several jobs share a machine."""
     import torch
 
-    n = int(os.environ.get("CLARA_TRAIN_THREADS") or 0) or (os.cpu_count() or 1)
+    from core.config import get_settings
+
+    n = get_settings().train_threads or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
 

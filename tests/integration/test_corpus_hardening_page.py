@@ -50,7 +50,7 @@ def test_views_reflect_each_action_at_once_and_search_never_waits_for_vectors(ap
     assert int(_metric(at, "Pending embeddings")) > 0
     bars = [p for p in at.get("progress") if "Embeddings:" in str(p.proto.text)]
     assert bars, "no embedding progress bar"
-    from core.auth import SYSTEM
+    from core.permissions import SYSTEM
 
     job = embedding_job(db_engine, SYSTEM)
     assert job is not None and job.state == "queued"  # for the worker; no thread here

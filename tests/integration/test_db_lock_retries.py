@@ -1,5 +1,5 @@
 """SQLite writers wait for another process's write lock even past the busy timeout:
-session_scope(immediate=True) and write_transaction retry BEGIN IMMEDIATE with backoff, and
+writing() and write_transaction retry BEGIN IMMEDIATE with backoff, and
 retry_on_lock repeats a whole transaction only for lock errors (issue 10, item 11)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _value(engine) -> int:
         return c.exec_driver_sql("SELECT n FROM counter").scalar_one()
 
 
-def test_session_scope_immediate_waits_past_the_busy_timeout(engine):
+def test_writing_waits_past_the_busy_timeout(engine):
     proc = _hold(engine, 1.5)
     started = time.monotonic()
     try:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from core.datasets.service import SampleIn, add_samples, create_dataset
 from core.datasets.versions import freeze
-from core.db import session_scope
+from core.db import reading
 from core.training.adapters import (
     MANIFEST,
     AdapterNotFound,
@@ -248,7 +248,7 @@ def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
         assert cancelled.checkpoint and Path(cancelled.checkpoint).is_dir()
         stopped_at = cancelled.step
         assert stopped_at < 400
-        with session_scope(db_engine) as s:
+        with reading(db_engine) as s:
             assert s.scalar(select(Adapter.id)) is None
         retry_job(db_engine, admin, job.id)
         wait_for(

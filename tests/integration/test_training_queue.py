@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from core.auth import PermissionDenied
-from core.db import is_postgres, is_sqlite, session_scope
+from core.db import is_postgres, is_sqlite, reading, writing
 from core.db.base import utcnow
+from core.permissions import PermissionDenied
 from core.training.jobs import (
     JobStateError,
     cancel_job,
@@ -36,7 +36,7 @@ from tests.conftest import ROOT, principal
 
 
 def _expire(engine, job_id: int) -> None:
-    with session_scope(engine) as s:
+    with writing(engine) as s:
         s.execute(
             update(TrainingJob)
             .where(TrainingJob.id == job_id)
@@ -169,7 +169,7 @@ def test_two_workers_run_thirty_jobs_exactly_once(db_engine, admin):
     ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
-    with session_scope(db_engine) as s:
+    with reading(db_engine) as s:
         states = Counter(s.scalars(select(TrainingJob.state).where(TrainingJob.id.in_(jobs))))
         runs = Counter(
             s.scalars(
@@ -195,7 +195,7 @@ def test_worker_requeues_job_of_killed_worker_and_fails_crashing_child(db_engine
     assert claim_next_job(db_engine, "dead", 30).id == orphan.id
     _expire(db_engine, orphan.id)
     crash = submit_sleep_job(db_engine, admin, 0.0, name="crash", max_attempts=1)
-    with session_scope(db_engine) as s:
+    with writing(db_engine) as s:
         s.get(TrainingJob, crash.id).spec = {"seconds": 0.0, "fail": 1}
     env = {**os.environ}
     w = _worker(env, "--once", "--lease-seconds", "5")

@@ -1,6 +1,7 @@
 """The architecture's boundaries, checked on the source: core is UI-agnostic, pages are thin."""
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -72,3 +73,28 @@ def test_the_check_itself_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import streamlit as st\nfrom gradio import Blocks\nimport torch\n")
     assert _imports(bad) >= {"streamlit", "gradio", "torch"}
+
+
+_ENV_READ = re.compile(
+    r"""(environ\.get\(|getenv\(|environ\[)\s*["']CLARA_\w*["']\s*(?!\]\s*=[^=])"""
+)
+
+
+def test_settings_are_read_only_in_core_config():
+    """Every CLARA_* variable is a field of core.config.Settings and is read nowhere else
+    (setting one for a child process is fine)."""
+    offenders = []
+    for folder in ("core", "cli", "workers", "ui", "pages"):
+        for p in (ROOT / folder).rglob("*.py"):
+            if p == ROOT / "core" / "config.py":
+                continue
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if _ENV_READ.search(line):
+                    offenders.append(f"{p.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_settings_check_can_fail():
+    assert _ENV_READ.search('n = os.environ.get("CLARA_TRAIN_THREADS")')
+    assert _ENV_READ.search("x = os.environ['CLARA_X']")
+    assert not _ENV_READ.search('env["CLARA_X"] = "1"')
