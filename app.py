@@ -37,7 +37,7 @@ def _signed_out_page() -> None:
     )
 
 
-def _logout(current) -> None:  # noqa: ANN001 - a Principal
+def _logout(current) -> None:
     end_web_session(session.engine(), session.session_token(), current)
     st.session_state["app_logged_out"] = True
 

@@ -78,7 +78,7 @@ def build(tmp: Path, layers: int, hidden: int) -> tuple[Path, list[Path]]:
     return base, adapters
 
 
-def median_ms(fn, n: int) -> float:  # noqa: ANN001
+def median_ms(fn, n: int) -> float:
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def main() -> None:
                     first = time.perf_counter() - t0
             return eng.stats.last_new_tokens, (first or 0.0) * 1000
 
-        def in_thread(fn):  # noqa: ANN001, ANN202
+        def in_thread(fn):
             # The engine generates in a worker thread (the caller consumes the stream), so
             # the fair baseline runs there too: on an oversubscribed CPU, OpenMP in the main
             # thread behaves differently (see the main-thread figure reported as well).

@@ -48,12 +48,12 @@ class PeakRSS:
         self._t.start()
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join()
 
 
-def fresh_settings():  # noqa: ANN201
+def fresh_settings():
     from core.config import get_settings
     from core.corpus.vectors import reset_vector_stores
     from core.db import dispose_engines

@@ -41,7 +41,7 @@ def load() -> str:
     return f"{one:.2f}/{five:.2f}"
 
 
-def sample_chunks():  # noqa: ANN201 - (settings, [(doc_id, text)])
+def sample_chunks():
     import sqlalchemy as sa
 
     from core.config import get_settings

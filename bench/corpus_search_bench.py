@@ -36,7 +36,7 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def sentence_mean_vectors(st) -> int:  # noqa: ANN001 - core.system.Startup
+def sentence_mean_vectors(st) -> int:
     """Fill the real Chroma store for all pending chunks (see the module docstring)."""
     import re
 
@@ -109,7 +109,7 @@ def main() -> None:
     if corpus_stats(st.engine, SYSTEM)["pending_embeddings"]:
         t0 = time.perf_counter()
 
-        def progress(stage, done, total, detail):  # noqa: ANN001
+        def progress(stage, done, total, detail):
             if done % 2048 < 256:
                 print(f"  embedded {done}/{total}", file=sys.stderr, flush=True)
 

@@ -30,7 +30,7 @@ CONFIGS = {
 }
 
 
-def evaluate(engine, actor, settings, questions, config) -> dict:  # noqa: ANN001
+def evaluate(engine, actor, settings, questions, config) -> dict:
     from core.corpus.search import search
 
     hit1 = hit5 = 0

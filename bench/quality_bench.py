@@ -270,7 +270,7 @@ def fmt(x: float, nd: int = 1) -> str:
     return f"{x:,.{nd}f}"
 
 
-def main() -> None:  # noqa: C901 - a linear script
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts, under a minute")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 # Each import registers its commands on `app` (typer sub-apps or plain commands).
-from cli import chat as _chat  # noqa: E402,F401
-from cli import corpus as _corpus  # noqa: E402,F401
-from cli import datasets as _datasets  # noqa: E402,F401
-from cli import system as _system  # noqa: E402,F401
-from cli import training as _training  # noqa: E402,F401
-from cli import users as _users  # noqa: E402,F401
+from cli import chat as _chat  # noqa: F401
+from cli import corpus as _corpus  # noqa: F401
+from cli import datasets as _datasets  # noqa: F401
+from cli import system as _system  # noqa: F401
+from cli import training as _training  # noqa: F401
+from cli import users as _users  # noqa: F401
 from cli.common import app, fail_cleanly
 
 

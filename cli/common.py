@@ -76,7 +76,7 @@ def settings() -> Settings:
     return get_settings()
 
 
-def startup():  # noqa: ANN201 - core.system.Startup
+def startup():
     """Prepare storage (migrate, first admin) and print a generated admin password once."""
     from core.system import prepare
 
@@ -90,7 +90,7 @@ def startup():  # noqa: ANN201 - core.system.Startup
     return st
 
 
-def acting_user(engine) -> Principal:  # noqa: ANN001
+def acting_user(engine) -> Principal:
     """The CLI acts as CLARA_CLI_USER (default `admin`), with that user's permissions.
 
     Whoever runs the CLI has the data dir and database credentials anyway; naming the user
@@ -106,7 +106,7 @@ def acting_user(engine) -> Principal:  # noqa: ANN001
     return principal
 
 
-def allowed_user(engine, permission: str, action: str, target: str = "") -> Principal:  # noqa: ANN001
+def allowed_user(engine, permission: str, action: str, target: str = "") -> Principal:
     """The acting user, refused *before* the command asks anything (a password, a "really?").
 
     Core checks the permission again inside the operation; this check only makes sure that a

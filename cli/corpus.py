@@ -52,7 +52,7 @@ def _progress(enabled: bool) -> Iterator:
         yield update
 
 
-def _print_report(report, json_out: bool) -> None:  # noqa: ANN001
+def _print_report(report, json_out: bool) -> None:
     if json_out:
         print_json(report.to_dict())
     else:
@@ -428,7 +428,7 @@ def searches(json_out: bool = typer.Option(False, "--json")) -> None:
     )
 
 
-def offer_sample(ctx) -> None:  # noqa: ANN001 - a cli.common.Context
+def offer_sample(ctx) -> None:
     """`clara up` on an empty corpus: load the sample corpus if the user wants it.
 
     CLARA_LOAD_SAMPLE=yes|no decides without asking; otherwise a terminal is asked and a

@@ -288,7 +288,7 @@ def review_stats_(name: str, json_out: bool = JSON) -> None:
 
 def _filters(
     status: str, reason: str, source: str, min_score: float | None, max_score: float | None
-):  # noqa: ANN202
+):
     from core.datasets.review import SampleFilter
 
     return SampleFilter(
@@ -339,7 +339,7 @@ _REASON = typer.Option("", help="reason code to match")
 _SOURCE = typer.Option("", help="source to match (corpus, import, feedback, manual)")
 
 
-def _review_command(decision: str, verb: str):  # noqa: ANN202 - a typer command
+def _review_command(decision: str, verb: str):
     def command(
         name: str,
         ids: str = _IDS,

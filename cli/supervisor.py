@@ -134,7 +134,7 @@ class Supervisor:
         log.close()
         return proc
 
-    def _on_signal(self, signum, _frame) -> None:  # noqa: ANN001
+    def _on_signal(self, signum, _frame) -> None:
         self._stop = True
 
     def run(self) -> int:

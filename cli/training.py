@@ -28,7 +28,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(adapters_app, name="adapters")
 
 
-def _ts(value) -> str:  # noqa: ANN001
+def _ts(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
@@ -344,7 +344,7 @@ def adapters_list(json_out: bool = typer.Option(False, "--json")) -> None:
     console.print(t)
 
 
-def _num(v) -> str:  # noqa: ANN001
+def _num(v) -> str:
     return f"{v:.2f}" if isinstance(v, int | float) else "-"
 
 

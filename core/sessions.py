@@ -84,7 +84,7 @@ def open_session(
     return token
 
 
-def _parent_alive(s, parent_id: str | None, now) -> bool:  # noqa: ANN001 - a Session
+def _parent_alive(s, parent_id: str | None, now) -> bool:
     if parent_id is None:
         return True
     parent = s.get(AuthSession, parent_id)

@@ -28,7 +28,7 @@ st.dataframe(
 )
 
 
-def _run(action, *args, ok: str) -> None:  # noqa: ANN001
+def _run(action, *args, ok: str) -> None:
     """Do it, then rerun at once: the table above was drawn before the action."""
     try:
         action(engine, user, *args)

@@ -35,7 +35,7 @@ def _embed() -> ChatEmbed:
     return embed
 
 
-def _demo_build():  # noqa: ANN202 - the build's status, or None
+def _demo_build():
     from core.training import demo_model
 
     status_of = getattr(demo_model, "demo_build_status", None)

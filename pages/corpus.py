@@ -91,7 +91,7 @@ def _start_embedding(*, after_failure: bool = True) -> None:
     start_embedding(engine, user, cfg)
 
 
-def _progress_callback(bar):  # noqa: ANN001, ANN202
+def _progress_callback(bar):
     def update(stage: str, done: int, total: int | None, detail: str) -> None:
         frac = (done / total) if total else 0.0
         bar.progress(min(1.0, frac), text=f"{stage}: {done}/{total or '?'} {detail}")
@@ -408,7 +408,7 @@ def render_document_tab() -> None:
             st.dataframe(revs, hide_index=True, key="corpus_doc_revisions")
 
 
-def _ingested(run) -> None:  # noqa: ANN001 - a callable returning an IngestReport
+def _ingested(run) -> None:
     """Run an ingest with a progress bar; its report goes to the top of the page."""
     bar = st.progress(0.0, text="ingesting")
     try:

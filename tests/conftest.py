@@ -156,7 +156,7 @@ def principal(role: str, name: str | None = None) -> Principal:
     return Principal(username=name or f"{role}1", role=role)
 
 
-def shared_build(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:  # noqa: ANN001
+def shared_build(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """The folder `name`, built once per test run by `build(folder)` and shared read-only.
 
     For inputs that take seconds to make and that tests only read (a tiny model, an adapter

@@ -31,5 +31,5 @@ PAGES: list[PageEntry] = [
 ]
 
 
-def pages_for(can) -> list[PageEntry]:  # noqa: ANN001 - callable(permission) -> bool
+def pages_for(can) -> list[PageEntry]:
     return [p for p in PAGES if can(p.permission)]

@@ -42,7 +42,7 @@ def _startup() -> Startup:
     return prepare(get_settings())
 
 
-def client_address(request_or_scope, settings: Settings) -> str:  # noqa: ANN001
+def client_address(request_or_scope, settings: Settings) -> str:
     """The caller's address; behind a proxy, its X-Forwarded-For only when trusted."""
     scope = request_or_scope.scope if isinstance(request_or_scope, Request) else request_or_scope
     if settings.trust_proxy_headers:
@@ -53,7 +53,7 @@ def client_address(request_or_scope, settings: Settings) -> str:  # noqa: ANN001
     return (client[0] if client else "")[:64]
 
 
-def _is_https(scope, settings: Settings) -> bool:  # noqa: ANN001
+def _is_https(scope, settings: Settings) -> bool:
     if scope.get("scheme") in ("https", "wss"):
         return True
     if settings.trust_proxy_headers:
@@ -216,10 +216,10 @@ def logout(request: Request) -> Response:
 class SessionGate:
     """Pure ASGI middleware: no session, no Streamlit (pages, websocket, uploads, media)."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001
+    def __init__(self, app) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket") or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return

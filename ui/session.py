@@ -27,7 +27,7 @@ def settings() -> Settings:
     return startup().settings
 
 
-def engine():  # noqa: ANN201
+def engine():
     return startup().engine
 
 

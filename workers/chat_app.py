@@ -519,7 +519,7 @@ def compare_tab(ctx: ChatContext, gen_inputs: list[gr.components.Component]) -> 
                 yield (*texts, notes)
             yield (*texts, notes)
 
-    def answer_label(slot: str):  # noqa: ANN202
+    def answer_label(slot: str):
         def label(choice: str) -> gr.Textbox:
             name = choice if choice and choice != NONE_CHOICE else "none chosen"
             return gr.Textbox(label=f"Adapter {slot}: {name}")

@@ -113,7 +113,7 @@ class Worker:
         engine: Engine | None = None,
         kinds: tuple[str, ...] = JOB_KINDS,
         log=print,
-    ) -> None:  # noqa: ANN001
+    ) -> None:
         self.settings = settings or get_settings()
         self.engine = engine or get_engine(self.settings)
         self.concurrency = max(1, concurrency)
@@ -131,7 +131,7 @@ class Worker:
         self.log = log
 
     # Lifecycle -------------------------------------------------------------------------
-    def _on_signal(self, signum, _frame) -> None:  # noqa: ANN001
+    def _on_signal(self, signum, _frame) -> None:
         self._stopping = True
 
     def run(self) -> int:
@@ -379,5 +379,5 @@ class Worker:
             time.sleep(0.1)
 
 
-def run_worker(settings: Settings | None = None, **kwargs) -> int:  # noqa: ANN003
+def run_worker(settings: Settings | None = None, **kwargs) -> int:
     return Worker(settings, **kwargs).run()

@@ -27,7 +27,7 @@ class TextChunk:
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(model_dir: str):  # noqa: ANN201 - tokenizers.Tokenizer | None
+def load_tokenizer(model_dir: str):
     from tokenizers import Tokenizer
 
     path = Path(model_dir) / "tokenizer.json"
@@ -45,7 +45,7 @@ class Chunker:
     def __init__(
         self,
         tokenizer=None,
-        size: int = DEFAULT_CHUNK_TOKENS,  # noqa: ANN001
+        size: int = DEFAULT_CHUNK_TOKENS,
         overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> None:
         if size < 16:

@@ -35,7 +35,7 @@ NOT_HEADS = frozenset({"innen"})
 
 
 @lru_cache(maxsize=1)
-def _zipf():  # noqa: ANN202 - the wordfreq function, imported once
+def _zipf():
     try:
         from wordfreq import zipf_frequency
     except ImportError:  # pragma: no cover - a dependency of the project

@@ -332,7 +332,7 @@ def corpus_stats(engine: Engine, actor: Principal) -> dict[str, Any]:
     require(actor, "corpus:search")
     with engine.connect() as conn:
 
-        def count(stmt) -> int:  # noqa: ANN001
+        def count(stmt) -> int:
             return int(conn.execute(stmt).scalar_one() or 0)
 
         docs = count(sa.select(sa.func.count()).select_from(Document))
@@ -380,7 +380,7 @@ def related_documents(
     engine: Engine,
     actor: Principal,
     doc_id: str,
-    settings=None,  # noqa: ANN001
+    settings=None,
     hops: int = 1,
 ) -> dict[str, Any]:
     """Nodes and edges around one document, for the page's small graph."""

@@ -243,7 +243,7 @@ def load_embedder_within(
                     get_embedder(settings)
                     if then is not None:
                         then(settings)
-                except Exception as err:  # noqa: BLE001 - reported by load_embedder_within
+                except Exception as err:
                     _load_errors[key] = str(err)
 
             thread = threading.Thread(target=load, name="clara-embedder-load", daemon=True)

@@ -87,7 +87,7 @@ class RelationalGraphStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _run(self, conn: Connection | None, fn) -> None:  # noqa: ANN001
+    def _run(self, conn: Connection | None, fn) -> None:
         if conn is not None:
             fn(conn)
         else:
@@ -209,7 +209,7 @@ class Neo4jGraphStore:
     def close(self) -> None:
         self.driver.close()
 
-    def _write(self, query: str, **params) -> None:  # noqa: ANN003
+    def _write(self, query: str, **params) -> None:
         with self.driver.session(database=self.database) as s:
             s.execute_write(lambda tx: tx.run(query, **params).consume())
 
@@ -219,7 +219,7 @@ class Neo4jGraphStore:
             ids=list(doc_ids),
         )
 
-    def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:  # noqa: ARG002
+    def add_edges(self, edges: list[GraphEdge], conn: Connection | None = None) -> None:
         rows = unique_edge_rows(edges)
         if rows:
             self._write(
@@ -233,7 +233,7 @@ class Neo4jGraphStore:
 
     def replace_edges(
         self, src: str, edges: list[GraphEdge], conn: Connection | None = None
-    ) -> None:  # noqa: ARG002
+    ) -> None:
         self._write(
             "MERGE (a:ClaraDocument {doc_id: $src}) SET a.present = true "
             "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e",
@@ -241,7 +241,7 @@ class Neo4jGraphStore:
         )
         self.add_edges([e for e in edges if e.src == src])
 
-    def delete_document(self, doc_id: str, conn: Connection | None = None) -> None:  # noqa: ARG002
+    def delete_document(self, doc_id: str, conn: Connection | None = None) -> None:
         self._write(
             "MATCH (a:ClaraDocument {doc_id: $id}) SET a.present = false "
             "WITH a OPTIONAL MATCH (a)-[e:RELATES]->() DELETE e",

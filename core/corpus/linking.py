@@ -129,6 +129,6 @@ def mirror_to_neo4j(engine: Engine, settings: Settings, changed: list[str]) -> s
                     neo.replace_edges(src, edges)
         # Incoming mention edges of older documents changed too.
         neo.add_edges([e for d in changed for e in rel.edges_of(d)])
-    except Exception as err:  # noqa: BLE001 - the relational edges remain the record
+    except Exception as err:
         return f"graph mirror failed: {err}"
     return None

@@ -100,7 +100,7 @@ def _source_dir(location: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(location, local_files_only=True))
-    except Exception as err:  # noqa: BLE001 - any failure means: not available locally
+    except Exception as err:
         raise OnnxBackendUnavailable(
             f"the ONNX backend needs the embedding model {location!r} as a local folder "
             f"({err.__class__.__name__}). Set CLARA_EMBEDDING_MODEL to a local "
@@ -248,7 +248,7 @@ class _TransformerOutput:
     """Wraps a Hugging Face encoder so the export sees three named tensors in, one out."""
 
     @staticmethod
-    def wrap(model):  # noqa: ANN001, ANN205
+    def wrap(model):
         import torch
 
         class Wrapped(torch.nn.Module):
@@ -256,7 +256,7 @@ class _TransformerOutput:
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN202
+            def forward(self, input_ids, attention_mask, token_type_ids):
                 return self.model(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -442,7 +442,7 @@ class OnnxEmbedder:
         tok.enable_padding(pad_id=tok.token_to_id(pad) or 0, pad_token=pad)
         self._tokenizer = tok
 
-        def session(n: int):  # noqa: ANN202
+        def session(n: int):
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.intra_op_num_threads = n
@@ -467,7 +467,7 @@ class OnnxEmbedder:
         texts = [str(t).strip() for t in texts]
         return [t.lower() for t in texts] if self._lower else texts
 
-    def _run(self, session, texts: list[str]) -> np.ndarray:  # noqa: ANN001
+    def _run(self, session, texts: list[str]) -> np.ndarray:
         enc = self._tokenizer.encode_batch(self._prepare(texts))
         ids = np.asarray([e.ids for e in enc], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)

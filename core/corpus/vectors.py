@@ -113,7 +113,7 @@ class ChromaVectorStore:
 
     def __init__(
         self,
-        client,  # noqa: ANN001 - a chromadb client (embedded or HTTP)
+        client,
         collection: str = COLLECTION,
         embedding: str | None = None,
     ) -> None:
@@ -275,6 +275,6 @@ def reset_vector_stores() -> None:
         _stores.clear()
 
 
-def date_number(value) -> int | None:  # noqa: ANN001
+def date_number(value) -> int | None:
     """Dates as yyyymmdd integers: Chroma compares numbers, not date strings."""
     return int(value.strftime("%Y%m%d")) if value else None

@@ -83,7 +83,7 @@ class ScoringRunInfo(BaseModel):
         return self.status in ACTIVE
 
 
-def _job_of_run(s: Any, run_id: int) -> TrainingJob | None:  # noqa: ANN401 - Session
+def _job_of_run(s: Any, run_id: int) -> TrainingJob | None:
     """The newest "score" job that runs `run_id` (its spec names the run)."""
     jobs = s.scalars(
         select(TrainingJob)
@@ -125,7 +125,7 @@ def _info(r: ScoringRun, job: TrainingJob | None = None) -> ScoringRunInfo:
     )
 
 
-def _run_info(s: Any, r: ScoringRun) -> ScoringRunInfo:  # noqa: ANN401 - Session
+def _run_info(s: Any, r: ScoringRun) -> ScoringRunInfo:
     return _info(r, _job_of_run(s, r.id) if r.status in ACTIVE else None)
 
 

@@ -37,7 +37,7 @@ class DatabaseUnavailable(ClaraError):
     """The configured database cannot be reached; the message says which and why."""
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connection
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -46,7 +46,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connec
     cur.close()
 
 
-def _sqlite_begin(conn) -> None:  # noqa: ANN001
+def _sqlite_begin(conn) -> None:
     # pysqlite's own transaction handling is disabled below; emit BEGIN ourselves so that
     # `BEGIN IMMEDIATE` (used for atomic job claiming) is possible on this connection.
     conn.exec_driver_sql(conn.info.pop("sqlite_begin", "BEGIN"))
@@ -65,7 +65,7 @@ def create_engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
 
         @event.listens_for(engine, "connect")
-        def _no_autobegin(dbapi_conn, _rec):  # noqa: ANN001
+        def _no_autobegin(dbapi_conn, _rec):
             dbapi_conn.isolation_level = None
 
         event.listen(engine, "begin", _sqlite_begin)
@@ -157,7 +157,7 @@ def retry_on_lock(
             log.warning("%s found the database locked (attempt %d); retrying", what, attempt)
             if on_retry is not None:
                 on_retry(attempt, err)
-            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            time.sleep(delay * (0.5 + random.random()))
             delay = min(LOCK_BACKOFF_MAX_S, delay * 2)
 
 
@@ -188,12 +188,12 @@ class ReadOnlyTransaction(Exception):
     """A `reading()` block tried to write: use `writing()` for it."""
 
 
-def _refuse_flush(session: Session, _ctx, _instances) -> None:  # noqa: ANN001
+def _refuse_flush(session: Session, _ctx, _instances) -> None:
     if session.new or session.dirty or session.deleted:
         raise ReadOnlyTransaction("this block only reads (reading()); writes need writing()")
 
 
-def _refuse_dml(state) -> None:  # noqa: ANN001 - an ORMExecuteState
+def _refuse_dml(state) -> None:
     if state.is_insert or state.is_update or state.is_delete:
         raise ReadOnlyTransaction("this block only reads (reading()); writes need writing()")
 

@@ -31,7 +31,7 @@ def new_answer_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def _same_session(session_id: str | None):  # noqa: ANN202 - a SQL condition
+def _same_session(session_id: str | None):
     if session_id is None:
         return ChatAnswer.session_id.is_(None)
     return ChatAnswer.session_id == session_id

@@ -130,7 +130,7 @@ class _Cancel:
     def __init__(self) -> None:
         self.event = threading.Event()
 
-    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers protocol
+    def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         # On the ids' device: generate() combines it with its own flags there (on a GPU a
@@ -149,7 +149,7 @@ class InferenceEngine:
         *,
         quantization: Quantization = None,
         device: str | None = None,
-        loader=None,  # noqa: ANN001 - callable(name, quantization, device) -> (model, tok)
+        loader=None,
     ) -> None:
         self.base_model = str(base_model)
         self.quantization = quantization
@@ -191,12 +191,12 @@ class InferenceEngine:
             self.stats.base_loads += 1
 
     @property
-    def model(self):  # noqa: ANN201
+    def model(self):
         self.load()
         return self._model
 
     @property
-    def tokenizer(self):  # noqa: ANN201
+    def tokenizer(self):
         self.load()
         return self._tokenizer
 
@@ -321,7 +321,7 @@ class InferenceEngine:
             self.stats.switches += 1
             self.stats.last_switch_ms = (time.perf_counter() - t0) * 1000
 
-    def _select(self, adapter: str | None, refs: dict[str, AdapterRef] | None = None):  # noqa: ANN201
+    def _select(self, adapter: str | None, refs: dict[str, AdapterRef] | None = None):
         """Make `adapter` the active one; returns the context to generate in.
 
         `refs` (from the registry) lets an adapter registered after start be loaded now.

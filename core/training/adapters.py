@@ -74,7 +74,7 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
-def _lookup(s, ref: int | str) -> Adapter:  # noqa: ANN001 - Session
+def _lookup(s, ref: int | str) -> Adapter:
     row = None
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
         row = s.get(Adapter, int(ref))

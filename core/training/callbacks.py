@@ -36,14 +36,14 @@ class MetricsCallback(TrainerCallback):
 
     _training = False
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_train_begin(self, args, state, control, **kwargs):
         self._last_t, self._last_tokens = time.monotonic(), self.counter.real
         self._training = True
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_train_end(self, args, state, control, **kwargs):
         self._training = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch}
         if "eval_loss" in logs:
@@ -107,23 +107,23 @@ class StopCallback(TrainerCallback):
         self._last_guard = 0.0
         self.stopped_early = False
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_train_begin(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.set_phase("train")
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_train_end(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.set_phase("finish")
 
-    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_step_begin(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.step_started()
 
-    def on_prediction_step(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_prediction_step(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.progress()
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_step_end(self, args, state, control, **kwargs):
         if self.stop.is_set():
             # Save now, at this very step; an evaluation first would only delay the save.
             control.should_save = True
@@ -150,7 +150,7 @@ class StopCallback(TrainerCallback):
                 control.should_training_stop = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ARG002
+    def on_save(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.save_done(state.global_step)
         if self.on_checkpoint is not None:

@@ -176,7 +176,7 @@ def claim_next_job(
             return ClaimedJob(job_id, row.fencing_token, row.attempts, row.kind, row.name)
 
 
-def _fenced(job_id: int, token: int):  # noqa: ANN202 - SQL expression
+def _fenced(job_id: int, token: int):
     return and_(JOBS.c.id == job_id, JOBS.c.fencing_token == token, JOBS.c.state == "running")
 
 
@@ -310,7 +310,7 @@ class JobLease:
                 )
             )
 
-    def register_adapter(self, actor: Principal, **fields: Any) -> Any:  # noqa: ANN401
+    def register_adapter(self, actor: Principal, **fields: Any) -> Any:
         """Register the job's adapter; the row is written only while the lease holds."""
         from core.training.adapters import register_adapter
 
@@ -351,7 +351,7 @@ def enqueue_job(
     method: str | None = None,
     log_path: Callable[[int], str] | None = None,
     output_dir: Callable[[int], str] | None = None,
-    **values: Any,  # noqa: ANN401
+    **values: Any,
 ) -> int:
     """Queue one job; returns its id. `log_path` / `output_dir` map the new id to paths."""
     assert kind in JOB_KINDS, kind

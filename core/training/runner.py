@@ -111,7 +111,7 @@ def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
     return SFTConfig(**kwargs)
 
 
-def _counting_trainer_class():  # noqa: ANN202
+def _counting_trainer_class():
     from trl import SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
@@ -119,7 +119,7 @@ def _counting_trainer_class():  # noqa: ANN202
 
         token_counter: TokenCounter
 
-        def training_step(self, model, inputs, *args, **kwargs):  # noqa: ANN001,ANN201
+        def training_step(self, model, inputs, *args, **kwargs):
             ids = inputs.get("input_ids")
             if ids is not None:
                 total = int(ids.numel())

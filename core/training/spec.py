@@ -143,7 +143,7 @@ class QuantizationSpec(BaseModel):
     double_quant: bool = True
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
-    def to_bnb(self):  # noqa: ANN201 - transformers.BitsAndBytesConfig
+    def to_bnb(self):
         import torch
         from transformers import BitsAndBytesConfig
 

@@ -68,7 +68,7 @@ class Workbench:
     log_path: Path | None = None
     _closed: bool = field(default=False, repr=False)
 
-    def cli(self, *args: str, timeout: float = 600, input: str | None = None):  # noqa: A002
+    def cli(self, *args: str, timeout: float = 600, input: str | None = None):
         """Run `clara ARGS` against this workbench's data dir and database."""
         return subprocess.run(
             [*clara_command(), *args],
@@ -190,7 +190,7 @@ def browser(tmp_path_factory):
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # noqa: ANN001
+def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call":

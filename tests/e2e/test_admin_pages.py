@@ -37,7 +37,7 @@ def _grid_rows(page) -> dict[str, list[str]]:
     return out
 
 
-def _wait_row(page, name: str, check=lambda cells: True, timeout_s: float = 30):  # noqa: ANN001
+def _wait_row(page, name: str, check=lambda cells: True, timeout_s: float = 30):
     """Wait until the grid has a row `name` for which `check(cells)` holds."""
     for _ in range(int(timeout_s * 2)):
         cells = _grid_rows(page).get(name)

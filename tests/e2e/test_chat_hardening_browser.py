@@ -35,12 +35,12 @@ def pixel_server() -> Iterator[tuple[str, list[str]]]:
     hits: list[str] = []
 
     class Record(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             hits.append(self.path)
             self.send_response(404)
             self.end_headers()
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     srv = http.server.HTTPServer(("127.0.0.1", 0), Record)
@@ -49,7 +49,7 @@ def pixel_server() -> Iterator[tuple[str, list[str]]]:
     srv.shutdown()
 
 
-def _sign_in(page, chat: ChatServer) -> None:  # noqa: ANN001
+def _sign_in(page, chat: ChatServer) -> None:
     page.goto(chat.url + "login")
     page.fill("input[name=username]", "alice")
     page.fill("input[name=password]", "alice-pass-1")
@@ -57,18 +57,18 @@ def _sign_in(page, chat: ChatServer) -> None:  # noqa: ANN001
     page.locator("#chat-input textarea").wait_for(timeout=60_000)
 
 
-def _set_number(page, elem: str, value: str) -> None:  # noqa: ANN001
+def _set_number(page, elem: str, value: str) -> None:
     box = page.locator(f"#{elem} input[type=number]")
     box.fill(value)
     box.press("Enter")
 
 
-def _ask(page, text: str) -> None:  # noqa: ANN001
+def _ask(page, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
 
 
-def _pick(page, elem: str, name: str) -> None:  # noqa: ANN001
+def _pick(page, elem: str, name: str) -> None:
     page.locator(f"#{elem} input").click()
     page.get_by_role("option", name=name, exact=True).click()
 

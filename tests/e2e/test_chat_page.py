@@ -66,7 +66,7 @@ def chat_workbench(make_workbench, tmp_path_factory):
         time.sleep(1)
 
 
-def _open(page, title: str) -> None:  # noqa: ANN001
+def _open(page, title: str) -> None:
     """Click a sidebar page link; on a busy machine a click during a rerun can be lost."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 

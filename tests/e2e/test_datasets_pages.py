@@ -29,7 +29,7 @@ def _open(page, title: str) -> None:
     page.get_by_role("heading", name=title).wait_for(timeout=120_000)
 
 
-def _expand(page, label: str, inner) -> None:  # noqa: ANN001 - a Playwright locator
+def _expand(page, label: str, inner) -> None:
     """Open an expander and wait until `inner` shows. Clicks only while it is closed: a
     second click on a slow rerun would close it again."""
     details = page.locator("details", has=page.locator("summary", has_text=label)).first
@@ -39,7 +39,7 @@ def _expand(page, label: str, inner) -> None:  # noqa: ANN001 - a Playwright loc
         try:
             inner.wait_for(timeout=5_000)
             return
-        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: look again
+        except Exception:
             continue
     inner.wait_for()
 
@@ -107,7 +107,7 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
                 break
             if not checkbox.is_checked(timeout=5_000):
                 confirm.click(timeout=5_000)
-        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: closed by a rerun
+        except Exception:
             continue
         page.wait_for_timeout(3000)  # the rerun that enables the button
     _expand(page, "Bulk decision for all", confirm)

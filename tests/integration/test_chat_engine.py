@@ -120,7 +120,7 @@ def train_codeword_adapter(base: Path, out: Path, answer: str = CODEWORD, steps:
     return out
 
 
-def shared_codeword_models(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+def shared_codeword_models(tmp_path_factory) -> dict[str, Path]:
     """The tiny base and the codeword adapter trained on it, built once per test run.
 
     Both are deterministic (fixed seeds, fixed data) and only read by the tests: whoever

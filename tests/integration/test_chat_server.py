@@ -80,17 +80,17 @@ class ChatServer:
             timeout=600,
         )
 
-    def db(self):  # noqa: ANN201
+    def db(self):
         from core.db import get_engine
 
         return get_engine(url=self.db_url)
 
-    def client(self, user: str = "alice", password: str = "alice-pass-1"):  # noqa: ANN201
+    def client(self, user: str = "alice", password: str = "alice-pass-1"):
         from gradio_client import Client
 
         return Client(self.url, auth=(user, password), verbose=False)
 
-    def health(self, client) -> dict:  # noqa: ANN001
+    def health(self, client) -> dict:
         return client.predict(api_name="/health")
 
 
@@ -413,7 +413,7 @@ def _all_routes(models) -> list[tuple[str, str]]:
     )
     out = []
 
-    def walk(routes) -> None:  # noqa: ANN001
+    def walk(routes) -> None:
         for r in routes:
             inner = getattr(getattr(r, "app", None), "routes", None)
             if inner is None and hasattr(r, "original_router"):

@@ -165,7 +165,7 @@ def test_graph_store_contract_neo4j():
         store.close()
 
 
-def _graph_contract(g, remove) -> None:  # noqa: ANN001
+def _graph_contract(g, remove) -> None:
     g.add_edges(
         [
             GraphEdge("a", "b", "links_to", "links"),

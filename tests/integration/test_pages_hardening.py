@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
 
-def _page(path: str, monkeypatch) -> AppTest:  # noqa: ANN001
+def _page(path: str, monkeypatch) -> AppTest:
     monkeypatch.setenv("CLARA_AUTH", "off")
     from core.config import get_settings
 
@@ -28,15 +28,15 @@ def _page(path: str, monkeypatch) -> AppTest:  # noqa: ANN001
     return at
 
 
-def _captions(at) -> list[str]:  # noqa: ANN001
+def _captions(at) -> list[str]:
     return [c.value for c in at.caption]
 
 
-def _infos(at) -> list[str]:  # noqa: ANN001
+def _infos(at) -> list[str]:
     return [i.value for i in at.info]
 
 
-def _field(elements, label: str):  # noqa: ANN001, ANN202
+def _field(elements, label: str):
     """The one widget with this label (the Quality tab's keys carry a generation)."""
     (found,) = [e for e in elements if e.label == label]
     return found
@@ -115,7 +115,7 @@ def _defaults() -> dict:
     return QualityThresholds().to_dict()
 
 
-def _users_table(at) -> dict:  # noqa: ANN001
+def _users_table(at) -> dict:
     df = at.dataframe[0].value
     return {r["username"]: r for r in df.to_dict("records")}
 
@@ -213,7 +213,7 @@ def test_system_status_details_only_for_admins_and_auditors(db_engine, settings)
             assert str(settings.data_path) not in repr(s)
 
 
-def _home_as(db_engine, settings, monkeypatch, username, role) -> AppTest:  # noqa: ANN001
+def _home_as(db_engine, settings, monkeypatch, username, role) -> AppTest:
     from core.sessions import open_session
     from core.users import create_user, principal_for
 
@@ -232,7 +232,7 @@ def _home_as(db_engine, settings, monkeypatch, username, role) -> AppTest:  # no
     return at
 
 
-def _page_text(at) -> str:  # noqa: ANN001
+def _page_text(at) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
     parts += [f"{m.label} {m.value}" for m in at.metric]
     parts += [e.value for e in at.error] + [w.value for w in at.warning]

@@ -38,7 +38,7 @@ WORKER = (
 )
 
 
-def _version(engine, admin):  # noqa: ANN001
+def _version(engine, admin):
     ds = create_dataset(engine, admin, "faq")
     add_samples(
         engine,
@@ -63,7 +63,7 @@ def checkpoint_step(path: str | None) -> int | None:
     return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
 
-def _wait(predicate, what: str, limit: float = 300.0, every: float = 0.2):  # noqa: ANN001
+def _wait(predicate, what: str, limit: float = 300.0, every: float = 0.2):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = predicate()

@@ -114,7 +114,7 @@ def start_worker(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, what: str, limit: float = 300.0):  # noqa: ANN001
+def wait_for(predicate, what: str, limit: float = 300.0):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = predicate()

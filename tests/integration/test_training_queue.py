@@ -132,7 +132,7 @@ def test_claim_uses_the_engine_specific_lock(db_engine, admin):
     submit_sleep_job(db_engine, admin)
     seen: list[str] = []
 
-    def capture(conn, cursor, statement, *args):  # noqa: ANN001
+    def capture(conn, cursor, statement, *args):
         seen.append(statement.upper())
 
     event.listen(db_engine, "before_cursor_execute", capture)

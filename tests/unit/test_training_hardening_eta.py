@@ -26,7 +26,7 @@ def _job(**kw) -> JobInfo:
     return JobInfo.model_validate(base | kw)
 
 
-def _rows(steps_and_times) -> pd.DataFrame:  # noqa: ANN001
+def _rows(steps_and_times) -> pd.DataFrame:
     return pd.DataFrame(
         [{"phase": "train", "step": s, "attempt": 1, "at": t} for s, t in steps_and_times]
     )

@@ -115,7 +115,7 @@ def test_example_specs_are_valid():
 
 
 class _Tok:
-    def apply_chat_template(self, messages, tokenize=False):  # noqa: ANN001,ANN201
+    def apply_chat_template(self, messages, tokenize=False):
         return "|".join(f"{m['role']}:{m['content']}" for m in messages)
 
 

@@ -126,7 +126,7 @@ class QualityStep:
         self.seconds = 0.0  # wall-clock
         self.cpu_seconds = 0.0  # this process's CPU time: what the step costs on a busy machine
 
-    def setup(self, thresholds: QualityThresholds) -> None:  # noqa: B027 - optional hook
+    def setup(self, thresholds: QualityThresholds) -> None:
         """Prepare for a run with these thresholds (build indexes, compile patterns)."""
 
     def process(self, batch: list[Sample], thresholds: QualityThresholds) -> None:

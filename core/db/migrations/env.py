@@ -4,10 +4,10 @@ from alembic import context
 from sqlalchemy import create_engine
 
 # Import every area's models so that autogenerate (for developers) sees all tables.
-import core.corpus.models  # noqa: F401
-import core.datasets.models  # noqa: F401
-import core.db.models  # noqa: F401
-import core.serving.models  # noqa: F401
+import core.corpus.models
+import core.datasets.models
+import core.db.models
+import core.serving.models
 import core.training.models  # noqa: F401
 from core.db.base import Base
 
@@ -15,7 +15,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def run_migrations(connection) -> None:  # noqa: ANN001
+def run_migrations(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
