@@ -83,15 +83,22 @@ def set_torch_threads() -> int:
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest checkpoint the trainer finished writing (its trainer_state.json exists).
 
+    A process killed while saving leaves a newer, half-written checkpoint folder behind:
+    resume from the newest complete one before it, never start over because of it.
+    """
     ckpt_dir = output_dir / CHECKPOINT_DIR
     if not ckpt_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(ckpt_dir))
-    # A checkpoint is usable only when the trainer finished writing its state.
-    if last and (Path(last) / "trainer_state.json").exists():
-        return last
+    steps = []
+    for p in ckpt_dir.glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and step.isdigit():
+            steps.append((int(step), p))
+    for _, p in sorted(steps, reverse=True):
+        if (p / "trainer_state.json").exists():
+            return str(p)
     return None
 
 
