@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
-from core.artifacts import file_sha256
+from core.artifacts import staged_dir, write_manifest
 from core.audit import audited
 from core.config import get_settings
 from core.datasets.errors import ExportError
@@ -215,8 +212,9 @@ def export_version(
     file_type: str = "jsonl",
     out_dir: Path | None = None,
 ) -> ExportInfo:
-    """Write the export into `out_dir` (default data_dir/exports/<dataset>-v<N>/<fmt>-<type>);
-    built in a temp folder and renamed into place, replacing an earlier identical export."""
+    """Write the export into `out_dir` (default data_dir/exports/<dataset>-v<N>/<fmt>-<type>):
+    a core.artifacts staged folder with a manifest (sha256 of every file, the rows of each
+    split), renamed into place, replacing an earlier identical export."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     if file_type not in FILE_TYPES:
@@ -241,61 +239,48 @@ def export_version(
             if out_dir
             else (exports_root() / f"{v.dataset_name}-v{v.number}" / f"{fmt}-{file_type}")
         )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            files: dict[str, dict[str, Any]] = {}
-            info_entries: dict[str, Any] = {}
-            axolotl: dict[str, Any] = {}
-            key = f"{v.dataset_name}_v{v.number}".replace("-", "_").replace(".", "_")
+        rows: dict[str, int] = {}
+        info_entries: dict[str, Any] = {}
+        axolotl: dict[str, Any] = {}
+        key = f"{v.dataset_name}_v{v.number}".replace("-", "_").replace(".", "_")
+        # Replaces an earlier export in the same place only once the new one is complete.
+        with staged_dir(final, replace=True) as staging:
             for split in SPLITS:
                 recs = read_version(v, split).to_pylist()
                 if not recs:
                     continue
                 meta = _alpaca_meta(engine, [r["id"] for r in recs]) if fmt == "alpaca" else {}
-                rows = [convert_record(r, fmt, meta.get(r["id"])) for r in recs]
                 name = f"{split}.{file_type}"
-                _write(rows, tmp / name, file_type)
-                files[name] = {"rows": len(rows), "sha256": file_sha256(tmp / name)}
+                converted = [convert_record(r, fmt, meta.get(r["id"])) for r in recs]
+                _write(converted, staging / name, file_type)
+                rows[name] = len(converted)
                 info_entries[f"{key}_{split}"] = llama_factory_entry(fmt, name)
                 entry = axolotl_entry(fmt, final / name, file_type)
                 axolotl.setdefault("datasets" if split == "train" else "test_datasets", []).append(
                     entry
                 )
-            (tmp / "dataset_info.json").write_text(
+            (staging / "dataset_info.json").write_text(
                 json.dumps(info_entries, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
             )
-            (tmp / "axolotl.yaml").write_text(
+            (staging / "axolotl.yaml").write_text(
                 f"# Axolotl dataset config for {v.ref} ({fmt}, {file_type}); merge into your "
                 "training YAML.\n" + yaml.safe_dump(axolotl, sort_keys=False, allow_unicode=True),
                 encoding="utf-8",
             )
-            (tmp / "export_manifest.json").write_text(
-                json.dumps(
-                    {
-                        "version": v.ref,
-                        "version_id": v.id,
-                        "version_manifest_sha256": v.manifest_sha256,
-                        "format": fmt,
-                        "file_type": file_type,
-                        "files": files,
-                    },
-                    indent=2,
-                )
-                + "\n",
-                encoding="utf-8",
+            manifest = write_manifest(
+                staging,
+                "dataset-export",
+                version=v.ref,
+                version_id=v.id,
+                version_manifest_sha256=v.manifest_sha256,
+                format=fmt,
+                file_type=file_type,
+                rows=rows,
             )
-            if final.exists():
-                old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        files = {
+            name: {"rows": n, "sha256": manifest["files"][name]["sha256"]}
+            for name, n in rows.items()
+        }
         ctx.detail.update({"path": str(final), "files": files})
         return ExportInfo(
             version=v.ref,

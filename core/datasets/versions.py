@@ -1,10 +1,11 @@
 """Frozen versions: accepted samples → immutable Parquet train/eval files with a manifest.
 
-Files are written into a temporary folder and renamed into place; the database row is added
-only after the files are complete, so a crash never leaves a half-written version that a
-training job could reference. The split is seeded and order-independent: samples are ranked
-by sha256(seed:id) and the first round(n * eval_ratio) go to eval, so the same inputs and seed
-give byte-identical files, and a sample rarely changes sides between versions.
+The folder is built with core.artifacts (a staging folder renamed into place when complete,
+a manifest with the sha256 of every file and the library versions); the database row is
+added only after the files are complete, so a crash never leaves a half-written version that
+a training job could reference. The split is seeded and order-independent: samples are
+ranked by sha256(seed:id) and the first round(n * eval_ratio) go to eval, so the same inputs
+and seed give byte-identical files, and a sample rarely changes sides between versions.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import json
 import os
 import shutil
 import stat
-import uuid
+from contextlib import suppress
 from datetime import datetime
-from importlib import metadata as importlib_metadata
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from core.artifacts import file_sha256
-from core.artifacts import library_versions as artifact_library_versions
+from core.artifacts import MANIFEST, file_sha256, library_versions, staged_dir, write_manifest
 from core.audit import audited
 from core.config import get_settings
 from core.datasets.errors import DatasetError, VersionNotFound
@@ -91,18 +91,6 @@ def _info(v: DatasetVersion, dataset_name: str) -> VersionInfo:
         created_by=v.created_by,
         created_at=v.created_at,
     )
-
-
-def library_versions() -> dict[str, str]:
-    """The versions a frozen version records: core.artifacts' list and the quality
-    libraries that shaped its samples; libraries that are not installed are left out."""
-    versions = artifact_library_versions()
-    for name in _QUALITY_LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return {k: v for k, v in versions.items() if v}
 
 
 def sample_record(row: Any) -> dict[str, Any]:
@@ -170,8 +158,24 @@ def _sources(s: Session, dataset_id: int) -> dict[str, Any]:
 
 
 def _make_read_only(path: Path) -> None:
+    """Frozen files are read-only and on disk (fsync) before the folder is renamed."""
     for p in path.iterdir():
         p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _library_versions() -> dict[str, str]:
+    """core.artifacts' list plus the quality libraries that shaped the samples; libraries
+    that are not installed are left out."""
+    versions = library_versions()
+    for lib in _QUALITY_LIBRARIES:
+        with suppress(metadata.PackageNotFoundError):
+            versions[lib] = metadata.version(lib)
+    return {k: v for k, v in versions.items() if v}
 
 
 def freeze(
@@ -189,10 +193,8 @@ def freeze(
         require(actor, "datasets:create")
         from core.datasets.quality.models import QualityThresholds
 
-        root = datasets_root()
-        tmp: Path | None = None
         final: Path | None = None
-        renamed = committed = False
+        committed = False
         try:
             # Reads, then writes: on SQLite take the write lock first (writing() does).
             with writing(engine) as s:
@@ -230,63 +232,44 @@ def freeze(
                 for r in records:
                     kinds[r["kind"]] += 1
                 train, evals = split_records(records, eval_ratio, seed)
-
-                ds_dir = root / d.name
-                ds_dir.mkdir(parents=True, exist_ok=True)
-                final = ds_dir / f"v{number}"
-                if final.exists():
-                    # Left by a crash between rename and commit: no row references it.
-                    shutil.rmtree(final)
-                tmp = ds_dir / f".tmp-v{number}-{uuid.uuid4().hex[:8]}"
-                tmp.mkdir()
-                files: dict[str, Any] = {}
-                for split, recs in zip(SPLITS, (train, evals), strict=True):
-                    p = tmp / f"{split}.parquet"
-                    write_parquet(recs, p)
-                    files[p.name] = {
-                        "sha256": file_sha256(p),
-                        "bytes": p.stat().st_size,
-                        "rows": len(recs),
-                    }
                 counts = {"total": len(records), "train": len(train), "eval": len(evals), **kinds}
-                thresholds = QualityThresholds.from_dict(d.thresholds or {}).to_dict()
                 created_at = utcnow()
-                manifest = {
-                    "format": "clara-dataset-version/1",
-                    "dataset": d.name,
-                    "dataset_id": d.id,
-                    "version": number,
-                    "name": name,
-                    "created_by": actor.username,
-                    "created_at": created_at.isoformat(),
-                    "split": {
-                        "method": "sha256(seed:id) rank",
-                        "eval_ratio": eval_ratio,
-                        "seed": seed,
-                    },
-                    "counts": counts,
-                    "files": files,
-                    "schema": {f.name: str(f.type) for f in PARQUET_SCHEMA},
-                    "quality_thresholds": thresholds,
-                    "thresholds_customised": d.thresholds is not None,
-                    "sources": _sources(s, d.id),
-                    "sample_ids_sha256": hashlib.sha256(
-                        ",".join(r["id"] for r in records).encode()
-                    ).hexdigest(),
-                    "library_versions": library_versions(),
-                }
-                blob = json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True).encode()
-                (tmp / "manifest.json").write_bytes(blob)
-                manifest_sha = hashlib.sha256(blob).hexdigest()
-                _make_read_only(tmp)
-                for f in tmp.iterdir():
-                    fd = os.open(f, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                os.rename(tmp, final)
-                renamed = True
+                # A folder left by a crash between rename and commit is replaced: no row
+                # references it (the number is not taken).
+                final = datasets_root() / d.name / f"v{number}"
+                with staged_dir(final, replace=True) as staging:
+                    for split, recs in zip(SPLITS, (train, evals), strict=True):
+                        write_parquet(recs, staging / f"{split}.parquet")
+                    manifest = write_manifest(
+                        staging,
+                        "dataset-version",
+                        format="clara-dataset-version/1",
+                        dataset=d.name,
+                        dataset_id=d.id,
+                        version=number,
+                        name=name,
+                        created_by=actor.username,
+                        created_at=created_at.isoformat(),
+                        split={
+                            "method": "sha256(seed:id) rank",
+                            "eval_ratio": eval_ratio,
+                            "seed": seed,
+                        },
+                        counts=counts,
+                        rows={"train.parquet": len(train), "eval.parquet": len(evals)},
+                        schema={f.name: str(f.type) for f in PARQUET_SCHEMA},
+                        quality_thresholds=QualityThresholds.from_dict(
+                            d.thresholds or {}
+                        ).to_dict(),
+                        thresholds_customised=d.thresholds is not None,
+                        sources=_sources(s, d.id),
+                        sample_ids_sha256=hashlib.sha256(
+                            ",".join(r["id"] for r in records).encode()
+                        ).hexdigest(),
+                        library_versions=_library_versions(),
+                    )
+                    manifest_sha = file_sha256(staging / MANIFEST)
+                    _make_read_only(staging)
                 v = DatasetVersion(
                     dataset_id=d.id,
                     number=number,
@@ -304,11 +287,9 @@ def freeze(
                 info = _info(v, d.name)
             committed = True
         finally:
-            if not committed:
-                if tmp is not None and tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                if renamed and final is not None:
-                    shutil.rmtree(final, ignore_errors=True)
+            if not committed and final is not None and final.exists():
+                # Renamed into place, but the row was not committed: nothing references it.
+                shutil.rmtree(final, ignore_errors=True)
         return info
 
 

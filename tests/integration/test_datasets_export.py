@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from core.artifacts import STAGING_PREFIX, read_manifest, verify_manifest
 from core.datasets.errors import ExportError
 from core.datasets.export import export_version
 from core.datasets.importers import parse_file
@@ -110,6 +111,23 @@ def test_text_samples_refused_for_chat_formats(db_engine, admin):
     assert (
         exp.files == {"train.csv": exp.files["train.csv"]} and exp.files["train.csv"]["rows"] == 3
     )
+
+
+def test_export_is_a_staged_folder_with_a_manifest(db_engine, admin, version):
+    first = export_version(db_engine, admin, version.ref, "messages", "jsonl")
+    assert verify_manifest(first.path) == []
+    manifest = read_manifest(first.path)
+    assert manifest["kind"] == "dataset-export" and manifest["version"] == version.ref
+    assert manifest["version_manifest_sha256"] == version.manifest_sha256
+    assert manifest["rows"] == {n: f["rows"] for n, f in first.files.items()}
+    assert {n: f["sha256"] for n, f in first.files.items()} == {
+        n: manifest["files"][n]["sha256"] for n in first.files
+    }
+    assert {"dataset_info.json", "axolotl.yaml"} <= set(manifest["files"])
+    # Exporting again replaces the folder in place and leaves no staging folder behind.
+    again = export_version(db_engine, admin, version.ref, "messages", "jsonl")
+    assert again.path == first.path and verify_manifest(again.path) == []
+    assert not list(first.path.parent.glob(f"{STAGING_PREFIX}*"))
 
 
 def _tiny_model(tmp_path):

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
+from core.artifacts import STAGING_PREFIX, verify_manifest
 from core.datasets.errors import DatasetError, VersionNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.service import (
@@ -111,7 +112,10 @@ def test_freeze_is_deterministic_and_immutable(db_engine, admin, settings):
     # Another seed gives another split of the same samples.
     v3 = freeze(db_engine, admin, info.id, eval_ratio=0.25, seed=8)
     assert v3.eval_path.read_bytes() != v1.eval_path.read_bytes()
-    assert not list(v1.path.parent.glob(".tmp-*"))
+    assert not list(v1.path.parent.glob(f"{STAGING_PREFIX}*"))
+    assert verify_manifest(v1.path) == []
+    assert {"datasketch", "langid", "pyarrow"} <= set(v1.manifest["library_versions"])
+    assert v1.manifest["rows"] == {"train.parquet": 15, "eval.parquet": 5}
 
     assert get_version(db_engine, admin, "faq@v2").id == v2.id
     assert get_version(db_engine, admin, "faq@latest").number == 3
