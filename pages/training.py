@@ -9,6 +9,15 @@ from core.datasets.versions import list_versions
 from core.permissions import PermissionDenied
 from core.training.adapters import AdapterNotFound, lineage, list_adapters
 from core.training.demo_model import demo_build_status
+from core.training.forms import (
+    METHODS,
+    TOP,
+    FormValues,
+    field_value,
+    form_defaults,
+    form_errors,
+    spec_from_form,
+)
 from core.training.jobs import (
     DEMO,
     TrainingError,
@@ -22,34 +31,35 @@ from core.training.jobs import (
     retry_job,
     submit_job,
 )
-from core.training.spec import (
-    PRESETS,
-    SpecError,
-    merge_yaml_settings,
-    parse_spec,
-    preset,
-    preset_yaml,
-    spec_from_dict,
-)
+from core.training.spec import PRESETS, SpecError
 from ui import session
 
 user = session.require_principal()
 engine = session.engine()
-st.title("Training")
 
-st.session_state.setdefault("training_errors", {})
-st.session_state.setdefault("training_flash", None)
-st.session_state.setdefault("training_selected_job", None)
-st.session_state.setdefault("training_goto_tab", None)
-# Always present, so that the elements after it keep their place whether a message shows or
-# not (a shifted element is a new element to the browser: tabs would jump back to the first).
-with st.container(key="training_flash_box"):
-    if st.session_state["training_flash"]:
-        st.success(st.session_state["training_flash"])
-        st.session_state["training_flash"] = None
-
-SECTIONS = ("peft", "trainer", "quantization")
-METHODS = ["lora", "qlora", "continue"]
+SECTION_TITLES = (
+    ("peft", "LoRA (PEFT LoraConfig)"),
+    ("quantization", "Quantization (bitsandbytes)"),
+    ("trainer", "Trainer (TRL SFTConfig)"),
+)
+TABS = ["New job", "Jobs", "Adapters"]
+COLUMNS = [
+    "id",
+    "name",
+    "method",
+    "state",
+    "step",
+    "max_steps",
+    "attempts",
+    "owner",
+    "created_at",
+    "error",
+]
+GROUPS = (
+    ("Queued", ["queued"]),
+    ("Running", ["running"]),
+    ("Finished", ["succeeded", "failed", "cancelled"]),
+)
 
 
 def _field_errors(field: str) -> None:
@@ -61,23 +71,16 @@ def _field_errors(field: str) -> None:
 
 def _load_preset() -> None:
     """Fill every form widget from the chosen preset (its values are the form's defaults)."""
-    data = preset(st.session_state["training_preset"], name="", dataset_version="")
-    st.session_state["training_f_method"] = data["method"]
-    for section in SECTIONS:
-        for key, value in (data.get(section) or {}).items():
-            if isinstance(value, list):
-                value = ", ".join(map(str, value))
-            st.session_state[f"training_f_{section}.{key}"] = value
-    st.session_state["training_form_fields"] = {
-        s: list((data.get(s) or {}).keys()) for s in SECTIONS
-    }
-    st.session_state["training_yaml"] = preset_yaml(
-        st.session_state["training_preset"], name="my-adapter", dataset_version=""
-    )
+    defaults = form_defaults(st.session_state["training_preset"])
+    st.session_state["training_f_method"] = defaults.method
+    for field, value in defaults.values.items():
+        st.session_state[f"training_f_{field}"] = value
+    st.session_state["training_form_fields"] = defaults.fields
+    st.session_state["training_yaml"] = defaults.yaml
     st.session_state["training_errors"] = {}
 
 
-def _widget(section: str, key: str):  # noqa: ANN202
+def _widget(section: str, key: str):
     """One input, its kind derived from the value the preset gives the field."""
     wkey = f"training_f_{section}.{key}"
     value = st.session_state.get(wkey)
@@ -90,26 +93,16 @@ def _widget(section: str, key: str):  # noqa: ANN202
         out = st.number_input(label, key=wkey, format="%.6g", step=value / 10 or 0.01)
     else:
         out = st.text_input(label, key=wkey)
-        if section == "peft" and key == "target_modules" and "," in str(out):
-            out = [part.strip() for part in str(out).split(",") if part.strip()]
     _field_errors(f"{section}.{key}")
-    return out
+    return field_value(section, key, out)
 
 
-def _submit(data) -> None:  # noqa: ANN001 - dict or YAML text
-    st.session_state["training_errors"] = {}
+def _submit(form: FormValues | str) -> None:
+    """Queue the form's (or the YAML editor's) spec; errors go to their fields."""
     try:
-        spec = parse_spec(data, file="spec") if isinstance(data, str) else spec_from_dict(data)
-        job = submit_job(engine, user, spec, settings=session.settings())
-    except SpecError as err:
-        errors = {e["field"]: e["message"] for e in err.errors} or {err.field: str(err)}
-        st.session_state["training_errors"] = errors
-        st.session_state["training_errors"]["_top"] = str(err)
-    except TrainingError as err:
-        field = getattr(err, "field", "_top")
-        st.session_state["training_errors"] = {field: str(err).split(": ", 1)[-1], "_top": str(err)}
-    except PermissionDenied as err:
-        st.session_state["training_errors"] = {"_top": str(err)}
+        job = submit_job(engine, user, spec_from_form(form), settings=session.settings())
+    except (SpecError, TrainingError, PermissionDenied) as err:
+        st.session_state["training_errors"] = form_errors(err)
     else:
         st.session_state["training_selected_job"] = job.id
         st.session_state["training_goto_tab"] = "Jobs"
@@ -133,143 +126,105 @@ def _watch() -> None:
         st.rerun()
 
 
-st.session_state["training_signature"] = _signature()
-_watch()
+def _form(refs: list[str]) -> FormValues | None:
+    """The spec form, grown from the preset's fields; the values when it was submitted."""
+    with st.form("training_form"):
+        a, b, c = st.columns(3)
+        with a:
+            name = st.text_input(
+                "Adapter name", key="training_f_name", placeholder="a-z, 0-9, _ and -"
+            )
+            _field_errors("name")
+        with b:
+            if refs:
+                version = st.selectbox("Dataset version", refs, key="training_f_dataset_version")
+            else:
+                version = st.text_input(
+                    "Dataset version (id or name@vN)", key="training_f_dataset_version"
+                )
+            _field_errors("dataset_version")
+        with c:
+            method = st.selectbox("Method", METHODS, key="training_f_method")
+            _field_errors("method")
+        a, b = st.columns(2)
+        with a:
+            base = st.text_input(
+                "Base model (empty: configured / demo model)", key="training_f_base_model"
+            )
+            _field_errors("base_model")
+        with b:
+            adapter_names = (
+                [x.name for x in list_adapters(engine, user)] if user.can("adapters:read") else []
+            )
+            parent = st.selectbox(
+                "Adapter to continue (method continue)",
+                ["", *adapter_names],
+                key="training_f_adapter",
+            )
+            _field_errors("adapter")
+        fields = st.session_state["training_form_fields"]
+        sections: dict = {}
+        for section, title in SECTION_TITLES:
+            if not fields.get(section):
+                continue
+            st.markdown(f"**{title}**")
+            cols = st.columns(4)
+            sections[section] = {}
+            for i, key in enumerate(fields[section]):
+                with cols[i % 4]:
+                    sections[section][key] = _widget(section, key)
+            _field_errors(section)
+        extra = st.text_area(
+            "More TRL / PEFT settings (YAML, e.g. `trainer: {weight_decay: 0.01}`)",
+            key="training_f_extra",
+            height=80,
+        )
+        _field_errors("extra")
+        submitted = st.form_submit_button("Submit job", type="primary")
+    if not submitted:
+        return None
+    return FormValues(
+        name=name,
+        dataset_version=version,
+        method=method,
+        base_model=base,
+        adapter=parent,
+        sections=sections,
+        extra=extra,
+    )
 
-TABS = ["New job", "Jobs", "Adapters"]
-# A tab to open (after a submit: the job's view), set before the tabs exist in this run.
-if st.session_state["training_goto_tab"] in TABS:
-    st.session_state["training_tab"] = st.session_state["training_goto_tab"]
-st.session_state["training_goto_tab"] = None
-# Keyed and stateful: the open tab survives every rerun. The Jobs and Adapters tabs draw
-# only while open, so hidden tabs neither refresh in the background nor leave stale copies.
-tab_new, tab_jobs, tab_adapters = st.tabs(TABS, key="training_tab", on_change="rerun")
 
-# New job -------------------------------------------------------------------------------------
-with tab_new:  # always drawn, open or not: the form's widgets keep what was typed
+def _new_job_tab() -> None:
+    """Preset, form or YAML editor, submit. Drawn whether open or not (keeps what was typed)."""
     if not user.can("training:create"):
         st.info("Your role may look at training jobs but not submit them.")
-    else:
-        if "training_form_fields" not in st.session_state:
-            st.session_state.setdefault("training_preset", "demo-lora")
-            _load_preset()
-        c1, c2 = st.columns([2, 3])
-        c1.selectbox("Preset", list(PRESETS), key="training_preset", on_change=_load_preset)
-        c2.caption(PRESETS[st.session_state["training_preset"]].get("description", ""))
-        mode = st.radio("Edit as", ["Form", "YAML"], horizontal=True, key="training_mode")
-        top = st.session_state["training_errors"].get("_top")
-        if top:
-            st.error(top)
+        return
+    if "training_form_fields" not in st.session_state:
+        st.session_state.setdefault("training_preset", "demo-lora")
+        _load_preset()
+    c1, c2 = st.columns([2, 3])
+    c1.selectbox("Preset", list(PRESETS), key="training_preset", on_change=_load_preset)
+    c2.caption(PRESETS[st.session_state["training_preset"]].get("description", ""))
+    mode = st.radio("Edit as", ["Form", "YAML"], horizontal=True, key="training_mode")
+    top = st.session_state["training_errors"].get(TOP)
+    if top:
+        st.error(top)
+    if mode == "Form":
         versions = list_versions(engine, user) if user.can("datasets:read") else []
-        refs = [f"{v.dataset_name}@v{v.number}" for v in versions]
-        if mode == "Form":
-            with st.form("training_form"):
-                a, b, c = st.columns(3)
-                with a:
-                    name = st.text_input(
-                        "Adapter name", key="training_f_name", placeholder="a-z, 0-9, _ and -"
-                    )
-                    _field_errors("name")
-                with b:
-                    if refs:
-                        version = st.selectbox(
-                            "Dataset version", refs, key="training_f_dataset_version"
-                        )
-                    else:
-                        version = st.text_input(
-                            "Dataset version (id or name@vN)", key="training_f_dataset_version"
-                        )
-                    _field_errors("dataset_version")
-                with c:
-                    method = st.selectbox("Method", METHODS, key="training_f_method")
-                    _field_errors("method")
-                a, b = st.columns(2)
-                with a:
-                    base = st.text_input(
-                        "Base model (empty: configured / demo model)", key="training_f_base_model"
-                    )
-                    _field_errors("base_model")
-                with b:
-                    adapter_names = (
-                        [x.name for x in list_adapters(engine, user)]
-                        if user.can("adapters:read")
-                        else []
-                    )
-                    parent = st.selectbox(
-                        "Adapter to continue (method continue)",
-                        ["", *adapter_names],
-                        key="training_f_adapter",
-                    )
-                    _field_errors("adapter")
-                fields = st.session_state["training_form_fields"]
-                values: dict = {s: {} for s in SECTIONS}
-                for section, title in (
-                    ("peft", "LoRA (PEFT LoraConfig)"),
-                    ("quantization", "Quantization (bitsandbytes)"),
-                    ("trainer", "Trainer (TRL SFTConfig)"),
-                ):
-                    if not fields.get(section):
-                        continue
-                    st.markdown(f"**{title}**")
-                    cols = st.columns(4)
-                    for i, key in enumerate(fields[section]):
-                        with cols[i % 4]:
-                            values[section][key] = _widget(section, key)
-                    _field_errors(section)
-                extra = st.text_area(
-                    "More TRL / PEFT settings (YAML, e.g. `trainer: {weight_decay: 0.01}`)",
-                    key="training_f_extra",
-                    height=80,
-                )
-                _field_errors("extra")
-                submitted = st.form_submit_button("Submit job", type="primary")
-            if submitted:
-                data = {"name": name, "dataset_version": version, "method": method}
-                if base.strip():
-                    data["base_model"] = base.strip()
-                if method == "continue" and parent:
-                    data["adapter"] = parent
-                for section in SECTIONS:
-                    if values[section] and (section != "quantization" or method == "qlora"):
-                        data[section] = dict(values[section])
-                if method == "continue":
-                    data.pop("peft", None)
-                try:
-                    data = merge_yaml_settings(data, extra)
-                except SpecError as err:
-                    st.session_state["training_errors"] = {"extra": str(err).split(": ", 1)[-1]}
-                    st.rerun()
-                _submit(data)
-        else:
-            st.caption(
-                "The spec as YAML: `peft` keys go to PEFT LoraConfig, `trainer` keys to "
-                "TRL SFTConfig, unchanged."
-            )
-            text = st.text_area("Spec (YAML)", key="training_yaml", height=420)
-            if st.button("Submit YAML", type="primary", key="training_submit_yaml"):
-                _submit(text)
-
-# Jobs ----------------------------------------------------------------------------------------
-COLUMNS = [
-    "id",
-    "name",
-    "method",
-    "state",
-    "step",
-    "max_steps",
-    "attempts",
-    "owner",
-    "created_at",
-    "error",
-]
-GROUPS = (
-    ("Queued", ["queued"]),
-    ("Running", ["running"]),
-    ("Finished", ["succeeded", "failed", "cancelled"]),
-)
+        form = _form([v.ref for v in versions])
+        if form is not None:
+            _submit(form)
+    else:
+        st.caption(
+            "The spec as YAML: `peft` keys go to PEFT LoraConfig, `trainer` keys to "
+            "TRL SFTConfig, unchanged."
+        )
+        text = st.text_area("Spec (YAML)", key="training_yaml", height=420)
+        if st.button("Submit YAML", type="primary", key="training_submit_yaml"):
+            _submit(text)
 
 
-def _jobs_frame(states) -> pd.DataFrame:  # noqa: ANN001
+def _jobs_frame(states: list[str]) -> pd.DataFrame:
     jobs = list_jobs(engine, user, states, limit=200)
     frame = pd.DataFrame([j.model_dump() for j in jobs]) if jobs else pd.DataFrame()
     return frame.reindex(columns=COLUMNS)
@@ -329,7 +284,7 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _act(action, job_id: int) -> None:  # noqa: ANN001
+def _act(action, job_id: int) -> None:
     """Cancel or Retry, then a full rerun: the tables, the job list and this view all show
     the new state at once."""
     try:
@@ -407,38 +362,90 @@ def _job_detail(job_id: int) -> None:
     st.code(job_log_tail(engine, user, job.id, 40) or "(no log yet)", language=None)
 
 
-with tab_jobs:
-    if tab_jobs.open:
-        _job_tables()
-        recent = list_jobs(engine, user, limit=200)
-        if recent:
-            ids = [j.id for j in recent]
-            # The job to show: one just submitted, else the one chosen before (kept aside
-            # too, as the box forgets while its tab is closed), else the newest. Set on the
-            # widget's own key before it exists in this run, so the choice in the box and
-            # the job shown below are always the same.
-            wanted = st.session_state.pop("training_selected_job", None)
-            kept = st.session_state.get("training_job_kept")
-            if wanted in ids:
-                st.session_state["training_job_select"] = wanted
-            elif st.session_state.get("training_job_select") not in ids:
-                st.session_state["training_job_select"] = kept if kept in ids else ids[0]
-            labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
-            job_id = st.selectbox(
-                "Job",
-                ids,
-                key="training_job_select",
-                format_func=lambda i: labels.get(i, str(i)),
-            )
-            st.session_state["training_job_kept"] = job_id
-            _job_detail(job_id)
-        else:
-            st.caption("No jobs yet.")
+def _jobs_tab() -> None:
+    """Counts and tables, then one job chosen in a box and its live view."""
+    _job_tables()
+    recent = list_jobs(engine, user, limit=200)
+    if not recent:
+        st.caption("No jobs yet.")
+        return
+    ids = [j.id for j in recent]
+    # The job to show: one just submitted, else the one chosen before (kept aside too, as
+    # the box forgets while its tab is closed), else the newest. Set on the widget's own key
+    # before it exists in this run, so the choice in the box and the job shown below are
+    # always the same.
+    wanted = st.session_state.pop("training_selected_job", None)
+    kept = st.session_state.get("training_job_kept")
+    if wanted in ids:
+        st.session_state["training_job_select"] = wanted
+    elif st.session_state.get("training_job_select") not in ids:
+        st.session_state["training_job_select"] = kept if kept in ids else ids[0]
+    labels = {j.id: f"{j.id} · {j.name} · {j.state}" for j in recent}
+    job_id = st.selectbox(
+        "Job", ids, key="training_job_select", format_func=lambda i: labels.get(i, str(i))
+    )
+    st.session_state["training_job_kept"] = job_id
+    _job_detail(job_id)
+
 
 # Adapters ------------------------------------------------------------------------------------
 
 
+def _compare(adapters: list, picked: list[str]) -> None:
+    """The numeric metrics of the chosen adapters side by side, and perplexity before/after."""
+    by_name = {a.name: a for a in adapters}
+    keys = sorted(
+        {
+            k
+            for n in picked
+            for k, v in by_name[n].metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
+    table = pd.DataFrame({n: [by_name[n].metrics.get(k) for k in keys] for n in picked}, index=keys)
+    st.dataframe(table, width="stretch", key="training_compare_table")
+    ppl = pd.DataFrame(
+        [
+            {"adapter": n, "when": w, "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}")}
+            for n in picked
+            for w in ("before", "after")
+        ]
+    )
+    st.plotly_chart(
+        px.bar(
+            ppl,
+            x="adapter",
+            y="perplexity",
+            color="when",
+            barmode="group",
+            title="Eval perplexity before / after",
+        ),
+        width="stretch",
+        key="training_compare_chart",
+    )
+
+
+def _lineage(names: list[str]) -> None:
+    """Dataset version → job → adapter, for the chosen adapter and those it continued."""
+    which = st.selectbox("Lineage of", names, key="training_lineage_of")
+    try:
+        lin = lineage(engine, user, which)
+    except AdapterNotFound as err:
+        st.error(str(err))
+        return
+    for step in lin["chain"]:
+        v, j, a = step["dataset_version"], step["job"], step["adapter"]
+        st.markdown(
+            f"- dataset version **{v.get('ref') or v.get('id')}** "
+            f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
+            f"**{j['id'] if j else '-'}** → adapter **{a['name']}**"
+        )
+    with st.expander("Lineage (JSON)"):
+        st.json(lin)
+
+
 def _adapters_tab() -> None:
+    """The registry, a comparison of the chosen adapters, and one adapter's lineage."""
     adapters = list_adapters(engine, user) if user.can("adapters:read") else []
     if not adapters:
         st.caption("No adapters yet: a succeeded job registers one.")
@@ -463,59 +470,37 @@ def _adapters_tab() -> None:
     names = [a.name for a in adapters]
     picked = st.multiselect("Compare adapters", names, default=names[:2], key="training_compare")
     if picked:
-        by_name = {a.name: a for a in adapters}
-        keys = sorted(
-            {
-                k
-                for n in picked
-                for k, v in by_name[n].metrics.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-        )
-        table = pd.DataFrame(
-            {n: [by_name[n].metrics.get(k) for k in keys] for n in picked}, index=keys
-        )
-        st.dataframe(table, width="stretch", key="training_compare_table")
-        ppl = pd.DataFrame(
-            [
-                {
-                    "adapter": n,
-                    "when": w,
-                    "perplexity": by_name[n].metrics.get(f"eval_perplexity_{w}"),
-                }
-                for n in picked
-                for w in ("before", "after")
-            ]
-        )
-        st.plotly_chart(
-            px.bar(
-                ppl,
-                x="adapter",
-                y="perplexity",
-                color="when",
-                barmode="group",
-                title="Eval perplexity before / after",
-            ),
-            width="stretch",
-            key="training_compare_chart",
-        )
-    which = st.selectbox("Lineage of", names, key="training_lineage_of")
-    try:
-        lin = lineage(engine, user, which)
-    except AdapterNotFound as err:
-        st.error(str(err))
-    else:
-        for step in lin["chain"]:
-            v, j, a = step["dataset_version"], step["job"], step["adapter"]
-            st.markdown(
-                f"- dataset version **{v.get('ref') or v.get('id')}** "
-                f"(sha256 `{(v.get('manifest_sha256') or '')[:12]}`) → job "
-                f"**{j['id'] if j else '-'}** → adapter **{a['name']}**"
-            )
-        with st.expander("Lineage (JSON)"):
-            st.json(lin)
+        _compare(adapters, picked)
+    _lineage(names)
 
 
+# The page ------------------------------------------------------------------------------------
+
+st.title("Training")
+st.session_state.setdefault("training_errors", {})
+st.session_state.setdefault("training_flash", None)
+st.session_state.setdefault("training_selected_job", None)
+st.session_state.setdefault("training_goto_tab", None)
+# Always present, so that the elements after it keep their place whether a message shows or
+# not (a shifted element is a new element to the browser: tabs would jump back to the first).
+with st.container(key="training_flash_box"):
+    if st.session_state["training_flash"]:
+        st.success(st.session_state["training_flash"])
+        st.session_state["training_flash"] = None
+st.session_state["training_signature"] = _signature()
+_watch()
+# A tab to open (after a submit: the job's view), set before the tabs exist in this run.
+if st.session_state["training_goto_tab"] in TABS:
+    st.session_state["training_tab"] = st.session_state["training_goto_tab"]
+st.session_state["training_goto_tab"] = None
+# Keyed and stateful: the open tab survives every rerun. The Jobs and Adapters tabs draw
+# only while open, so hidden tabs neither refresh in the background nor leave stale copies.
+tab_new, tab_jobs, tab_adapters = st.tabs(TABS, key="training_tab", on_change="rerun")
+with tab_new:  # always drawn, open or not: the form's widgets keep what was typed
+    _new_job_tab()
+with tab_jobs:
+    if tab_jobs.open:
+        _jobs_tab()
 with tab_adapters:
     if tab_adapters.open:
         _adapters_tab()

@@ -58,6 +58,12 @@ def test_form_errors_yaml_mode_jobs_and_registry(app, db_engine, admin, tmp_path
     errors = [e.value for e in at.error]
     assert any(e.startswith("must be 1-64 characters") for e in errors)  # at the field
     assert any(e.startswith("name: must be") for e in errors)  # and on top
+    # Unusable extra settings show at their box alone (the rest is not checked yet).
+    at.text_area(key="training_f_extra").input("trainer: [unclosed")
+    [b for b in at.button if b.label == "Submit job"][0].click()
+    at.run()
+    errors = [e.value for e in at.error]
+    assert [e for e in errors if e.startswith("not valid YAML")] and len(errors) == 1
 
     at.radio(key="training_mode").set_value("YAML")
     at.run()
