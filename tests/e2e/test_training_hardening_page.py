@@ -16,7 +16,7 @@ from tests.e2e.test_training_page import trainbench  # noqa: F401 - the module's
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _fill_short_job(page, name: str) -> None:  # noqa: ANN001
+def _fill_short_job(page, name: str) -> None:
     page.get_by_label("Adapter name").fill(name)
     page.get_by_label("max_steps").fill("4")
     page.get_by_label("save_steps").fill("2")
@@ -24,14 +24,14 @@ def _fill_short_job(page, name: str) -> None:  # noqa: ANN001
     page.get_by_label("max_length").fill("64")
 
 
-def _copies(page) -> tuple[int, int]:  # noqa: ANN001
+def _copies(page) -> tuple[int, int]:
     """Job views and loss charts on screen at this moment."""
     heads = page.locator("h3").filter(has_text=re.compile(r"^Job \d+: ")).count()
     charts = page.locator(".js-plotly-plot").count()
     return heads, charts
 
 
-def _selected_tab(page) -> str:  # noqa: ANN001
+def _selected_tab(page) -> str:
     return page.locator('[role="tab"][aria-selected="true"]').first.inner_text().strip()
 
 

@@ -54,7 +54,7 @@ def trainbench(make_workbench, tmp_path_factory, shared_demo_model):
     return wb
 
 
-def _click_until(page, button: str, shows: re.Pattern, timeout: float = 60_000) -> None:  # noqa: ANN001
+def _click_until(page, button: str, shows: re.Pattern, timeout: float = 60_000) -> None:
     """Click a button of the job view until the view shows `shows`. The view refreshes itself
     every few seconds (fragment); on a busy machine a click during a refresh can be lost."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

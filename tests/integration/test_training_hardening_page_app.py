@@ -29,7 +29,7 @@ def app(db_engine, settings, monkeypatch):
     return at
 
 
-def _headings(at) -> list[str]:  # noqa: ANN001
+def _headings(at) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("### Job ")]
 
 
