@@ -16,6 +16,7 @@ from cli.common import (
     console,
     context,
     print_json,
+    print_rows,
 )
 from core.datasets.errors import DatasetError, ImportFailed
 
@@ -200,35 +201,23 @@ def list_(json_out: bool = JSON) -> None:
     from core.datasets.service import list_datasets
 
     ctx = context()
-    items = list_datasets(ctx.engine, ctx.user)
-    if json_out:
-        print_json(items)
-        return
-    t = Table(
-        "name",
-        "kind",
-        "total",
-        "pending",
-        "accepted",
-        "rejected",
-        "scored",
-        "mean score",
-        "versions",
-    )
-    for d in items:
-        c = d.counts
-        t.add_row(
+    print_rows(
+        list_datasets(ctx.engine, ctx.user),
+        json_out,
+        ["name", "kind", "total", "pending", "accepted", "rejected", "scored", "mean score"]
+        + ["versions"],
+        lambda d: (
             d.name,
             d.kind,
-            str(c["total"]),
-            str(c["pending"]),
-            str(c["accepted"]),
-            str(c["rejected"]),
-            str(d.scored),
+            d.counts["total"],
+            d.counts["pending"],
+            d.counts["accepted"],
+            d.counts["rejected"],
+            d.scored,
             "-" if d.mean_score is None else f"{d.mean_score:.2f}",
-            str(d.versions),
-        )
-    console.print(t)
+            d.versions,
+        ),
+    )
 
 
 @dataset_app.command("show")

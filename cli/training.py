@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cli.common import (
     EXIT_USAGE,
@@ -313,35 +312,23 @@ def adapters_list(json_out: bool = typer.Option(False, "--json")) -> None:
     from core.training.adapters import list_adapters
 
     ctx = context()
-    items = list_adapters(ctx.engine, ctx.user)
-    if json_out:
-        print_json(items)
-        return
-    t = Table(
-        "id",
-        "name",
-        "method",
-        "dataset version",
-        "job",
-        "ppl before",
-        "ppl after",
-        "created by",
-        "created",
-    )
-    for a in items:
-        m = a.metrics
-        t.add_row(
-            str(a.id),
+    print_rows(
+        list_adapters(ctx.engine, ctx.user),
+        json_out,
+        ["id", "name", "method", "dataset version", "job", "ppl before", "ppl after"]
+        + ["created by", "created"],
+        lambda a: (
+            a.id,
             a.name,
             a.method,
-            str(a.dataset_version_id or "-"),
-            str(a.job_id or "-"),
-            _num(m.get("eval_perplexity_before")),
-            _num(m.get("eval_perplexity_after")),
+            a.dataset_version_id or "-",
+            a.job_id or "-",
+            _num(a.metrics.get("eval_perplexity_before")),
+            _num(a.metrics.get("eval_perplexity_after")),
             a.created_by,
             _ts(a.created_at),
-        )
-    console.print(t)
+        ),
+    )
 
 
 def _num(v) -> str:

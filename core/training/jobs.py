@@ -20,7 +20,7 @@ from core.errors import ClaraError
 from core.permissions import Principal, require
 from core.training.base_model import DEMO, built_base_model
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
-from core.training.queue import request_cancel
+from core.training.queue import METRIC_FIELDS, request_cancel
 from core.training.spec import SpecError, TrainingSpec, parse_spec, spec_from_dict
 
 
@@ -296,20 +296,7 @@ def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     return job
 
 
-METRIC_COLUMNS = [
-    "job_id",
-    "attempt",
-    "phase",
-    "step",
-    "epoch",
-    "loss",
-    "learning_rate",
-    "grad_norm",
-    "tokens_per_second",
-    "eval_loss",
-    "eval_perplexity",
-    "at",
-]
+METRIC_COLUMNS = ["job_id", "attempt", *METRIC_FIELDS, "at"]
 
 
 def job_metrics(
