@@ -18,6 +18,12 @@ DOCS = ["hundesteuersatzung.md", "baumschutzsatzung.md", "friedhofssatzung.md"]
 EDITED = "Bearbeitete Antwort aus dem Browsertest."
 
 
+@pytest.fixture(scope="module")
+def workbench(make_workbench):
+    # Scoring is a job of the queue: this workbench runs its worker, as `clara up` does.
+    return make_workbench(CLARA_START_WORKER="true")
+
+
 def _ok(proc):
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
