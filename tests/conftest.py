@@ -91,6 +91,22 @@ def _fresh_streamlit_caches() -> Iterator[None]:
     yield
 
 
+def open_page(monkeypatch, page: str, timeout: float = 180):
+    """The Streamlit app under AppTest with authentication off (everyone acts as admin),
+    switched to `page` (e.g. "pages/corpus.py"); for page tests where the role does not
+    matter (role tests sign in with a real session: tests/integration/test_app_roles.py)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CLARA_AUTH", "off")
+    get_settings.cache_clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "clara-data"

@@ -7,26 +7,16 @@ the page only queues an embed job for the worker, it runs nothing itself)."""
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.corpus.embedding import embedding_job
-from tests.conftest import ROOT
+from tests.conftest import open_page
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def app(db_engine, settings, monkeypatch):
-    monkeypatch.setenv("CLARA_AUTH", "off")
-    from core.config import get_settings
-
-    get_settings.cache_clear()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    at.switch_page("pages/corpus.py")
-    at.run()
-    assert not at.exception, at.exception
-    yield at
+    return open_page(monkeypatch, "pages/corpus.py", timeout=300)
 
 
 def _metric(at, label: str) -> str:

@@ -5,28 +5,18 @@ open across reruns."""
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.datasets.service import SampleIn, add_samples, create_dataset
 from core.datasets.versions import freeze
 from core.training.jobs import submit_sleep_job
-from tests.conftest import ROOT
+from tests.conftest import ROOT, open_page
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def app(db_engine, settings, monkeypatch):
-    monkeypatch.setenv("CLARA_AUTH", "off")
-    from core.config import get_settings
-
-    get_settings.cache_clear()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.run()
-    at.switch_page("pages/training.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(monkeypatch, "pages/training.py", timeout=180)
 
 
 def _headings(at) -> list[str]:
