@@ -141,25 +141,29 @@ def register_adapter(
         versions = library_versions or current_library_versions()
         # An existing folder without a row was left by a crash after the rename but before
         # the row: no row points at it, so it is replaced.
+        # What the manifest and the registry row both record: the adapter's lineage.
+        lineage = dict(
+            name=name,
+            base_model=base_model,
+            base_model_fingerprint=base_model_fingerprint,
+            method=method,
+            dataset_version_id=dataset_version_id,
+            dataset_manifest_sha256=dataset_manifest_sha256,
+            job_id=job_id,
+            parent_adapter_id=parent_adapter_id,
+            metrics=metrics or {},
+            spec=spec or {},
+            library_versions=versions,
+            created_by=actor.username,
+        )
         with staged_dir(final, replace=True) as staged:
             shutil.copytree(files_dir, staged, dirs_exist_ok=True)
             write_manifest(
                 staged,
                 "adapter",
                 format=ADAPTER_FORMAT,
-                name=name,
-                base_model=base_model,
-                base_model_fingerprint=base_model_fingerprint,
-                method=method,
-                dataset_version_id=dataset_version_id,
-                dataset_manifest_sha256=dataset_manifest_sha256,
-                job_id=job_id,
-                parent_adapter_id=parent_adapter_id,
-                metrics=metrics or {},
-                spec=spec or {},
-                library_versions=versions,
-                created_by=actor.username,
                 created_at=utcnow().isoformat(),
+                **lineage,
                 **(extra_manifest or {}),
             )
         try:
@@ -170,21 +174,7 @@ def register_adapter(
                         raise AdapterError(
                             f"job {job_id} no longer holds its lease; not registering its adapter"
                         )
-                row = Adapter(
-                    name=name,
-                    path=str(final),
-                    base_model=base_model,
-                    base_model_fingerprint=base_model_fingerprint,
-                    method=method,
-                    dataset_version_id=dataset_version_id,
-                    dataset_manifest_sha256=dataset_manifest_sha256,
-                    job_id=job_id,
-                    parent_adapter_id=parent_adapter_id,
-                    metrics=metrics or {},
-                    library_versions=versions,
-                    spec=spec or {},
-                    created_by=actor.username,
-                )
+                row = Adapter(path=str(final), **lineage)
                 s.add(row)
                 s.flush()
                 if job_id is not None:
