@@ -25,10 +25,13 @@ def _fill_short_job(page, name: str) -> None:
 
 
 def _copies(page) -> tuple[int, int]:
-    """Job views and loss charts on screen at this moment."""
-    heads = page.locator("h3").filter(has_text=re.compile(r"^Job \d+: ")).count()
-    charts = page.locator(".js-plotly-plot").count()
-    return heads, charts
+    """Live job views and charts on screen at this moment. An element of the previous run
+    that Streamlit is about to replace is marked data-stale while the rerun is under way;
+    it is not a second view (on a loaded machine a rerun can take a moment)."""
+    live = '[data-testid="stElementContainer"]:not([data-stale="true"])'
+    heads = page.locator(f"{live} h3").filter(has_text=re.compile(r"^Job \d+: "))
+    charts = page.locator(f"{live} .js-plotly-plot")
+    return heads.count(), charts.count()
 
 
 def _selected_tab(page) -> str:
