@@ -11,7 +11,6 @@ disable, password reset and role change take effect at the next click.
 from __future__ import annotations
 
 import html
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -22,13 +21,14 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from core.config import Settings, get_settings
+from core.config import Settings
 from core.login import AccountLocked, AuthenticationFailed, authenticate
 from core.sessions import WEB, end_web_session, open_session, resolve_session
-from core.system import Startup, prepare
+from core.system import Startup
+from ui import session
 
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
-SESSION_COOKIE = "clara_session"
+SESSION_COOKIE = session.SESSION_COOKIE
 CSRF_COOKIE = "clara_login_csrf"
 CSRF_MAX_AGE_S = 3600
 
@@ -37,9 +37,9 @@ _OPEN_PREFIXES = ("/auth/", "/_stcore/health", "/_stcore/script-health-check", "
 _OPEN_PATHS = {"/favicon.png", "/favicon.ico", "/manifest.json", "/robots.txt"}
 
 
-@lru_cache(maxsize=1)
 def _startup() -> Startup:
-    return prepare(get_settings())
+    """The same prepared storage the app's script uses (one engine, one migration check)."""
+    return session.startup()
 
 
 def client_address(request_or_scope, settings: Settings) -> str:
