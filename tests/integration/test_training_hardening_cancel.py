@@ -24,6 +24,7 @@ from core.datasets.versions import freeze
 from core.training.jobs import cancel_job, get_job, job_metrics, retry_job, submit_job
 from core.training.spec import preset
 from tests.conftest import ROOT, link_demo_model
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +64,6 @@ def checkpoint_step(path: str | None) -> int | None:
     return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
 
-def _wait(predicate, what: str, limit: float = 300.0, every: float = 0.2):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cancel_saves_the_current_step_and_retry_resumes_from_it(
     db_engine, admin, settings, shared_demo_model
@@ -104,15 +95,15 @@ def test_cancel_saves_the_current_step_and_retry_resumes_from_it(
     try:
         # Past the first periodic checkpoint, and just after a step that is no multiple of
         # save_steps ended (the step counter is written at every step's log).
-        _wait(lambda: get_job(db_engine, admin, job.id).step >= 5, "training past step 5")
+        wait_until(lambda: get_job(db_engine, admin, job.id).step >= 5, "training past step 5")
         before = get_job(db_engine, admin, job.id).step
-        reached = _wait(
+        reached = wait_until(
             lambda: (s := get_job(db_engine, admin, job.id).step) > before and s % 4 and s,
             "a step that is no multiple of save_steps",
             every=0.02,
         )
         cancel_job(db_engine, admin, job.id)
-        cancelled = _wait(
+        cancelled = wait_until(
             lambda: (j := get_job(db_engine, admin, job.id)).state == "cancelled" and j,
             "the cancel",
             limit=120,
@@ -131,12 +122,12 @@ def test_cancel_saves_the_current_step_and_retry_resumes_from_it(
         assert f"checkpoint saved at step {saved_at}" in job_log
 
         retry_job(db_engine, admin, job.id)
-        _wait(
+        wait_until(
             lambda: get_job(db_engine, admin, job.id).step > saved_at,
             "the retried job to train a step",
         )
         cancel_job(db_engine, admin, job.id)
-        _wait(
+        wait_until(
             lambda: get_job(db_engine, admin, job.id).state == "cancelled",
             "the second cancel",
             limit=120,

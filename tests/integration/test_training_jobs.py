@@ -43,6 +43,7 @@ from core.training.jobs import (
 from core.training.models import Adapter
 from core.training.spec import preset
 from tests.conftest import ROOT, link_demo_model
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -112,16 +113,6 @@ def start_worker(*args: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def wait_for(predicate, what: str, limit: float = 300.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def test_submit_refuses_what_is_missing(db_engine, admin, demo):
@@ -238,9 +229,9 @@ def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
     job = submit_job(db_engine, admin, spec("long", version.id, max_steps=400, save_steps=200))
     worker = start_worker("--lease-seconds", "10")
     try:
-        wait_for(lambda: get_job(db_engine, admin, job.id).step >= 2, "training to start")
+        wait_until(lambda: get_job(db_engine, admin, job.id).step >= 2, "training to start")
         cancel_job(db_engine, admin, job.id)
-        cancelled = wait_for(
+        cancelled = wait_until(
             lambda: (j := get_job(db_engine, admin, job.id)).state == "cancelled" and j,
             "the cancel",
             limit=60,
@@ -251,12 +242,12 @@ def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
         with reading(db_engine) as s:
             assert s.scalar(select(Adapter.id)) is None
         retry_job(db_engine, admin, job.id)
-        wait_for(
+        wait_until(
             lambda: get_job(db_engine, admin, job.id).step > stopped_at + 2,
             "the retried job to resume",
         )
         cancel_job(db_engine, admin, job.id)
-        wait_for(
+        wait_until(
             lambda: get_job(db_engine, admin, job.id).state == "cancelled",
             "the second cancel",
             limit=60,
@@ -275,7 +266,7 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(db_engine, admin, demo):
     job = submit_job(db_engine, admin, spec("survivor", version.id, max_steps=16))
     worker = start_worker("--lease-seconds", "4")
     try:
-        running = wait_for(
+        running = wait_until(
             lambda: (j := get_job(db_engine, admin, job.id)).checkpoint and j.step >= 4 and j,
             "the first checkpoint",
         )
