@@ -101,20 +101,6 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-@contextmanager
-def staged_file(final: Path) -> Iterator[Path]:
-    """Like `staged_dir` for one file (an export): write to the yielded path."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / (_staging_name(final) + final.suffix)
-    try:
-        yield staging
-        staging.replace(final)
-    finally:
-        if staging.exists():
-            staging.unlink()
-
-
 def write_manifest(folder: Path, kind: str, **fields: Any) -> dict[str, Any]:
     """Describe `folder`: kind, the given fields, sha256 and size of every file, versions."""
     folder = Path(folder)

@@ -16,7 +16,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, select, update
 
 from core.db import reading, writing
 from core.db.base import utcnow
@@ -133,10 +133,6 @@ def revoke_session(engine: Engine, token: str | None, reason: str = "logout") ->
     _revoke_tree(engine, [session_id(token)], reason)
 
 
-def revoke_session_id(engine: Engine, sid: str, reason: str = "logout") -> None:
-    _revoke_tree(engine, [sid], reason)
-
-
 def _revoke_tree(engine: Engine, ids: list[str], reason: str) -> None:
     now = utcnow()
     with writing(engine) as s:
@@ -248,20 +244,6 @@ def handover_owner(engine: Engine, token: str | None, *, purpose: str) -> str | 
         ):
             return None
         return row.username
-
-
-def purge_expired(engine: Engine, older_than: timedelta = timedelta(days=7)) -> int:
-    """Delete sessions that ended more than `older_than` ago (they only matter for a while)."""
-    from sqlalchemy import delete
-
-    cut = utcnow() - older_than
-    with writing(engine) as s:
-        result = s.execute(
-            delete(AuthSession).where(
-                or_(AuthSession.expires_at < cut, AuthSession.revoked_at < cut)
-            )
-        )
-        return result.rowcount or 0
 
 
 def end_web_session(engine: Engine, token: str | None, user: Principal | None) -> None:

@@ -17,7 +17,6 @@ from core.artifacts import (
     cleanup_leftovers,
     read_manifest,
     staged_dir,
-    staged_file,
     verify_manifest,
     write_manifest,
 )
@@ -39,17 +38,6 @@ def test_staged_dir_renames_into_place_only_on_success(tmp_path):
         (stage / "b.txt").write_text("b")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thing"]
-
-
-def test_staged_file(tmp_path):
-    with staged_file(tmp_path / "x.jsonl") as f:
-        f.write_text("{}\n")
-        assert not (tmp_path / "x.jsonl").exists()
-    assert (tmp_path / "x.jsonl").read_text() == "{}\n"
-    with pytest.raises(ValueError), staged_file(tmp_path / "y.jsonl") as f:
-        f.write_text("half")
-        raise ValueError
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
 
 
 def test_manifest_lists_every_file_and_verification_finds_changes(tmp_path):
