@@ -28,7 +28,9 @@ def test_load_sample_search_open_document_and_select(workbench, page):
     page.get_by_role("tab", name="Search").click()
     page.get_by_role("textbox", name="Search", exact=True).fill("Hundesteuer für gefährliche Hunde")
     page.get_by_text("keyword", exact=True).click()
-    page.get_by_role("button", name="Search", exact=True).click()
+    # The live button: during a rerun Streamlit may still show the previous one, marked stale.
+    live = page.locator('[data-testid="stElementContainer"]:not([data-stale="true"])')
+    live.get_by_role("button", name="Search", exact=True).click()
     page.get_by_test_id("stDataFrame").first.wait_for()
     # The first result is preselected in the "Open a result" box.
     page.get_by_role("button", name="Open document").click()
