@@ -89,7 +89,11 @@ def write_corpus(name: str, records: list[dict]) -> Path:
 def render_man(page: Path) -> str:
     src = gzip.decompress(page.read_bytes())
     out = subprocess.run(
-        GROFF, input=src, capture_output=True, check=True, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+        GROFF,
+        input=src,
+        capture_output=True,
+        check=True,
+        env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
     ).stdout.decode("utf-8", "replace")
     lines = _OVERSTRIKE.sub("", out).splitlines()
     while lines and not lines[0].strip():
