@@ -63,6 +63,7 @@ def _print_report(report, json_out: bool) -> None:
             f"partial: {s['partial_files']}   embedded chunks: {s['embedded']}   "
             f"pending embeddings: {s['pending_embeddings']}   ({s['seconds']} s)"
         )
+        _print_links(report.links)
         for f in report.files:
             for w in f.warnings:
                 err_console.print(f"[yellow]warning:[/] {f.path}: {w}")
@@ -72,6 +73,27 @@ def _print_report(report, json_out: bool) -> None:
                 err_console.print(f"{label} {f.path}: {p}")
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_links(links) -> None:
+    if not (links.resolved or links.unresolved or links.resolved_earlier):
+        return
+    console.print(
+        f"links: {links.resolved} resolved, {links.unresolved} unresolved"
+        + (
+            f", {links.resolved_earlier} of earlier ingests resolved now"
+            if links.resolved_earlier
+            else ""
+        )
+    )
+    if links.unresolved:
+        err_console.print(
+            f"[yellow]warning:[/] {links.unresolved} links name no document in the corpus; "
+            "they are kept and resolve when their target is ingested (--link-key chooses "
+            "how links are matched). The first ones:"
+        )
+        for u in links.first_unresolved:
+            err_console.print(f"  {u['src']} → {u['ref']!r}: {u['reason']}", markup=False)
 
 
 @corpus_app.command("ingest")
@@ -91,6 +113,12 @@ def ingest(
     exclude: list[str] = typer.Option([], "--exclude", help="skip files matching (repeatable)"),
     no_embed: bool = typer.Option(
         False, "--no-embed", help="leave embeddings pending (`clara corpus embed` later)"
+    ),
+    link_key: str = typer.Option(
+        "auto",
+        "--link-key",
+        help="how link values name documents: id, filename, title, alias (e.g. rm(1)), or "
+        "auto (each in that order: id, filename, alias, title)",
     ),
     chunk_tokens: int = typer.Option(240, help="chunk size in embedding-model tokens"),
     chunk_overlap: int = typer.Option(32, help="overlap between chunks in tokens"),
@@ -112,6 +140,7 @@ def ingest(
             chunk_overlap=chunk_overlap,
             max_document_bytes=int(max_doc_mb * 1024 * 1024),
             embed=not no_embed,
+            link_key=link_key,
         )
         with _progress(not json_out) as progress:
             report = ingest_paths(ctx.engine, ctx.user, paths, opts, ctx.settings, progress)
@@ -153,6 +182,12 @@ def embed(
     wait: bool = typer.Option(
         False, "--wait", help="queue an embed job and wait (progress bar) until a worker ran it"
     ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="with --all: switch the corpus to this tuned embedding model (`clara corpus "
+        "embed-models`), or back to the configured one with `base`",
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compute the pending embeddings: here and now (default), or as a job for the worker."""
@@ -167,7 +202,15 @@ def embed(
 
     ctx = context()
     user = ctx.user
-    if all_chunks:
+    if model is not None and not all_chunks:
+        raise CliFailure("--model switches the model of every chunk: use it with --all")
+    if model is not None:
+        from core.corpus.embed_tune import use_embedding_model
+
+        identity, _pending = use_embedding_model(ctx.engine, user, ctx.settings, model)
+        if not json_out:
+            console.print(f"the corpus now uses {identity}; every chunk is re-embedded")
+    elif all_chunks:
         get_embedder(ctx.settings)  # a model that cannot load must not cost the old vectors
         reset_embeddings(ctx.engine, user, ctx.settings)
     if queue or wait:

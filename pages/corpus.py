@@ -32,6 +32,7 @@ from core.corpus.forms import (
     search_request,
 )
 from core.corpus.ingest import IngestError, ingest_server_folder, ingest_uploads
+from core.corpus.link_keys import LINK_KEYS
 from core.corpus.sample import load_sample, sample_available
 from core.corpus.search import (
     DEFAULT_WEIGHTS,
@@ -120,6 +121,24 @@ def _show_report(report: dict) -> None:
         for p in f["problems"]
     ]
     warnings = [{"file": f["path"], "warning": w} for f in report["files"] for w in f["warnings"]]
+    links = report.get("links") or {}
+    if links.get("resolved") or links.get("unresolved") or links.get("resolved_earlier"):
+        st.caption(
+            f"Links: {links['resolved']} resolved, {links['unresolved']} unresolved"
+            + (
+                f", {links['resolved_earlier']} of earlier ingests resolved now"
+                if links.get("resolved_earlier")
+                else ""
+            )
+            + ". Unresolved links are kept and resolve when their target is ingested."
+        )
+    if links.get("first_unresolved"):
+        st.dataframe(
+            pd.DataFrame(links["first_unresolved"]),
+            hide_index=True,
+            width="stretch",
+            key="corpus_report_unresolved",
+        )
     if problems:
         st.dataframe(
             pd.DataFrame(problems),
@@ -425,7 +444,7 @@ def render_ingest_tab() -> None:
     if not user.can("corpus:ingest"):
         st.info("You may search and read; ingesting needs the corpus:ingest permission.")
         return
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     itype = c1.text_input("Document type (default)", key="corpus_ingest_type")
     idomain = c2.text_input("Domain (default)", key="corpus_ingest_domain")
     imap = c3.text_input(
@@ -433,11 +452,17 @@ def render_ingest_tab() -> None:
         key="corpus_ingest_map",
         placeholder="text=body,title=headline,id=key,links=refs",
     )
+    ikey = c4.selectbox(
+        "Links name documents by",
+        LINK_KEYS,
+        key="corpus_ingest_link_key",
+        help="auto tries id, file name, alias (e.g. rm(1)) and title in turn",
+    )
     uploads = st.file_uploader(
         "Files", accept_multiple_files=True, key="corpus_uploads", type=UPLOAD_TYPES
     )
     if st.button("Ingest uploaded files", key="corpus_ingest_upload_btn", disabled=not uploads):
-        opts = ingest_options(itype, idomain, imap)
+        opts = ingest_options(itype, idomain, imap, link_key=ikey)
         files = [(u.name, u.getvalue()) for u in uploads]
         _ingested(lambda progress: ingest_uploads(engine, user, files, opts, cfg, progress))
     if user.can("corpus:ingest_server_path"):
@@ -446,7 +471,7 @@ def render_ingest_tab() -> None:
         folder = c1.text_input("Folder on the server", key="corpus_ingest_path")
         pattern = c2.text_input("Glob", key="corpus_ingest_glob", placeholder="*.md")
         if st.button("Ingest folder", key="corpus_ingest_path_btn", disabled=not folder):
-            opts = ingest_options(itype, idomain, imap, pattern)
+            opts = ingest_options(itype, idomain, imap, pattern, link_key=ikey)
             _ingested(
                 lambda progress: ingest_server_folder(engine, user, folder, opts, cfg, progress)
             )

@@ -84,6 +84,7 @@ def ingest_options(
     domain: str = "",
     mapping: str = "",
     glob: str = "",
+    link_key: str = "auto",
 ) -> IngestOptions:
     """Options of an ingest started from the page: empty fields mean "not set", and
     embeddings are left to the background (the page starts it after the ingest)."""
@@ -93,6 +94,7 @@ def ingest_options(
         mapping=mapping or None,
         globs=[glob] if glob else [],
         embed=False,
+        link_key=link_key or "auto",
     )
 
 

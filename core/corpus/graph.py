@@ -12,9 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Protocol
-from urllib.parse import unquote, urlparse
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -341,6 +339,10 @@ def query_store(engine: Engine, settings: Settings) -> GraphStore:
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 _NAME_TOKEN = re.compile(r"\w+")
 _PAREN = re.compile(r"\(([^()]{3,80})\)")
+# A bracketed legal citation ("(§ 35 BauGB)", "(Art. 15 DSGVO)") is how other documents
+# cite a text; any other bracketed words ("(erweitert)", "(Stand 2024)") are common words
+# that would link every page that happens to use them.
+_CITATION = re.compile(r"^\s*(§|art\.|artikel\s)", re.I)
 
 
 def name_tokens(text: str) -> tuple[str, ...]:
@@ -348,24 +350,9 @@ def name_tokens(text: str) -> tuple[str, ...]:
     return tuple(_NAME_TOKEN.findall(folded.replace("_", " ")))
 
 
-def link_target_id(ref: str) -> str | None:
-    """The document id a link or front-matter reference points at (file name sans suffix)."""
-    ref = ref.strip()
-    if not ref:
-        return None
-    parsed = urlparse(ref)
-    if parsed.scheme in ("http", "https", "mailto", "tel", "ftp", "javascript", "data"):
-        return None
-    path = unquote(parsed.path or "")
-    if not path:
-        return None
-    name = PurePosixPath(path.replace("\\", "/")).name
-    stem = name.rsplit(".", 1)[0] if "." in name and len(name.rsplit(".", 1)[1]) <= 8 else name
-    return stem or None
-
-
 def document_names(doc_id: str, title: str, aliases: Iterable[str] = ()) -> set[tuple[str, ...]]:
-    """Names by which other documents cite this one: id, title, a telling parenthetical."""
+    """Names by which other documents cite this one: id, title, the short names it declares
+    (`aliases`) and a bracketed legal citation in its title, never other bracketed words."""
     names: set[tuple[str, ...]] = set()
 
     def add(raw: str, strict: bool) -> None:
@@ -374,7 +361,7 @@ def document_names(doc_id: str, title: str, aliases: Iterable[str] = ()) -> set[
             return
         if len(toks) == 1 and len(toks[0]) < 8:  # one short word: too common to be a citation
             return
-        if strict and not ("§" in raw or any(len(t) >= 8 and t.isalpha() for t in toks)):
+        if strict and not _CITATION.match(raw):
             return
         if sum(len(t) for t in toks) >= (5 if "§" in raw else 8):
             names.add(toks)

@@ -41,7 +41,8 @@ from core.corpus.ingest_report import (
     ingest_audit_detail,
     ingest_outcome,
 )
-from core.corpus.linking import link_mentions, mirror_to_neo4j
+from core.corpus.link_keys import check_link_key
+from core.corpus.linking import link_mentions, mirror_to_neo4j, resolve_links
 from core.corpus.models import Chunk, Document
 from core.corpus.readers import MAX_DOCUMENT_BYTES, parse_mapping
 from core.corpus.store_writes import DocumentWriter, write_file
@@ -66,6 +67,8 @@ class IngestOptions:
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     language: str = "de"
     embed: bool = True
+    # How declared links are matched to documents: auto | id | filename | title | alias.
+    link_key: str = "auto"
 
 
 class IngestError(ClaraError):
@@ -92,6 +95,7 @@ def ingest_paths(
         require(actor, "corpus:ingest")
         try:
             mapping = parse_mapping(opts.mapping)
+            opts.link_key = check_link_key(opts.link_key)
         except ValueError as err:
             raise IngestError(str(err)) from None
         try:
@@ -131,7 +135,11 @@ def ingest_uploads(
         engine, actor, "corpus.ingest_upload", ", ".join(n for n, _ in uploads)[:255]
     ) as audit:
         require(actor, "corpus:ingest")
-        mapping = parse_mapping(opts.mapping)
+        try:
+            mapping = parse_mapping(opts.mapping)
+            opts.link_key = check_link_key(opts.link_key)
+        except ValueError as err:
+            raise IngestError(str(err)) from None
         folder = (
             settings.data_path / "uploads" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         )
@@ -179,6 +187,7 @@ def _run_ingest(
         document_type=opts.document_type,
         domain=opts.domain,
         language=opts.language,
+        link_key=opts.link_key,
     )
     with engine.connect() as conn:
         was_empty = not conn.execute(sa.select(sa.func.count()).select_from(Document)).scalar()
@@ -192,10 +201,11 @@ def _run_ingest(
         report.files.append(fr)
     if progress:
         progress("files", len(files), len(files), "linking references")
+    report.links, relinked = resolve_links(engine, writer.changed)
     link_mentions(engine, writer.changed, was_empty)
     if writer.stale_vectors:
         get_vector_store(settings).delete_documents(sorted(writer.stale_vectors))
-    problem = mirror_to_neo4j(engine, settings, writer.changed)
+    problem = mirror_to_neo4j(engine, settings, writer.changed + relinked)
     if problem:
         report.files.append(FileReport(path="(neo4j)", status="partial", problems=[problem]))
     with engine.connect() as conn:

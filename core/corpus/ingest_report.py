@@ -14,9 +14,10 @@ Progress = Callable[[str, int, int | None, str], None]
 @dataclass
 class DocumentOutcome:
     doc_id: str
-    action: str  # added | updated | unchanged
+    action: str  # added | updated | unchanged | refused (an id of another file's document)
     revision: int
     line: int | None = None
+    problem: str = ""
 
 
 @dataclass
@@ -32,11 +33,29 @@ class FileReport:
 
 
 @dataclass
+class LinkReport:
+    """What became of the links the ingested documents declare: resolved to a document, or
+    kept unresolved (the first ones named, with why) until their target arrives; and links
+    of earlier ingests that the documents of this one resolved."""
+
+    resolved: int = 0
+    unresolved: int = 0
+    resolved_earlier: int = 0
+    unresolved_total: int = 0  # waiting in the whole corpus, this ingest's included
+    first_unresolved: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class IngestReport:
     files: list[FileReport] = field(default_factory=list)
     embedded: int = 0
     pending_embeddings: int = 0
     seconds: float = 0.0
+    links: LinkReport = field(default_factory=LinkReport)
+    embed_job_id: int | None = None  # the queued embed job, when embedding was left to one
 
     def _sum(self, key: str) -> int:
         return sum(f.counts[key] for f in self.files)
@@ -77,12 +96,17 @@ class IngestReport:
             "partial_files": len([f for f in self.files if f.status == "partial"]),
             "embedded": self.embedded,
             "pending_embeddings": self.pending_embeddings,
+            "embed_job_id": self.embed_job_id,
+            "links_resolved": self.links.resolved,
+            "links_unresolved": self.links.unresolved,
+            "links_resolved_earlier": self.links.resolved_earlier,
             "seconds": round(self.seconds, 2),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "summary": self.summary(),
+            "links": self.links.to_dict(),
             "files": [
                 {
                     "path": f.path,

@@ -1,5 +1,6 @@
-"""Graph edges made at ingest: the links a document declares, citations found by name in
-the text of other documents (mentions), and the copy of the edges in Neo4j."""
+"""Graph edges made at ingest: the links a document declares (matched to documents by id,
+file name, title or alias; core.corpus.link_keys), citations found by name in the text of
+other documents (mentions), and the copy of the edges in Neo4j."""
 
 from __future__ import annotations
 
@@ -13,21 +14,97 @@ from core.corpus.graph import (
     RelationalGraphStore,
     document_names,
     get_graph_stores,
-    link_target_id,
 )
-from core.corpus.models import Document, Edge
+from core.corpus.ingest_report import LinkReport
+from core.corpus.link_keys import KeyIndex, is_document_link
+from core.corpus.models import Document, Edge, LinkRef
 from core.corpus.readers import SourceDocument
 from core.db.engine import retry_on_lock, write_transaction
 
+# How many unresolved links an ingest report names one by one.
+MAX_LISTED_UNRESOLVED = 20
 
-def explicit_edges(doc: SourceDocument) -> list[GraphEdge]:
-    """Edges of the links a document declares (link columns, hyperlinks), without self-links."""
-    edges = []
+
+def link_ref_rows(doc: SourceDocument, link_key: str) -> list[dict[str, str]]:
+    """The links a document declares (link columns, hyperlinks), as they are written, for
+    `resolve_links`; links that leave the corpus (web addresses, anchors) are not kept."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     for ref, etype, origin in doc.links:
-        target = link_target_id(ref)
-        if target and target != doc.doc_id:
-            edges.append(GraphEdge(doc.doc_id, target, etype, origin, ref[:200]))
-    return edges
+        ref = ref.strip()[:500]
+        if is_document_link(ref):
+            rows.setdefault(
+                (ref, etype),
+                {
+                    "src": doc.doc_id,
+                    "ref": ref,
+                    "type": etype,
+                    "origin": origin[:32],
+                    "link_key": link_key,
+                },
+            )
+    return list(rows.values())
+
+
+def resolve_links(engine: Engine, changed: list[str]) -> tuple[LinkReport, list[str]]:
+    """Turn the waiting links (`corpus_link_refs`) whose target is now in the corpus into
+    edges; the others stay, to resolve at the ingest that brings their target.
+
+    Returns the report for the documents of this ingest (`changed`: resolved, unresolved,
+    the first unresolved ones and why) plus the links of earlier ingests resolved now, and
+    the sources that gained edges (for the Neo4j copy).
+    """
+    report = LinkReport()
+    index = KeyIndex()
+    with engine.connect() as conn:
+        refs = conn.execute(
+            sa.select(
+                LinkRef.id,
+                LinkRef.src,
+                LinkRef.ref,
+                LinkRef.type,
+                LinkRef.origin,
+                LinkRef.link_key,
+            ).order_by(LinkRef.id)
+        ).all()
+        if not refs:
+            return report, []
+        index.add_all(
+            conn.execute(
+                sa.select(Document.doc_id, Document.title, Document.source_path, Document.metadata_)
+            ).tuples()
+        )
+    changed_set = set(changed)
+    edges: list[GraphEdge] = []
+    done: list[int] = []
+    for ref_id, src, ref, etype, origin, link_key in refs:
+        ours = src in changed_set
+        found = index.resolve(ref, link_key)
+        if found.target is None:
+            report.unresolved_total += 1
+            if ours:
+                report.unresolved += 1
+                if len(report.first_unresolved) < MAX_LISTED_UNRESOLVED:
+                    report.first_unresolved.append(
+                        {"src": src, "ref": ref, "link_key": link_key, "reason": found.reason}
+                    )
+            continue
+        done.append(ref_id)
+        if ours:
+            report.resolved += 1
+        else:
+            report.resolved_earlier += 1
+        if found.target != src:  # a link to itself resolves, but is no relation
+            edges.append(GraphEdge(src, found.target, etype, origin, ref[:200]))
+    if done:
+
+        def write() -> None:
+            with write_transaction(engine, what="resolving links") as conn:
+                RelationalGraphStore(engine).add_edges(edges, conn=conn)
+                for i in range(0, len(done), 500):
+                    conn.execute(sa.delete(LinkRef).where(LinkRef.id.in_(done[i : i + 500])))
+
+        retry_on_lock(write, what="resolving links")
+    return report, sorted({e.src for e in edges} - changed_set)
 
 
 # A name found in more than this share of the scanned documents (and in at least
@@ -47,6 +124,16 @@ def _without_boilerplate(edges: list[GraphEdge], scanned: int) -> list[GraphEdge
     return [e for e in edges if (e.dst, e.evidence) not in common]
 
 
+def declared_names(meta: dict | None) -> list[str]:
+    """The short names a document declares for itself (metadata `short_name`, `aliases`)."""
+    meta = meta or {}
+    aliases = meta.get("aliases") or []
+    names = [aliases] if isinstance(aliases, str) else list(aliases)
+    if meta.get("short_name"):
+        names.append(meta["short_name"])
+    return [str(n) for n in names if isinstance(n, str | int)]
+
+
 def link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) -> int:
     """Add `cites` edges for documents whose text names another document.
 
@@ -61,8 +148,7 @@ def link_mentions(engine: Engine, changed: list[str], corpus_was_empty: bool) ->
         for doc_id, title, meta in conn.execute(
             sa.select(Document.doc_id, Document.title, Document.metadata_)
         ):
-            aliases = (meta or {}).get("aliases") or []
-            names = document_names(doc_id, title, aliases if isinstance(aliases, list) else [])
+            names = document_names(doc_id, title, declared_names(meta))
             finder.add(doc_id, names)
             if doc_id in changed_set:
                 new_names.add(doc_id, names)

@@ -96,6 +96,29 @@ class Edge(Base):
     evidence: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
 
+class LinkRef(Base):
+    """A declared link whose target is not in the corpus (yet), kept as written.
+
+    Links are resolved to document ids at ingest (core.corpus.linking.resolve_links); one
+    that names no document stays here with the key it is matched by, and becomes an `Edge`
+    at the ingest that brings its target.
+    """
+
+    __tablename__ = "corpus_link_refs"
+    __table_args__ = (
+        UniqueConstraint("src", "ref", "type", name="uq_corpus_link_refs_src_ref_type"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    src: Mapped[str] = mapped_column(
+        ForeignKey("corpus_documents.doc_id", ondelete="CASCADE"), nullable=False
+    )
+    ref: Mapped[str] = mapped_column(String(500), nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    origin: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    link_key: Mapped[str] = mapped_column(String(16), nullable=False, default="auto")
+
+
 class SavedSearch(Base):
     __tablename__ = "corpus_saved_searches"
 

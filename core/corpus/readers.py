@@ -108,7 +108,8 @@ def _as_list(value: Any, sep: str = ";") -> list[str]:
     if value is None or value == "":
         return []
     if isinstance(value, list | tuple):
-        return [str(v).strip() for v in value if str(v).strip()]
+        # None: an empty YAML list item ("- " or "- #anchor", a comment to YAML)
+        return [str(v).strip() for v in value if v is not None and str(v).strip()]
     if hasattr(value, "tolist"):
         return _as_list(value.tolist(), sep)
     s = str(value).strip()

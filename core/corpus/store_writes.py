@@ -16,10 +16,10 @@ from core.config import Settings, get_settings
 from core.corpus import keyword
 from core.corpus.chunking import Chunker
 from core.corpus.documents import DocumentNotFound
-from core.corpus.graph import get_graph_stores, unique_edge_rows
+from core.corpus.graph import get_graph_stores
 from core.corpus.ingest_report import DocumentOutcome, FileReport
-from core.corpus.linking import explicit_edges
-from core.corpus.models import Chunk, Document, DocumentRevision, Edge
+from core.corpus.linking import link_ref_rows
+from core.corpus.models import Chunk, Document, DocumentRevision, Edge, LinkRef
 from core.corpus.readers import (
     MAX_DOCUMENT_BYTES,
     FileProblem,
@@ -56,8 +56,9 @@ WRITE_BATCH = 200
 class DocumentWriter:
     """Writes documents in batches: a handful of statements per batch instead of per row.
 
-    `document_type` and `domain` fill in documents that have none; `changed` collects the
-    ids of documents added or updated, `stale_vectors` those whose old vectors must go.
+    `document_type` and `domain` fill in documents that have none; `link_key` says how the
+    links they declare are matched (core.corpus.link_keys); `changed` collects the ids of
+    documents added or updated, `stale_vectors` those whose old vectors must go.
     """
 
     def __init__(
@@ -67,9 +68,11 @@ class DocumentWriter:
         document_type: str | None = None,
         domain: str | None = None,
         language: str = "de",
+        link_key: str = "auto",
     ) -> None:
         self.chunker = chunker
         self.document_type, self.domain, self.language = document_type, domain, language
+        self.link_key = link_key
         self.stale_vectors: set[str] = set()
         self.changed: list[str] = []
 
@@ -86,14 +89,18 @@ class DocumentWriter:
         existing = {
             r.doc_id: r
             for r in conn.execute(
-                sa.select(Document.id, Document.doc_id, Document.revision, Document.sha256).where(
-                    Document.doc_id.in_([d.doc_id for d in docs])
-                )
+                sa.select(
+                    Document.id,
+                    Document.doc_id,
+                    Document.revision,
+                    Document.sha256,
+                    Document.source_path,
+                ).where(Document.doc_id.in_([d.doc_id for d in docs]))
             )
         }
         now = utcnow()
         outcomes: list[DocumentOutcome] = []
-        new_rows, revisions, chunks, edges, indexed = [], [], [], [], []
+        new_rows, revisions, chunks, links, indexed = [], [], [], [], []
         updated_ids: list[str] = []
         pending = []
         for doc in docs:
@@ -101,6 +108,12 @@ class DocumentWriter:
             row = existing.get(doc.doc_id)
             if row is not None and row.sha256 == sha:
                 outcomes.append(DocumentOutcome(doc.doc_id, "unchanged", row.revision, doc.line))
+                continue
+            clash = _id_clash(row.source_path if row is not None else None, doc)
+            if clash:
+                outcomes.append(
+                    DocumentOutcome(doc.doc_id, "refused", row.revision, doc.line, clash)
+                )
                 continue
             values = {
                 "title": doc.title[:10_000],
@@ -137,7 +150,7 @@ class DocumentWriter:
                     "ingested_at": now,
                 }
             )
-            edges.extend(explicit_edges(doc))
+            links.extend(link_ref_rows(doc, self.link_key))
             indexed.append((doc.doc_id, doc.title, doc.text))
         split = self.chunker.split_many([d.text for d, _r in pending])
         for (doc, revision), doc_chunks in zip(pending, split, strict=True):
@@ -157,6 +170,7 @@ class DocumentWriter:
         if updated_ids:
             conn.execute(sa.delete(Chunk).where(Chunk.doc_id.in_(updated_ids)))
             conn.execute(sa.delete(Edge).where(Edge.src.in_(updated_ids)))
+            conn.execute(sa.delete(LinkRef).where(LinkRef.src.in_(updated_ids)))
             self.stale_vectors.update(updated_ids)
         if new_rows:
             conn.execute(sa.insert(Document), new_rows)
@@ -166,11 +180,30 @@ class DocumentWriter:
             conn.execute(sa.insert(Chunk), chunks)
         if indexed:
             keyword.index_documents(conn, indexed, self.language)
-        rows = unique_edge_rows(edges)
-        if rows:
-            conn.execute(sa.insert(Edge), rows)
+        if links:  # edges once every file is in: a link may name a document of a later file
+            conn.execute(sa.insert(LinkRef), links)
         self.changed.extend(d for d, _t, _b in indexed)
         return outcomes
+
+
+def _id_clash(stored_source: str | None, doc: SourceDocument) -> str:
+    """Why a document may not replace the stored one of the same id ("" when it may).
+
+    A new revision comes from the file the document came from (by name: an upload lands in
+    a new folder each time, a corpus may move). A document of the same id from another file
+    is a collision, e.g. a jsonl whose ids are numbered like those of another; replacing the
+    stored text would lose it, so the row is refused and named instead.
+    """
+    if not stored_source:
+        return ""
+    old, new = Path(stored_source).name, Path(doc.source_path).name
+    if old == new:
+        return ""
+    return (
+        f"id {doc.doc_id!r} is already the id of a document from {old}; not ingested (the "
+        f"stored one is kept). Give this document another id (map another column with "
+        f"--map id=COLUMN), or delete the stored one first (clara corpus delete {doc.doc_id})"
+    )
 
 
 def write_file(
@@ -233,6 +266,10 @@ def _write_file_once(
                 if conn is None:  # the write lock only once there is something to write
                     conn = stack.enter_context(write_transaction(engine, what="ingest"))
                 for outcome in writer.write_batch(conn, batch):
+                    if outcome.action == "refused":
+                        where = f"line {outcome.line}: " if outcome.line else ""
+                        report.problems.append(f"{where}{outcome.problem}")
+                        continue
                     report.counts[outcome.action] += 1
                     if len(report.documents) < MAX_OUTCOMES_PER_FILE:
                         report.documents.append(outcome)

@@ -9,8 +9,9 @@ import pytest
 
 from core.corpus.chunking import Chunker, load_tokenizer
 from core.corpus.compounds import compound_parts
-from core.corpus.graph import MentionFinder, document_names, link_target_id
-from core.corpus.keyword import fts5_match, pg_tsquery
+from core.corpus.graph import MentionFinder, document_names
+from core.corpus.keyword import Atom, Ranking, document_terms, query_atoms
+from core.corpus.link_keys import KeyIndex, is_document_link
 from core.corpus.readers import (
     FileProblem,
     RowProblem,
@@ -38,16 +39,27 @@ def test_query_terms_drop_stop_words_and_duplicates():
     assert query_terms("wer wir sind") != []
 
 
-def test_fts5_expression_quotes_every_term_and_uses_prefixes():
-    expr = fts5_match('Hundesteuer "; DROP TABLE x; -- ab')
-    # Long stems are prefixes, short ones exact; the compound's parts follow, exact.
-    assert expr == '"hundesteu"* OR "drop" OR "tabl" OR "x" OR "ab" OR "hund" OR "steu"'
-    assert fts5_match("   ") is None
-    assert fts5_match("Hundesteuer", leave_out=frozenset({"hund"})) == '"hundesteu"* OR "steu"'
+def test_query_atoms_are_stems_long_ones_as_prefixes_then_compound_parts():
+    # Quotes and SQL in a query are words like any other: atoms are bound parameters.
+    assert query_atoms('Hundesteuer "; DROP TABLE x; -- ab') == [
+        Atom("hundesteu", True),
+        Atom("drop", False),
+        Atom("tabl", False),
+        Atom("x", False),
+        Atom("ab", False),
+        Atom("hund", False),
+        Atom("steu", False),
+    ]
+    assert query_atoms("   ") == []
+    assert all(not a.prefix for a in query_atoms("Hundesteuer", ranking=Ranking(prefixes=False)))
 
 
-def test_pg_tsquery_or_semantics_with_prefixes_and_compound_parts():
-    assert pg_tsquery("Gebühren für die Biotonne") == "gebühren:* | biotonne:* | bio | tonne"
+def test_document_terms_count_each_field_and_its_length():
+    terms, lengths = document_terms("Hundesteuer", "Die Hundesteuer für den Hund. Hunde!")
+    assert terms["hundesteu"] == (1, 1, 0)
+    # Parts of the compounds in title and body; "Hund"/"Hunde" stem to the same term.
+    assert terms["hund"] == (0, 2, 2) and terms["steu"] == (0, 0, 2)
+    assert lengths == (1, 6, 4)
 
 
 @pytest.mark.parametrize(
@@ -134,14 +146,27 @@ def test_mapping_parsing_and_errors():
 
 
 def test_link_targets_and_citation_names():
-    assert link_target_id("hundesteuersatzung.md") == "hundesteuersatzung"
-    assert link_target_id("../x/faq.html#frage-2") == "faq"
-    assert link_target_id("https://example.org/a.md") is None
-    assert link_target_id("#anker") is None
+    index = KeyIndex()
+    index.add("hundesteuersatzung", "Hundesteuersatzung", "/c/hundesteuersatzung.md", {})
+    index.add("faq", "Häufige Fragen", "/c/faq.html", {})
+    index.add("rm.1", "RM(1) - remove files", "/man/rm.1.md", {})
+    index.add("k7", "Kurzzeitparken", "/c/docs.jsonl", {"aliases": ["KZP"]})
+    assert index.resolve("hundesteuersatzung.md").target == "hundesteuersatzung"
+    assert index.resolve("../x/faq.html#frage-2").target == "faq"
+    assert index.resolve("rm(1)").target == index.resolve("RM (1)").target == "rm.1"
+    assert index.resolve("rm.1", "id").target == "rm.1"
+    assert index.resolve("rm(1)", "id").target is None  # only the asked-for key
+    assert index.resolve("häufige  FRAGEN", "title").target == "faq"
+    assert index.resolve("kzp", "alias").target == "k7"
+    assert index.resolve("docs", "filename").target is None  # a jsonl names no document
+    assert "no document matches" in index.resolve("mv(1)").reason
+    assert not is_document_link("https://example.org/a.md")
+    assert not is_document_link("#anker")
     names = document_names("bauen-im-aussenbereich", "Bauen im Außenbereich (§ 35 BauGB)")
     assert ("35", "baugb") in names
-    # A parenthetical like "(Stand 2024)" is not a citation name.
+    # Bracketed common words ("(Stand 2024)", "(erweitert)") are no citation names.
     assert ("stand", "2024") not in document_names("m-2024", "Merkblatt (Stand 2024)")
+    assert ("erweitert",) not in document_names("p-2", "Parkordnung (erweitert)")
     finder = MentionFinder()
     finder.add("bauen-im-aussenbereich", names)
     finder.add(
