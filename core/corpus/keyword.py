@@ -1,46 +1,75 @@
-"""The keyword index, the one place where SQLite and Postgres differ for the corpus.
+"""The keyword index: BM25F over our own postings table, the same SQL on SQLite and Postgres.
 
-SQLite: an FTS5 table whose rows hold Snowball-German stems (PyStemmer), ranked by BM25
-with the title column weighted above the body. Postgres: a weighted tsvector column with a
-GIN index, built by the server's own text search configuration ('german' by default,
-'simple' when the server lacks it), ranked by ts_rank_cd per query word weighted by the
-word's idf (ts_rank_cd alone has no notion of rarity). Both take OR semantics over the
-query's content words with prefix matching, so a question need not contain every word of a
-document and "Hundesteuer" still finds "Hundesteuersatzung". Both also index and query the
-parts of German compounds (core.corpus.compounds), weighted below whole words, so that
-"Parkplätze" finds "Stellplätze".
+Each (stem, document) pair is one row of `corpus_terms` holding the stem's frequency in the
+title, the body and the parts of German compounds (core.corpus.compounds), next to the
+lengths of those fields. A query is ranked by BM25F (Robertson & Zaragoza 2009, "The
+Probabilistic Relevance Framework"): per field the frequency is normalised by that field's
+length against its average, the fields are summed with their weights, and only then
+saturated — so a word in a short title counts more than the same word deep in a long body,
+but a title can no longer outweigh several matches of the question's other words (the flat
+title multiplier did: "Dateien löschen" found the page whose title says "löschen" instead
+of the one whose title says "entfernen").
+
+Why our own postings instead of FTS5 and tsvector: one ranking, so a corpus ranks the same
+on both engines; document frequencies and field lengths are read from the rows instead of
+from each matching document's tsvector (Postgres de-TOASTed every large tsvector of every
+matching page to rank it: 1.6 s a query at 1,079 long pages); and a query touches only the
+index ranges of its own terms.
+
+Queries take OR semantics over the content words' stems, long stems (MIN_PREFIX_STEM) also
+as prefixes so "Hundesteuer" still finds "Hundesteuersatzung", plus the stems of the
+query's compound parts, so "Parkplätze" finds "Stellplätze".
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from core.corpus.compounds import text_parts
 from core.corpus.models import Document
 from core.corpus.text import (
-    GERMAN_STOPWORDS,
     MIN_PREFIX_STEM,
     query_part_terms,
     query_terms,
     stem_words,
-    stemmed_text,
     tokens,
 )
 
-# Title matches count this many times a body match (BM25 column weight / tsvector weight A),
-# a match on a compound's part (Stell|platz for "Parkplatz") PARTS_WEIGHT times.
-TITLE_WEIGHT = 4.0
-PARTS_WEIGHT = 0.5
-# A term in more than half of all documents has a BM25 idf of zero (FTS5 clamps it to 1e-6)
-# and so cannot change the order, yet ranking walks its whole posting list. Above this many
-# documents such terms are left out of the query (on smaller corpora they cost nothing).
+
+@dataclass(frozen=True)
+class Ranking:
+    """BM25F parameters. Chosen on the development set (bench/corpus_search_quality.py,
+    the sample corpus's questions) and reported on the held-out sets; see bench/RESULTS.md.
+    """
+
+    k1: float = 1.2
+    title_weight: float = 2.0
+    body_weight: float = 1.0
+    parts_weight: float = 0.5
+    # Length normalisation per field: titles are all short, so their length says little.
+    title_b: float = 0.3
+    body_b: float = 0.75
+    parts_b: float = 0.75
+    # Long stems also match as prefixes (compounds that start with the query's word).
+    prefixes: bool = True
+
+
+RANKING = Ranking()
+# A term in more than half of all documents has nearly no idf, yet ranking reads all of its
+# postings. On corpora of at least this many documents such terms are left out (the rarest
+# query term always stays), on smaller ones they cost nothing.
 COMMON_TERM_MIN_DOCS = 1000
-# Very long bodies are indexed up to here (Postgres refuses tsvectors over 1 MB).
+# Very long bodies are indexed up to here.
 MAX_INDEXED_CHARS = 400_000
+# Stems longer than this are noise (hashes, base64) and would not fit an index entry.
+MAX_TERM_CHARS = 80
+# Prefix ranges end below this code point: beyond every real character.
+_RANGE_END = "\U0010ffff"
 LANGUAGES = {
     "de": "german",
     "en": "english",
@@ -50,35 +79,62 @@ LANGUAGES = {
     "nl": "dutch",
 }
 
-_FTS = sa.table(
-    "corpus_fts", sa.column("rowid"), sa.column("title"), sa.column("body"), sa.column("parts")
+# Created by the migrations through create_keyword_index; not part of the ORM metadata.
+_META = sa.MetaData()
+# Byte order on Postgres too, so a prefix is one contiguous index range.
+_TERM = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+TERMS = sa.Table(
+    "corpus_terms",
+    _META,
+    sa.Column("term", _TERM, nullable=False),
+    sa.Column("doc", sa.Integer, nullable=False),
+    sa.Column("tf_title", sa.Integer, nullable=False),
+    sa.Column("tf_body", sa.Integer, nullable=False),
+    sa.Column("tf_parts", sa.Integer, nullable=False),
+    sa.Column("len_title", sa.Integer, nullable=False),
+    sa.Column("len_body", sa.Integer, nullable=False),
+    sa.Column("len_parts", sa.Integer, nullable=False),
+    # Everything a query reads is in the key (SQLite, a clustered WITHOUT ROWID table) or
+    # the covering index (Postgres, index-only scans): ranking never visits another page.
+    sa.PrimaryKeyConstraint(
+        "term",
+        "doc",
+        name="pk_corpus_terms",
+        postgresql_include=[
+            "tf_title",
+            "tf_body",
+            "tf_parts",
+            "len_title",
+            "len_body",
+            "len_parts",
+        ],
+    ),
+    sa.Index("ix_corpus_terms_doc", "doc"),
+    sqlite_with_rowid=False,
+)
+# One row per indexed document: the corpus size and mean field lengths BM25F needs.
+FIELDS = sa.Table(
+    "corpus_term_docs",
+    _META,
+    sa.Column("doc", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("len_title", sa.Integer, nullable=False),
+    sa.Column("len_body", sa.Integer, nullable=False),
+    sa.Column("len_parts", sa.Integer, nullable=False),
 )
 
 
 def text_search_config(language: str) -> str:
+    """The stemmer (Snowball) of a language code; 'simple' means none."""
     return LANGUAGES.get(language, "simple")
 
 
 def create_keyword_index(conn: Connection) -> None:
-    if conn.dialect.name == "sqlite":
-        # Rows hold stems already; unicode61 only splits on spaces then. prefix= builds
-        # prefix indexes so "stem*" queries stay fast on large corpora.
-        conn.exec_driver_sql(
-            "CREATE VIRTUAL TABLE corpus_fts USING fts5("
-            "title, body, parts, tokenize='unicode61 remove_diacritics 0', prefix='4 6')"
-        )
-        # Document frequencies per term, read from the FTS index itself (no storage).
-        conn.exec_driver_sql(
-            "CREATE VIRTUAL TABLE corpus_fts_vocab USING fts5vocab(corpus_fts, 'row')"
-        )
-    else:
-        conn.exec_driver_sql("ALTER TABLE corpus_documents ADD COLUMN search_vector tsvector")
-        conn.exec_driver_sql(
-            "CREATE INDEX ix_corpus_documents_search ON corpus_documents USING GIN (search_vector)"
-        )
+    _META.create_all(conn)
 
 
 def drop_keyword_index(conn: Connection) -> None:
+    _META.drop_all(conn)
+    # The engine-specific indexes of schema revisions before 0010.
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("DROP TABLE IF EXISTS corpus_fts_vocab")
         conn.exec_driver_sql("DROP TABLE IF EXISTS corpus_fts")
@@ -113,136 +169,137 @@ def rebuild_keyword_index(conn: Connection, batch: int = 500) -> int:
         last = rows[-1].id
 
 
-def _pg_config(conn: Connection, language: str) -> str:
-    cfg = text_search_config(language)
-    key = (str(conn.engine.url), cfg)
-    cached = _PG_CONFIGS.get(key)
-    if cached is None:
-        found = conn.execute(
-            sa.text("SELECT count(*) FROM pg_ts_config WHERE cfgname = :c"), {"c": cfg}
-        ).scalar_one()
-        cached = cfg if found else "simple"
-        _PG_CONFIGS[key] = cached
-    return cached
+def _stems(words: list[str], stemmer: str) -> list[str]:
+    return [s for s in stem_words(words, stemmer) if s and len(s) <= MAX_TERM_CHARS]
 
 
-_PG_CONFIGS: dict[tuple[str, str], str] = {}
+def document_terms(title: str, body: str, language: str = "de") -> tuple[dict, tuple]:
+    """{stem: (tf in title, tf in body, tf in parts)} and the three field lengths."""
+    stemmer = text_search_config(language)
+    body = body[:MAX_INDEXED_CHARS]
+    title_words, body_words = tokens(title), tokens(body)
+    fields = (
+        Counter(_stems(title_words, stemmer)),
+        Counter(_stems(body_words, stemmer)),
+        Counter(_stems(text_parts(title_words + body_words, stemmer), stemmer)),
+    )
+    terms = {
+        t: tuple(f.get(t, 0) for f in fields) for t in set().union(*(f.keys() for f in fields))
+    }
+    return terms, tuple(sum(f.values()) for f in fields)
 
 
 def index_documents(
     conn: Connection, docs: list[tuple[str, str, str]], language: str = "de"
 ) -> None:
     """Index many (doc_id, title, body) at once; replaces what was indexed for them."""
-    stemmer = text_search_config(language)
-    parts = {d: text_parts(tokens(f"{t} {b[:MAX_INDEXED_CHARS]}"), stemmer) for d, t, b in docs}
-    if conn.dialect.name == "sqlite":
-        ids = sa.bindparam("ids", expanding=True)
+    if not docs:
+        return
+    pks = dict(
         conn.execute(
-            sa.text(
-                "DELETE FROM corpus_fts WHERE rowid IN "
-                "(SELECT id FROM corpus_documents WHERE doc_id IN :ids)"
-            ).bindparams(ids),
-            {"ids": [d for d, _t, _b in docs]},
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO corpus_fts(rowid, title, body, parts) "
-                "SELECT id, :t, :b, :p FROM corpus_documents WHERE doc_id = :d"
-            ),
-            [
-                {
-                    "d": d,
-                    "t": stemmed_text(t, stemmer),
-                    "b": stemmed_text(b[:MAX_INDEXED_CHARS], stemmer),
-                    "p": " ".join(stem_words(parts[d], stemmer)),
-                }
-                for d, t, b in docs
-            ],
-        )
-    else:
-        conn.execute(
-            sa.text(
-                "UPDATE corpus_documents SET search_vector = "
-                "setweight(to_tsvector(CAST(:cfg AS regconfig), :t), 'A') || "
-                "setweight(to_tsvector(CAST(:cfg AS regconfig), :b), 'B') || "
-                "setweight(to_tsvector(CAST(:cfg AS regconfig), :p), 'C') WHERE doc_id = :d"
-            ),
-            [
-                {
-                    "cfg": _pg_config(conn, language),
-                    "t": t,
-                    "b": b[:MAX_INDEXED_CHARS],
-                    "p": " ".join(parts[d]),
-                    "d": d,
-                }
-                for d, t, b in docs
-            ],
-        )
+            sa.select(Document.doc_id, Document.id).where(
+                Document.doc_id.in_([d for d, _t, _b in docs])
+            )
+        ).all()
+    )
+    _remove(conn, list(pks.values()))
+    postings, lengths = [], []
+    for doc_id, title, body in docs:
+        pk = pks.get(doc_id)
+        if pk is None:
+            continue
+        terms, (lt, lb, lp) = document_terms(title, body, language)
+        lengths.append({"doc": pk, "len_title": lt, "len_body": lb, "len_parts": lp})
+        postings += [
+            {
+                "term": t,
+                "doc": pk,
+                "tf_title": a,
+                "tf_body": b,
+                "tf_parts": c,
+                "len_title": lt,
+                "len_body": lb,
+                "len_parts": lp,
+            }
+            for t, (a, b, c) in terms.items()
+        ]
+    if lengths:
+        conn.execute(FIELDS.insert(), lengths)
+    for i in range(0, len(postings), 20_000):
+        conn.execute(TERMS.insert(), postings[i : i + 20_000])
+
+
+def _remove(conn: Connection, pks: list[int]) -> None:
+    for i in range(0, len(pks), 500):
+        part = pks[i : i + 500]
+        conn.execute(TERMS.delete().where(TERMS.c.doc.in_(part)))
+        conn.execute(FIELDS.delete().where(FIELDS.c.doc.in_(part)))
 
 
 def remove_document(conn: Connection, pk: int) -> None:
-    if conn.dialect.name == "sqlite":
-        conn.execute(sa.text("DELETE FROM corpus_fts WHERE rowid = :id"), {"id": pk})
-    # Postgres: the tsvector lives in the document row and goes with it.
+    _remove(conn, [pk])
 
 
-def _fts5_term(term: str) -> str:
-    return f'"{term}"*' if len(term) >= MIN_PREFIX_STEM else f'"{term}"'
+@dataclass(frozen=True)
+class Atom:
+    """One term of a query: a stem matched exactly, or as the prefix of longer stems."""
+
+    term: str
+    prefix: bool
+
+    def matches(self) -> sa.ColumnElement[bool]:
+        if self.prefix:
+            return sa.and_(TERMS.c.term >= self.term, TERMS.c.term < self.term + _RANGE_END)
+        return TERMS.c.term == self.term
 
 
-def fts5_match(
-    query: str, language: str = "de", leave_out: frozenset[str] = frozenset()
-) -> str | None:
-    """An FTS5 MATCH expression: stems and compound-part stems OR-ed, long stems as
-    prefixes, each one quoted; `leave_out` terms are skipped."""
+def query_atoms(query: str, language: str = "de", ranking: Ranking = RANKING) -> list[Atom]:
+    """The query's stems (long ones as prefixes) and, matched exactly because they are
+    whole words already ("platz" must not find "platzverweis"), its compound parts."""
     stemmer = text_search_config(language)
-    # Parts are matched exactly: they are whole words already ("platz" must not find
-    # "platzverweis"), and prefixes of short parts would match much of the corpus.
-    terms = [_fts5_term(t) for t in query_terms(query, stemmer) if t not in leave_out]
-    terms += [f'"{t}"' for t in query_part_terms(query, stemmer) if t not in leave_out]
-    return " OR ".join(t for t in terms if t.count('"') == 2) or None
+    atoms = [
+        Atom(t, ranking.prefixes and len(t) >= MIN_PREFIX_STEM)
+        for t in query_terms(query, stemmer)
+        if len(t) <= MAX_TERM_CHARS
+    ]
+    atoms += [Atom(t, False) for t in query_part_terms(query, stemmer) if len(t) <= MAX_TERM_CHARS]
+    return atoms
 
 
-def _common_terms(conn: Connection, query: str, language: str) -> frozenset[str]:
-    """Query terms in more than half of the documents, when that is many documents (see
-    COMMON_TERM_MIN_DOCS); the rarest term is always kept so a query still finds something."""
-    stemmer = text_search_config(language)
-    terms = query_terms(query, stemmer) + query_part_terms(query, stemmer)
-    if not terms:
-        return frozenset()
-    total = conn.execute(sa.text("SELECT count(*) FROM corpus_documents")).scalar_one()
-    if total < 2 * COMMON_TERM_MIN_DOCS:
-        return frozenset()
-    docs: dict[str, int] = {}
-    prefixed = set(query_terms(query, stemmer))
-    for t in terms:
-        if t in prefixed and len(t) >= MIN_PREFIX_STEM:  # its most frequent completion is a floor
-            sql, params = (
-                "SELECT max(doc) FROM corpus_fts_vocab WHERE term >= :t AND term < :u",
-                {"t": t, "u": t + "\U0010ffff"},
-            )
-        else:
-            sql, params = "SELECT doc FROM corpus_fts_vocab WHERE term = :t", {"t": t}
-        docs[t] = conn.execute(sa.text(sql), params).scalar() or 0
-    common = {t for t, n in docs.items() if n > max(COMMON_TERM_MIN_DOCS, total // 2)}
-    if common == set(terms):
-        common.discard(min(terms, key=lambda t: docs[t]))
-    return frozenset(common)
+def _idf(n: int, df: int) -> float:
+    # The always-positive form (Lucene's): a word in more than half the documents still
+    # counts a little instead of pushing documents down.
+    return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
 
-def pg_query_atoms(query: str) -> list[str]:
-    """The to_tsquery() atoms of a query: its words (long ones as prefixes) and their
-    compound parts; the server stems them."""
-    words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS] or tokens(query)
-    parts = [p for p in text_parts(words, "german") if p not in GERMAN_STOPWORDS]
-    out = [f"{w}:*" if len(w) >= MIN_PREFIX_STEM else w for w in dict.fromkeys(words)]
-    out += [p for p in dict.fromkeys(parts) if p not in words]
-    return out
+def _statistics(conn: Connection, atoms: list[Atom]) -> tuple[int, tuple[float, ...], list[int]]:
+    """Documents indexed, mean field lengths, and each atom's document frequency: one
+    statement, read from the index (a prefix counts every document with any completion)."""
+    dfs = [
+        sa.select(sa.func.count(sa.distinct(TERMS.c.doc)) if a.prefix else sa.func.count())
+        .where(a.matches())
+        .scalar_subquery()
+        for a in atoms
+    ]
+    row = conn.execute(
+        sa.select(
+            sa.select(sa.func.count()).select_from(FIELDS).scalar_subquery(),
+            sa.select(sa.func.avg(FIELDS.c.len_title)).scalar_subquery(),
+            sa.select(sa.func.avg(FIELDS.c.len_body)).scalar_subquery(),
+            sa.select(sa.func.avg(FIELDS.c.len_parts)).scalar_subquery(),
+            *dfs,
+        )
+    ).one()
+    means = tuple(max(float(m or 0.0), 1.0) for m in row[1:4])
+    return int(row[0] or 0), means, [int(x or 0) for x in row[4:]]
 
 
-def pg_tsquery(query: str) -> str | None:
-    """A to_tsquery() input of the query's atoms, OR-ed."""
-    return " | ".join(pg_query_atoms(query)) or None
+def _without_common(atoms: list[Atom], dfs: list[int], n: int) -> list[tuple[Atom, int]]:
+    found = [(a, df) for a, df in zip(atoms, dfs, strict=True) if df]
+    if n < 2 * COMMON_TERM_MIN_DOCS or not found:
+        return found
+    kept = [(a, df) for a, df in found if df <= max(COMMON_TERM_MIN_DOCS, n // 2)]
+    return kept or [min(found, key=lambda x: x[1])]
 
 
 def keyword_search(
@@ -251,77 +308,77 @@ def keyword_search(
     k: int,
     conditions: list[sa.ColumnElement] | None = None,
     language: str = "de",
+    ranking: Ranking = RANKING,
 ) -> list[tuple[str, float]]:
-    """Best documents for `query` as (doc_id, score), higher is better; filters in SQL."""
-    conditions = conditions or []
-    if conn.dialect.name == "sqlite":
-        match = fts5_match(query, language, _common_terms(conn, query, language))
-        if match is None:
-            return []
-        rank = sa.literal_column(f"bm25(corpus_fts, {TITLE_WEIGHT}, 1.0, {PARTS_WEIGHT})")
-        matching = sa.text("corpus_fts MATCH :match").bindparams(match=match)
-        if not conditions:
-            # Rank inside the FTS table and join only the k best: joining every match to
-            # its document first costs as much as the ranking itself.
-            best = (
-                sa.select(_FTS.c.rowid, rank.label("rank"))
-                .where(matching)
-                .order_by(sa.text("rank"))
-                .limit(k)
-                .subquery()
-            )
-            stmt = (
-                sa.select(Document.doc_id, best.c.rank)
-                .join(best, Document.id == best.c.rowid)
-                .order_by(best.c.rank)
-            )
-        else:
-            stmt = (
-                sa.select(Document.doc_id, rank.label("rank"))
-                .select_from(_FTS.join(Document, Document.id == _FTS.c.rowid))
-                .where(matching)
-                .where(*conditions)
-                .order_by(sa.text("rank"))
-                .limit(k)
-            )
-        return [(r[0], -float(r[1])) for r in conn.execute(stmt)]
-    atoms = pg_query_atoms(query)
+    """Best documents for `query` as (doc_id, BM25F score), higher is better; filters in SQL."""
+    atoms = query_atoms(query, language, ranking)
     if not atoms:
         return []
-    cfg = sa.cast(sa.literal(_pg_config(conn, language)), REGCONFIG)
-    tsq = sa.func.to_tsquery(cfg, sa.literal(" | ".join(atoms)))
-    vec = sa.literal_column("corpus_documents.search_vector")
-    # Weights D, C, B, A: title (A) counts TITLE_WEIGHT times the body (B), compound parts
-    # (C) PARTS_WEIGHT times the body.
-    weights = sa.literal_column(
-        f"'{{0.05, {PARTS_WEIGHT / TITLE_WEIGHT}, {1 / TITLE_WEIGHT}, 1.0}}'::float4[]"
+    n, (mean_t, mean_b, mean_p), dfs = _statistics(conn, atoms)
+    used = _without_common(atoms, dfs, n)
+    if not used:
+        return []
+    t = TERMS.c
+    hits = sa.union_all(
+        *[
+            sa.select(
+                sa.literal(i).label("a"),
+                sa.literal(_idf(n, df)).label("idf"),
+                t.doc,
+                t.tf_title,
+                t.tf_body,
+                t.tf_parts,
+                t.len_title,
+                t.len_body,
+                t.len_parts,
+            ).where(atom.matches())
+            for i, (atom, df) in enumerate(used)
+        ]
+    ).subquery("hits")
+    # A prefix atom's completions in one document add up before saturation, like the
+    # occurrences of one word.
+    per_atom = (
+        sa.select(
+            hits.c.doc,
+            sa.func.max(hits.c.idf).label("idf"),
+            sa.func.sum(hits.c.tf_title).label("tt"),
+            sa.func.sum(hits.c.tf_body).label("tb"),
+            sa.func.sum(hits.c.tf_parts).label("tp"),
+            sa.func.max(hits.c.len_title).label("lt"),
+            sa.func.max(hits.c.len_body).label("lb"),
+            sa.func.max(hits.c.len_parts).label("lp"),
+        )
+        .group_by(hits.c.a, hits.c.doc)
+        .subquery("per_atom")
     )
-    atom_q = [sa.func.to_tsquery(cfg, sa.literal(a)) for a in atoms]
-    # ts_rank_cd knows nothing of how rare a word is: "Gebühr", in every other document,
-    # would count as much as "Stellplatz". So each atom is ranked on its own, saturated
-    # (normalisation 32: rank / (rank + 1), as BM25 saturates term frequency) and weighted
-    # by its BM25 idf (the always-positive form); document frequencies come from the GIN
-    # index in one pass over the matching rows.
-    counts = conn.execute(
-        sa.select(*[sa.func.count().filter(vec.op("@@")(q)) for q in atom_q])
-        .select_from(Document)
-        .where(vec.op("@@")(tsq))
-    ).one()
-    total = conn.execute(sa.select(sa.func.count()).select_from(Document)).scalar_one()
-    score = sum(
-        (
-            sa.literal(math.log(1 + (total - n + 0.5) / (n + 0.5)))
-            * sa.func.ts_rank_cd(weights, vec, q, 32)
-            for q, n in zip(atom_q, counts, strict=True)
-            if n
-        ),
-        sa.literal(0.0),
+    r = ranking
+
+    def field(weight: float, b: float, tf, length, mean: float):
+        return weight * tf / (1.0 - b + b * length / mean)
+
+    p = per_atom.c
+    tfx = (
+        field(r.title_weight, r.title_b, p.tt, p.lt, mean_t)
+        + field(r.body_weight, r.body_b, p.tb, p.lb, mean_b)
+        + field(r.parts_weight, r.parts_b, p.tp, p.lp, mean_p)
     )
-    stmt = (
-        sa.select(Document.doc_id, score.label("score"))
-        .where(vec.op("@@")(tsq))
-        .where(*conditions)
-        .order_by(sa.desc("score"), Document.doc_id)
-        .limit(k)
-    )
-    return [(r[0], float(r[1])) for r in conn.execute(stmt)]
+    score = sa.func.sum(p.idf * tfx / (r.k1 + tfx)).label("score")
+    ranked = sa.select(p.doc, score).group_by(p.doc)
+    if conditions:
+        best = ranked.subquery("ranked")
+        stmt = (
+            sa.select(Document.doc_id, best.c.score)
+            .join(best, Document.id == best.c.doc)
+            .where(*conditions)
+            .order_by(best.c.score.desc(), Document.id)
+            .limit(k)
+        )
+    else:
+        # Join only the k best to their documents.
+        best = ranked.order_by(sa.desc("score"), p.doc).limit(k).subquery("best")
+        stmt = (
+            sa.select(Document.doc_id, best.c.score)
+            .join(best, Document.id == best.c.doc)
+            .order_by(best.c.score.desc(), Document.id)
+        )
+    return [(doc_id, float(s)) for doc_id, s in conn.execute(stmt)]

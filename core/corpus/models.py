@@ -1,7 +1,7 @@
 """Corpus tables: documents (latest revision), revision history, chunks, edges, saved searches.
 
-The keyword index is engine specific (an FTS5 table on SQLite, a tsvector column on
-Postgres); it is created by the migration and maintained only through core.corpus.keyword.
+The keyword index (postings tables corpus_terms and corpus_term_docs) is created by the
+migrations and maintained only through core.corpus.keyword.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from core.db.base import Base, JSONType, UTCDateTime, utcnow
 class Document(Base):
     __tablename__ = "corpus_documents"
 
-    # Integer key so the FTS5 table can use it as its rowid.
+    # Integer key: the keyword postings refer to it.
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     doc_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     revision: Mapped[int] = mapped_column(Integer, nullable=False, default=1)

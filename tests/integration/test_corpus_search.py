@@ -111,7 +111,7 @@ def test_keyword_german_stemming_prefix_and_title_weight(corpus, admin, settings
 
 
 def test_keyword_index_rebuild_reindexes_existing_documents(corpus, admin, settings):
-    """What migration 0006 runs on an existing corpus: drop, recreate, index every document."""
+    """What migrations 0006 and 0010 run on a corpus: drop, recreate, index every document."""
     from core.corpus.keyword import rebuild_keyword_index
 
     before = {
@@ -134,17 +134,22 @@ def test_terms_in_most_documents_are_left_out_only_on_large_corpora(
     for i, word in enumerate(rare):
         (folder / f"d{i}.txt").write_text(f"{word}\n\nDie Stadt Bergheim betreibt {word}.\n")
     ingest_paths(db_engine, admin, [folder], IngestOptions(embed=False), settings)
-    with db_engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
-            pytest.skip("term statistics come from SQLite's fts5vocab; Postgres ranks via GIN")
-        # Six documents: nothing is left out, however common.
-        assert keyword._common_terms(conn, "Bergheim Freibad", "de") == frozenset()
-        monkeypatch.setattr(keyword, "COMMON_TERM_MIN_DOCS", 1)
-        # "Bergheim" (and its parts berg|heim) is in every document: its BM25 idf is zero,
-        # it cannot change the order.
-        assert keyword._common_terms(conn, "Bergheim Freibad", "de") == {"bergheim", "berg", "heim"}
-        # Of a query made only of common terms, the rarest always stays.
-        assert len(keyword._common_terms(conn, "Bergheim Stadt", "de")) == 4 - 1
+
+    def left_out(query: str) -> set[str]:
+        atoms = keyword.query_atoms(query)
+        with db_engine.connect() as conn:
+            n, _means, dfs = keyword._statistics(conn, atoms)
+        kept = {a.term for a, _df in keyword._without_common(atoms, dfs, n)}
+        return {a.term for a in atoms} - kept
+
+    # Six documents: nothing is left out, however common.
+    assert left_out("Bergheim Freibad") == set()
+    monkeypatch.setattr(keyword, "COMMON_TERM_MIN_DOCS", 1)
+    # "Bergheim" (and its parts berg|heim) is in every document: it has almost no idf and
+    # ranking would read every one of its postings.
+    assert left_out("Bergheim Freibad") == {"bergheim", "berg", "heim"}
+    # Of a query made only of common terms, the rarest always stays.
+    assert len(left_out("Bergheim Stadt")) == 4 - 1
     assert ids(search(db_engine, admin, "Bergheim Freibad", settings, mode="keyword")) == ["d2"]
     assert len(search(db_engine, admin, "Bergheim Stadt", settings, mode="keyword")) == 6
 
