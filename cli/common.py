@@ -11,18 +11,21 @@ from dataclasses import asdict, dataclass, is_dataclass
 from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from core.config import ConfigError, Settings, get_settings
-from core.db import DatabaseUnavailable
 from core.errors import ClaraError
 from core.permissions import PermissionDenied, Principal
-from core.users import principal_for
+
+# Settings (pydantic-settings), storage (SQLAlchemy, Alembic) and the domain modules are
+# imported by the commands that use them, never at start-up: `clara --help` and every
+# group's help need none of them (tests/unit/test_cli_imports.py checks the heavy ones).
+if TYPE_CHECKING:
+    from core.config import Settings
 
 # Model loads print tqdm bars ("Loading weights") that interleave with our own rich output
 # and fill logs; the CLI shows its own progress for everything slow. Before any import of
@@ -50,15 +53,23 @@ class CliFailure(Exception):
         self.code = code
 
 
+def _loaded_class(module: str, name: str) -> type[BaseException] | tuple[()]:
+    """`module.name` if the module has been imported, else () (an except clause that matches
+    nothing): an error of that class cannot occur before its module is loaded, so the CLI
+    need not import settings or storage just to be able to catch their errors."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else ()
+
+
 @contextmanager
 def fail_cleanly() -> Iterator[None]:
     """Turn the known error types into one readable line and an exit code, no traceback."""
     try:
         yield
-    except ConfigError as err:
+    except _loaded_class("core.config", "ConfigError") as err:
         err_console.print(f"[red]configuration error:[/red] {err}")
         sys.exit(EXIT_CONFIG)
-    except DatabaseUnavailable as err:
+    except _loaded_class("core.db.engine", "DatabaseUnavailable") as err:
         err_console.print(f"[red]database error:[/red] {err}")
         sys.exit(EXIT_DB)
     except PermissionDenied as err:
@@ -73,6 +84,8 @@ def fail_cleanly() -> Iterator[None]:
 
 
 def settings() -> Settings:
+    from core.config import get_settings
+
     return get_settings()
 
 
@@ -96,6 +109,8 @@ def acting_user(engine) -> Principal:
     Whoever runs the CLI has the data dir and database credentials anyway; naming the user
     still matters because every action is permission-checked and audited under that name.
     """
+    from core.users import principal_for
+
     name = settings().cli_user
     principal = principal_for(engine, name)
     if principal is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from cli.common import app, console, context, print_json, print_rows
-from core import users as accounts
 from core.permissions import ROLES
 
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
@@ -28,6 +27,8 @@ def add(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add a user."""
+    from core import users as accounts
+
     ctx = context()
     actor = ctx.allowed("users:manage", "users.add", username)  # before the prompt
     info = accounts.create_user(
@@ -42,6 +43,8 @@ def add(
 @users_app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     """List users."""
+    from core import users as accounts
+
     ctx = context()
     users = accounts.list_users(ctx.engine, ctx.user)
     print_rows(
@@ -62,6 +65,8 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
 @users_app.command("set-role")
 def set_role(username: str, role: str) -> None:
     """Change a user's role."""
+    from core import users as accounts
+
     ctx = context()
     info = accounts.set_role(ctx.engine, ctx.user, username, role)
     console.print(f"{info.username} is now {info.role}")
@@ -70,6 +75,8 @@ def set_role(username: str, role: str) -> None:
 @users_app.command("disable")
 def disable(username: str) -> None:
     """Disable a user (they can no longer log in)."""
+    from core import users as accounts
+
     ctx = context()
     accounts.set_disabled(ctx.engine, ctx.user, username, True)
     console.print(f"{username} disabled")
@@ -78,6 +85,8 @@ def disable(username: str) -> None:
 @users_app.command("enable")
 def enable(username: str) -> None:
     """Enable a disabled user again."""
+    from core import users as accounts
+
     ctx = context()
     accounts.set_disabled(ctx.engine, ctx.user, username, False)
     console.print(f"{username} enabled")
@@ -88,6 +97,8 @@ def reset_password(
     username: str, password: str | None = typer.Option(None, help="prompted when omitted")
 ) -> None:
     """Set a new password for a user (also lifts a login lockout)."""
+    from core import users as accounts
+
     ctx = context()
     actor = ctx.user
     if actor.username != username.strip().lower():  # everyone may change their own password

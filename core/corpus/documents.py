@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
@@ -16,6 +15,9 @@ from sqlalchemy import Engine
 from core.corpus.models import Chunk, Document, DocumentRevision, Edge
 from core.errors import ClaraError
 from core.permissions import Principal, require
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import; only the listing functions need it
+    import pandas as pd
 
 _BATCH = 200
 
@@ -285,6 +287,8 @@ def list_documents(
             .offset(max(0, int(offset)))
             .limit(limit)
         ).all()
+    import pandas as pd
+
     frame = pd.DataFrame([tuple(r) for r in rows], columns=LIST_COLUMNS)
     return frame, int(total)
 
@@ -302,6 +306,8 @@ def document_revisions(engine: Engine, actor: Principal, doc_id: str) -> pd.Data
             .where(DocumentRevision.doc_id == doc_id)
             .order_by(DocumentRevision.revision)
         ).all()
+    import pandas as pd
+
     return pd.DataFrame(
         [tuple(r) for r in rows], columns=["revision", "sha256", "source_path", "ingested_at"]
     )

@@ -15,9 +15,8 @@ import math
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Engine
@@ -31,6 +30,9 @@ from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
 from core.errors import ClaraError
 from core.permissions import Principal, require
+
+if TYPE_CHECKING:  # annotations only; keyword and graph search need no numpy
+    import numpy as np
 
 Mode = Literal["keyword", "vector", "graph", "hybrid"]
 MODES: tuple[str, ...] = ("keyword", "vector", "graph", "hybrid")

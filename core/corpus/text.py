@@ -11,7 +11,6 @@ import re
 import unicodedata
 from functools import lru_cache
 
-import numpy as np
 import Stemmer
 
 from core.corpus.compounds import text_parts
@@ -332,6 +331,20 @@ def _matches(stem: str, terms: list[str]) -> bool:
     return any(stem == t or (len(t) >= MIN_PREFIX_STEM and stem.startswith(t)) for t in terms)
 
 
+def _best_window(hit: list[bool], width: int) -> int:
+    """Start of the window of `width` words with most matches; the first best wins.
+
+    A running sum in plain Python (a few ms for the longest snippet text) rather than numpy,
+    whose import alone would cost a keyword search more than that."""
+    best = run = sum(hit[:width])
+    best_start = 0
+    for i in range(1, len(hit) - width + 1):
+        run += hit[i + width - 1] - hit[i - 1]
+        if run > best:
+            best, best_start = run, i
+    return best_start
+
+
 def snippet(text: str, terms: list[str], width: int = 32, language: str = "german") -> str:
     """The window of `width` words with most query matches; matches wrapped in «…».
 
@@ -346,10 +359,8 @@ def snippet(text: str, terms: list[str], width: int = 32, language: str = "germa
     distinct = list(dict.fromkeys(words))
     stems = stem_words([fold(w) for w in distinct], language)
     is_hit = {w: bool(terms) and _matches(st, terms) for w, st in zip(distinct, stems, strict=True)}
-    hit = np.fromiter((is_hit[w] for w in words), dtype=np.int32, count=len(words))
-    # Matches per window of `width` words starting at each position; the first best wins.
-    sums = np.convolve(hit, np.ones(min(width, len(hit)), dtype=np.int32), mode="valid")
-    best_start = int(np.argmax(sums))
+    hit = [is_hit[w] for w in words]
+    best_start = _best_window(hit, min(width, len(hit)))
     end_i = min(len(matches), best_start + width) - 1
     start_c, end_c = matches[best_start].start(), matches[end_i].end()
     out, pos = [], start_c
