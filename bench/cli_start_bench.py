@@ -4,7 +4,8 @@ and where the import time goes.
 Usage: .venv/bin/python bench/cli_start_bench.py [--runs 5] [--repo PATH] [--top 10]
 
 Each command runs `--runs` times as a fresh process (`python -m cli ...` in the checkout,
-the same code the `clara` script runs); the median and the fastest run are reported. The
+the same code the `clara` script runs); the median and the fastest wall time and the median
+CPU time (user + system; less disturbed by other load on the machine) are reported. The
 search runs against a temporary data dir with the sample corpus loaded without embeddings
 (`clara corpus load-sample --no-embed`, done once before timing). Then each command runs once
 more under `python -X importtime`, and the top import costs are listed per top-level package
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,16 +57,19 @@ def clean_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def run(repo: Path, args: list[str], env: dict[str, str], *extra: str) -> tuple[float, str]:
+def run(repo: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one `clara` process."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, *extra, "-m", "cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=repo, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"`clara {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return wall, proc.stderr
+    return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
 
 
 def import_costs(stderr: str) -> tuple[float, dict[str, float]]:
@@ -102,10 +107,13 @@ def main() -> None:
             f"Python {platform.python_version()}, load average "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
         )
-        print(f"{'command':<50} {'median s':>9} {'min s':>7} {'imports s':>10}  heavy loaded")
+        print(
+            f"{'command':<48} {'median s':>8} {'min s':>6} {'cpu s':>6} {'imports s':>9}"
+            "  heavy loaded"
+        )
         profiles = {}
         for label, args in COMMANDS.items():
-            walls = [run(repo, args, env)[0] for _ in range(a.runs)]
+            walls, cpus = zip(*(run(repo, args, env) for _ in range(a.runs)), strict=True)
             probe = (
                 "import runpy, sys; sys.argv = ['clara', *sys.argv[1:]]\n"
                 "try:\n    runpy.run_module('cli', run_name='__main__')\n"
@@ -123,8 +131,8 @@ def main() -> None:
             total, per_pkg = import_costs(proc.stderr)
             profiles[label] = per_pkg
             print(
-                f"{label:<50} {statistics.median(walls):>9.2f} {min(walls):>7.2f} "
-                f"{total / 1000:>10.2f}  {', '.join(loaded) or '-'}"
+                f"{label:<48} {statistics.median(walls):>8.2f} {min(walls):>6.2f} "
+                f"{statistics.median(cpus):>6.2f} {total / 1000:>9.2f}  {', '.join(loaded) or '-'}"
             )
         for label, per_pkg in profiles.items():
             print(f"\ntop {a.top} import costs (self time per package, ms): {label}")
