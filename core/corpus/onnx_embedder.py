@@ -32,7 +32,12 @@ import numpy as np
 
 from core.artifacts import MANIFEST, build_once, file_sha256, read_manifest, write_manifest
 from core.config import Settings
-from core.corpus.embedders import EmbeddingUnavailable, QueryFirstLock, model_location
+from core.corpus.embedders import (
+    EmbeddingUnavailable,
+    QueryFirstLock,
+    active_tuned_model,
+    model_location,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +83,11 @@ def _slug(text: str) -> str:
 
 
 def source_name(settings: Settings) -> str:
-    """A folder-friendly name of the source model (the packaged one: all-MiniLM-L6-v2)."""
+    """A folder-friendly name of the source model (the packaged one: all-MiniLM-L6-v2, a
+    tuned one switched in: tuned-<name>)."""
     if not settings.embedding_model:
-        return "all-MiniLM-L6-v2"
+        tuned = active_tuned_model(settings)
+        return f"tuned-{_slug(tuned['name'])}" if tuned else "all-MiniLM-L6-v2"
     local = Path(settings.embedding_model).expanduser()
     name = local.name if local.name not in ("", "model", "models") else local.parent.name
     return _slug(name if local.exists() else settings.embedding_model.replace("/", "--"))

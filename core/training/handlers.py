@@ -232,9 +232,17 @@ def run_embedding(ctx: JobContext) -> int:
     return EXIT_OK
 
 
+def run_embed_tune(ctx: JobContext) -> int:
+    """Fine-tune the embedding model on the corpus and register it (kind "embed-tune")."""
+    from core.corpus.embed_tune import run_embed_tune_job
+
+    return run_embed_tune_job(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], int]] = {
     "sft": run_training,
     "score": run_scoring,
     "embed": run_embedding,
+    "embed-tune": run_embed_tune,
     "sleep": run_sleep,
 }

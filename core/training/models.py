@@ -1,5 +1,5 @@
 """Training tables: the job queue (all background work, not only training), streamed
-metrics and the adapter registry."""
+metrics, the adapter registry and the registry of tuned embedding models."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from core.db.base import Base, JSONType, UTCDateTime, utcnow
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 # What a job does; `clara worker --kinds` picks among them. "sft" trains an adapter, "score"
-# scores a dataset, "embed" embeds pending corpus chunks, "sleep" only exercises the queue.
-JOB_KINDS = ("sft", "score", "embed", "sleep")
+# scores a dataset, "embed" embeds pending corpus chunks, "embed-tune" fine-tunes the
+# embedding model on the corpus (core.corpus.embed_tune), "sleep" only exercises the queue.
+JOB_KINDS = ("sft", "score", "embed", "embed-tune", "sleep")
 
 
 class TrainingJob(Base):
@@ -104,5 +105,31 @@ class Adapter(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     library_versions: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
+class EmbeddingModel(Base):
+    """An embedding model fine-tuned on the corpus by an "embed-tune" job, with its lineage:
+    the base model, the corpus state it was trained on, the job, the spec and the in-job
+    validation figures (core.corpus.embed_tune)."""
+
+    __tablename__ = "embedding_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    base_model: Mapped[str] = mapped_column(Text, nullable=False)
+    base_model_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # The corpus it was tuned on: documents, chunks and a sha256 over (doc_id, revision,
+    # sha256) of every document, so a later corpus can be told apart.
+    corpus_documents: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    corpus_chunks: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    corpus_sha256: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    pairs: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    library_versions: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
