@@ -3,7 +3,6 @@ searches."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,7 +51,7 @@ def _progress(enabled: bool) -> Iterator:
         yield update
 
 
-def _print_report(report, json_out: bool) -> None:
+def _print_report(report, json_out: bool, exit_on_failure: bool = True) -> None:
     if json_out:
         print_json(report.to_dict())
     else:
@@ -71,7 +70,14 @@ def _print_report(report, json_out: bool) -> None:
             label = "[red]failed[/]" if f.status == "failed" else "[yellow]partly failed[/]"
             for p in f.problems:
                 err_console.print(f"{label} {f.path}: {p}")
-    if not report.ok:
+        if report.embed_job_id is not None:
+            console.print(
+                f"embeddings: job {report.embed_job_id} queued for the worker; keyword and "
+                "graph search find the new documents now, vector search once it has run. "
+                f"Follow it with `clara corpus embed --wait` or `clara train show "
+                f"{report.embed_job_id}`."
+            )
+    if not report.ok and exit_on_failure:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -112,7 +118,13 @@ def ingest(
     glob: list[str] = typer.Option([], "--glob", help="only files matching (repeatable)"),
     exclude: list[str] = typer.Option([], "--exclude", help="skip files matching (repeatable)"),
     no_embed: bool = typer.Option(
-        False, "--no-embed", help="leave embeddings pending (`clara corpus embed` later)"
+        False, "--no-embed", help="leave embeddings pending, queue nothing (`clara corpus embed`)"
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="wait (progress bar) until the worker has embedded the new chunks"
+    ),
+    inline: bool = typer.Option(
+        False, "--inline", help="embed here, in this process, instead of queuing a job"
     ),
     link_key: str = typer.Option(
         "auto",
@@ -125,9 +137,16 @@ def ingest(
     max_doc_mb: float = typer.Option(10.0, help="largest single document / line in MB"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Ingest files and folders; prints a per-file report, exit code 1 if anything failed."""
+    """Ingest files and folders; prints a per-file report, exit code 1 if anything failed.
+
+    Returns once the documents are keyword- and graph-searchable; their embeddings are an
+    "embed" job for `clara worker` (started by `clara up`): --wait follows it, --inline
+    embeds in this process instead, --no-embed leaves them pending."""
+    from core.corpus.embedding import start_embedding
     from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
 
+    if sum((no_embed, wait, inline)) > 1:
+        raise CliFailure("choose one of --no-embed, --wait and --inline")
     ctx = context()
     try:
         opts = IngestOptions(
@@ -139,14 +158,60 @@ def ingest(
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
             max_document_bytes=int(max_doc_mb * 1024 * 1024),
-            embed=not no_embed,
+            embed=inline,
             link_key=link_key,
         )
         with _progress(not json_out) as progress:
             report = ingest_paths(ctx.engine, ctx.user, paths, opts, ctx.settings, progress)
     except (IngestError, ValueError) as err:
         raise CliFailure(str(err)) from None
-    _print_report(report, json_out)
+    queued = not (no_embed or inline) and report.pending_embeddings > 0
+    if queued:
+        report.embed_job_id = start_embedding(ctx.engine, ctx.user, ctx.settings)
+    if not (queued and wait):
+        _print_report(report, json_out)
+        return
+    if not json_out:  # the report first: the wait may be long
+        _print_report(report, json_out, exit_on_failure=False)
+    outcome: dict | None = None
+    try:
+        outcome = _wait_for_embedding(ctx, report.embed_job_id, json_out)
+    finally:  # one JSON document, with the job's outcome when the wait got one
+        if json_out:
+            print_json({**report.to_dict(), **({"embedding": outcome} if outcome else {})})
+    if not json_out:
+        _print_embedding(outcome, json_out=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _wait_for_embedding(ctx, job_id: int, json_out: bool) -> dict:
+    """Follow an embed job to its end (progress bar) and return its outcome; fail clearly
+    when it failed or when no worker is there to run it."""
+    from core.corpus.embedding import NoEmbedWorker, pending_count, wait_for_embedding
+
+    try:
+        with _progress(not json_out) as progress:
+            job = wait_for_embedding(ctx.engine, ctx.user, job_id, progress)
+    except NoEmbedWorker as err:
+        raise CliFailure(str(err)) from None
+    if job is not None and job.state != "succeeded":
+        raise CliFailure(f"embed job {job_id} {job.state}: {job.error or 'see its log'}")
+    return {
+        "job_id": job_id,
+        "state": job.state if job else None,
+        "pending": pending_count(ctx.engine, ctx.user),
+    }
+
+
+def _print_embedding(outcome: dict, json_out: bool) -> None:
+    if json_out:
+        print_json(outcome)
+    else:
+        console.print(
+            f"embed job {outcome['job_id']}: {outcome['state'] or '?'}; "
+            f"{outcome['pending']} pending"
+        )
 
 
 @corpus_app.command("load-sample")
@@ -214,17 +279,12 @@ def embed(
         get_embedder(ctx.settings)  # a model that cannot load must not cost the old vectors
         reset_embeddings(ctx.engine, user, ctx.settings)
     if queue or wait:
-        job_id = start_embedding(ctx.engine, user, ctx.settings)
+        job_id = start_embedding(ctx.engine, user, ctx.settings, batch_size=batch_size)
+        if wait:
+            _print_embedding(_wait_for_embedding(ctx, job_id, json_out), json_out)
+            return
         job = embedding_job(ctx.engine, user)
-        with _progress(wait and not json_out) as progress:
-            while wait and job is not None and job.active:
-                if progress and job.state == "running":
-                    progress("embedding", job.done, job.total, f"job {job_id}")
-                time.sleep(0.5)
-                job = embedding_job(ctx.engine, user)
         left = pending_count(ctx.engine, user)
-        if wait and job is not None and job.state != "succeeded":
-            raise CliFailure(f"embed job {job_id} {job.state}: {job.error or 'see its log'}")
         if json_out:
             print_json({"job_id": job_id, "state": job.state if job else None, "pending": left})
         else:

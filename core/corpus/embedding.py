@@ -7,13 +7,15 @@ are still pending. `embed_next_batch` is one such step (for a caller that report
 between steps); `embed_pending` runs them all, reading the next batch while the model
 encodes the current one. In the background, embedding is an "embed" job of the one jobs
 queue (core.training.queue): `start_embedding` queues it (one at a time), `clara worker`
-runs it batch by batch (core.training.handlers.run_embedding), `embedding_job` shows it.
+runs it batch by batch (core.training.handlers.run_embedding), `embedding_job` shows it and
+`wait_for_embedding` follows it (and says so when no worker is there to run it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from core.corpus.ingest_report import Progress
 from core.corpus.models import Chunk, Document
 from core.corpus.vectors import VectorStore, date_number, get_vector_store
 from core.db.engine import retry_on_lock, write_transaction
+from core.errors import ClaraError
 from core.permissions import Principal, require
 
 EMBED_BATCH = 256
@@ -237,9 +240,16 @@ class EmbeddingJob:
         return self.state in ("queued", "running")
 
 
-def start_embedding(engine: Engine, actor: Principal, settings: Settings | None = None) -> int:
+def start_embedding(
+    engine: Engine,
+    actor: Principal,
+    settings: Settings | None = None,
+    *,
+    batch_size: int | None = None,
+) -> int:
     """Queue an "embed" job for `clara worker` unless one is queued or running already;
-    returns its id. Never starts a thread or a process here."""
+    returns its id. Never starts a thread or a process here. `batch_size`: chunks per
+    committed batch (default EMBED_BATCH); a killed job loses at most one batch."""
     from core.training.jobs import job_log_path, jobs_root
     from core.training.queue import active_jobs, enqueue_job
 
@@ -254,6 +264,7 @@ def start_embedding(engine: Engine, actor: Principal, settings: Settings | None 
             kind="embed",
             name="embed-pending",
             owner=actor.username,
+            spec={"batch_size": int(batch_size)} if batch_size else {},
             log_path=lambda jid: str(job_log_path(settings, jid)),
             output_dir=lambda jid: str(jobs_root(settings) / str(jid)),
         )
@@ -280,3 +291,84 @@ def embedding_job(engine: Engine, actor: Principal) -> EmbeddingJob | None:
             .limit(1)
         ).first()
     return None if row is None else EmbeddingJob(*row)
+
+
+class NoEmbedWorker(ClaraError):
+    """An embed job waits and no worker is there to run it."""
+
+
+# How long a queued embed job may wait, while no worker holds any job, before a caller that
+# waits for it is told that no worker is running (a free worker claims within a second).
+NO_WORKER_S = 10.0
+
+
+def _job_state(engine: Engine, job_id: int) -> EmbeddingJob | None:
+    from core.training.models import TrainingJob
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(
+                TrainingJob.id,
+                TrainingJob.state,
+                TrainingJob.step,
+                TrainingJob.max_steps,
+                TrainingJob.error,
+            ).where(TrainingJob.id == job_id)
+        ).first()
+    return None if row is None else EmbeddingJob(*row)
+
+
+def _busy_job(engine: Engine) -> int | None:
+    """A job some live worker holds now (running, lease not expired), or None."""
+    from core.db.base import utcnow
+    from core.training.models import TrainingJob
+
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(TrainingJob.id)
+            .where(TrainingJob.state == "running", TrainingJob.lease_expires_at > utcnow())
+            .limit(1)
+        ).scalar()
+
+
+def wait_for_embedding(
+    engine: Engine,
+    actor: Principal,
+    job_id: int,
+    progress: Progress | None = None,
+    *,
+    poll_s: float = 0.5,
+    no_worker_s: float = NO_WORKER_S,
+) -> EmbeddingJob | None:
+    """Block until embed job `job_id` has ended and return it (None if it was deleted),
+    reporting
+    `progress("embedding", done, total, detail)` on the way.
+
+    Raises NoEmbedWorker when the job has waited `no_worker_s` seconds while no worker held
+    any job: then nobody is running `clara worker`, and waiting longer would only hang. A
+    worker busy with another job is waited for (the detail names that job).
+    """
+    require(actor, "corpus:search")
+    waiting_since = time.monotonic()
+    while True:
+        job = _job_state(engine, job_id)
+        if job is None or not job.active:
+            return job
+        if job.state == "running":
+            waiting_since = time.monotonic()
+            if progress:
+                progress("embedding", job.done, job.total, f"job {job_id}")
+        else:
+            busy = _busy_job(engine)
+            if busy is not None:
+                waiting_since = time.monotonic()
+                if progress:
+                    progress("embedding", 0, job.total, f"job {job_id} waits for job {busy}")
+            elif time.monotonic() - waiting_since > no_worker_s:
+                raise NoEmbedWorker(
+                    f"embed job {job_id} is queued, but no worker has taken it in "
+                    f"{no_worker_s:.0f} s: no `clara worker` is running. Start one "
+                    "(`clara up`, or `clara worker --kinds embed`) and the job runs, or "
+                    "embed in this process: `clara corpus embed` (or ingest with --inline)."
+                )
+        time.sleep(poll_s)

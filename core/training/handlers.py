@@ -210,7 +210,7 @@ def run_scoring(ctx: JobContext) -> int:
 def run_embedding(ctx: JobContext) -> int:
     """Embed every pending corpus chunk (kind "embed"), one committed batch at a time; a new
     attempt continues with what is still pending."""
-    from core.corpus.embedding import embed_next_batch, pending_count
+    from core.corpus.embedding import EMBED_BATCH, embed_next_batch, pending_count
     from core.permissions import SYSTEM
     from core.users import principal_for
 
@@ -220,7 +220,13 @@ def run_embedding(ctx: JobContext) -> int:
     total = pending_count(ctx.engine, actor)
     ctx.progress(0, total)
     while not ctx.stop.is_set():
-        step = embed_next_batch(ctx.engine, actor, ctx.settings, after_id=after)
+        step = embed_next_batch(
+            ctx.engine,
+            actor,
+            ctx.settings,
+            after_id=after,
+            batch_size=int(ctx.job.spec.get("batch_size") or EMBED_BATCH),
+        )
         done, after = done + step.embedded, step.last_chunk_id
         ctx.progress(done, max(total, done + step.pending))
         if step.embedded == 0 or step.pending == 0:

@@ -1,10 +1,22 @@
 """Embedding pending chunks one batch at a time (core.corpus.embedding.embed_next_batch), the
 step a job handler runs: each batch is committed on its own, progress is reported, and a
 run that stops between batches (a killed worker) resumes with what is still pending, with
-the same vectors as one `embed_pending` run. Real database (both engines), real model,
-real Chroma."""
+the same vectors as one `embed_pending` run. `clara corpus ingest` leaves the embedding to
+such a job (issue 12, item 6); a real `clara worker` killed with SIGKILL mid-run is taken
+over without encoding finished batches again. Real database (both engines), real model,
+real Chroma, real processes."""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +33,7 @@ TEXT = "Die Hundesteuer wird jährlich im Voraus fällig. " * 30
 
 def _ingest(engine, admin, settings, tmp_path, n: int = 4) -> int:
     src = tmp_path / "docs"
-    src.mkdir()
+    src.mkdir(exist_ok=True)
     for i in range(n):
         (src / f"doc{i}.md").write_text(f"# Satzung {i}\n\n{TEXT}", encoding="utf-8")
     ingest_paths(
@@ -112,3 +124,153 @@ def test_embed_job_runs_in_the_worker_and_resumes_with_what_is_pending(
     assert get_vector_store(settings).count() == pending
     with pytest.raises(PermissionDenied):
         start_embedding(db_engine, principal("auditor"), settings)
+
+
+def _env(settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CLARA_DATA_DIR": str(settings.data_path),
+        "CLARA_DATABASE_URL": settings.effective_database_url,
+        "CLARA_ENV": "testing",
+        "CLARA_ADMIN_PASSWORD": "adminpass1",
+        "CLARA_CLI_USER": "admin",
+    }
+
+
+def _start_worker(settings, log) -> subprocess.Popen:
+    """A real `clara worker` for embed jobs; a short lease, so that a killed one's job is
+    taken over within seconds."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "--kinds", "embed", "--lease-seconds", "2"],
+        env=_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _embedded(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(Chunk).where(Chunk.embedded.is_(True))
+        ).scalar_one()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_without_embedding_finished_batches_again(
+    db_engine, admin, settings, tmp_path
+):
+    """SIGKILL of the worker and of its job's process mid-run (a machine going down): a new
+    worker takes the job over once its lease has expired and embeds exactly the chunks
+    still pending; the batches committed before the kill are not encoded again."""
+    from core.corpus.embedding import embedding_job, start_embedding
+    from core.training.jobs import load_job
+    from tests.waiting import wait_until
+
+    pending = _ingest(db_engine, admin, settings, tmp_path, n=5)
+    batch = 5
+    assert pending >= 8 * batch
+    job_id = start_embedding(db_engine, admin, settings, batch_size=batch)
+    log = (tmp_path / "worker.log").open("ab")
+    first = _start_worker(settings, log)
+    try:
+        # Two batches committed, and more to come: kill now.
+        wait_until(lambda: _embedded(db_engine) >= 2 * batch, "two batches", limit=180, every=0.05)
+        child = load_job(db_engine, job_id).pid
+        os.killpg(first.pid, signal.SIGKILL)
+        if child:
+            with contextlib.suppress(ProcessLookupError):  # it may have ended by itself
+                os.killpg(child, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    time.sleep(0.5)  # a commit under way when the kill came has landed or rolled back
+    done_before = _embedded(db_engine)
+    assert batch * 2 <= done_before < pending, "the job ended before the kill"
+    assert done_before % batch == 0  # whole batches only: each is committed on its own
+    assert embedding_job(db_engine, admin).state == "running"  # its lease runs out
+
+    second = _start_worker(settings, log)
+    try:
+        wait_until(
+            lambda: embedding_job(db_engine, admin).state == "succeeded",
+            "the job taken over and finished",
+            limit=240,
+        )
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=60)
+        log.close()
+    assert pending_count(db_engine, admin) == 0
+    assert get_vector_store(settings).count() == pending
+    job = load_job(db_engine, job_id)
+    assert job.attempts == 2
+    # The second attempt encoded exactly the chunks that were pending after the kill.
+    lines = re.findall(r"embedded (\d+) chunks", Path(job.log_path).read_text("utf-8"))
+    assert [int(n) for n in lines] == [pending - done_before]
+
+
+def test_waiting_without_a_worker_says_so(db_engine, admin, settings, tmp_path):
+    from core.corpus.embedding import NoEmbedWorker, start_embedding, wait_for_embedding
+
+    _ingest(db_engine, admin, settings, tmp_path, n=1)
+    job_id = start_embedding(db_engine, admin, settings)
+    started = time.monotonic()
+    with pytest.raises(NoEmbedWorker, match=f"embed job {job_id} is queued, but no worker"):
+        wait_for_embedding(db_engine, admin, job_id, poll_s=0.1, no_worker_s=1.0)
+    assert time.monotonic() - started < 10
+
+
+def _clara(settings, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
+    db_engine, admin, settings, tmp_path
+):
+    """`clara corpus ingest` returns once the documents are keyword- and graph-searchable
+    and leaves the vectors to an embed job; --wait with no worker running says so instead
+    of hanging; --inline embeds in the process."""
+    from core.corpus.embedding import embedding_job
+    from core.corpus.search import search
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "hund.md").write_text(f"# Hundesteuer\n\n{TEXT}", encoding="utf-8")
+    proc = _clara(settings, "corpus", "ingest", str(src))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = embedding_job(db_engine, admin)
+    assert job is not None and job.state == "queued"
+    assert f"embeddings: job {job.id} queued for the worker" in proc.stdout
+    assert pending_count(db_engine, admin) > 0
+    hits = search(db_engine, admin, "Hundesteuer", settings, mode="keyword", k=5)
+    assert [r.doc_id for r in hits] == ["hund"]
+
+    (src / "katze.md").write_text(f"# Katzen\n\n{TEXT}", encoding="utf-8")
+    proc = _clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
+    assert proc.returncode != 0
+    assert f"embed job {job.id} is queued, but no worker has taken it" in proc.stderr
+    assert "--inline" in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["added"] == 1 and report["summary"]["embed_job_id"] == job.id
+
+    (src / "maus.md").write_text(f"# Mäuse\n\n{TEXT}", encoding="utf-8")
+    proc = _clara(settings, "corpus", "ingest", str(src), "--inline", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["pending_embeddings"] == 0
+    assert report["summary"]["embed_job_id"] is None
+    assert pending_count(db_engine, admin) == 0
+    proc = _clara(settings, "corpus", "ingest", str(src), "--inline", "--wait")
+    assert proc.returncode != 0 and "choose one of" in proc.stderr
