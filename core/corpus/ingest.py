@@ -3,10 +3,12 @@ embeddings in batches.
 
 Each file is written in one transaction (`core.corpus.store_writes`), so a file that fails
 leaves nothing behind; readers report bad rows of tabular files per line while the good rows
-ingest. Documents are searchable by keyword and graph as soon as their file commits; after
-the files, mentions are linked (`core.corpus.linking`). Their chunks are marked pending and
-`core.corpus.embedding.embed_pending` (called after ingest, by `clara corpus embed` or by the
-background thread the page starts) computes the vectors. The outcome is an `IngestReport`
+ingest. Documents are searchable by keyword as soon as their file commits; after the files,
+the links they declare are matched to documents (those that match none wait for their
+target) and mentions are linked (`core.corpus.linking`). Their chunks are marked pending:
+`embed=True` embeds them here (`embed_pending`); otherwise the caller queues an "embed" job
+(`core.corpus.embedding.start_embedding`, as `clara corpus ingest` and the page do) or
+leaves them for `clara corpus embed`. The outcome is an `IngestReport`
 (`core.corpus.ingest_report`), recorded in the audit log as ok, partial or failed.
 """
 

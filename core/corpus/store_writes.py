@@ -330,6 +330,7 @@ def delete_document(
                     raise DocumentNotFound(doc_id)
                 keyword.remove_document(conn, pk)
                 conn.execute(sa.delete(Edge).where(Edge.src == doc_id))
+                conn.execute(sa.delete(LinkRef).where(LinkRef.src == doc_id))
                 conn.execute(sa.delete(Chunk).where(Chunk.doc_id == doc_id))
                 conn.execute(sa.delete(DocumentRevision).where(DocumentRevision.doc_id == doc_id))
                 conn.execute(sa.delete(Document).where(Document.id == pk))

@@ -22,6 +22,7 @@ from core.corpus.documents import get_document
 from core.corpus.graph import RelationalGraphStore
 from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
 from core.corpus.models import Edge, LinkRef
+from core.corpus.store_writes import delete_document
 
 NO_EMBED = IngestOptions(embed=False)
 
@@ -93,6 +94,8 @@ def test_man_page_links_resolve_now_or_when_their_target_arrives(
     assert report.updated == 1 and report.links.unresolved == 1
     assert _waiting(db_engine) == [("rm.1", "ls(1)")]
     assert ("rm.1", "mv.1", "see_also") not in _edges(db_engine)
+    delete_document(db_engine, admin, "rm.1", settings)  # its waiting links go with it
+    assert _waiting(db_engine) == []
 
 
 def test_a_link_column_of_mixed_forms_and_the_link_key(db_engine, admin, settings, tmp_path):
