@@ -242,3 +242,47 @@ def test_cli_link_key_title(db_engine, settings, tmp_path):
     proc = _clara(settings, "corpus", "ingest", str(path), "--link-key", "nickname")
     assert proc.returncode != 0
     assert "link key 'nickname': use one of auto, id, filename, title, alias" in proc.stderr
+
+
+def test_migration_moves_dangling_declared_edges_to_waiting_links(settings, admin, tmp_path):
+    """Edges of earlier ingests that point at nothing (a `mv(1)` link stored as the id
+    "mv(1)") become waiting links, and the next ingest resolves them."""
+    from core.corpus.models import Document
+    from core.db import get_engine, upgrade
+    from core.users import ensure_admin
+
+    engine = get_engine(settings)
+    upgrade(engine, "0010_keyword_postings")
+    doc = {"revision": 1, "text": "t", "sha256": "0" * 64, "language": "de", "metadata": {}}
+    with engine.begin() as c:
+        c.execute(
+            sa.insert(Document),
+            [
+                {"doc_id": "rm.1", "title": "RM(1)", **doc},
+                {"doc_id": "ls.1", "title": "LS(1)", **doc},
+            ],
+        )
+        c.execute(
+            sa.insert(Edge),
+            [
+                {"src": "rm.1", "dst": "mv(1)", "type": "links_to", "origin": "see_also",
+                 "evidence": "mv(1)"},
+                {"src": "rm.1", "dst": "ls.1", "type": "links_to", "origin": "see_also",
+                 "evidence": "ls.1"},
+                {"src": "ls.1", "dst": "verwaltungsgebuehrensatzung", "type": "cites",
+                 "origin": "mention", "evidence": "verwaltungsgebührensatzung"},
+            ],
+        )  # fmt: skip
+    upgrade(engine)
+    ensure_admin(engine, "adminpass1")
+    assert _waiting(engine) == [("rm.1", "mv(1)")]
+    assert {(s, d) for s, d, _o in _edges(engine)} == {
+        ("rm.1", "ls.1"),
+        ("ls.1", "verwaltungsgebuehrensatzung"),
+    }
+    man = tmp_path / "man"
+    man.mkdir()
+    _man_page(man, "mv", "1", [])
+    report = ingest_paths(engine, admin, [man], NO_EMBED, settings)
+    assert report.links.resolved_earlier == 1 and _waiting(engine) == []
+    assert ("rm.1", "mv.1", "see_also") in _edges(engine)
