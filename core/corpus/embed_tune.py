@@ -834,7 +834,7 @@ def use_embedding_model(
     records the new model). Returns (the model's identity, chunks pending). The model is
     loaded first: one that cannot load leaves the corpus as it was."""
     from core.artifacts import verify_manifest
-    from core.corpus.embedders import Embedder, active_tuned_model
+    from core.corpus.embedders import active_tuned_model
     from core.corpus.embedding import reset_embeddings
 
     require(actor, "corpus:ingest")
@@ -855,12 +855,11 @@ def use_embedding_model(
                     f"the files of tuned embedding model {info.name!r} at {info.path} do not "
                     f"match their manifest ({'; '.join(problems[:3])}); tune it again"
                 )
-            Embedder(info.path)  # loads, or raises EmbeddingUnavailable
             name, path = info.name, info.path
         record_active_model(settings, name, path)
         audit.detail["previous"] = previous["name"] if previous else BASE
         try:
-            get_embedder(settings)
+            get_embedder(settings)  # loads (or raises EmbeddingUnavailable) before any reset
             pending = reset_embeddings(engine, actor, settings)
         except Exception:
             record_active_model(
