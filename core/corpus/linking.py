@@ -55,6 +55,12 @@ def resolve_links(engine: Engine, changed: list[str]) -> tuple[LinkReport, list[
     """
     report = LinkReport()
     index = KeyIndex()
+    if not changed:  # no new ids, titles or aliases: nothing waiting can resolve now
+        with engine.connect() as conn:
+            report.unresolved_total = conn.execute(
+                sa.select(sa.func.count()).select_from(LinkRef)
+            ).scalar_one()
+        return report, []
     with engine.connect() as conn:
         refs = conn.execute(
             sa.select(

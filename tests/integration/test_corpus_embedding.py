@@ -274,3 +274,22 @@ def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
     assert pending_count(db_engine, admin) == 0
     proc = _clara(settings, "corpus", "ingest", str(src), "--inline", "--wait")
     assert proc.returncode != 0 and "choose one of" in proc.stderr
+
+    # With a worker running, --wait returns once the job has embedded the new chunks.
+    (src / "igel.md").write_text(f"# Igel\n\n{TEXT}", encoding="utf-8")
+    with (tmp_path / "worker.log").open("ab") as log:
+        worker = _start_worker(settings, log)
+        try:
+            proc = _clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["added"] == 1
+    assert report["embedding"] == {
+        "job_id": report["summary"]["embed_job_id"],
+        "state": "succeeded",
+        "pending": 0,
+    }
+    assert pending_count(db_engine, admin) == 0
