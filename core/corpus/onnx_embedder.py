@@ -57,9 +57,32 @@ _COPIED = (
     "config.json",
 )
 _SUPPORTED_POOLING = ("mean_tokens", "cls_token", "max_tokens", "mean_sqrt_len_tokens")
-_MODULE_TRANSFORMER = "sentence_transformers.models.Transformer"
-_MODULE_POOLING = "sentence_transformers.models.Pooling"
-_MODULE_NORMALIZE = "sentence_transformers.models.Normalize"
+# sentence-transformers 6 writes `pooling_mode: mean` where older versions wrote flags.
+_POOLING_NAMES = {
+    "mean": "mean_tokens",
+    "cls": "cls_token",
+    "max": "max_tokens",
+    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+}
+_MODULE_TRANSFORMER = "Transformer"
+_MODULE_POOLING = "Pooling"
+_MODULE_NORMALIZE = "Normalize"
+
+
+def _module_kind(type_name: str) -> str:
+    """ "Transformer", "Pooling" or "Normalize" for sentence-transformers' own modules, under
+    the module path of any version (`sentence_transformers.models.Pooling`, 6's
+    `sentence_transformers.sentence_transformer.modules.pooling.Pooling`); else the name."""
+    last = type_name.rsplit(".", 1)[-1]
+    if type_name.startswith("sentence_transformers.") and last in (
+        _MODULE_TRANSFORMER,
+        _MODULE_POOLING,
+        _MODULE_NORMALIZE,
+    ):
+        return last
+    return type_name
+
+
 # Sanity check of every build: int8 vectors must stay this close to the source model's.
 MIN_BUILD_COSINE = 0.95
 _CHECK_TEXTS = [
@@ -149,13 +172,17 @@ def sentence_transformers_layout(source: Path) -> dict[str, Any]:
     types = [m.get("type", "") for m in modules]
     pooling_mode, normalize = None, False
     for m in modules:
-        kind = m.get("type", "")
+        kind = _module_kind(m.get("type", ""))
         if kind == _MODULE_TRANSFORMER and m.get("path", "") in ("", "0_Transformer"):
             continue
         if kind == _MODULE_POOLING:
             cfg = _read_json(source / m["path"] / "config.json")
             prefix = "pooling_mode_"
             active = [k[len(prefix) :] for k, v in cfg.items() if k.startswith(prefix) and v]
+            named = cfg.get("pooling_mode")
+            if isinstance(named, str | list):
+                names = [named] if isinstance(named, str) else named
+                active = [_POOLING_NAMES.get(str(n), str(n)) for n in names]
             if len(active) != 1 or active[0] not in _SUPPORTED_POOLING:
                 raise OnnxBackendUnavailable(
                     f"pooling {active} of {source} is not supported by the ONNX backend; "
@@ -174,7 +201,11 @@ def sentence_transformers_layout(source: Path) -> dict[str, Any]:
     st_cfg = source / "sentence_bert_config.json"
     st = _read_json(st_cfg) if st_cfg.is_file() else {}
     config = _read_json(source / "config.json")
-    max_len = st.get("max_seq_length") or config.get("max_position_embeddings", 512)
+    # sentence-transformers 6 keeps max_seq_length as the tokenizer's model_max_length.
+    tok_cfg = source / "tokenizer_config.json"
+    tok_max = _read_json(tok_cfg).get("model_max_length") if tok_cfg.is_file() else None
+    tok_max = tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else None
+    max_len = st.get("max_seq_length") or tok_max or config.get("max_position_embeddings", 512)
     max_len = min(int(max_len), int(config.get("max_position_embeddings", max_len)))
     return {
         "pooling": pooling_mode,
