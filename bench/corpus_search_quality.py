@@ -307,6 +307,24 @@ def dense_ranking(docs: list[tuple[str, str, str]], questions: list[dict]) -> li
 # Report ----------------------------------------------------------------------------------
 
 
+def code_version() -> dict:
+    """The commit measured, and whether core/ differed from it (the ranking code is what
+    these numbers describe; a dirty tree means they describe uncommitted code)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "core").splitlines()
+    return {"commit": commit or "unknown (not a git checkout)", "core_dirty": dirty}
+
+
 def machine() -> dict:
     cpu = "unknown"
     mem_gb = 0.0
@@ -396,7 +414,12 @@ def main() -> None:
             ap.error(f"unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
 
     started = time.perf_counter()
-    out: dict = {"machine": machine(), "skip_embeddings": args.skip_embeddings, "sets": {}}
+    out: dict = {
+        "machine": machine(),
+        "code": code_version(),
+        "skip_embeddings": args.skip_embeddings,
+        "sets": {},
+    }
     with tempfile.TemporaryDirectory(prefix="clara-quality-") as tmp:
         work = Path(tmp)
         for name in sets:
@@ -427,6 +450,9 @@ def main() -> None:
         f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
         f"{m['ram_gb']} GB RAM, load {m['load_avg_start']}; python {m['python']}"
     )
+    code = out["code"]
+    dirty = f", core/ differs: {' '.join(code['core_dirty'])}" if code["core_dirty"] else ""
+    print(f"code: {code['commit']}{dirty}")
     if args.skip_embeddings:
         print("--skip-embeddings: no vectors; graph is seeded by keyword hits only")
     for name, res in out["sets"].items():
