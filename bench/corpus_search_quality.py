@@ -316,7 +316,7 @@ def code_version() -> dict:
         try:
             return subprocess.run(
                 ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
+            ).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
