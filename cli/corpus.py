@@ -486,6 +486,7 @@ def stats(json_out: bool = typer.Option(False, "--json")) -> None:
         "embedded_chunks",
         "pending_embeddings",
         "edges",
+        "unresolved_links",
         "characters",
     ):
         console.print(f"{key}: {s[key]}")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
 
-from core.corpus.models import Chunk, Document, DocumentRevision, Edge
+from core.corpus.models import Chunk, Document, DocumentRevision, Edge, LinkRef
 from core.errors import ClaraError
 from core.permissions import Principal, require
 
@@ -351,6 +351,8 @@ def corpus_stats(engine: Engine, actor: Principal) -> dict[str, Any]:
             .select_from(Edge)
             .where(Edge.dst.in_(sa.select(Document.doc_id)))
         )
+        # declared links that name no document yet (they resolve when it is ingested)
+        unresolved = count(sa.select(sa.func.count()).select_from(LinkRef))
         chars = count(sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(Document.text)), 0)))
         by_type = dict(
             conn.execute(
@@ -375,6 +377,7 @@ def corpus_stats(engine: Engine, actor: Principal) -> dict[str, Any]:
         "embedded_chunks": chunks - pending,
         "pending_embeddings": pending,
         "edges": edges,
+        "unresolved_links": unresolved,
         "characters": chars,
         "by_document_type": {str(k): v for k, v in by_type.items()},
         "by_domain": {str(k): v for k, v in by_domain.items()},

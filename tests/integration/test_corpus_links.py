@@ -18,7 +18,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from core.corpus.documents import get_document
+from core.corpus.documents import corpus_stats, get_document
 from core.corpus.graph import RelationalGraphStore
 from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
 from core.corpus.models import Edge, LinkRef
@@ -71,6 +71,7 @@ def test_man_page_links_resolve_now_or_when_their_target_arrives(
     summary = report.to_dict()["summary"]
     assert (summary["links_resolved"], summary["links_unresolved"]) == (3, 2)
     assert _waiting(db_engine) == [("mv.1", "cp(1)"), ("rm.1", "unlink(2)")]
+    assert corpus_stats(db_engine, admin)["unresolved_links"] == links.unresolved_total == 2
     graph = RelationalGraphStore(db_engine)
     assert [n.doc_id for n in graph.neighbours(["rm.1"])] == ["mv.1"]
 
