@@ -75,7 +75,13 @@ def create_engine_for(url: str) -> Engine:
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
-        connect_args={"connect_timeout": 5},
+        # JIT compiling a keyword ranking took longer (80 ms) than running it: our queries
+        # are many and short, the kind JIT slows down.
+        # (connect_args replace the URL's own options, e.g. a search_path: keep them).
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"{u.query.get('options', '')} -c jit=off".strip(),
+        },
     )
 
 
