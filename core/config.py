@@ -348,6 +348,16 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def cache_root(settings: Settings | None = None) -> Path:
+    """Where derived files go (decoded models, lookup tables): CLARA_CACHE_DIR, else
+    $XDG_CACHE_HOME/clara or ~/.cache/clara. Anything here can be rebuilt from installed
+    packages."""
+    base = (settings or get_settings()).cache_dir
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara"
+
+
 def env_snapshot() -> dict[str, str]:
     """The CLARA_* variables of this process, for handing to child processes."""
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

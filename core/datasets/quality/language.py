@@ -36,13 +36,9 @@ _BY_SET: dict[tuple[str, ...] | None, LanguageIdentifier] = {}
 
 
 def _cache_path() -> Path:
-    from core.config import get_settings
+    from core.config import cache_root
 
-    base = get_settings().cache_dir
-    if base:
-        root = Path(base)
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara"
+    root = cache_root()
     try:
         v = version("langid")
     except PackageNotFoundError:  # pragma: no cover
