@@ -335,7 +335,7 @@ def _parse_weights(spec: str | None) -> dict[str, float] | None:
     out = {}
     for part in spec.split(","):
         if "=" not in part:
-            raise CliFailure(f"--weights {spec!r}: write vector=0.5,graph=0.3,keyword=0.2")
+            raise CliFailure(f"--weights {spec!r}: write vector=0.35,graph=0.1,keyword=0.55")
         k, v = part.split("=", 1)
         try:
             out[k.strip()] = float(v)
@@ -354,7 +354,7 @@ def search_cmd(
         "--filter",
         help="KEY=VALUE: document_type, domain, date_from, date_to or a metadata key (repeatable)",
     ),
-    weights: str | None = typer.Option(None, help="vector=0.5,graph=0.3,keyword=0.2"),
+    weights: str | None = typer.Option(None, help="vector=0.35,graph=0,keyword=0.65 (the defaults)"),
     fusion: str = typer.Option("weighted", help="weighted | rrf"),
     seed: list[str] = typer.Option([], "--seed", help="graph mode: expand from these ids"),
     hops: int = typer.Option(1, help="graph expansion depth (1-4)"),

@@ -1,7 +1,10 @@
 """Search: keyword, vector, graph and hybrid, each result with its per-mode breakdown.
 
-Hybrid fuses normalised mode scores (see _normalise) with user weights (default vector 0.5, graph
-0.3, keyword 0.2) or, optionally, by reciprocal rank fusion. The graph score of a document
+Hybrid fuses normalised mode scores (see _normalise) with user weights or, optionally, by
+reciprocal rank fusion. The default weights (keyword 0.65, vector 0.35, graph 0) were chosen on
+the development questions only (bench/corpus_search_quality.py; bench/RESULTS.md): the best
+MRR@10 whose hit@5 is not below the best single mode's. Graph support added nothing there, so
+by default it is not computed; a weight above 0 brings it in. The graph score of a document
 is the support it gets from the top keyword/vector hits it is related to, so documents that
 several good hits cite rise even when their own wording differs from the question.
 Filters run inside the stores: SQL WHERE for keyword and graph, a Chroma where-clause for
@@ -36,7 +39,7 @@ if TYPE_CHECKING:  # annotations only; keyword and graph search need no numpy
 
 Mode = Literal["keyword", "vector", "graph", "hybrid"]
 MODES: tuple[str, ...] = ("keyword", "vector", "graph", "hybrid")
-DEFAULT_WEIGHTS = {"vector": 0.5, "graph": 0.3, "keyword": 0.2}
+DEFAULT_WEIGHTS = {"vector": 0.35, "graph": 0.0, "keyword": 0.65}
 RRF_K = 60
 # How many candidates each mode contributes before fusion, relative to k.
 CANDIDATE_FACTOR = 5
