@@ -354,7 +354,9 @@ def search_cmd(
         "--filter",
         help="KEY=VALUE: document_type, domain, date_from, date_to or a metadata key (repeatable)",
     ),
-    weights: str | None = typer.Option(None, help="vector=0.35,graph=0,keyword=0.65 (the defaults)"),
+    weights: str | None = typer.Option(
+        None, help="vector=0.35,graph=0,keyword=0.65 (the defaults)"
+    ),
     fusion: str = typer.Option("weighted", help="weighted | rrf"),
     seed: list[str] = typer.Option([], "--seed", help="graph mode: expand from these ids"),
     hops: int = typer.Option(1, help="graph expansion depth (1-4)"),
