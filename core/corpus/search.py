@@ -85,7 +85,7 @@ class SearchResult(BaseModel):
     title: str
     score: float
     scores: dict[str, float]  # normalised per-mode scores (0..1) that were fused
-    raw_scores: dict[str, float]  # BM25 / ts_rank_cd, cosine similarity, graph support
+    raw_scores: dict[str, float]  # BM25F, cosine similarity, graph support
     snippet: str
     document_type: str | None = None
     domain: str | None = None
@@ -231,7 +231,7 @@ def _ratio(scores: dict[str, float]) -> dict[str, float]:
 
 
 def _normalise(mode: str, scores: dict[str, float]) -> dict[str, float]:
-    """BM25 / ts_rank only mean something relative to the query's other candidates: min-max.
+    """BM25F scores only mean something relative to the query's other candidates: min-max.
     Cosine similarity is already on a fixed scale: stretching it would turn the best of many
     weak matches into a perfect one, so it is only clipped to 0..1. Graph support is divided
     by the best support."""

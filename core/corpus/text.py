@@ -292,7 +292,7 @@ def stem_words(words: list[str], language: str = "german") -> list[str]:
 
 
 def stemmed_text(text: str, language: str = "german") -> str:
-    """The text as space-separated stems: what the SQLite FTS5 index stores."""
+    """The text as space-separated stems."""
     return " ".join(stem_words(tokens(text), language))
 
 
