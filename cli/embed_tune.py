@@ -27,9 +27,10 @@ def embed_tune(
     batch_size: int = typer.Option(16, "--batch-size", help="pairs per batch (in-batch negatives)"),
     learning_rate: float = typer.Option(3e-5, "--learning-rate"),
     sources: str = typer.Option(
-        "titles,headings,sentences,samples",
-        help="where pairs come from, comma-separated: titles, headings, sentences, samples "
-        "(accepted dataset samples whose provenance names a document)",
+        "titles,headings,samples",
+        help="where pairs come from, comma-separated: titles, headings, sentences (a chunk's "
+        "first sentence → the rest), samples (accepted dataset samples whose provenance names "
+        "a document)",
     ),
     max_pairs: int = typer.Option(5000, "--max-pairs", help="training pairs at most"),
     seed: int = typer.Option(42),

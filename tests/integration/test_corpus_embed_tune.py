@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from core.artifacts import read_manifest, verify_manifest
 from core.corpus.embed_tune import (
+    DEFAULT_SOURCES,
+    SOURCES,
     EmbeddingModelNotFound,
     EmbedTuneError,
     build_pairs,
@@ -138,7 +140,7 @@ def test_pairs_from_the_corpus_and_accepted_samples(db_engine, admin, settings, 
             ),
         ],
     )
-    spec = {"name": "t", "validation_fraction": 0.25, "seed": 7}
+    spec = {"name": "t", "validation_fraction": 0.25, "seed": 7, "sources": list(SOURCES)}
     pairs = build_pairs(db_engine, admin, spec)
     everything = pairs.train + pairs.validation
     sources = {p.source for p in everything}
@@ -163,6 +165,8 @@ def test_pairs_from_the_corpus_and_accepted_samples(db_engine, admin, settings, 
     assert [p.anchor for p in other.train] != [p.anchor for p in pairs.train]
     only_titles = build_pairs(db_engine, admin, {"name": "t", "sources": ["titles"]})
     assert {p.source for p in only_titles.train + only_titles.validation} == {"titles"}
+    default = build_pairs(db_engine, admin, {"name": "t"})
+    assert {p.source for p in default.train + default.validation} == set(DEFAULT_SOURCES)
     assert pairs.corpus_sha256 == again.corpus_sha256 and len(pairs.corpus_sha256) == 64
 
 
