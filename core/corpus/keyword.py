@@ -178,15 +178,16 @@ def document_terms(title: str, body: str, language: str = "de") -> tuple[dict, t
     stemmer = text_search_config(language)
     body = body[:MAX_INDEXED_CHARS]
     title_words, body_words = tokens(title), tokens(body)
-    fields = (
-        Counter(_stems(title_words, stemmer)),
-        Counter(_stems(body_words, stemmer)),
-        Counter(_stems(text_parts(title_words + body_words, stemmer), stemmer)),
-    )
+    in_title = Counter(_stems(title_words, stemmer))
+    in_body = Counter(_stems(body_words, stemmer))
+    in_parts = Counter(_stems(text_parts(title_words + body_words, stemmer), stemmer))
+    t_get, b_get, p_get = in_title.get, in_body.get, in_parts.get
     terms = {
-        t: tuple(f.get(t, 0) for f in fields) for t in set().union(*(f.keys() for f in fields))
+        t: (t_get(t, 0), b_get(t, 0), p_get(t, 0))
+        for t in in_title.keys() | in_body.keys() | in_parts.keys()
     }
-    return terms, tuple(sum(f.values()) for f in fields)
+    lengths = (in_title.total(), in_body.total(), in_parts.total())
+    return terms, lengths
 
 
 def index_documents(
@@ -210,23 +211,32 @@ def index_documents(
             continue
         terms, (lt, lb, lp) = document_terms(title, body, language)
         lengths.append({"doc": pk, "len_title": lt, "len_body": lb, "len_parts": lp})
-        postings += [
-            {
-                "term": t,
-                "doc": pk,
-                "tf_title": a,
-                "tf_body": b,
-                "tf_parts": c,
-                "len_title": lt,
-                "len_body": lb,
-                "len_parts": lp,
-            }
-            for t, (a, b, c) in terms.items()
-        ]
+        postings += [(t, pk, a, b, c, lt, lb, lp) for t, (a, b, c) in terms.items()]
     if lengths:
         conn.execute(FIELDS.insert(), lengths)
-    for i in range(0, len(postings), 20_000):
-        conn.execute(TERMS.insert(), postings[i : i + 20_000])
+    # In key order, each insert lands next to the one before in the index (several times
+    # faster than in document order).
+    postings.sort()
+    _insert_postings(conn, postings)
+
+
+def _insert_postings(conn: Connection, rows: list[tuple]) -> None:
+    """Hundreds of rows per document: straight to the driver. SQLAlchemy's per-row
+    parameter handling cost more than the inserts; Postgres takes them by COPY."""
+    columns = [c.name for c in TERMS.columns]
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            with cursor.copy(f"COPY corpus_terms ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * len(columns))
+            cursor.executemany(
+                f"INSERT INTO corpus_terms ({', '.join(columns)}) VALUES ({marks})", rows
+            )
+    finally:
+        cursor.close()
 
 
 def _remove(conn: Connection, pks: list[int]) -> None:

@@ -73,7 +73,7 @@ def test_search_during_background_embedding_answers_at_once_and_says_so(
     assert took < 60.0, f"the search waited {took:.1f} s for the embedding thread"
     assert still_pending > 0, "the embedding thread had finished: nothing was tested"
     assert response.results and response.results[0].doc_id == "hundesteuersatzung"
-    assert {"keyword", "graph"} <= set(response.modes)
+    assert "keyword" in response.modes  # graph only with a weight above 0 (defaults)
     said = " ".join(response.notes) + " " + " ".join(response.skipped.values())
     assert "still being computed" in said
     assert response.embeddings.total > response.embeddings.done > 0
@@ -90,7 +90,11 @@ def test_search_skips_vectors_while_nothing_is_embedded(db_engine, admin, settin
         assert f"0 of {total} chunks embedded" in response.skipped["vector"]
     hybrid = search_response(db_engine, admin, "Hundesteuer", settings, vector_wait_s=1.0)
     assert hybrid.results[0].doc_id == "hundesteuersatzung"
-    assert set(hybrid.modes) == {"keyword", "graph"}
+    assert set(hybrid.modes) == {"keyword"}
+    with_graph = search_response(
+        db_engine, admin, "Hundesteuer", settings, vector_wait_s=1.0, weights={"graph": 0.3}
+    )
+    assert set(with_graph.modes) == {"keyword", "graph"}
 
 
 SEARCH_IN_FRESH_PROCESS = textwrap.dedent(

@@ -266,7 +266,10 @@ def test_hybrid_weights_change_the_order(corpus, admin, settings):
     assert set(ids(kw_heavy)) == {"faq-hund", "bescheid-hund"}
     assert ids(graph_heavy)[0] == "hundesteuer"
     assert graph_heavy[0].scores["keyword"] == 0.0 and graph_heavy[0].scores["graph"] == 1.0
-    full = search(corpus, admin, q, settings)
+    # The defaults (chosen on the development questions) leave the graph out; a weight
+    # above 0 brings it in.
+    assert set(search(corpus, admin, q, settings)[0].scores) == {"keyword", "vector"}
+    full = search(corpus, admin, q, settings, weights={"graph": 0.1})
     assert set(full[0].scores) == {"keyword", "vector", "graph"}
     rrf = search(corpus, admin, q, settings, fusion="rrf")
     assert ids(rrf) and rrf[0].score < 0.05  # RRF scores are 1/(60+rank) sums
