@@ -68,6 +68,9 @@ COMMON_TERM_MIN_DOCS = 1000
 MAX_INDEXED_CHARS = 400_000
 # Stems longer than this are noise (hashes, base64) and would not fit an index entry.
 MAX_TERM_CHARS = 80
+# A query's first this many distinct terms are searched: SQLite allows 500 selects in one
+# compound statement, and a pasted page is no worse a question for losing its tail.
+MAX_QUERY_ATOMS = 200
 # Prefix ranges end below this code point: beyond every real character.
 _RANGE_END = "\U0010ffff"
 LANGUAGES = {
@@ -268,7 +271,7 @@ def query_atoms(query: str, language: str = "de", ranking: Ranking = RANKING) ->
         if len(t) <= MAX_TERM_CHARS
     ]
     atoms += [Atom(t, False) for t in query_part_terms(query, stemmer) if len(t) <= MAX_TERM_CHARS]
-    return atoms
+    return atoms[:MAX_QUERY_ATOMS]
 
 
 def _statistics(conn: Connection, atoms: list[Atom]) -> tuple[int, tuple[float, ...], list[int]]:

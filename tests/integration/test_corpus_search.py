@@ -295,3 +295,21 @@ def test_bad_requests_are_refused_clearly():
         SearchRequest(query="x", weights={"vector": 0, "graph": 0, "keyword": 0})
     with pytest.raises(ValueError, match="KEY=VALUE"):
         DocumentFilters.parse(["domain"])
+
+
+def test_queries_of_stop_words_punctuation_or_a_pasted_page(corpus, admin, settings):
+    """Bad input answers, never fails: only stop words still search for them, only
+    punctuation finds nothing, 10,000 characters of distinct words are cut to the first
+    terms (SQLite allows 500 selects in one compound statement)."""
+    import random
+
+    from core.corpus.search import search_response
+
+    assert isinstance(search(corpus, admin, "und oder der", settings, mode="keyword"), list)
+    assert search(corpus, admin, "?!… ;; --", settings, mode="keyword") == []
+    rng = random.Random(7)
+    letters = "abcdefghijklmnopqrstuvwxyzäöü"
+    page = " ".join("".join(rng.choice(letters) for _ in range(8)) for _ in range(1200))
+    page = ("Welpen " + page)[:10_000]
+    res = search_response(corpus, admin, page, settings, mode="hybrid", vector_wait_s=5.0)
+    assert res.results and res.results[0].doc_id in {"bescheid-hund", "faq-hund"}
