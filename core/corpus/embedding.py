@@ -277,18 +277,26 @@ def embedding_job(engine: Engine, actor: Principal) -> EmbeddingJob | None:
     from core.training.models import TrainingJob
 
     require(actor, "corpus:search")
+    return _job_row(
+        lambda q: q.where(TrainingJob.kind == "embed").order_by(TrainingJob.id.desc()).limit(1),
+        engine,
+    )
+
+
+def _job_row(narrow, engine: Engine) -> EmbeddingJob | None:
+    from core.training.models import TrainingJob
+
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(
-                TrainingJob.id,
-                TrainingJob.state,
-                TrainingJob.step,
-                TrainingJob.max_steps,
-                TrainingJob.error,
+            narrow(
+                sa.select(
+                    TrainingJob.id,
+                    TrainingJob.state,
+                    TrainingJob.step,
+                    TrainingJob.max_steps,
+                    TrainingJob.error,
+                )
             )
-            .where(TrainingJob.kind == "embed")
-            .order_by(TrainingJob.id.desc())
-            .limit(1)
         ).first()
     return None if row is None else EmbeddingJob(*row)
 
@@ -305,17 +313,7 @@ NO_WORKER_S = 10.0
 def _job_state(engine: Engine, job_id: int) -> EmbeddingJob | None:
     from core.training.models import TrainingJob
 
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(
-                TrainingJob.id,
-                TrainingJob.state,
-                TrainingJob.step,
-                TrainingJob.max_steps,
-                TrainingJob.error,
-            ).where(TrainingJob.id == job_id)
-        ).first()
-    return None if row is None else EmbeddingJob(*row)
+    return _job_row(lambda q: q.where(TrainingJob.id == job_id), engine)
 
 
 def _busy_job(engine: Engine) -> int | None:
