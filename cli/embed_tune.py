@@ -32,7 +32,7 @@ def embed_tune(
         "first sentence → the rest), samples (accepted dataset samples whose provenance names "
         "a document)",
     ),
-    max_pairs: int = typer.Option(5000, "--max-pairs", help="training pairs at most"),
+    max_pairs: int = typer.Option(1600, "--max-pairs", help="training pairs at most"),
     seed: int = typer.Option(42),
     wait: bool = typer.Option(False, "--wait", help="wait (progress bar) until a worker ran it"),
     json_out: bool = typer.Option(False, "--json"),

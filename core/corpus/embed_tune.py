@@ -99,7 +99,8 @@ class EmbedTuneSpec(BaseModel):
     learning_rate: float = Field(default=3e-5, gt=0, le=1e-2)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_seq_length: int = Field(default=256, ge=16, le=8192)
-    max_pairs: int = Field(default=5000, ge=2, le=1_000_000, description="training pairs at most")
+    # 1600 pairs: at most 100 steps of 16 per epoch (a manual-page corpus gives ~4300 pairs).
+    max_pairs: int = Field(default=1600, ge=2, le=1_000_000, description="training pairs at most")
     validation_fraction: float = Field(default=0.1, ge=0, le=0.5)
     max_validation_pairs: int = Field(default=200, ge=0, le=10_000)
     sources: list[Literal["titles", "headings", "sentences", "samples"]] = Field(
