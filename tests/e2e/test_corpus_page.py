@@ -64,4 +64,7 @@ def test_up_loads_the_sample_when_asked(make_workbench):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["documents"] == 60
     search = wb.cli("corpus", "search", "Winterdienst Schnee räumen", "--mode", "keyword", "--json")
-    assert json.loads(search.stdout)[0]["doc_id"] == "merkblatt-winterdienst"
+    # Both documents on winter road clearing lead (their order is the ranking's business,
+    # measured in bench/corpus_search_quality.py).
+    top = [hit["doc_id"] for hit in json.loads(search.stdout)[:2]]
+    assert set(top) == {"merkblatt-winterdienst", "strassenreinigungssatzung"}
