@@ -60,7 +60,9 @@ class _FrequencyTable:
         try:
             if not path.exists():
                 _build_table(path)
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            self._conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
         except (OSError, sqlite3.Error):
             from wordfreq import zipf_frequency
 
