@@ -327,10 +327,6 @@ def query_part_terms(query: str, language: str = "german") -> list[str]:
     return list(seen)
 
 
-def _matches(stem: str, terms: list[str]) -> bool:
-    return any(stem == t or (len(t) >= MIN_PREFIX_STEM and stem.startswith(t)) for t in terms)
-
-
 def _best_window(hit: list[bool], width: int) -> int:
     """Start of the window of `width` words with most matches; the first best wins.
 
@@ -358,7 +354,13 @@ def snippet(text: str, terms: list[str], width: int = 32, language: str = "germa
     words = [m.group() for m in matches]
     distinct = list(dict.fromkeys(words))
     stems = stem_words([fold(w) for w in distinct], language)
-    is_hit = {w: bool(terms) and _matches(st, terms) for w, st in zip(distinct, stems, strict=True)}
+    # One set lookup and one C-level startswith per word instead of a loop over the terms.
+    exact = set(terms)
+    prefixes = tuple(t for t in terms if len(t) >= MIN_PREFIX_STEM)
+    is_hit = {
+        w: st in exact or (bool(prefixes) and st.startswith(prefixes))
+        for w, st in zip(distinct, stems, strict=True)
+    }
     hit = [is_hit[w] for w in words]
     best_start = _best_window(hit, min(width, len(hit)))
     end_i = min(len(matches), best_start + width) - 1
