@@ -56,7 +56,7 @@ from core.db import reading, writing
 from core.errors import ClaraError
 from core.permissions import Principal, require
 from core.training.models import EmbeddingModel, TrainingJob
-from core.training.spec import NAME_RE, SpecError, closest
+from core.training.spec import NAME_RE, SpecError, reject_unknown_keys
 
 if TYPE_CHECKING:
     from core.training.handlers import JobContext
@@ -112,16 +112,7 @@ class EmbedTuneSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = list(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    hint = closest(str(key), known)
-                    raise SpecError(
-                        f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else ""),
-                        field=str(key),
-                    )
-        return data
+        return reject_unknown_keys(data, cls)
 
     @model_validator(mode="after")
     def _rules(self) -> EmbedTuneSpec:

@@ -99,6 +99,17 @@ def _unknown(section: str, key: str, choices: list[str]) -> str:
     return f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
 
 
+def reject_unknown_keys(data: Any, model: type[BaseModel]) -> Any:
+    """A spec's top-level keys must be the model's fields; a typo names the closest one.
+    For `model_validator(mode="before")` of every job spec."""
+    if isinstance(data, dict):
+        known = list(model.model_fields)
+        for key in data:
+            if key not in known:
+                raise SpecError(_unknown("spec", str(key), known), field=str(key))
+    return data
+
+
 @functools.cache
 def _adapter_for(hint: Any) -> TypeAdapter | None:
     try:
@@ -177,12 +188,7 @@ class TrainingSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _closest_top_level(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = list(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    raise SpecError(_unknown("spec", str(key), known), field=str(key))
-        return data
+        return reject_unknown_keys(data, cls)
 
     @model_validator(mode="after")
     def _rules(self) -> TrainingSpec:
