@@ -8,9 +8,6 @@ not have asked for a password or a confirmation first. The refusal is audited.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import select
@@ -18,31 +15,11 @@ from sqlalchemy import select
 from core.db import reading
 from core.db.models import AuditEntry
 from core.users import create_user
+from tests.cli_run import clara
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 PROMPTS = ("Password", "Repeat for confirmation", "delete adapter", "Delete ", "[y/N]")
-
-
-def clara(settings, *args, as_user: str = "admin", stdin: str | None = None):
-    env = {
-        **os.environ,
-        "CLARA_DATA_DIR": str(settings.data_path),
-        "CLARA_DATABASE_URL": settings.effective_database_url,
-        "CLARA_ENV": "testing",
-        "CLARA_ADMIN_PASSWORD": "adminpass1",
-        "CLARA_CLI_USER": as_user,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # No input at all: a prompt would read end-of-file and abort with "Aborted!".
-        stdin=subprocess.DEVNULL if stdin is None else None,
-        input=stdin,
-    )
 
 
 def assert_refused_without_asking(proc, permission: str) -> None:
@@ -75,18 +52,16 @@ def people(db_engine, admin):
 
 
 def test_users_add_and_reset_password_refuse_before_the_password_prompt(people, settings):
-    p = clara(settings, "users", "add", "mallory", "--role", "admin", as_user="ulla")
+    p = clara(settings, "users", "add", "mallory", "--role", "admin", user="ulla")
     assert_refused_without_asking(p, "users:manage")
     assert denied_rows(people, "users.add") == [("ulla", "mallory", "users:manage")]
 
-    p = clara(settings, "users", "reset-password", "admin", as_user="anna")
+    p = clara(settings, "users", "reset-password", "admin", user="anna")
     assert_refused_without_asking(p, "users:manage")
     assert denied_rows(people, "users.reset_password") == [("anna", "admin", "users:manage")]
 
     # Everyone may still change their own password, and is asked for it.
-    p = clara(
-        settings, "users", "reset-password", "ulla", as_user="ulla", stdin="new-pass-22\n" * 2
-    )
+    p = clara(settings, "users", "reset-password", "ulla", user="ulla", stdin="new-pass-22\n" * 2)
     assert p.returncode == 0, p.stderr
     assert "password of ulla changed" in p.stdout
     # An admin is asked for the new user's password, as before.
@@ -96,11 +71,11 @@ def test_users_add_and_reset_password_refuse_before_the_password_prompt(people, 
 
 
 def test_adapters_and_corpus_delete_refuse_before_the_confirmation(people, settings):
-    p = clara(settings, "adapters", "delete", "some-adapter", as_user="anna")
+    p = clara(settings, "adapters", "delete", "some-adapter", user="anna")
     assert_refused_without_asking(p, "adapters:activate")
     assert denied_rows(people, "adapters.delete") == [("anna", "some-adapter", "adapters:activate")]
 
-    p = clara(settings, "corpus", "delete", "doc-1", as_user="otto")
+    p = clara(settings, "corpus", "delete", "doc-1", user="otto")
     assert_refused_without_asking(p, "corpus:ingest")
     assert denied_rows(people, "corpus.delete") == [("otto", "doc-1", "corpus:ingest")]
 
@@ -114,24 +89,24 @@ def test_adapters_and_corpus_delete_refuse_before_the_confirmation(people, setti
 
 
 def test_generate_refuses_before_reading_the_prompt_from_stdin(people, settings):
-    p = clara(settings, "generate", "-", as_user="otto")
+    p = clara(settings, "generate", "-", user="otto")
     assert_refused_without_asking(p, "chat:use")
 
 
 def test_status_shows_paths_and_tables_only_to_admins_and_auditors(people, settings):
     # (issue 10, item 9: the same rule as the Home page, decided in core.system)
     for name in ("ulla", "anna"):
-        p = clara(settings, "status", "--json", as_user=name)
+        p = clara(settings, "status", "--json", user=name)
         assert p.returncode == 0, p.stderr
         out = json.loads(p.stdout)
         assert out["detailed"] is False and out["database_ok"] is True
         assert out["data_dir"] is None and out["database_url"] is None
         assert out["table_counts"] == {}
         assert str(settings.data_path) not in p.stdout
-        p = clara(settings, "status", as_user=name)
+        p = clara(settings, "status", user=name)
         assert str(settings.data_path) not in p.stdout and "users" not in p.stdout
         assert "shown to admins and auditors" in p.stdout
-    p = clara(settings, "status", "--json", as_user="otto")
+    p = clara(settings, "status", "--json", user="otto")
     out = json.loads(p.stdout)
     assert out["detailed"] and out["data_dir"] == str(settings.data_path)
     assert out["table_counts"]["users"] == 4

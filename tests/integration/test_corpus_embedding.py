@@ -26,6 +26,7 @@ from core.corpus.ingest import IngestOptions, ingest_paths
 from core.corpus.models import Chunk
 from core.corpus.vectors import get_vector_store
 from core.permissions import PermissionDenied
+from tests.cli_run import clara, cli_env
 from tests.conftest import principal
 
 TEXT = "Die Hundesteuer wird jährlich im Voraus fällig. " * 30
@@ -126,23 +127,12 @@ def test_embed_job_runs_in_the_worker_and_resumes_with_what_is_pending(
         start_embedding(db_engine, principal("auditor"), settings)
 
 
-def _env(settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "CLARA_DATA_DIR": str(settings.data_path),
-        "CLARA_DATABASE_URL": settings.effective_database_url,
-        "CLARA_ENV": "testing",
-        "CLARA_ADMIN_PASSWORD": "adminpass1",
-        "CLARA_CLI_USER": "admin",
-    }
-
-
 def _start_worker(settings, log) -> subprocess.Popen:
     """A real `clara worker` for embed jobs; a short lease, so that a killed one's job is
     taken over within seconds."""
     return subprocess.Popen(
         [sys.executable, "-m", "cli", "worker", "--kinds", "embed", "--lease-seconds", "2"],
-        env=_env(settings),
+        env=cli_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -223,17 +213,6 @@ def test_waiting_without_a_worker_says_so(db_engine, admin, settings, tmp_path):
     assert time.monotonic() - started < 10
 
 
-def _clara(settings, *args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
@@ -248,7 +227,7 @@ def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
     src = tmp_path / "docs"
     src.mkdir()
     (src / "hund.md").write_text(f"# Hundesteuer\n\n{TEXT}", encoding="utf-8")
-    proc = _clara(settings, "corpus", "ingest", str(src))
+    proc = clara(settings, "corpus", "ingest", str(src))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = embedding_job(db_engine, admin)
     assert job is not None and job.state == "queued"
@@ -258,7 +237,7 @@ def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
     assert [r.doc_id for r in hits] == ["hund"]
 
     (src / "katze.md").write_text(f"# Katzen\n\n{TEXT}", encoding="utf-8")
-    proc = _clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
+    proc = clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
     assert proc.returncode != 0
     assert f"embed job {job.id} is queued, but no worker has taken it" in proc.stderr
     assert "--inline" in proc.stderr
@@ -266,13 +245,13 @@ def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
     assert report["summary"]["added"] == 1 and report["summary"]["embed_job_id"] == job.id
 
     (src / "maus.md").write_text(f"# Mäuse\n\n{TEXT}", encoding="utf-8")
-    proc = _clara(settings, "corpus", "ingest", str(src), "--inline", "--json")
+    proc = clara(settings, "corpus", "ingest", str(src), "--inline", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["summary"]["pending_embeddings"] == 0
     assert report["summary"]["embed_job_id"] is None
     assert pending_count(db_engine, admin) == 0
-    proc = _clara(settings, "corpus", "ingest", str(src), "--inline", "--wait")
+    proc = clara(settings, "corpus", "ingest", str(src), "--inline", "--wait")
     assert proc.returncode != 0 and "choose one of" in proc.stderr
 
     # With a worker running, --wait returns once the job has embedded the new chunks.
@@ -280,7 +259,7 @@ def test_cli_ingest_queues_the_embedding_and_wait_needs_a_worker(
     with (tmp_path / "worker.log").open("ab") as log:
         worker = _start_worker(settings, log)
         try:
-            proc = _clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
+            proc = clara(settings, "corpus", "ingest", str(src), "--wait", "--json")
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=60)

@@ -11,9 +11,6 @@ Real database, real readers, the real `clara` process for `--link-key`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +20,7 @@ from core.corpus.graph import RelationalGraphStore
 from core.corpus.ingest import IngestError, IngestOptions, ingest_paths
 from core.corpus.models import Edge, LinkRef
 from core.corpus.store_writes import delete_document
+from tests.cli_run import clara
 
 NO_EMBED = IngestOptions(embed=False)
 
@@ -205,25 +203,6 @@ def test_jsonl_ids_colliding_with_stored_documents(db_engine, admin, settings, t
     assert report.ok and report.updated == 1
 
 
-def _clara(settings, *args):
-    env = {
-        **os.environ,
-        "CLARA_DATA_DIR": str(settings.data_path),
-        "CLARA_DATABASE_URL": settings.effective_database_url,
-        "CLARA_ENV": "testing",
-        "CLARA_ADMIN_PASSWORD": "adminpass1",
-        "CLARA_CLI_USER": "admin",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cli_link_key_title(db_engine, settings, tmp_path):
     rows = [
@@ -233,14 +212,14 @@ def test_cli_link_key_title(db_engine, settings, tmp_path):
     ]
     path = tmp_path / "parken.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    proc = _clara(settings, "corpus", "ingest", str(path), "--link-key", "title", "--no-embed")
+    proc = clara(settings, "corpus", "ingest", str(path), "--link-key", "title", "--no-embed")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "links: 1 resolved, 2 unresolved" in proc.stdout
     assert "k3 → 'k1': no document matches by title" in proc.stderr
     assert "k3 → 'Dauerparken'" in proc.stderr
     assert _edges(db_engine, Edge.origin == "links_column") == {("k2", "k1", "links_column")}
 
-    proc = _clara(settings, "corpus", "ingest", str(path), "--link-key", "nickname")
+    proc = clara(settings, "corpus", "ingest", str(path), "--link-key", "nickname")
     assert proc.returncode != 0
     assert "link key 'nickname': use one of auto, id, filename, title, alias" in proc.stderr
 
