@@ -291,11 +291,6 @@ def stem_words(words: list[str], language: str = "german") -> list[str]:
     return st.stemWords(words) if st else list(words)
 
 
-def stemmed_text(text: str, language: str = "german") -> str:
-    """The text as space-separated stems."""
-    return " ".join(stem_words(tokens(text), language))
-
-
 def _content_words(query: str) -> list[str]:
     words = [w for w in tokens(query) if w not in GERMAN_STOPWORDS]
     return words or tokens(query)  # a query of only stop words still means something
@@ -308,11 +303,6 @@ def query_terms(query: str, language: str = "german") -> list[str]:
         if s and s not in seen:
             seen[s] = None
     return list(seen)
-
-
-def parts_text(text: str, language: str = "german") -> str:
-    """Stems of the parts of the text's compounds: the keyword index's third column."""
-    return " ".join(stem_words(text_parts(tokens(text), language), language))
 
 
 def query_part_terms(query: str, language: str = "german") -> list[str]:
