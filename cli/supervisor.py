@@ -51,7 +51,13 @@ class ChildSpec:
 
 
 def children_for_up(
-    cfg: Settings, host: str, port: int, *, worker: bool = True, chat: bool = True
+    cfg: Settings,
+    host: str,
+    port: int,
+    *,
+    worker: bool = True,
+    chat: bool = True,
+    api: bool = True,
 ) -> list[ChildSpec]:
     env = {"CLARA_UI_PORT": str(port), "CLARA_HOST": host}
     streamlit_argv = [
@@ -95,6 +101,16 @@ def children_for_up(
                 host=cfg.chat_host,
                 port=cfg.chat_port,
                 port_variable="CLARA_CHAT_PORT",
+            )
+        )
+    if api and cfg.start_api:
+        children.append(
+            ChildSpec(
+                "api",
+                [sys.executable, "-m", "cli", "api"],
+                host=cfg.api_host,
+                port=cfg.api_port,
+                port_variable="CLARA_API_PORT",
             )
         )
     return children

@@ -115,6 +115,7 @@ def up(
     host: str | None = typer.Option(None, help="bind address (default CLARA_HOST)"),
     no_worker: bool = typer.Option(False, "--no-worker", help="do not start a training worker"),
     no_chat: bool = typer.Option(False, "--no-chat", help="do not start the chat server"),
+    no_api: bool = typer.Option(False, "--no-api", help="do not start the HTTP API server"),
 ) -> None:
     """Start the workbench: the web app and its supervised helper processes."""
     from cli.corpus import offer_sample
@@ -131,7 +132,9 @@ def up(
     offer_sample(ctx)
     if cfg.env != "production" and not cfg.auth_enabled:
         err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
-    children = children_for_up(cfg, ui_host, ui_port, worker=not no_worker, chat=not no_chat)
+    children = children_for_up(
+        cfg, ui_host, ui_port, worker=not no_worker, chat=not no_chat, api=not no_api
+    )
     try:
         for child in children:
             if child.port:

@@ -105,3 +105,69 @@ def reset_password(
         actor = ctx.allowed("users:manage", "users.reset_password", username)
     accounts.reset_password(ctx.engine, actor, username, _password(password))
     console.print(f"password of {username} changed")
+
+
+api_key_app = typer.Typer(help="Personal API keys for the HTTP API.", no_args_is_help=True)
+users_app.add_typer(api_key_app, name="api-key")
+
+
+def _key_rows(keys, json_out: bool) -> None:
+    print_rows(
+        keys,
+        json_out,
+        ["id", "user", "name", "prefix", "status", "created", "expires", "last used"],
+        lambda k: (
+            k.id,
+            k.username,
+            k.name,
+            k.prefix,
+            k.status,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never",
+            k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+        ),
+        data=[{**k.__dict__, "status": k.status} for k in keys],
+    )
+
+
+@api_key_app.command("create")
+def api_key_create(
+    name: str = typer.Argument(..., help="what the key is for, e.g. 'ci-pipeline'"),
+    expires: str = typer.Option("90d", help="lifetime: 90d, 12h, 30m or 'never'"),
+    user: str | None = typer.Option(None, help="for another user (needs users:manage)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create an API key; it is shown once and only its hash is kept."""
+    from core.api_keys import create_api_key
+
+    ctx = context()
+    info, key = create_api_key(ctx.engine, ctx.user, name, expires=expires, username=user)
+    if json_out:
+        print_json({**info.__dict__, "status": info.status, "key": key})
+        return
+    console.print(f"API key [bold]{info.name}[/bold] (id {info.id}) for {info.username}:")
+    console.print(key, markup=False, highlight=False)
+    console.print("[yellow]Shown once: store it now. Use it as 'Authorization: Bearer <key>'.[/]")
+
+
+@api_key_app.command("list")
+def api_key_list(
+    user: str | None = typer.Option(None, help="another user's keys (needs users:manage)"),
+    all_users: bool = typer.Option(False, "--all", help="every user's keys (users:manage)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """List API keys (never the keys themselves)."""
+    from core.api_keys import list_api_keys
+
+    ctx = context()
+    _key_rows(list_api_keys(ctx.engine, ctx.user, user, every_user=all_users), json_out)
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(key_id: int = typer.Argument(..., help="the key's id (see list)")) -> None:
+    """Revoke an API key: refused from the next request on."""
+    from core.api_keys import revoke_api_key
+
+    ctx = context()
+    info = revoke_api_key(ctx.engine, ctx.user, key_id)
+    console.print(f"API key {info.id} ({info.name}, {info.username}) revoked")

@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     chat_public_url: str | None = Field(
         default=None, description="URL the browser uses to reach the chat server"
     )
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8510, ge=1, le=65535)
+    api_max_body_mb: float = Field(
+        default=200.0, gt=0, description="larger request bodies (uploads) are refused with 413"
+    )
+    api_access_token_minutes: float = Field(
+        default=15.0, gt=0, le=1440, description="lifetime of an API access token (JWT)"
+    )
+    api_refresh_token_days: float = Field(
+        default=7.0, gt=0, le=365, description="lifetime of an API refresh token"
+    )
 
     # Workers and models.
     worker_concurrency: int = Field(default=1, ge=1, le=64)
@@ -126,6 +137,7 @@ class Settings(BaseSettings):
     )
     start_worker: bool = True
     start_chat: bool = True
+    start_api: bool = True
 
     @field_validator("load_sample", mode="before")
     @classmethod
@@ -188,7 +200,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
         if self.auth_secret is None:
-            public = sorted({h for h in (self.host, self.chat_host) if h not in _LOOPBACK})
+            public = sorted(
+                {h for h in (self.host, self.chat_host, self.api_host) if h not in _LOOPBACK}
+            )
             if public:
                 raise ValueError(
                     f"serving on {', '.join(public)} (not only this machine) needs an explicit "

@@ -10,3 +10,16 @@ from __future__ import annotations
 
 class ClaraError(Exception):
     """An expected failure whose message is meant for a person."""
+
+
+class NotFound(ClaraError, LookupError):
+    """The named thing (document, dataset, job, adapter, ...) does not exist, or no longer.
+
+    A marker besides the specific class, so that every shell maps the whole family at once
+    (the HTTP API answers 404 for it) without a list of classes to keep in step.
+    """
+
+
+class Conflict(ClaraError):
+    """The request clashes with the current state (changed by someone else meanwhile, or a
+    job in a state that does not allow the action); the HTTP API answers 409."""

@@ -26,6 +26,7 @@ from core.permissions import Principal
 
 WEB = "web"
 CHAT = "chat"
+API = "api"  # the HTTP API's refresh tokens; access tokens name one (core.api_tokens)
 HANDOVER = "handover"
 
 # last_seen_at is written at most this often per session: a page rerun must not be a write.
@@ -102,7 +103,11 @@ def resolve_session(
     """The user of a live session, with the role as it is now; None for anything else."""
     if not token or len(token) > 200:
         return None
-    sid = session_id(token)
+    return resolve_session_id(engine, session_id(token), kind=kind)
+
+
+def resolve_session_id(engine: Engine, sid: str, *, kind: str | None = None) -> Principal | None:
+    """As resolve_session, by the session's id (what a signed access token names)."""
     now = utcnow()
     with reading(engine) as s:
         row = s.get(AuthSession, sid)

@@ -156,3 +156,14 @@ def cleanup_data_dir(
             detail={"removed": [str(p.relative_to(settings.data_path)) for p in found]},
         )
     return found
+
+
+def liveness(engine: Engine) -> dict[str, object]:
+    """What a probe without credentials may learn: is the database reachable, is the schema
+    current. No names, addresses or error texts."""
+    try:
+        connect(engine)
+        current = current_revision(engine) == head_revision()
+        return {"status": "ok" if current else "degraded", "database": True, "schema": current}
+    except Exception:  # a probe answers whatever went wrong; the detail is for admins
+        return {"status": "error", "database": False, "schema": False}

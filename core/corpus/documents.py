@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
 
 from core.corpus.models import Chunk, Document, DocumentRevision, Edge, LinkRef
-from core.errors import ClaraError
+from core.errors import NotFound
 from core.permissions import Principal, require
 
 if TYPE_CHECKING:  # pandas costs ~0.5 s to import; only the listing functions need it
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pandas costs ~0.5 s to import; only the listing functions n
 _BATCH = 200
 
 
-class DocumentNotFound(ClaraError):
+class DocumentNotFound(NotFound):
     def __init__(self, doc_id: str) -> None:
         super().__init__(f"no document with id {doc_id!r}; `clara corpus search` lists ids")
         self.doc_id = doc_id

@@ -53,7 +53,7 @@ from core.corpus.embedders import (
     tuned_models_dir,
 )
 from core.db import reading, writing
-from core.errors import ClaraError
+from core.errors import ClaraError, NotFound
 from core.permissions import Principal, require
 from core.training.models import EmbeddingModel, TrainingJob
 from core.training.spec import NAME_RE, SpecError, reject_unknown_keys
@@ -77,7 +77,7 @@ class EmbedTuneError(ClaraError):
     """An embed-tune request that cannot be done; the message says why and what to do."""
 
 
-class EmbeddingModelNotFound(EmbedTuneError):
+class EmbeddingModelNotFound(EmbedTuneError, NotFound):
     def __init__(self, ref: int | str) -> None:
         super().__init__(
             f"no tuned embedding model {ref!r}; `clara corpus embed-models` lists them"

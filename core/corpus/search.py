@@ -31,7 +31,7 @@ from core.corpus.documents import DocumentFilters
 from core.corpus.graph import get_graph_stores, query_store
 from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
-from core.errors import ClaraError
+from core.errors import ClaraError, NotFound
 from core.permissions import Principal, require
 
 if TYPE_CHECKING:  # annotations only; keyword and graph search need no numpy
@@ -495,7 +495,7 @@ class SavedSearchView(BaseModel):
     created_at: dt.datetime
 
 
-class SavedSearchNotFound(ClaraError):
+class SavedSearchNotFound(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"no saved search named {name!r}; `clara corpus searches` lists them")
 

@@ -5,26 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from core.errors import ClaraError
+from core.errors import ClaraError, Conflict, NotFound
 
 
 class DatasetError(ClaraError):
     """Invalid dataset operation (bad name, nothing to freeze, ...)."""
 
 
-class DatasetNotFound(DatasetError):
+class DatasetNotFound(DatasetError, NotFound):
     def __init__(self, ref: object) -> None:
         self.ref = ref
         super().__init__(f"no dataset {ref!r}; `clara dataset list` shows the existing ones")
 
 
-class SampleNotFound(DatasetError):
+class SampleNotFound(DatasetError, NotFound):
     def __init__(self, sample_id: int) -> None:
         self.sample_id = sample_id
         super().__init__(f"no sample with id {sample_id}")
 
 
-class VersionNotFound(DatasetError):
+class VersionNotFound(DatasetError, NotFound):
     def __init__(self, ref: object) -> None:
         self.ref = ref
         super().__init__(
@@ -41,7 +41,7 @@ class ExportError(DatasetError):
     """A version cannot be exported in the requested format."""
 
 
-class ReviewConflict(DatasetError):
+class ReviewConflict(DatasetError, Conflict):
     """Someone else changed the sample since it was loaded (optimistic concurrency)."""
 
     def __init__(

@@ -87,3 +87,24 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(255), default="", nullable=False)
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # ok | denied | failed
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class ApiKey(Base):
+    """A personal API key: only its sha256 is kept, with a short prefix to recognise it by.
+
+    The key acts as its user with the user's role as it is at each request; revoking the key
+    or disabling the user refuses it at the next request.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

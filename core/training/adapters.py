@@ -24,7 +24,7 @@ from core.audit import audited
 from core.config import Settings, get_settings
 from core.db import reading, writing
 from core.db.base import utcnow
-from core.errors import ClaraError
+from core.errors import ClaraError, NotFound
 from core.permissions import Principal, require
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
@@ -32,7 +32,7 @@ from core.training.spec import NAME_RE
 ADAPTER_FORMAT = "clara-adapter/1"
 
 
-class AdapterNotFound(ClaraError, LookupError):
+class AdapterNotFound(NotFound):
     def __init__(self, ref: int | str) -> None:
         super().__init__(f"no adapter {ref!r}; `clara adapters list` shows the registered ones")
 

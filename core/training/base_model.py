@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import Settings, get_settings
-from core.errors import ClaraError
+from core.errors import NotFound
 
 if TYPE_CHECKING:
     from core.training.spec import QuantizationSpec
@@ -28,7 +28,7 @@ CONFIG_FILES = (
 )
 
 
-class BaseModelNotFound(ClaraError, LookupError):
+class BaseModelNotFound(NotFound):
     pass
 
 

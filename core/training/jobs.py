@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select, update
 from core.audit import audited
 from core.config import Settings, get_settings
 from core.db import reading, writing
-from core.errors import ClaraError
+from core.errors import ClaraError, Conflict, NotFound
 from core.permissions import Principal, require
 from core.training.base_model import DEMO, built_base_model
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
@@ -28,7 +28,7 @@ class TrainingError(ClaraError):
     """An expected training failure with a message meant for a person."""
 
 
-class JobNotFound(TrainingError):
+class JobNotFound(TrainingError, NotFound):
     def __init__(self, job_id: int | str) -> None:
         super().__init__(f"no training job {job_id}; `clara train list` shows the jobs")
 
@@ -41,7 +41,7 @@ class SubmitRefused(TrainingError):
         super().__init__(f"{field}: {message}")
 
 
-class JobStateError(TrainingError):
+class JobStateError(TrainingError, Conflict):
     pass
 
 

@@ -1,0 +1,1 @@
+"""One module per area of /api/v1; each defines `router`."""

@@ -1,0 +1,7 @@
+"""/api/v1/corpus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/corpus", tags=["corpus"])
