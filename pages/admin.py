@@ -1,9 +1,11 @@
-"""Users: add, change role, disable or enable, reset password (admins only)."""
+"""Users: add, change role, disable or enable, reset password; API keys (admins only)."""
 
 import pandas as pd
 import streamlit as st
 
-from core.permissions import ROLES, AuthError
+from core.api_keys import create_api_key, list_api_keys, revoke_api_key
+from core.errors import ClaraError
+from core.permissions import ROLES
 from core.users import create_user, list_users, reset_password, set_disabled, set_role
 from ui import session
 
@@ -12,6 +14,7 @@ engine = session.engine()
 st.title("Users")
 st.session_state.setdefault("admin_flash", None)
 st.session_state.setdefault("admin_confirm_admin", None)  # user name awaiting confirmation
+st.session_state.setdefault("admin_new_key", None)  # (name, key): shown once, then dropped
 
 # Every action reruns the page (see _run), so the table below always shows its result.
 flash_slot = st.empty()
@@ -32,7 +35,7 @@ def _run(action, *args, ok: str) -> None:
     """Do it, then rerun at once: the table above was drawn before the action."""
     try:
         action(engine, user, *args)
-    except AuthError as err:
+    except ClaraError as err:
         st.error(str(err))
         return
     st.session_state["admin_flash"] = ok
@@ -91,3 +94,60 @@ if pending is not None:
             if b2.button("Cancel", key="admin_cancel_admin_btn"):
                 st.session_state["admin_confirm_admin"] = None
                 st.rerun()
+
+st.subheader("API keys")
+st.caption(
+    "Personal keys for the HTTP API (`Authorization: Bearer <key>`). A key acts as its user "
+    "with the user's current role; only its hash is stored, so it is shown once."
+)
+new_key = st.session_state["admin_new_key"]
+if new_key is not None:
+    st.success(f"API key {new_key[0]!r} created. Copy it now: it is not shown again.")
+    st.code(new_key[1], language=None)
+    st.session_state["admin_new_key"] = None
+keys = list_api_keys(engine, user, every_user=True)
+if keys:
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "id": k.id,
+                    "user": k.username,
+                    "name": k.name,
+                    "prefix": k.prefix,
+                    "status": k.status,
+                    "created": k.created_at,
+                    "expires": k.expires_at,
+                    "last used": k.last_used_at,
+                }
+                for k in keys
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+        key="admin_keys_table",
+    )
+else:
+    st.caption("No API keys yet.")
+with st.form("admin_add_key", clear_on_submit=True):
+    c1, c2, c3 = st.columns(3)
+    key_user = c1.selectbox("For user", list(by_name), key="admin_key_user")
+    key_name = c2.text_input("Key name", placeholder="ci-pipeline", key="admin_key_name")
+    key_expires = c3.text_input("Expires after", value="90d", key="admin_key_expires")
+    if st.form_submit_button("Create API key"):
+        try:
+            info, secret = create_api_key(
+                engine, user, key_name, expires=key_expires, username=key_user
+            )
+        except ClaraError as err:
+            st.error(str(err))
+        else:
+            st.session_state["admin_new_key"] = (info.name, secret)
+            st.rerun()
+live = [k for k in keys if k.status == "active"]
+if live:
+    c1, c2 = st.columns([3, 1])
+    labels = {f"{k.id}: {k.username} / {k.name} ({k.prefix})": k.id for k in live}
+    chosen = c1.selectbox("Revoke key", list(labels), key="admin_revoke_key")
+    if c2.button("Revoke", key="admin_revoke_key_btn"):
+        _run(revoke_api_key, labels[chosen], ok=f"API key {labels[chosen]} revoked.")
