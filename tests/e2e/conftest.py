@@ -2,7 +2,8 @@
 
 Fixtures
 - `workbench`: module-scoped `clara up` in a temp data dir on free ports, training worker and
-  chat server off (fast). Attributes: url, chat_url, data_dir, env, admin_password, cli().
+  chat server off (fast); the API server on. Attributes: url, chat_url, api_url, data_dir, env,
+  admin_password, cli().
 - `make_workbench(**env)`: module-scoped factory for a workbench with other settings, e.g.
   `make_workbench(CLARA_START_CHAT="true", CLARA_START_WORKER="true")`. Every started
   workbench is stopped (SIGTERM, as Ctrl-C would) at the end of the module.
@@ -61,6 +62,7 @@ def clara_command() -> list[str]:
 class Workbench:
     url: str
     chat_url: str
+    api_url: str
     data_dir: Path
     env: dict[str, str]
     admin_password: str
@@ -99,11 +101,12 @@ class Workbench:
 def start_workbench(base_dir: Path, **extra_env: str) -> Workbench:
     data_dir = base_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    ui_port, chat_port = free_port(), free_port()
+    ui_port, chat_port, api_port = free_port(), free_port(), free_port()
     env = {
         "CLARA_DATA_DIR": str(data_dir),
         "CLARA_UI_PORT": str(ui_port),
         "CLARA_CHAT_PORT": str(chat_port),
+        "CLARA_API_PORT": str(api_port),
         "CLARA_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "CLARA_ENV": "testing",
         "CLARA_START_WORKER": "false",
@@ -116,6 +119,7 @@ def start_workbench(base_dir: Path, **extra_env: str) -> Workbench:
     wb = Workbench(
         url=f"http://127.0.0.1:{ui_port}",
         chat_url=f"http://127.0.0.1:{chat_port}",
+        api_url=f"http://127.0.0.1:{api_port}",
         data_dir=data_dir,
         env=env,
         admin_password=env["CLARA_ADMIN_PASSWORD"],

@@ -210,3 +210,35 @@ def test_attacker_cannot_lock_admin_out_from_another_address(workbench):
     assert r.status_code == 401 and "Too many failed attempts" in r.text
     r = http_login(workbench, "admin", None, **{"X-Forwarded-For": "192.0.2.5"}).last_login
     assert r.status_code == 303 and "clara_session=" in r.headers["set-cookie"]
+
+
+def test_clara_up_serves_the_api_and_it_is_closed_by_default(workbench):
+    # The default mode (`make run`) starts the API too; a forged token with what the repo
+    # publishes (the derivation of the signing key, an old published secret) gets nothing.
+    from tests.waiting import wait_until_http
+
+    wait_until_http(workbench.api_url + "/api/v1/health", limit=120)
+    api = httpx.Client(base_url=workbench.api_url, timeout=30)
+    assert api.get("/api/v1/auth/me").status_code == 401
+    claims = {
+        "iss": "clara",
+        "aud": "clara-api",
+        "sub": "admin",
+        "sid": "0" * 64,
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 600,
+    }
+    for secret in (PUBLISHED_SECRET, "any-guess"):
+        key = hmac.new(secret.encode(), b"clara-api-access-token", hashlib.sha256).digest()
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = _b64(json.dumps(claims).encode())
+        mac = hmac.new(key, f"{header}.{body}".encode(), hashlib.sha256).digest()
+        forged = f"{header}.{body}.{_b64(mac)}"
+        r = api.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {forged}"})
+        assert r.status_code == 401
+    pair = api.post(
+        "/api/v1/auth/token",
+        json={"username": "admin", "password": workbench.admin_password},
+    ).json()
+    me = api.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"})
+    assert me.json()["role"] == "admin"
