@@ -479,11 +479,37 @@ def _rows_csv(
                 f"missing; columns are {', '.join(header) or '(none)'}. Map another column "
                 "with --map text=COLUMN",
             )
-        for row in reader:
+        rows = iter(reader)
+        while True:
             try:
-                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-            except csv.Error as err:  # pragma: no cover - DictReader raises on next()
-                yield reader.line_num, f"CSV error: {err}"
+                row = next(rows)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as err:
+                # The parser cannot find the next row (a cell over the size limit, an
+                # unclosed quote, bytes of another encoding): the file fails as a whole, and
+                # its rows written so far roll back with its transaction.
+                raise FileProblem(str(path), _csv_reason(err, reader.line_num, max_bytes)) from None
+            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+
+
+def _csv_reason(err: Exception, lines_read: int, max_bytes: int) -> str:
+    if isinstance(err, UnicodeDecodeError):  # text is decoded ahead: no exact line
+        return (
+            f"not valid {err.encoding} text ({err.reason}) after line {lines_read}; save the "
+            "whole file in one encoding (UTF-8)"
+        )
+    where = f"line {lines_read + 1}"
+    if "field larger than field limit" in str(err):
+        return (
+            f"{where}: a cell is larger than the largest document ({_size(max_bytes)}; raise "
+            "the limit, CLI: --max-doc-mb)"
+        )
+    return f"{where}: CSV error: {err}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
 
 
 def _rows_parquet(
@@ -503,7 +529,14 @@ def _rows_parquet(
             f"{', '.join(names)}. Map another column with --map text=COLUMN",
         )
     n = 0
-    for batch in pf.iter_batches(batch_size=512):
+    batches = pf.iter_batches(batch_size=512)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # pyarrow raises several types for a damaged row group
+            raise FileProblem(str(path), f"Parquet file is damaged after row {n}: {err}") from None
         for row in batch.to_pylist():
             n += 1
             yield n, row
