@@ -18,6 +18,11 @@ class DatasetNotFound(DatasetError, NotFound):
         super().__init__(f"no dataset {ref!r}; `clara dataset list` shows the existing ones")
 
 
+class DatasetConflict(DatasetError, Conflict):
+    """The dataset's state does not allow this now: the name is taken, it is being scored,
+    frozen versions reference it (the HTTP API answers 409)."""
+
+
 class SampleNotFound(DatasetError, NotFound):
     def __init__(self, sample_id: int) -> None:
         self.sample_id = sample_id
@@ -31,6 +36,21 @@ class VersionNotFound(DatasetError, NotFound):
             f"no dataset version {ref!r}; refer to one as <dataset>@v<N>, <dataset>@latest "
             "or its numeric id (`clara dataset show <dataset>` lists the versions)"
         )
+
+
+class ScoringRunNotFound(DatasetError, NotFound):
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        super().__init__(f"no scoring run {run_id}")
+
+
+class ExportNotFound(DatasetError, NotFound):
+    """The export (or a file of it) was not made, or not with this format and file type."""
+
+
+class InvalidSample(DatasetError, ValueError):
+    """A sample's new content is not a valid sample (empty text, a conversation without an
+    answer, ...)."""
 
 
 class TemplateError(DatasetError):
@@ -65,13 +85,15 @@ class ImportRowError:
     file: str
     line: int
     reason: str
+    field: str = ""  # the record's field it is about, as a path (messages.1.role); "" = the row
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
 
 
-class ImportFailed(DatasetError):
-    """Bad rows were found; nothing was imported (all-or-nothing unless skip_bad)."""
+class ImportFailed(DatasetError, ValueError):
+    """Bad rows were found; nothing was imported (all-or-nothing unless skip_bad). A
+    ValueError too: the input is wrong (the HTTP API answers 422, naming every row)."""
 
     MAX_SHOWN = 20
 
@@ -88,5 +110,5 @@ class ImportFailed(DatasetError):
         )
 
 
-class UnknownFormat(DatasetError):
+class UnknownFormat(DatasetError, ValueError):
     """The rows match none of the supported instruction-data formats."""

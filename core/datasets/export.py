@@ -20,10 +20,10 @@ import yaml
 from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
-from core.artifacts import staged_dir, write_manifest
+from core.artifacts import file_sha256, read_manifest, staged_dir, write_manifest
 from core.audit import audited
 from core.config import get_settings
-from core.datasets.errors import ExportError
+from core.datasets.errors import DatasetError, ExportError, ExportNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.versions import SPLITS, VersionInfo, get_version, read_version
 from core.db import reading
@@ -204,6 +204,48 @@ def exports_root() -> Path:
     return get_settings().data_path / "exports"
 
 
+def export_folder(v: VersionInfo, fmt: str, file_type: str) -> Path:
+    """Where `export_version` writes a version's export by default."""
+    return exports_root() / f"{v.dataset_name}-v{v.number}" / f"{fmt}-{file_type}"
+
+
+def export_file(
+    engine: Engine,
+    actor: Principal,
+    version_ref: int | str,
+    fmt: str,
+    file_type: str,
+    name: str,
+) -> Path:
+    """One file of a version's export made earlier by `export_version` (in its default
+    place): a split (`train.jsonl`), `dataset_info.json` or `axolotl.yaml`, checked against
+    the export's manifest, so a download is exactly what the export wrote."""
+    require(actor, "datasets:export")
+    if fmt not in EXPORT_FORMATS or file_type not in FILE_TYPES:
+        raise ExportNotFound(
+            f"no export format {fmt!r} / file type {file_type!r}; formats are "
+            f"{', '.join(EXPORT_FORMATS)}, file types {', '.join(FILE_TYPES)}"
+        )
+    v = get_version(engine, actor, version_ref)
+    folder = export_folder(v, fmt, file_type)
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("version_id") != v.id:
+        raise ExportNotFound(f"{v.ref} has not been exported as {fmt}/{file_type}; export it first")
+    listed = manifest.get("files") or {}
+    if name not in listed:
+        raise ExportNotFound(
+            f"the export of {v.ref} as {fmt}/{file_type} has no file {name!r}; its files are "
+            + ", ".join(sorted(listed))
+        )
+    path = folder / name
+    if not path.is_file() or file_sha256(path) != listed[name]["sha256"]:
+        raise DatasetError(
+            f"{path} does not match its export manifest (changed or removed on disk); "
+            "export the version again"
+        )
+    return path
+
+
 def export_version(
     engine: Engine,
     actor: Principal,
@@ -234,11 +276,7 @@ def export_version(
                 f"{v.ref} has {v.counts['text']} plain-text sample(s); format {fmt!r} holds "
                 "conversations only. Export it as 'text', or freeze a version without them"
             )
-        final = (
-            Path(out_dir)
-            if out_dir
-            else (exports_root() / f"{v.dataset_name}-v{v.number}" / f"{fmt}-{file_type}")
-        )
+        final = Path(out_dir) if out_dir else export_folder(v, fmt, file_type)
         rows: dict[str, int] = {}
         info_entries: dict[str, Any] = {}
         axolotl: dict[str, Any] = {}

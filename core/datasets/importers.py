@@ -216,40 +216,52 @@ def detect_format(records: list[Any], file: str = "") -> str:
     return max(votes, key=lambda k: (votes[k], -list(FORMATS).index(k)))
 
 
-def _str(value: Any, what: str) -> str:
+class RowFieldError(ValueError):
+    """A record's field is wrong; `field` names it as a path (`messages.1.role`, 0-based)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
+def _str(value: Any, what: str, field: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+        raise RowFieldError(field, f"{what} must be a string, got {type(value).__name__}")
     return value
 
 
 def convert(rec: Any, fmt: str) -> SampleIn:
     """One raw record → SampleIn; ValueError with a specific reason on bad data."""
     if not isinstance(rec, dict):
-        raise ValueError(f"expected an object with fields, got {type(rec).__name__}")
+        raise RowFieldError("", f"expected an object with fields, got {type(rec).__name__}")
     extra = {k: v for k, v in rec.items() if k not in _CONSUMED[fmt]}
     meta: dict[str, Any] = {"extra": extra} if extra else {}
     system = rec.get("system")
     if system is not None:
-        system = _str(system, "'system'") or None
+        system = _str(system, "'system'", "system") or None
     if fmt == "text":
         if "text" not in rec:
-            raise ValueError("missing field 'text'")
-        return SampleIn(kind="text", text=_str(rec["text"], "'text'"), metadata=meta)
+            raise RowFieldError("text", "missing field 'text'")
+        return SampleIn(kind="text", text=_str(rec["text"], "'text'", "text"), metadata=meta)
     if fmt == "messages":
         msgs = rec.get("messages")
         if not isinstance(msgs, list) or not msgs:
-            raise ValueError("'messages' must be a non-empty list of {role, content}")
+            raise RowFieldError(
+                "messages", "'messages' must be a non-empty list of {role, content}"
+            )
         clean = []
         msg_extra: dict[str, Any] = {}
         for i, m in enumerate(msgs, start=1):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"message {i} needs 'role' and 'content'")
+                raise RowFieldError(f"messages.{i - 1}", f"message {i} needs 'role' and 'content'")
             if m["role"] not in ("system", "user", "assistant"):
-                raise ValueError(
+                raise RowFieldError(
+                    f"messages.{i - 1}.role",
                     f"message {i} has role {m['role']!r}; supported roles are "
-                    "system, user, assistant"
+                    "system, user, assistant",
                 )
-            clean.append({"role": m["role"], "content": _str(m["content"], f"message {i} content")})
+            content = _str(m["content"], f"message {i} content", f"messages.{i - 1}.content")
+            clean.append({"role": m["role"], "content": content})
             # None-valued keys are Parquet struct padding (the union of all rows' keys).
             rest = {k: v for k, v in m.items() if k not in ("role", "content") and v is not None}
             if rest:
@@ -260,37 +272,58 @@ def convert(rec: Any, fmt: str) -> SampleIn:
     if fmt == "sharegpt":
         conv = rec.get("conversations")
         if not isinstance(conv, list) or not conv:
-            raise ValueError("'conversations' must be a non-empty list of {from, value}")
+            raise RowFieldError(
+                "conversations", "'conversations' must be a non-empty list of {from, value}"
+            )
         clean = []
         for i, m in enumerate(conv, start=1):
             if not isinstance(m, dict) or "from" not in m or "value" not in m:
-                raise ValueError(f"turn {i} needs 'from' and 'value'")
+                raise RowFieldError(f"conversations.{i - 1}", f"turn {i} needs 'from' and 'value'")
             role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
             if role is None:
-                raise ValueError(
+                raise RowFieldError(
+                    f"conversations.{i - 1}.from",
                     f"turn {i} is from {m['from']!r}; supported are "
-                    f"{', '.join(sorted(_SHAREGPT_ROLES))}"
+                    f"{', '.join(sorted(_SHAREGPT_ROLES))}",
                 )
-            clean.append({"role": role, "content": _str(m["value"], f"turn {i} value")})
+            value = _str(m["value"], f"turn {i} value", f"conversations.{i - 1}.value")
+            clean.append({"role": role, "content": value})
         return SampleIn(kind="chat", messages=clean, system=system, metadata=meta)
     # alpaca
-    instruction = _str(rec.get("instruction"), "'instruction'")
+    instruction = _str(rec.get("instruction"), "'instruction'", "instruction")
     inp = rec.get("input")
-    inp = _str(inp, "'input'") if inp is not None else ""
-    output = _str(rec.get("output"), "'output'")
+    inp = _str(inp, "'input'", "input") if inp is not None else ""
+    output = _str(rec.get("output"), "'output'", "output")
     msgs: list[dict[str, str]] = []
     for i, pair in enumerate(rec.get("history") or [], start=1):
         if not isinstance(pair, list | tuple) or len(pair) != 2:
-            raise ValueError(f"history entry {i} must be a [question, answer] pair")
+            raise RowFieldError(
+                f"history.{i - 1}", f"history entry {i} must be a [question, answer] pair"
+            )
         msgs += [
-            {"role": "user", "content": _str(pair[0], f"history {i} question")},
-            {"role": "assistant", "content": _str(pair[1], f"history {i} answer")},
+            {
+                "role": "user",
+                "content": _str(pair[0], f"history {i} question", f"history.{i - 1}.0"),
+            },
+            {
+                "role": "assistant",
+                "content": _str(pair[1], f"history {i} answer", f"history.{i - 1}.1"),
+            },
         ]
     user = f"{instruction}\n\n{inp}" if inp.strip() else instruction
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     if inp.strip():
         meta["alpaca"] = {"instruction": instruction, "input": inp}
     return SampleIn(kind="chat", messages=msgs, system=system, metadata=meta)
+
+
+def _field(err: Exception) -> str:
+    """The field a conversion error is about ("" when it is about the whole record)."""
+    if isinstance(err, RowFieldError):
+        return err.field
+    if isinstance(err, ValidationError):
+        return ".".join(str(p) for p in err.errors()[0].get("loc", ()))
+    return ""
 
 
 def _reason(err: Exception) -> str:
@@ -331,7 +364,7 @@ def parse_file(
             try:
                 sample = convert(item.data, fmt)
             except (ValueError, ValidationError) as err:
-                yield ImportRowError(path.name, item.line, _reason(err))
+                yield ImportRowError(path.name, item.line, _reason(err), _field(err))
                 continue
             sample.provenance = {
                 "source": "import",

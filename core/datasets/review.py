@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Integer, Text, and_, case, cast, func, or_, selec
 from sqlalchemy.orm import Session
 
 from core.audit import audited
-from core.datasets.errors import DatasetError, ReviewConflict, SampleNotFound
+from core.datasets.errors import DatasetError, InvalidSample, ReviewConflict, SampleNotFound
 from core.datasets.models import DatasetSample
 from core.datasets.service import SampleIn, content_sha256, joined_text, resolve_dataset
 from core.db import reading, writing
@@ -233,13 +233,25 @@ def list_samples(
         return SamplePage(items=[_view(r) for r in rows], total=total, offset=offset, limit=limit)
 
 
-def get_sample(engine: Engine, actor: Principal, sample_id: int) -> SampleView:
+def _sample(s: Session, sample_id: int, dataset_ref: int | str | None) -> DatasetSample:
+    """The sample; with `dataset_ref`, only if it belongs to that dataset (a caller that
+    names the dataset never reaches a sample of another one)."""
+    r = s.get(DatasetSample, sample_id)
+    if dataset_ref is not None:
+        d = resolve_dataset(s, dataset_ref)
+        if r is not None and r.dataset_id != d.id:
+            r = None
+    if r is None:
+        raise SampleNotFound(sample_id)
+    return r
+
+
+def get_sample(
+    engine: Engine, actor: Principal, sample_id: int, dataset_ref: int | str | None = None
+) -> SampleView:
     require(actor, "datasets:read")
     with reading(engine) as s:
-        r = s.get(DatasetSample, sample_id)
-        if r is None:
-            raise SampleNotFound(sample_id)
-        return _view(r)
+        return _view(_sample(s, sample_id, dataset_ref))
 
 
 def _guarded_update(
@@ -268,8 +280,10 @@ def decide(
     decision: Decision,
     expected_version: int,
     note: str = "",
+    dataset_ref: int | str | None = None,
 ) -> SampleView:
-    """Accept, reject (or reset to pending) a sample the reviewer saw at `expected_version`."""
+    """Accept, reject (or reset to pending) a sample the reviewer saw at `expected_version`
+    (with `dataset_ref`: only a sample of that dataset)."""
     if decision not in ("accepted", "rejected", "pending"):
         raise DatasetError(f"unknown decision {decision!r}; use accepted, rejected or pending")
     with audited(
@@ -282,6 +296,8 @@ def decide(
         require(actor, "datasets:review")
         now = utcnow()
         with writing(engine) as s:
+            if dataset_ref is not None:
+                _sample(s, sample_id, dataset_ref)
             row = _guarded_update(
                 s,
                 sample_id,
@@ -308,15 +324,15 @@ def edit_sample(
     messages: list[dict[str, str]] | None = None,
     system: str | None = None,
     decision: Decision | None = None,
+    dataset_ref: int | str | None = None,
 ) -> SampleView:
     """Replace a sample's content. The first edit keeps the original content; who and when
-    are recorded; the quality score is cleared (it described the old text)."""
+    are recorded; the quality score is cleared (it described the old text). With
+    `dataset_ref`: only a sample of that dataset."""
     with audited(engine, actor, "datasets.edit", target=f"sample:{sample_id}"):
         require(actor, "datasets:review")
         with writing(engine) as s:
-            cur = s.get(DatasetSample, sample_id)
-            if cur is None:
-                raise SampleNotFound(sample_id)
+            cur = _sample(s, sample_id, dataset_ref)
             try:
                 new = SampleIn(
                     kind=cur.kind,
@@ -326,7 +342,7 @@ def edit_sample(
                 )
             except ValidationError as err:
                 first = err.errors()[0]
-                raise DatasetError(
+                raise InvalidSample(
                     f"sample {sample_id}: {first.get('msg', '').removeprefix('Value error, ')}"
                 ) from None
             msgs = [m.model_dump() for m in new.messages] if new.messages else None

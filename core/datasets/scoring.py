@@ -25,7 +25,7 @@ from sqlalchemy import Engine, bindparam, case, func, select, true, update
 
 from core.audit import audited
 from core.config import get_settings
-from core.datasets.errors import DatasetError
+from core.datasets.errors import DatasetConflict, DatasetError, ScoringRunNotFound
 from core.datasets.models import Dataset, DatasetSample, ScoringRun
 from core.datasets.service import joined_text, resolve_dataset
 from core.db import reading, writing
@@ -160,7 +160,7 @@ def _create_run(engine: Engine, actor: Principal, dataset_ref: int | str) -> Sco
                 # Run in a process of its own (no job) that stopped beating.
                 r.status, r.error, r.finished_at = "failed", "no heartbeat: the run died", now
             else:
-                raise DatasetError(
+                raise DatasetConflict(
                     f"dataset {d.name!r} is being scored already (run {r.id}, {r.done}/"
                     f"{r.total}); wait for it to finish or cancel it"
                 )
@@ -229,7 +229,7 @@ def get_scoring_run(engine: Engine, actor: Principal, run_id: int) -> ScoringRun
     with reading(engine) as s:
         r = s.get(ScoringRun, run_id)
         if r is None:
-            raise DatasetError(f"no scoring run {run_id}")
+            raise ScoringRunNotFound(run_id)
         return _run_info(s, r)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.audit import audited
-from core.datasets.errors import DatasetError, DatasetNotFound
+from core.datasets.errors import DatasetConflict, DatasetError, DatasetNotFound
 from core.datasets.models import DATASET_KINDS, Dataset, DatasetSample, DatasetVersion
 from core.db import reading, writing
 from core.db.base import utcnow
@@ -163,7 +163,7 @@ def _create(s: Session, actor: Principal, name: str, description: str, kind: str
     if kind not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; use one of {', '.join(DATASET_KINDS)}")
     if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
-        raise DatasetError(f"a dataset named {name!r} already exists; choose another name")
+        raise DatasetConflict(f"a dataset named {name!r} already exists; choose another name")
     d = Dataset(name=name, description=description, kind=kind, created_by=actor.username)
     s.add(d)
     s.flush()
@@ -386,7 +386,7 @@ def delete_dataset(engine: Engine, actor: Principal, ref: int | str) -> None:
             ctx.target = d.name
             n = s.scalar(select(func.count()).where(DatasetVersion.dataset_id == d.id)) or 0
             if n:
-                raise DatasetError(
+                raise DatasetConflict(
                     f"dataset {d.name!r} has {n} frozen version(s) that training may reference; "
                     "it cannot be deleted"
                 )

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from core.artifacts import MANIFEST, file_sha256, library_versions, staged_dir, write_manifest
 from core.audit import audited
 from core.config import get_settings
-from core.datasets.errors import DatasetError, VersionNotFound
+from core.datasets.errors import DatasetError, DatasetNotFound, VersionNotFound
 from core.datasets.models import Dataset, DatasetSample, DatasetVersion
 from core.datasets.service import resolve_dataset
 from core.db import reading, writing
@@ -313,9 +313,10 @@ def get_version(engine: Engine, actor: Principal, version_id_or_ref: int | str) 
             if v is None:
                 raise VersionNotFound(version_id_or_ref)
             return _info(v, s.get(Dataset, v.dataset_id).name)
-        d = s.scalar(select(Dataset).where(Dataset.name == name))
-        if d is None:
-            raise VersionNotFound(version_id_or_ref)
+        try:  # by name, or by the dataset's id like every dataset reference (7@v2)
+            d = resolve_dataset(s, name)
+        except DatasetNotFound:
+            raise VersionNotFound(version_id_or_ref) from None
         q = select(DatasetVersion).where(DatasetVersion.dataset_id == d.id)
         if ver == "latest":
             q = q.order_by(DatasetVersion.number.desc()).limit(1)
