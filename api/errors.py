@@ -73,7 +73,11 @@ def error_response(
 def _field_errors(err: RequestValidationError) -> list[dict]:
     out = []
     for e in err.errors():
-        loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")]
+        loc = list(e.get("loc", ()))
+        # Only the first item says where (body, query, ...): a field may be named "query".
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]
+        loc = [str(x) for x in loc]
         out.append({"field": ".".join(loc) or "body", "problem": e.get("msg", "invalid")})
     return out
 
