@@ -126,6 +126,15 @@ class Settings(BaseSettings):
     chat_quantization: Literal["4bit", "8bit"] | None = Field(
         default=None, description="load the chat base model in 4 or 8 bit (bitsandbytes)"
     )
+    serving_batch_window_ms: float = Field(
+        default=15.0,
+        ge=0,
+        le=1000,
+        description="how long an idle chat engine waits for more requests to batch with the first",
+    )
+    serving_max_batch: int = Field(
+        default=8, ge=1, le=256, description="requests served by one forward pass at most"
+    )
 
     # Command line and local files.
     cli_user: str = Field(default="admin", description="the user the CLI acts as")

@@ -9,9 +9,9 @@ answer is stored under an id (core.serving.answers) that feedback refers to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -27,6 +27,9 @@ from core.serving.engine import (
     InferenceEngine,
     ServingError,
 )
+
+if TYPE_CHECKING:
+    from core.serving.batching import GenerationStream
 
 Message = dict[str, str]
 
@@ -49,7 +52,12 @@ def engine_from_settings(
         raise ServingError(
             f"CLARA_CHAT_QUANTIZATION / --quantization: must be one of 4bit, 8bit (got {quant!r})"
         )
-    return InferenceEngine(str(resolve_base_model(settings)), quantization=quant)
+    return InferenceEngine(
+        str(resolve_base_model(settings)),
+        quantization=quant,
+        batch_window_ms=settings.serving_batch_window_ms,
+        max_batch=settings.serving_max_batch,
+    )
 
 
 @dataclass
@@ -57,20 +65,39 @@ class Reply:
     """A streamed answer: `note` is known before the first token (context truncation).
 
     `answer_id` names the stored answer (kept when the stream ends, also when it is stopped
-    early); feedback refers to it.
+    early); feedback refers to it. The token counts and `finish_reason` ("stop", "length",
+    "cancelled") are final once the pieces are exhausted or the reply is closed.
     """
 
     adapter: str
     note: str
-    _pieces: Iterator[str] = field(repr=False)
+    _pieces: Generator[str, None, None] = field(repr=False)
+    _stream: GenerationStream = field(repr=False)
     answer_id: str = ""
     dropped_turns: int = 0
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Generator[str, None, None]:
         return self._pieces
 
     def text(self) -> str:
         return "".join(self._pieces)
+
+    def close(self) -> None:
+        """Stop generating this answer (what is stored says it is incomplete)."""
+        self._pieces.close()
+        self._stream.close()  # also when the pieces were never started
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._stream.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._stream.completion_tokens
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
 
 
 @dataclass(frozen=True)
@@ -153,7 +180,7 @@ class ChatService:
             self.inference.check_base(refs[name])
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
         prepared = self.inference.prepare(plain, settings)
-        pieces = self.inference.stream(
+        stream = self.inference.stream(
             plain, adapter=name, settings=settings, refs=refs, prepared=prepared
         )
         kept = _kept_with_ids(messages, prepared.messages)
@@ -170,20 +197,22 @@ class ChatService:
         return Reply(
             adapter=name,
             note=prepared.note,
-            _pieces=self._recorded(start, pieces),
+            _pieces=self._recorded(start, stream),
+            _stream=stream,
             answer_id=start.id,
             dropped_turns=prepared.dropped_turns,
         )
 
-    def _recorded(self, start: AnswerStart, pieces: Iterator[str]) -> Iterator[str]:
+    def _recorded(self, start: AnswerStart, stream: GenerationStream) -> Generator[str, None, None]:
         text: list[str] = []
         complete = False
         try:
-            for piece in pieces:
+            for piece in stream:
                 text.append(piece)
                 yield piece
             complete = True
         finally:
+            stream.close()  # a reply abandoned mid-way frees its row of the batch at once
             try:
                 store_answer(self.db, start, "".join(text), complete=complete)
             except Exception:  # never hide the generation's own error behind this one
@@ -200,5 +229,7 @@ class ChatService:
             "switches": s.switches,
             "last_switch_ms": round(s.last_switch_ms, 3),
             "generations": s.generations,
+            "batches": s.batches,
+            "max_batch_size": s.max_batch_size,
             "loaded_adapters": list(s.loaded_adapters),
         }

@@ -2,9 +2,10 @@
 
 The base model is loaded once per process (``base_loads`` counts it, so tests and /health can
 prove that switching never reloads it). Adapters are loaded lazily into the same PEFT model
-and selected with ``set_adapter``; "base" runs with every adapter disabled. One lock guards
-the model: PEFT's active adapter is global state, so two users generating at the same time
-would otherwise switch the adapter under each other's feet.
+and selected with ``set_adapter``; "base" runs with every adapter disabled. Concurrent
+requests are served together, one forward pass over several sequences (core.serving.batching);
+a batch that mixes adapters uses PEFT's mixed-adapter batches. One lock guards the model:
+PEFT's active adapter is global state, so loading, switching and generating take turns.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from core.errors import ClaraError
 
+if TYPE_CHECKING:
+    from core.serving.batching import BatchScheduler, GenerationStream, Request
+
 BASE = "base"
+PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+DEFAULT_BATCH_WINDOW_MS = 15.0
+DEFAULT_MAX_BATCH = 8
 
 Quantization = Literal["4bit", "8bit"] | None
 
@@ -62,6 +69,22 @@ class GenerationSettings(BaseModel):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
     repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    # OpenAI's rule: at most four; the answer ends before the first one that appears.
+    stop: list[str] = Field(default_factory=list, max_length=4)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings_not_empty(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+    def batch_key(self) -> Hashable:
+        """Requests batch together only with the same sampling: generate() applies these
+        to the whole batch."""
+        if self.temperature > 0:
+            return ("sample", self.temperature, self.top_p, self.repetition_penalty)
+        return ("greedy", self.repetition_penalty)
 
 
 @dataclass(frozen=True)
@@ -105,8 +128,9 @@ class EngineStats:
     adapter_loads: int = 0
     switches: int = 0
     generations: int = 0
+    batches: int = 0
+    max_batch_size: int = 0
     last_switch_ms: float = 0.0
-    last_new_tokens: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
 
 
@@ -124,22 +148,6 @@ def fingerprint_of(name_or_path: str) -> str:
     return base_model_fingerprint(name_or_path)
 
 
-class _Cancel:
-    """A stopping criterion flipped when the consumer of a stream goes away."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        # On the ids' device: generate() combines it with its own flags there (on a GPU a
-        # CPU tensor here fails every generation).
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
 class InferenceEngine:
     """Base model loaded once; adapters loaded by name, switched with ``set_adapter``."""
 
@@ -150,20 +158,23 @@ class InferenceEngine:
         quantization: Quantization = None,
         device: str | None = None,
         loader=None,
+        batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self.base_model = str(base_model)
         self.quantization = quantization
         self.device = device
         self._loader = loader or _default_loader
+        self.batch_window_ms = batch_window_ms
+        self.max_batch = max_batch
+        self._scheduler: BatchScheduler | None = None
         self._model = None
         self._tokenizer = None
         self._fingerprint: str | None = None
         self._slots: dict[str, str] = {}  # adapter name -> PEFT adapter slot name
         self._refs: dict[str, AdapterRef] = {}
         self._active: str | None = None
-        # A plain Lock, not an RLock: a streaming generator is resumed by whichever worker
-        # thread the web server picks, and may release the lock from a thread other than the
-        # one that took it. Public methods take it; the _underscored ones expect it held.
+        # Public methods and the batch runner take it; the _underscored ones expect it held.
         self.lock = threading.Lock()
         self.stats = EngineStats()
 
@@ -189,6 +200,17 @@ class InferenceEngine:
                 )
             self._model, self._tokenizer = model, tok
             self.stats.base_loads += 1
+            self._scheduler = self._new_scheduler()
+
+    def _new_scheduler(self) -> BatchScheduler:
+        from core.serving.batching import BatchScheduler
+
+        return BatchScheduler(
+            self._run_batch,
+            window_s=self.batch_window_ms / 1000,
+            max_batch=self.max_batch,
+            context_limit=self.context_limit,
+        )
 
     @property
     def model(self):
@@ -329,16 +351,32 @@ class InferenceEngine:
         name = adapter or BASE
         from peft import PeftModel
 
+        self._ensure_adapter(name, refs)
         if name == BASE:
             if isinstance(self.model, PeftModel):
                 return self._model.disable_adapter()
             return nullcontext()
-        if name not in self._slots:
-            if refs is None or name not in refs:
-                raise AdapterUnavailable(name, sorted(refs or self._slots))
-            self._add_adapter(refs[name])
         self._set_slot(self._slots[name])
         return nullcontext()
+
+    def _ensure_adapter(self, name: str, refs: dict[str, AdapterRef] | None) -> None:
+        if name == BASE or name in self._slots:
+            return
+        if refs is None or name not in refs:
+            raise AdapterUnavailable(name, sorted(refs or self._slots))
+        self._add_adapter(refs[name])
+
+    def _mixable(self, name: str, refs: dict[str, AdapterRef] | None) -> bool:
+        """Whether PEFT can serve this adapter in a batch with other adapters: plain LoRA
+        only (it refuses DoRA and the other adapter types)."""
+        if name == BASE:
+            return True
+        ref = (refs or {}).get(name) or self._refs.get(name)
+        cfg_file = Path(ref.path) / "adapter_config.json" if ref else None
+        if cfg_file is None or not cfg_file.exists():
+            return False
+        cfg = json.loads(cfg_file.read_text())
+        return cfg.get("peft_type") == "LORA" and not cfg.get("use_dora")
 
     # Prompting -------------------------------------------------------------------------------
 
@@ -430,53 +468,109 @@ class InferenceEngine:
         settings: GenerationSettings | None = None,
         refs: dict[str, AdapterRef] | None = None,
         prepared: PreparedPrompt | None = None,
-    ) -> Iterator[str]:
-        """Yield the answer piece by piece (text deltas), holding the model until done."""
-        import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+    ) -> GenerationStream:
+        """Queue one answer; the stream yields it piece by piece (text deltas).
+
+        An adapter neither loaded nor in `refs` is refused here, before anything is queued.
+        """
+        from core.serving.batching import GenerationStream, Request
 
         settings = settings or GenerationSettings()
-        self.lock.acquire()
-        try:
-            self._load()
-            prepared = prepared or self.prepare(messages, settings)
-            ctx = self._select(adapter, refs)
-            streamer = TextIteratorStreamer(
-                self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300
-            )
-            cancel = _Cancel()
-            ids = prepared.input_ids.to(self.model.device)
-            error: list[BaseException] = []
-
-            def run() -> None:
-                try:
-                    with ctx, torch.inference_mode():
-                        out = self.model.generate(
-                            input_ids=ids,
-                            attention_mask=torch.ones_like(ids),
-                            streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([cancel]),
-                            **self._generate_kwargs(settings),
-                        )
-                    self.stats.last_new_tokens = int(out.shape[1] - ids.shape[1])
-                except BaseException as err:  # surfaced to the consumer below
-                    error.append(err)
-                    streamer.end()
-
-            worker = threading.Thread(target=run, name="clara-generate", daemon=True)
-            worker.start()
-            try:
-                for piece in streamer:
-                    if piece:
-                        yield piece
-            finally:
-                cancel.event.set()
-                worker.join()
-                self.stats.generations += 1
-        finally:
-            self.lock.release()
-        if error:
-            raise ServingError(f"generation failed: {error[0]}") from error[0]
+        self.load()
+        name = adapter or BASE
+        if name != BASE and name not in self._slots and name not in (refs or {}):
+            raise AdapterUnavailable(name, sorted(refs or self._slots))
+        prepared = prepared or self.prepare(messages, settings)
+        request = Request(
+            prepared.input_ids[0].tolist(),
+            key=(settings.batch_key(), None if self._mixable(name, refs) else name),
+            max_new_tokens=settings.max_new_tokens,
+            stop=settings.stop,
+            payload=_Job(name, refs, settings),
+        )
+        stream = GenerationStream(request)
+        self._scheduler.submit(request)
+        return stream
 
     def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
         return "".join(self.stream(messages, **kwargs))
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        """One `generate` over the batch's rows; runs in the scheduler's thread."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        from core.serving.batching import BatchStreamer, left_padded
+
+        with self.lock:
+            rows = self._with_adapters(batch)
+            if not rows:
+                return
+            self.stats.batches += 1
+            self.stats.max_batch_size = max(self.stats.max_batch_size, len(rows))
+            self.stats.generations += len(rows)
+            tok = self.tokenizer
+            ids, mask = left_padded(rows, tok.pad_token_id, self.model.device)
+            streamer = BatchStreamer(tok, rows, frozenset({tok.eos_token_id}))
+            kw = self._generate_kwargs(rows[0].payload.settings)
+            kw["max_new_tokens"] = max(r.max_new_tokens for r in rows)
+            ctx, mixed = self._adapter_mode(rows)
+            try:
+                with ctx, torch.inference_mode():
+                    self.model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList(
+                            [streamer.stopping_criteria(ids.shape[1])]
+                        ),
+                        **kw,
+                        **mixed,
+                    )
+            except BaseException:
+                if mixed:
+                    _drop_mixed_batch_hooks(self._model)
+                raise
+
+    def _with_adapters(self, batch: list[Request]) -> list[Request]:
+        """The requests whose adapter is loaded (now, if need be); the others fail alone."""
+        for req in batch:
+            try:
+                self._ensure_adapter(req.payload.adapter, req.payload.refs)
+            except Exception as err:  # this request's adapter only: the others go on
+                req.fail(err)
+        return [r for r in batch if r.open]
+
+    def _adapter_mode(self, rows: list[Request]) -> tuple[Any, dict[str, Any]]:
+        """The context to generate in, and PEFT's `adapter_names` when the rows mix adapters."""
+        names = [r.payload.adapter for r in rows]
+        if len(set(names)) == 1:
+            return self._select(names[0]), {}
+        slots = [PEFT_BASE if n == BASE else self._slots[n] for n in names]
+        return nullcontext(), {"adapter_names": slots}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the batch runner needs of a request besides its prompt."""
+
+    adapter: str
+    refs: dict[str, AdapterRef] | None
+    settings: GenerationSettings
+
+
+def _drop_mixed_batch_hooks(model: Any) -> None:
+    """PEFT adds its `adapter_names` hooks around generate() without a `finally`: after a
+    mixed batch that failed they would stay and hand later rows to stale adapter names."""
+    from peft.tuners.lora.model import _adapter_names_pre_forward_hook
+
+    for module in model.modules():
+        hooks = module._forward_pre_hooks
+        stale = [
+            k
+            for k, h in hooks.items()
+            if getattr(h, "func", None) is _adapter_names_pre_forward_hook
+        ]
+        for key in stale:
+            del hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
