@@ -109,7 +109,7 @@ def upload(
     transaction: a file that fails leaves none of its documents. Documents are keyword-
     and graph-searchable at once; their embeddings are a queued job (`embed_job_id`)."""
     if chunk_overlap >= chunk_tokens // 2:
-        raise invalid("form", "chunk_overlap", "must be below half of chunk_tokens")
+        raise invalid("body", "chunk_overlap", "must be below half of chunk_tokens")
     state = request.app.state
     options = IngestOptions(
         document_type=document_type or None,
