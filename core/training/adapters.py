@@ -209,17 +209,22 @@ def delete_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> A
         return info
 
 
+def merged_root(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).data_path / "merged"
+
+
 def merge_adapter(
     engine: Engine,
     actor: Principal,
     name: str,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
     settings: Settings | None = None,
 ) -> Path:
-    """Export base + adapter as full safetensors weights with the tokenizer (for other servers)."""
-    from peft import PeftModel
+    """Export base + adapter as full safetensors weights with the tokenizer (for other servers).
 
+    Into `out_dir` (new or empty), or by default data_dir/merged/<adapter>, replacing an
+    earlier merge there: callers who may not name server paths (the HTTP API) use that."""
     from core.training.base_model import (
         base_model_fingerprint,
         load_base_model,
@@ -229,23 +234,29 @@ def merge_adapter(
     with audited(engine, actor, "adapters.merge", target=name) as ctx:
         require(actor, "adapters:activate")
         info = get_adapter(engine, actor, name)
-        out = Path(out_dir).expanduser().resolve()
-        if out.exists() and any(out.iterdir()):
-            raise AdapterError(f"{out} exists and is not empty; choose a new folder")
+        ctx.target = info.name
+        if out_dir is None:
+            out = merged_root(settings) / info.name
+        else:
+            out = Path(out_dir).expanduser().resolve()
+            if out.exists() and any(out.iterdir()):
+                raise AdapterError(f"{out} exists and is not empty; choose a new folder")
         base = resolve_base_model(info.base_model, settings)
         if base_model_fingerprint(base) != info.base_model_fingerprint:
             raise AdapterError(
                 f"the base model at {base} is not the one adapter {info.name!r} "
                 "was trained on (fingerprint differs)"
             )
+        from peft import PeftModel
+
         model, tokenizer = load_base_model(base, device="cpu")
         merged = PeftModel.from_pretrained(model, str(info.path)).merge_and_unload()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".merge-{out.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            merged.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "clara-merge.json").write_text(
+        # Staged next to its place and renamed into it once complete (an empty `out_dir`
+        # or an earlier default merge is replaced only then).
+        with staged_dir(out, replace=True) as staged:
+            merged.save_pretrained(staged, safe_serialization=True)
+            tokenizer.save_pretrained(staged)
+            (staged / "clara-merge.json").write_text(
                 json.dumps(
                     {
                         "adapter": info.name,
@@ -258,12 +269,6 @@ def merge_adapter(
                     indent=2,
                 )
             )
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         ctx.detail["out_dir"] = str(out)
         return out
 
@@ -274,7 +279,7 @@ def lineage(engine: Engine, actor: Principal, name_or_id: int | str) -> dict[str
     chain: list[dict[str, Any]] = []
     seen: set[int] = set()
     ref: int | str | None = name_or_id
-    with writing(engine) as s:
+    with reading(engine) as s:
         while ref is not None:
             try:
                 row = _lookup(s, ref)

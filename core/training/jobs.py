@@ -4,7 +4,9 @@ cancel, retry, metrics, logs. Scoring and embedding jobs are submitted by their 
 
 from __future__ import annotations
 
+import codecs
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from core.permissions import Principal, require
 from core.training.base_model import DEMO, built_base_model
 from core.training.models import FINISHED_STATES, Adapter, TrainingJob, TrainingMetric
 from core.training.queue import METRIC_FIELDS, request_cancel
-from core.training.spec import SpecError, TrainingSpec, parse_spec, spec_from_dict
+from core.training.spec import SpecError, SpecText, TrainingSpec, parse_spec, spec_from_dict
 
 
 class TrainingError(ClaraError):
@@ -98,11 +100,13 @@ def job_log_path(settings: Settings | None, job_id: int) -> Path:
 # Submit ----------------------------------------------------------------------------------
 
 
-def coerce_spec(spec: TrainingSpec | dict[str, Any] | str) -> TrainingSpec:
+def coerce_spec(spec: TrainingSpec | dict[str, Any] | str | SpecText) -> TrainingSpec:
     if isinstance(spec, TrainingSpec):
         return spec
     if isinstance(spec, dict):
         return spec_from_dict(spec)
+    if isinstance(spec, SpecText):
+        return spec.parse()
     return parse_spec(spec)
 
 
@@ -187,11 +191,13 @@ def preflight(
 def submit_job(
     engine: Engine,
     actor: Principal,
-    spec: TrainingSpec | dict[str, Any] | str,
+    spec: TrainingSpec | dict[str, Any] | str | SpecText,
     *,
     settings: Settings | None = None,
 ) -> JobInfo:
-    """Validate the spec and everything it names, then queue it. Nothing is queued on error."""
+    """Validate the spec and everything it names, then queue it. Nothing is queued on error.
+
+    Text (a str is YAML; `SpecText` YAML or JSON) is parsed after the permission check."""
     with audited(engine, actor, "training.submit") as ctx:
         require(actor, "training:create")
         spec = coerce_spec(spec)
@@ -299,36 +305,156 @@ def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
 METRIC_COLUMNS = ["job_id", "attempt", *METRIC_FIELDS, "at"]
 
 
+def metric_rows(s, job_id: int, since_id: int = 0, limit: int | None = None) -> list[dict]:
+    """The job's metric rows after `since_id` as dicts (columns, id, extra), oldest first;
+    no checks (callers check `training:read`)."""
+    q = (
+        select(TrainingMetric)
+        .where(TrainingMetric.job_id == job_id, TrainingMetric.id > since_id)
+        .order_by(TrainingMetric.id)
+    )
+    if limit is not None:
+        q = q.limit(limit)
+    return [
+        {c: getattr(r, c) for c in METRIC_COLUMNS} | {"id": r.id, **(r.extra or {})}
+        for r in s.scalars(q)
+    ]
+
+
 def job_metrics(
     engine: Engine, actor: Principal, job_id: int | str, since_id: int = 0
 ) -> pd.DataFrame:
     """The job's metric rows (all attempts), oldest first."""
     require(actor, "training:read")
     with reading(engine) as s:
-        rows = s.scalars(
-            select(TrainingMetric)
-            .where(TrainingMetric.job_id == _job_id(job_id), TrainingMetric.id > since_id)
-            .order_by(TrainingMetric.id)
-        ).all()
-        data = [
-            {c: getattr(r, c) for c in METRIC_COLUMNS} | {"id": r.id, **(r.extra or {})}
-            for r in rows
-        ]
+        data = metric_rows(s, _job_id(job_id), since_id)
     return pd.DataFrame(data, columns=None if data else ["id", *METRIC_COLUMNS])
 
 
-def job_log_tail(engine: Engine, actor: Principal, job_id: int | str, lines: int = 50) -> str:
+def finite(value: Any) -> Any:
+    """`value`, or None for a float that JSON cannot carry (NaN, infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_summary(metrics: pd.DataFrame) -> dict[str, Any]:
+    """What a job's metric rows come to: rows, last step, first/last/lowest training loss,
+    last speed and eval loss, perplexity before/after training (None where there is none)."""
+
+    def values(phase: str, column: str) -> list[float]:
+        if not len(metrics) or column not in metrics:
+            return []
+        found = metrics.loc[metrics["phase"] == phase, column].dropna()
+        return [finite(v.item() if hasattr(v, "item") else v) for v in found]
+
+    def last(phase: str, column: str) -> float | None:
+        found = values(phase, column)
+        return found[-1] if found else None
+
+    losses = [v for v in values("train", "loss") if v is not None]
+    step = last("train", "step")
+    return {
+        "rows": len(metrics),
+        "last_step": int(step) if step is not None else None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "min_loss": min(losses) if losses else None,
+        "tokens_per_second": last("train", "tokens_per_second"),
+        "last_eval_loss": last("eval", "eval_loss"),
+        "eval_perplexity_before": last("eval_before", "eval_perplexity"),
+        "eval_perplexity_after": last("eval_after", "eval_perplexity"),
+    }
+
+
+class JobSummary(BaseModel):
+    """One job as `clara train show` and the API show it."""
+
+    job: JobInfo
+    progress: float
+    eta_seconds: float | None
+    metrics: dict[str, Any]
+    adapter: dict[str, Any] | None  # {"id", "name"} of the adapter it produced
+
+
+def job_summary(engine: Engine, actor: Principal, job_id: int | str) -> JobSummary:
+    """State, spec, progress, a summary of the metrics and the adapter the job produced."""
     job = get_job(engine, actor, job_id)
-    if not job.log_path or not Path(job.log_path).exists():
-        return ""
-    with open(job.log_path, "rb") as fh:
+    metrics = job_metrics(engine, actor, job.id)
+    frac, eta = job_progress(job, metrics)
+    adapter = None
+    if job.adapter_id is not None:
+        with reading(engine) as s:
+            name = s.scalar(select(Adapter.name).where(Adapter.id == job.adapter_id))
+        # None once the adapter was deleted; the id stays on the job.
+        adapter = {"id": job.adapter_id, "name": name}
+    return JobSummary(
+        job=job,
+        progress=frac,
+        eta_seconds=finite(eta),
+        metrics=metrics_summary(metrics),
+        adapter=adapter,
+    )
+
+
+def _tail_lines(path: str, lines: int) -> tuple[str, int]:
+    """The last `lines` lines of the log (from its last 256 KiB) and the file's size."""
+    with open(path, "rb") as fh:
         fh.seek(0, 2)
         size = fh.tell()
         fh.seek(max(0, size - 256 * 1024))
         data = fh.read().decode("utf-8", errors="replace")
     # Progress bars redraw with carriage returns; keep only what was last drawn.
     text_lines = [ln.rsplit("\r", 1)[-1] for ln in data.splitlines()]
-    return "\n".join(text_lines[-lines:])
+    return "\n".join(text_lines[-lines:]) if lines > 0 else "", size
+
+
+def job_log_tail(engine: Engine, actor: Principal, job_id: int | str, lines: int = 50) -> str:
+    job = get_job(engine, actor, job_id)
+    if not job.log_path or not Path(job.log_path).exists():
+        return ""
+    return _tail_lines(job.log_path, lines)[0]
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Part of a job's log: `text` from byte `offset` (None: the last lines, as drawn);
+    read on from `next_offset`."""
+
+    text: str
+    offset: int | None
+    next_offset: int
+    size: int  # of the log file when it was read
+
+
+def job_log(
+    engine: Engine,
+    actor: Principal,
+    job_id: int | str,
+    *,
+    offset: int | None = None,
+    tail: int = 50,
+    max_bytes: int = 1 << 20,
+) -> LogChunk:
+    """The job's log: its last `tail` lines, or (with `offset`) up to `max_bytes` from that
+    byte on, ending before a character cut in half. Following a log: read from `next_offset`
+    again (the tail's `next_offset` is the end of the file)."""
+    job = get_job(engine, actor, job_id)
+    path = job.log_path
+    if not path or not Path(path).exists():
+        return LogChunk("", 0, 0, 0)
+    if offset is None:
+        text, size = _tail_lines(path, tail)
+        return LogChunk(text, None, size, size)
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        start = min(max(offset, 0), size)
+        fh.seek(start)
+        data = fh.read(max_bytes)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(data, final=False)
+    undecoded = len(decoder.getstate()[0])  # the start of a character still being written
+    return LogChunk(text, start, start + len(data) - undecoded, size)
 
 
 def job_progress(job: JobInfo, metrics: pd.DataFrame | None = None) -> tuple[float, float | None]:
@@ -423,10 +549,14 @@ __all__ = [
     "SpecError",
     "SubmitRefused",
     "TrainingError",
+    "JobSummary",
+    "LogChunk",
     "cancel_job",
     "count_jobs",
     "get_job",
+    "job_log",
     "job_log_tail",
+    "job_summary",
     "job_metrics",
     "job_progress",
     "list_jobs",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import re
 import typing
 from pathlib import Path
@@ -58,9 +59,13 @@ class SpecError(ClaraError, ValueError):
         file: str | None = None,
         line: int | None = None,
         errors: list[dict[str, Any]] | None = None,
+        suggestion: str | None = None,
     ) -> None:
         self.field, self.file, self.line = field, file, line
-        self.errors = errors or [{"field": field, "message": message, "line": line}]
+        # The valid name closest to a misspelt key (also in the message: "did you mean").
+        self.suggestion = suggestion
+        first = {"field": field, "message": message, "line": line}
+        self.errors = errors or [first | ({"suggestion": suggestion} if suggestion else {})]
         where = ""
         if file:
             where = f"{file}:{line}: " if line else f"{file}: "
@@ -94,9 +99,11 @@ def closest(name: str, choices: list[str]) -> str | None:
     return found[0] if found else None
 
 
-def _unknown(section: str, key: str, choices: list[str]) -> str:
+def unknown_key(key: str, choices: list[str], field: str) -> SpecError:
+    """The error for a key that is not one of `choices`, naming the closest as suggestion."""
     hint = closest(key, choices)
-    return f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+    message = f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+    return SpecError(message, field=field, suggestion=hint)
 
 
 def reject_unknown_keys(data: Any, model: type[BaseModel]) -> Any:
@@ -106,7 +113,7 @@ def reject_unknown_keys(data: Any, model: type[BaseModel]) -> Any:
         known = list(model.model_fields)
         for key in data:
             if key not in known:
-                raise SpecError(_unknown("spec", str(key), known), field=str(key))
+                raise unknown_key(str(key), known, str(key))
     return data
 
 
@@ -129,9 +136,7 @@ def _check_library_keys(
                 field=f"{section}.{key}",
             )
         if key not in fields:
-            raise SpecError(
-                _unknown(section, key, sorted(set(fields) - owned)), field=f"{section}.{key}"
-            )
+            raise unknown_key(key, sorted(set(fields) - owned), f"{section}.{key}")
         adapter = _adapter_for(fields[key])
         if adapter is not None and value is not None:
             try:
@@ -283,24 +288,74 @@ def spec_from_dict(
             field=err.field,
             file=file,
             line=_line_of(root, err.field),
+            suggestion=err.suggestion,
         ) from None
     except ValidationError as err:
         errors = []
         for e in err.errors():
             field = ".".join(str(p) for p in e["loc"])
             ctx_err = (e.get("ctx") or {}).get("error")
+            hint = None
             if isinstance(ctx_err, SpecError):
                 field = ctx_err.field or field
                 msg = str(ctx_err).split(": ", 1)[-1] if ctx_err.field else str(ctx_err)
+                hint = ctx_err.suggestion
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 if e["type"] != "missing" and "input" in e:
                     msg += f" (got {e['input']!r})"
-            errors.append({"field": field, "message": msg, "line": _line_of(root, field)})
+            entry = {"field": field, "message": msg, "line": _line_of(root, field)}
+            errors.append(entry | ({"suggestion": hint} if hint else {}))
         first = errors[0]
         raise SpecError(
-            first["message"], field=first["field"], file=file, line=first["line"], errors=errors
+            first["message"],
+            field=first["field"],
+            file=file,
+            line=first["line"],
+            errors=errors,
+            suggestion=first.get("suggestion"),
         ) from None
+
+
+def parse_spec_json(text: str, *, file: str | None = None) -> TrainingSpec:
+    """Parse JSON text into a TrainingSpec; errors name file, line and field as for YAML."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"not valid JSON: {err.msg}", file=file, line=err.lineno) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            'a spec is a JSON object ({"name": ..., "dataset_version": ...})', file=file, line=1
+        )
+    try:  # JSON is YAML: its node tree gives the line of a field
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        root = None
+    return spec_from_dict(data, file=file, root=root)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecText:
+    """A spec as it arrived (YAML or JSON text, or its bytes), parsed by whoever takes it
+    only after the permission check, so a caller who may not submit learns nothing more."""
+
+    text: str | bytes
+    format: Literal["yaml", "json"] = "yaml"
+    source: str | None = None  # names the text in error messages, like a file name
+
+    def parse(self) -> TrainingSpec:
+        text = self.text
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SpecError(
+                    f"not UTF-8 text (byte {err.start} is {text[err.start]:#04x})",
+                    file=self.source,
+                ) from None
+        if self.format == "json":
+            return parse_spec_json(text, file=self.source)
+        return parse_spec(text, file=self.source)
 
 
 def load_spec(path: str | Path) -> TrainingSpec:
