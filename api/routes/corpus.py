@@ -206,7 +206,7 @@ def document(user: User, request: Request, doc_id: str) -> dict[str, Any]:
 
 
 @router.delete("/documents/{doc_id:path}", status_code=204)
-def delete(user: User, request: Request, doc_id: str) -> Response:
+def remove_document(user: User, request: Request, doc_id: str) -> Response:
     """Delete a document from the database and the keyword, vector and graph indexes."""
     state = request.app.state
     delete_document(state.engine, user, doc_id, state.settings)

@@ -62,6 +62,8 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 Decision = Literal["accepted", "rejected", "pending"]
 Status = Literal["pending", "accepted", "rejected"]
 VersionRef = Annotated[str, Path(pattern=r"^(latest|[vV]?\d{1,9})$", description="v2, 2 or latest")]
+# The most bad rows an import answer lists one by one (the message counts them all).
+MAX_ROW_ERRORS = 1000
 # Media types of the files an export holds.
 MEDIA_TYPES = {
     ".jsonl": "application/x-ndjson",
@@ -178,7 +180,7 @@ def dataset(user: User, request: Request, ref: str) -> dict[str, Any]:
 
 
 @router.delete("/{ref}", status_code=204)
-def delete(user: User, request: Request, ref: str) -> Response:
+def remove_dataset(user: User, request: Request, ref: str) -> Response:
     """Delete a dataset and its samples (409 while frozen versions reference it)."""
     delete_dataset(_engine(request), user, ref)
     return Response(status_code=204)
@@ -210,10 +212,13 @@ def import_samples(
     except ImportFailed as err:
         rows = [
             {"field": e.field, "file": e.file, "line": e.line, "problem": e.reason}
-            for e in err.errors
+            for e in err.errors[:MAX_ROW_ERRORS]
         ]
         return error_response(request, 422, str(err), kind="ImportFailed", fields=rows)
-    return asdict(report)
+    out = asdict(report)
+    out["errors_left_out"] = max(0, len(report.errors) - MAX_ROW_ERRORS)
+    out["errors"] = out["errors"][:MAX_ROW_ERRORS]
+    return out
 
 
 @router.post("/{ref}/build")
@@ -320,7 +325,7 @@ def review_all(user: User, request: Request, ref: str, body: BulkReviewBody) -> 
 
 
 @router.get("/{ref}/review-stats", response_model=ReviewStats)
-def stats(user: User, request: Request, ref: str) -> ReviewStats:
+def review_statistics(user: User, request: Request, ref: str) -> ReviewStats:
     """Review progress, reasons and the score and length distributions."""
     return review_stats(_engine(request), user, ref)
 
