@@ -87,7 +87,7 @@ def install(app: FastAPI) -> None:
     async def _clara(request: Request, err: ClaraError) -> JSONResponse:
         status = status_of(err)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        code = "model_not_found" if status == 404 else None
+        code = getattr(err, "error_code", None)
         return error_response(
             request, status, str(err), kind=type(err).__name__, code=code, headers=headers
         )

@@ -8,7 +8,7 @@ the iterator is closed here, which stops the generation behind it (no orphan wor
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import anyio
@@ -17,18 +17,20 @@ from fastapi.responses import StreamingResponse
 _END = object()
 
 
-async def pulled(items: Iterator[Any]) -> AsyncIterator[Any]:
-    """`items` one by one without blocking the event loop; closed however the loop ends."""
+async def pulled(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """`items` one by one without blocking the event loop; closed however the loop ends
+    (with the object's own `close` when it has one: a reply not yet started is stopped too)."""
+    iterator = iter(items)
     try:
         while True:
             # Not abandoned on cancel: a cancel waits for the item in flight (one token), so
             # the iterator is never closed while another thread is inside it.
-            item = await anyio.to_thread.run_sync(next, items, _END)
+            item = await anyio.to_thread.run_sync(next, iterator, _END)
             if item is _END:
                 return
             yield item
     finally:
-        close = getattr(items, "close", None)
+        close = getattr(items, "close", None) or getattr(iterator, "close", None)
         if close is not None:
             await anyio.to_thread.run_sync(close)
 

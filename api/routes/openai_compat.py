@@ -54,7 +54,7 @@ class _Sampling(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
@@ -170,7 +170,7 @@ def chat_completions(body: ChatCompletionRequest, user: User, request: Request):
 
     async def events() -> AsyncIterator[str]:
         yield sse_event(chunk({"role": "assistant", "content": ""}, None))
-        async for piece in pulled(iter(reply)):
+        async for piece in pulled(reply):
             yield sse_event(chunk({"content": piece}, None))
         yield sse_event(chunk({}, _finish(reply)))
         if include_usage:
@@ -209,7 +209,7 @@ def completions(body: CompletionRequest, user: User, request: Request):
         }
 
     async def events() -> AsyncIterator[str]:
-        async for piece in pulled(iter(reply)):
+        async for piece in pulled(reply):
             yield sse_event(chunk(piece, None))
         yield sse_event(chunk("", _finish(reply)))
         if include_usage:
@@ -217,4 +217,3 @@ def completions(body: CompletionRequest, user: User, request: Request):
         yield sse_event("[DONE]")
 
     return sse_response(events())
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine
 
@@ -25,6 +25,7 @@ from core.serving.engine import (
     AdapterUnavailable,
     GenerationSettings,
     InferenceEngine,
+    PreparedPrompt,
     ServingError,
 )
 
@@ -163,34 +164,72 @@ class ChatService:
         settings: GenerationSettings | None = None,
         *,
         session_id: str | None = None,
+        fit: Literal["shorten", "refuse"] = "shorten",
     ) -> Reply:
         """Start one streamed answer; raises AdapterUnavailable for an unknown name.
 
         The answer is stored under a new id with the prompt the model saw (see
         core.serving.answers) once the stream ends; `session_id` is the chat session it
-        belongs to, so that only that session can rate it.
+        belongs to, so that only that session can rate it. A conversation over the context
+        is shortened from the front with a note, or refused (ContextTooLong) with
+        `fit="refuse"`.
         """
         require(actor, "chat:use")
         settings = settings or GenerationSettings()
+        name, refs = self._checked(adapter)
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        prepared = self.inference.prepare(plain, settings)
+        if fit == "refuse":
+            prepared.refuse_if_shortened()
+        kept = _kept_with_ids(messages, prepared.messages)
+        context = annotate_context(self.db, actor.username, session_id, kept)
+        return self._start(actor, name, refs, prepared, settings, context, session_id)
+
+    def complete(
+        self,
+        actor: Principal,
+        prompt: str,
+        adapter: str | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> Reply:
+        """Continue a plain text (no chat template); over the context is refused."""
+        require(actor, "chat:use")
+        settings = settings or GenerationSettings()
+        name, refs = self._checked(adapter)
+        prepared = self.inference.prepare_text(prompt, settings)
+        context = [{"role": "user", "content": prompt, "adapter": None, "completion": True}]
+        return self._start(actor, name, refs, prepared, settings, context, None)
+
+    def _checked(self, adapter: str | None) -> tuple[str, dict[str, AdapterRef]]:
+        """The adapter's name and the registry, refusing an unknown or foreign adapter."""
         name = adapter or BASE
         refs = self._refs()
         if name != BASE and name not in refs:
             raise AdapterUnavailable(name, sorted(refs))
         if name != BASE:
             self.inference.check_base(refs[name])
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        prepared = self.inference.prepare(plain, settings)
+        return name, refs
+
+    def _start(
+        self,
+        actor: Principal,
+        name: str,
+        refs: dict[str, AdapterRef],
+        prepared: PreparedPrompt,
+        settings: GenerationSettings,
+        context: list[dict[str, Any]],
+        session_id: str | None,
+    ) -> Reply:
         stream = self.inference.stream(
-            plain, adapter=name, settings=settings, refs=refs, prepared=prepared
+            prepared.messages, adapter=name, settings=settings, refs=refs, prepared=prepared
         )
-        kept = _kept_with_ids(messages, prepared.messages)
         start = AnswerStart(
             id=new_answer_id(),
             username=actor.username,
             session_id=session_id,
             adapter_name=name,
             adapter_id=refs[name].id if name in refs else None,
-            context=annotate_context(self.db, actor.username, session_id, kept),
+            context=context,
             settings=settings.model_dump(),
             dropped_turns=prepared.dropped_turns,
         )

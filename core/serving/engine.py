@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.errors import ClaraError
+from core.errors import ClaraError, NotFound
 
 if TYPE_CHECKING:
     from core.serving.batching import BatchScheduler, GenerationStream, Request
@@ -39,8 +39,10 @@ class ServingError(ClaraError):
     """An expected failure of the chat engine; the message is meant for the person chatting."""
 
 
-class AdapterUnavailable(ServingError):
+class AdapterUnavailable(ServingError, NotFound):
     """The adapter named in a request is not (or no longer) registered."""
+
+    error_code = "model_not_found"  # OpenAI's code for it (api.errors)
 
     def __init__(self, name: str, available: list[str]) -> None:
         self.name = name
@@ -48,6 +50,18 @@ class AdapterUnavailable(ServingError):
         super().__init__(
             f"adapter {name!r} is not available (deleted or never registered); "
             f"choose one of: base, {shown}"
+        )
+
+
+class ContextTooLong(ServingError):
+    error_code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, limit: int, max_new_tokens: int) -> None:
+        self.prompt_tokens, self.limit, self.max_new_tokens = prompt_tokens, limit, max_new_tokens
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens; with max_tokens {max_new_tokens} it does "
+            f"not fit the model's context of {limit} tokens: shorten the prompt or lower "
+            "max_tokens"
         )
 
 
@@ -105,6 +119,17 @@ class PreparedPrompt:
     dropped_turns: int = 0
     truncated_tokens: int = 0
     context_limit: int = 0
+    prompt_tokens: int = 0  # before anything was left out
+    max_new_tokens: int = 0
+
+    @property
+    def shortened(self) -> bool:
+        return bool(self.dropped_turns or self.truncated_tokens)
+
+    def refuse_if_shortened(self) -> None:
+        """For callers that must not answer a shortened prompt (the OpenAI-compatible API)."""
+        if self.shortened:
+            raise ContextTooLong(self.prompt_tokens, self.context_limit, self.max_new_tokens)
 
     @property
     def note(self) -> str:
@@ -409,6 +434,7 @@ class InferenceEngine:
             return list(out["input_ids"])
 
         ids = encode(system + turns)
+        original = len(ids)
         while len(ids) > budget and len(turns) > 1:
             # Drop whole exchanges from the front so the history never starts mid-answer.
             turns = turns[1:]
@@ -436,7 +462,28 @@ class InferenceEngine:
             dropped_turns=dropped,
             truncated_tokens=cut,
             context_limit=limit,
+            prompt_tokens=original,
+            max_new_tokens=settings.max_new_tokens,
         )
+
+    def prepare_text(self, prompt: str, settings: GenerationSettings) -> PreparedPrompt:
+        """A plain text to continue (no chat template); too long for the context is refused."""
+        import torch
+
+        if not prompt:
+            raise ServingError("the prompt is empty")
+        ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        limit = self.context_limit
+        prepared = PreparedPrompt(
+            input_ids=torch.tensor([ids], dtype=torch.long),
+            messages=[{"role": "user", "content": prompt}],
+            context_limit=limit,
+            prompt_tokens=len(ids),
+            max_new_tokens=settings.max_new_tokens,
+        )
+        if len(ids) + settings.max_new_tokens > limit:
+            raise ContextTooLong(len(ids), limit, settings.max_new_tokens)
+        return prepared
 
     def _generate_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
         tok = self.tokenizer
