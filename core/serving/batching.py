@@ -1,10 +1,10 @@
 """Batched generation: concurrent requests for one base model share each forward pass.
 
-One thread per engine owns the model (`BatchScheduler`). Requests queue up; when the thread
-is idle it waits a short gather window, so that clients arriving together share a batch,
-then runs one `generate` over the queued requests that can share it (same group key: the
-sampling settings, and the adapter where PEFT cannot mix it with others), left-padded with
-an attention mask. Requests arriving while a batch runs go into the next one: continuous
+One thread per engine owns the model (`BatchScheduler`). Requests queue up; the thread
+waits a short gather window, so that clients arriving together share a batch, then runs one
+`generate` over the queued requests that can share it (same group key: the sampling
+settings, and the adapter where PEFT cannot mix it with others), left-padded with an
+attention mask. Requests arriving while a batch runs go into the next one: continuous
 batching would need a decoding loop of our own instead of `generate`.
 
 Each request still streams on its own: `BatchStreamer` turns every step's (batch,) tokens
@@ -330,26 +330,27 @@ class BatchScheduler:
             thread.join(timeout=30)
 
     def _serve(self) -> None:
-        gather = True  # the thread was idle until the request that started it
-        while (batch := self._next_batch(gather)) is not None:
-            gather = False
+        expect = self._max_batch  # the thread was idle until the request that started it
+        while (batch := self._next_batch(expect)) is not None:
             if batch:
                 self._running = batch
                 self._run_batch(batch)
                 self._running = []
+                expect = len(batch)
 
-    def _next_batch(self, gather: bool) -> list[Request] | None:
+    def _next_batch(self, expect: int) -> list[Request] | None:
+        """The next batch, after waiting (at most the gather window) until `expect` requests
+        are queued: after an idle spell a full batch, since anyone may be arriving; after a
+        batch as many as it had, since clients whose answers just ended tend to send their
+        next request at once, and a batch started without them makes them wait for it."""
         with self._cond:
             if not self._pending:
                 self._cond.wait_for(lambda: self._pending or self._stopping, timeout=self._idle_s)
                 if not self._pending:
                     self._thread = None
                     return None
-                gather = True
-            if gather:  # give clients that arrive together the gather window
-                self._cond.wait_for(
-                    lambda: len(self._pending) >= self._max_batch, timeout=self._window_s
-                )
+                expect = self._max_batch
+            self._cond.wait_for(lambda: len(self._pending) >= expect, timeout=self._window_s)
             return self._take()
 
     def _take(self) -> list[Request]:
