@@ -8,10 +8,10 @@ adapters with non-zero random weights, all in a temp dir (nothing is downloaded)
 
 1. switch: median time of `InferenceEngine` switching between two loaded adapters (and back
    to base) versus reloading base + adapter from disk, the alternative without switching;
-2. throughput: generated tokens/s of `InferenceEngine.stream` (TextIteratorStreamer, lock,
-   chat template) versus a plain `model.generate` call on the same PEFT model, adapter and
+2. throughput: generated tokens/s of `InferenceEngine.stream` (batch scheduler, per-row
+   streamer, chat template) versus a plain `model.generate` call on the same PEFT model, adapter and
    greedy settings; both produce exactly `--tokens` new tokens (EOS suppressed);
-3. time to first streamed piece (TextIteratorStreamer releases text word by word).
+3. time to first streamed piece (the streamer releases text token by token).
 
 --append adds a section with the machine description to bench/RESULTS.md.
 """
@@ -161,10 +161,11 @@ def main() -> None:
         def streamed() -> tuple[int, float]:
             t0 = time.perf_counter()
             first = None
-            for _piece in eng.stream(messages, adapter="a0", settings=settings, refs=refs):
+            stream = eng.stream(messages, adapter="a0", settings=settings, refs=refs)
+            for _piece in stream:
                 if first is None:
                     first = time.perf_counter() - t0
-            return eng.stats.last_new_tokens, (first or 0.0) * 1000
+            return stream.completion_tokens, (first or 0.0) * 1000
 
         def in_thread(fn):
             # The engine generates in a worker thread (the caller consumes the stream), so
@@ -213,11 +214,11 @@ def main() -> None:
         f"({reload_ms / max(switch_ms, 1e-6):.0f}x slower)",
         f"- generation, {args.tokens} new tokens, greedy, median of {args.repeats}: plain "
         f"`model.generate` in a worker thread **{p_tps:.1f} tok/s**; streamed through the "
-        f"engine (TextIteratorStreamer, lock, stop flag) **{s_tps:.1f} tok/s** = "
+        f"engine (scheduler thread, per-row streamer) **{s_tps:.1f} tok/s** = "
         f"**{100 * s_tps / p_tps:.1f}%** of plain; (plain `model.generate` called from the "
         f"main thread: {m_tps:.1f} tok/s)",
         f"- time to first token (prefill + 1 token, median): **{statistics.median(ttft_tok):.0f} "
-        f"ms**; time to the first streamed piece (the streamer releases whole words): "
+        f"ms**; time to the first streamed piece: "
         f"**{statistics.median(ttft):.0f} ms**",
         f"- base loads during the run: {eng.stats.base_loads}",
     ]
