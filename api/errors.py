@@ -77,6 +77,12 @@ def _field_errors(err: RequestValidationError) -> list[dict]:
         # Only the first item says where (body, query, ...): a field may be named "query".
         if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
             loc = loc[1:]
+        if e.get("type") == "json_invalid":
+            # The location of a syntax error is a character offset, not a field.
+            at = f" at character {loc[0]}" if loc else ""
+            error = (e.get("ctx") or {}).get("error", "")
+            out.append({"field": "body", "problem": f"invalid JSON{at}: {error}".rstrip(": ")})
+            continue
         loc = [str(x) for x in loc]
         out.append({"field": ".".join(loc) or "body", "problem": e.get("msg", "invalid")})
     return out
