@@ -1,0 +1,212 @@
+"""What the jobs and adapters API tests share: storage for a whole test module on either
+engine (one `clara api` server per module and engine), a frozen dataset version, the tiny
+demo model, a real `clara worker`, the audit rows an action left, and Server-Sent Events
+read off a streaming response.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from tests.cli_run import cli_env
+from tests.conftest import PG_ADMIN_URL, ROOT, link_demo_model, require_postgres
+
+# The training tests' proportions: the tiny demo model, one torch thread per job.
+TRAINING_ENV = {"CLARA_DEMO_MODEL_SIZE": "tiny", "CLARA_TRAIN_THREADS": "1"}
+
+
+@contextmanager
+def module_storage(kind: str, tmp_path_factory, shared_demo_model: Path) -> Iterator:
+    """Settings on a fresh data dir and database ("sqlite" or "postgres": a schema of its
+    own), set in this process's environment until the module is done; the demo model is
+    linked in, as `clara demo-model` leaves it."""
+    from core.config import get_settings
+    from core.db import dispose_engines
+
+    data = tmp_path_factory.mktemp(f"api-{kind}")
+    schema = None
+    if kind == "sqlite":
+        url = f"sqlite:///{data / 'clara.db'}"
+    else:
+        require_postgres()
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with create_engine(PG_ADMIN_URL).begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+        sep = "&" if "?" in PG_ADMIN_URL else "?"
+        url = f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}"
+    env = {
+        "CLARA_DATA_DIR": str(data),
+        "CLARA_DATABASE_URL": url,
+        "CLARA_ENV": "testing",
+        **TRAINING_ENV,
+    }
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            get_settings.cache_clear()
+            settings = get_settings()
+            settings.ensure_dirs()
+            link_demo_model(shared_demo_model, settings.data_path)
+            yield settings
+    finally:
+        dispose_engines()
+        get_settings.cache_clear()
+        if schema:
+            with create_engine(PG_ADMIN_URL).begin() as c:
+                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def frozen_version(engine, name: str = "faq", n: int = 48):
+    """A dataset version of `n` chat samples (a fifth held out for evaluation)."""
+    from core.datasets.service import SampleIn, add_samples, create_dataset
+    from core.datasets.versions import freeze
+    from core.permissions import SYSTEM
+
+    ds = create_dataset(engine, SYSTEM, name)
+    samples = [
+        SampleIn(
+            kind="chat",
+            status="accepted",
+            messages=[
+                {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
+                {"role": "assistant", "content": f"Für {k} Hunde sind es {90 * k} Euro."},
+            ],
+        )
+        for k in range(1, n + 1)
+    ]
+    add_samples(engine, SYSTEM, ds.id, samples)
+    return freeze(engine, SYSTEM, ds.id, eval_ratio=0.2)
+
+
+def spec_yaml(name: str, version: str = "faq@v1", **trainer) -> str:
+    """A demo-lora spec made short (8 steps of 4 × 64 tokens unless `trainer` says else)."""
+    import yaml
+
+    from core.training.spec import preset
+
+    data = preset("demo-lora", name=name, dataset_version=version)
+    data.pop("description")
+    data["trainer"].update(
+        max_steps=8,
+        per_device_train_batch_size=4,
+        max_length=64,
+        learning_rate=1e-2,
+        logging_steps=2,
+        save_steps=4,
+        warmup_steps=0,
+    )
+    data["trainer"].update(trainer)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+YAML = {"Content-Type": "application/yaml"}
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "worker", "--lease-seconds", "10", *args]
+
+
+def run_worker_once(settings) -> None:
+    """`clara worker --once`: runs what is queued, then exits."""
+    r = subprocess.run(
+        worker_command("--once"),
+        cwd=ROOT,
+        env={**cli_env(settings), **TRAINING_ENV},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@contextmanager
+def running_worker(settings) -> Iterator[subprocess.Popen]:
+    """A `clara worker` process until the block ends (stopped as an operator would)."""
+    log = settings.data_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            worker_command(),
+            cwd=ROOT,
+            env={**cli_env(settings), **TRAINING_ENV},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# Audit -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict
+
+
+def audit_mark(engine) -> int:
+    """The newest audit row's id: `audit_since(engine, mark)` is what came after."""
+    from core.db import reading
+    from core.db.models import AuditEntry
+
+    with reading(engine) as s:
+        return s.scalar(select(func.max(AuditEntry.id))) or 0
+
+
+def audit_since(engine, mark: int) -> list[AuditRow]:
+    from core.db import reading
+    from core.db.models import AuditEntry
+
+    with reading(engine) as s:
+        rows = s.scalars(select(AuditEntry).where(AuditEntry.id > mark).order_by(AuditEntry.id))
+        return [AuditRow(r.actor, r.action, r.target, r.outcome, r.detail or {}) for r in rows]
+
+
+# Server-Sent Events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    data: dict
+
+
+def sse_events(response: httpx.Response) -> Iterator[Event]:
+    """The events of a text/event-stream response as they arrive (comments skipped)."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield Event(name, json.loads("\n".join(data)))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
