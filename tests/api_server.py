@@ -108,9 +108,12 @@ def running_api_server(settings, extra_env: dict[str, str] | None = None) -> Ite
         )
         yield server
     finally:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait()
+        # A server that exited already (its start failed) has nothing left to stop; its
+        # failure, with the log, is what the test reports.
+        if server.proc.poll() is None:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            try:
+                server.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
