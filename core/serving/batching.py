@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Literal
@@ -340,16 +341,19 @@ class BatchScheduler:
 
     def _next_batch(self, expect: int) -> list[Request] | None:
         """The next batch, after waiting (at most the gather window) until `expect` requests
-        are queued: after an idle spell a full batch, since anyone may be arriving; after a
-        batch as many as it had, since clients whose answers just ended tend to send their
-        next request at once, and a batch started without them makes them wait for it."""
+        are queued. After a batch that is as many as it had: clients whose answers just
+        ended tend to send their next request at once, and a batch started without them
+        would make them wait for it; a lone client is not held up at all. After an idle
+        spell longer than the window it is a full batch, since anyone may be arriving."""
         with self._cond:
             if not self._pending:
+                idle_since = time.monotonic()
                 self._cond.wait_for(lambda: self._pending or self._stopping, timeout=self._idle_s)
                 if not self._pending:
                     self._thread = None
                     return None
-                expect = self._max_batch
+                if time.monotonic() - idle_since > self._window_s:
+                    expect = self._max_batch
             self._cond.wait_for(lambda: len(self._pending) >= expect, timeout=self._window_s)
             return self._take()
 
