@@ -11,15 +11,14 @@ of every route: the routes a router declares, and the audit rows of an action.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from tests.api_server import ApiServer, running_api_server
-from tests.conftest import PG_ADMIN_URL, require_postgres
+from tests.conftest import database_url
 
 ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 PREFIX = "/api/v1"
@@ -29,29 +28,13 @@ PREFIX = "/api/v1"
 def module_api_server(kind: str, tmp_path_factory, name: str) -> Iterator[ApiServer]:
     """The server on fresh storage; `server.settings` and `server.kind` name it."""
     from core.config import Settings
-    from core.db import dispose_engines
 
     data = tmp_path_factory.mktemp(f"api-{name}-{kind}")
-    schema = None
-    if kind == "sqlite":
-        url = f"sqlite:///{data / 'clara.db'}"
-    else:
-        require_postgres()
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        with create_engine(PG_ADMIN_URL).begin() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))
-        sep = "&" if "?" in PG_ADMIN_URL else "?"
-        url = f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}"
-    settings = Settings(_env_file=None, data_dir=data, database_url=url, env="testing")
-    try:
+    with database_url(kind, data) as url:
+        settings = Settings(_env_file=None, data_dir=data, database_url=url, env="testing")
         with running_api_server(settings) as server:
             server.settings, server.kind = settings, kind
             yield server
-    finally:
-        dispose_engines()
-        if schema is not None:
-            with create_engine(PG_ADMIN_URL).begin() as c:
-                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def declared_routes(router) -> set[tuple[str, str]]:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from tests.cli_run import cli_env
-from tests.conftest import PG_ADMIN_URL, ROOT, link_demo_model, require_postgres
+from tests.conftest import ROOT, database_url, link_demo_model
 
 # The training tests' proportions: the tiny demo model, one torch thread per job.
 TRAINING_ENV = {"CLARA_DEMO_MODEL_SIZE": "tiny", "CLARA_TRAIN_THREADS": "1"}
@@ -34,40 +33,25 @@ def module_storage(kind: str, tmp_path_factory, shared_demo_model: Path) -> Iter
     own), set in this process's environment until the module is done; the demo model is
     linked in, as `clara demo-model` leaves it."""
     from core.config import get_settings
-    from core.db import dispose_engines
 
     data = tmp_path_factory.mktemp(f"api-{kind}")
-    schema = None
-    if kind == "sqlite":
-        url = f"sqlite:///{data / 'clara.db'}"
-    else:
-        require_postgres()
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        with create_engine(PG_ADMIN_URL).begin() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))
-        sep = "&" if "?" in PG_ADMIN_URL else "?"
-        url = f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}"
-    env = {
-        "CLARA_DATA_DIR": str(data),
-        "CLARA_DATABASE_URL": url,
-        "CLARA_ENV": "testing",
-        **TRAINING_ENV,
-    }
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
-                mp.setenv(key, value)
-            get_settings.cache_clear()
+    with database_url(kind, data) as url, pytest.MonkeyPatch.context() as mp:
+        env = {
+            "CLARA_DATA_DIR": str(data),
+            "CLARA_DATABASE_URL": url,
+            "CLARA_ENV": "testing",
+            **TRAINING_ENV,
+        }
+        for key, value in env.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        try:
             settings = get_settings()
             settings.ensure_dirs()
             link_demo_model(shared_demo_model, settings.data_path)
             yield settings
-    finally:
-        dispose_engines()
-        get_settings.cache_clear()
-        if schema:
-            with create_engine(PG_ADMIN_URL).begin() as c:
-                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        finally:
+            get_settings.cache_clear()
 
 
 def frozen_version(engine, name: str = "faq", n: int = 48):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,22 +115,35 @@ def data_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A fresh Postgres schema; yields a URL whose connections use it as search_path."""
+@contextmanager
+def database_url(kind: str, data_dir: Path) -> Iterator[str]:
+    """A fresh database: SQLite in `data_dir`, or ("postgres") a PostgreSQL schema of its own,
+    reached through a URL whose connections use it as search_path and dropped at the end."""
+    if kind == "sqlite":
+        yield f"sqlite:///{data_dir / 'clara.db'}"
+        return
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL)
     with admin.begin() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in PG_ADMIN_URL else "?"
-    yield f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}"
-    from core.db import dispose_engines
+    try:
+        yield f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        from core.db import dispose_engines
 
-    dispose_engines()
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+        dispose_engines()
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url(data_dir: Path) -> Iterator[str]:
+    """A fresh Postgres schema; yields a URL whose connections use it as search_path."""
+    with database_url("postgres", data_dir) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

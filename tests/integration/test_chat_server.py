@@ -18,16 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, require_postgres, shared_build
+from tests.conftest import database_url, shared_build
 from tests.integration.test_chat_engine import (
     CODEWORD,
     QUESTION,
@@ -100,15 +98,11 @@ def running_chat_server(
 ) -> Iterator[ChatServer]:
     """`clara chat` on a fresh database (users alice: user, otto: auditor; adapter codeword)."""
     data = tmp_path_factory.mktemp(f"chat-{kind}")
-    schema = None
-    if kind == "sqlite":
-        db_url = f"sqlite:///{data / 'clara.db'}"
-    else:
-        require_postgres()
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        with create_engine(PG_ADMIN_URL).begin() as c:
-            c.execute(text(f'CREATE SCHEMA "{schema}"'))
-        db_url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    with database_url(kind, data) as db_url:
+        yield from _chat_server_on(db_url, data, models)
+
+
+def _chat_server_on(db_url: str, data: Path, models: dict[str, Path]) -> Iterator[ChatServer]:
     port = _free_port()
     env = {
         "CLARA_DATA_DIR": str(data),
@@ -183,9 +177,6 @@ def running_chat_server(
             else:
                 os.environ[k] = v
         get_settings.cache_clear()
-        if schema:
-            with create_engine(PG_ADMIN_URL).begin() as c:
-                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @pytest.fixture(
