@@ -194,3 +194,21 @@ def test_closing_a_stream_stops_its_generation(served):
     assert stored is not None, "the generation did not end after the client left"
     complete, text = stored
     assert not complete
+
+
+@pytest.mark.parametrize("role", ["admin", "trainer", "analyst", "user", "auditor"])
+def test_every_role_may_generate_exactly_when_it_has_chat_use(served, role):
+    from core.permissions import has_permission
+
+    client = _client(served, role)
+    calls = {
+        "models": lambda: client.models.list(),
+        "chat": lambda: client.chat.completions.create(model="base", messages=ASK, max_tokens=2),
+        "completion": lambda: client.completions.create(model="base", prompt="Die", max_tokens=2),
+    }
+    for call in calls.values():
+        if has_permission(role, "chat:use"):
+            call()
+        else:
+            with pytest.raises(openai.PermissionDeniedError):
+                call()
