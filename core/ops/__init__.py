@@ -1,0 +1,1 @@
+"""Operating a workbench: health, metrics, backup and restore, moving stores, cleanup."""
