@@ -33,9 +33,11 @@ HOSTILE = [
         ("top_p", 0.0),
         ("max_new_tokens", 0),
         ("repetition_penalty", 0.5),
+        ("stop", ["a", "b", "c", "d", "e"]),  # OpenAI's limit: four
+        ("stop", ["a", ""]),
     ],
 )
-def test_generation_settings_refuse_out_of_range_values(field: str, value: float) -> None:
+def test_generation_settings_refuse_out_of_range_values(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         GenerationSettings(**{field: value})
 
