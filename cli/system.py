@@ -120,15 +120,15 @@ def up(
     """Start the workbench: the web app and its supervised helper processes."""
     from cli.corpus import offer_sample
     from cli.supervisor import PortTaken, Supervisor, check_port, children_for_up
+    from core.ops.cleanup import LEFTOVERS_ONLY, cleanup
     from core.permissions import SYSTEM
-    from core.system import cleanup_data_dir
 
     ctx = context()
     cfg = ctx.settings
     ui_host, ui_port = host or cfg.host, port or cfg.ui_port
     cfg.check_bind(ui_host)
-    for leftover in cleanup_data_dir(ctx.engine, SYSTEM, cfg):
-        console.print(f"removed the leftover of a killed build: {leftover}")
+    for leftover in cleanup(ctx.engine, SYSTEM, cfg, LEFTOVERS_ONLY):
+        console.print(f"removed the leftover of a killed build: {leftover.path}")
     offer_sample(ctx)
     if cfg.env != "production" and not cfg.auth_enabled:
         err_console.print("[bold yellow]CLARA_AUTH=off: login is disabled (development only)[/]")
@@ -150,17 +150,46 @@ def up(
 @admin_app.command("cleanup")
 def admin_cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be removed"),
+    keep_checkpoints: int = typer.Option(
+        1, help="checkpoints kept per succeeded job (the newest); -1: keep all"
+    ),
+    export_days: float = typer.Option(
+        30.0, help="remove dataset exports older than this many days; -1: keep all"
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Remove what killed builds left in the data dir (never a build that is still running)."""
-    from core.system import cleanup_data_dir
+    """Remove what killed builds and deleted jobs left, old checkpoints of succeeded jobs and
+    old exports; prints what it frees (never a build that is still running)."""
+    from core.ops.cleanup import CleanupPolicy, cleanup
 
     ctx = context()
-    found = cleanup_data_dir(ctx.engine, ctx.user, ctx.settings, dry_run=dry_run)
+    policy = CleanupPolicy(
+        keep_checkpoints=None if keep_checkpoints < 0 else keep_checkpoints,
+        export_days=None if export_days < 0 else export_days,
+    )
+    items = cleanup(ctx.engine, ctx.user, ctx.settings, policy, dry_run=dry_run)
+    freed = sum(i.bytes for i in items)
     if json_out:
-        print_json({"dry_run": dry_run, "paths": [str(p) for p in found]})
+        print_json(
+            {
+                "dry_run": dry_run,
+                "bytes": freed,
+                "paths": [str(i.path) for i in items],
+                "items": [
+                    {"path": str(i.path), "bytes": i.bytes, "reason": i.reason} for i in items
+                ],
+            }
+        )
         return
     verb = "would remove" if dry_run else "removed"
-    for p in found:
-        console.print(f"{verb} {p}")
-    console.print(f"{len(found)} leftover(s) {verb}" if found else "nothing left behind")
+    for i in items:
+        console.print(f"{verb} {i.path}  ({_mb(i.bytes)}; {i.reason})")
+    if items:
+        total = f"{_mb(freed)} {'to free' if dry_run else 'freed'}"
+        console.print(f"{len(items)} item(s) {verb}, {total}")
+    else:
+        console.print("nothing to clean up")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, inspect, select, table
 
-from core.audit import record
 from core.config import Settings, get_settings, mask_url
 from core.db import connect, current_revision, get_engine, head_revision, upgrade
 from core.permissions import Principal, require
@@ -136,26 +135,6 @@ def system_status(
         detailed=True,
         schema_current=revision == head,
     )
-
-
-def cleanup_data_dir(
-    engine: Engine, actor: Principal, settings: Settings, *, dry_run: bool = False
-) -> list[Path]:
-    """Remove what killed builds left in the data dir (staging folders of dead processes on
-    this machine); with `dry_run`, only say what would go. Audited when anything is removed."""
-    from core.artifacts import cleanup_leftovers
-
-    require(actor, "system:maintain")
-    found = cleanup_leftovers(settings.data_path, dry_run=dry_run)
-    if found and not dry_run:
-        record(
-            engine,
-            actor.username,
-            "system.cleanup",
-            target=str(settings.data_path),
-            detail={"removed": [str(p.relative_to(settings.data_path)) for p in found]},
-        )
-    return found
 
 
 def liveness(engine: Engine) -> dict[str, object]:
