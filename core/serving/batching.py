@@ -168,9 +168,9 @@ class _Row:
         """Flush what was held back (an incomplete character, the start of a stop string
         that never came), then finish."""
         self._decode(final=True)
-        self.request.send(self._text[self._sent :])
-        self._sent = len(self._text)
-        self.request.finish(reason)
+        cut = self._first_stop()  # the flushed character may complete one after all
+        self._send_to(len(self._text) if cut is None else cut)
+        self.request.finish(reason if cut is None else "stop")
 
     def _decode(self, final: bool = False) -> None:
         decode = self._tokenizer.decode
@@ -181,15 +181,19 @@ class _Row:
             self._prefix, self._read = self._read, len(self._tokens)
 
     def _release(self) -> None:
-        stops = self.request.stop
-        found = [i for i in (self._text.find(s, self._sent) for s in stops) if i >= 0]
-        if found:
-            cut = min(found)
-            self.request.send(self._text[self._sent : cut])
-            self._sent = cut
+        cut = self._first_stop()
+        if cut is not None:
+            self._send_to(cut)
             self.request.finish("stop")
             return
-        end = len(self._text) - _stop_prefix_len(self._text, stops)
+        self._send_to(len(self._text) - _stop_prefix_len(self._text, self.request.stop))
+
+    def _first_stop(self) -> int | None:
+        # Text already sent never holds a stop string, nor the start of one: search after it.
+        found = (self._text.find(s, self._sent) for s in self.request.stop)
+        return min((i for i in found if i >= 0), default=None)
+
+    def _send_to(self, end: int) -> None:
         if end > self._sent:
             self.request.send(self._text[self._sent : end])
             self._sent = end

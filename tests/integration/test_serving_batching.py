@@ -156,6 +156,35 @@ def test_each_row_ends_at_its_own_limit_and_stop_string(models) -> None:
     assert streams[2].completion_tokens < streams[0].completion_tokens
 
 
+def test_pieces_are_whole_characters_and_stop_strings_may_span_tokens(models) -> None:
+    """The streamer fed token by token, as generate() feeds it, with text whose characters
+    the tiny byte-level tokenizer splits over several tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from core.serving.batching import BatchStreamer, GenerationStream, Request
+
+    tok = AutoTokenizer.from_pretrained(models["base"])
+    text = "Grüße: 5 € für den Hund."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some characters span tokens
+    requests = [
+        Request([1], key=None, max_new_tokens=100),
+        Request([1], key=None, max_new_tokens=100, stop=["€ f"]),
+    ]
+    streams = [GenerationStream(r) for r in requests]
+    streamer = BatchStreamer(tok, requests, frozenset({tok.eos_token_id}))
+    streamer.put(torch.tensor([[1], [1]]))  # the prompts come first
+    for i in ids:
+        streamer.put(torch.tensor([i, i]))
+    streamer.end()
+    pieces = list(streams[0])
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert streams[0].finish_reason == "length"
+    assert "".join(streams[1]) == "Grüße: 5 " and streams[1].finish_reason == "stop"
+    assert streams[1].completion_tokens < len(ids)
+
+
 def test_a_cancelled_stream_stops_its_row_and_the_others_complete(models) -> None:
     prompts = [QUESTION, "hi", "Hello there"]
     requests = [{"messages": ask(p), "settings": settings(max_new_tokens=40)} for p in prompts]
