@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from core.serving.engine import _Cancel
+from core.serving.batching import Request, RowsDone
 
 
-def test_cancel_flags_are_created_on_the_ids_device():
+def _requests(n: int) -> list[Request]:
+    return [Request([1, 2], key="k", max_new_tokens=10) for _ in range(n)]
+
+
+def test_row_flags_are_created_on_the_ids_device():
     ids = torch.zeros((2, 5), dtype=torch.long, device="meta")
-    cancel = _Cancel()
-    flags = cancel(ids, None)
+    requests = _requests(2)
+    flags = RowsDone(requests, prompt_width=2)(ids, None)
     assert flags.device == ids.device and flags.shape == (2,) and flags.dtype == torch.bool
-    cpu_ids = torch.zeros((1, 3), dtype=torch.long)
-    cancel.event.set()
-    assert cancel(cpu_ids, None).tolist() == [True]
+    requests[1].cancelled.set()  # a row done: a fresh tensor, on that device too
+    flags = RowsDone(requests, prompt_width=2)(ids, None)
+    assert flags.device == ids.device and flags.shape == (2,)
+    cpu = RowsDone(requests, prompt_width=2)(torch.zeros((2, 3), dtype=torch.long), None)
+    assert cpu.tolist() == [False, True]
