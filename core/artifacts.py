@@ -104,10 +104,13 @@ def staged_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
 def write_manifest(folder: Path, kind: str, **fields: Any) -> dict[str, Any]:
     """Describe `folder`: kind, the given fields, sha256 and size of every file, versions."""
     folder = Path(folder)
+    # Only this folder's own manifest is left out: a folder holding other artifacts (a
+    # backup) lists their manifests like any other file.
+    own = folder / MANIFEST
     files = {
         str(p.relative_to(folder)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p != own
     }
     manifest = {
         "kind": kind,
@@ -146,7 +149,7 @@ def verify_manifest(folder: Path) -> list[str]:
             problems.append(f"{rel}: sha256 differs from the manifest")
     for p in sorted(folder.rglob("*")):
         rel = str(p.relative_to(folder))
-        if p.is_file() and p.name != MANIFEST and rel not in listed:
+        if p.is_file() and rel != MANIFEST and rel not in listed:
             problems.append(f"{rel}: not in the manifest")
     return problems
 

@@ -60,6 +60,16 @@ def test_manifest_lists_every_file_and_verification_finds_changes(tmp_path):
     ]
 
 
+def test_a_nested_artifact_s_manifest_is_listed_like_any_file(tmp_path):
+    (tmp_path / "inner").mkdir()
+    write_manifest(tmp_path / "inner", "adapter")
+    m = write_manifest(tmp_path, "backup")
+    assert set(m["files"]) == {"inner/manifest.json"}
+    assert verify_manifest(tmp_path) == []
+    (tmp_path / "inner" / "manifest.json").write_text("{}")
+    assert verify_manifest(tmp_path) == ["inner/manifest.json: sha256 differs from the manifest"]
+
+
 BUILD_IN_A_PROCESS = """
 import sys, time
 from pathlib import Path
