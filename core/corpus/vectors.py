@@ -163,32 +163,13 @@ class ChromaVectorStore:
     def embedded(
         cls, path: Path, collection: str = COLLECTION, embedding: str | None = None
     ) -> ChromaVectorStore:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        path.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
-        )
-        return cls(client, collection, embedding)
+        return cls(embedded_client(path), collection, embedding)
 
     @classmethod
     def server(
         cls, url: str, collection: str = COLLECTION, embedding: str | None = None
     ) -> ChromaVectorStore:
-        from urllib.parse import urlparse
-
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        u = urlparse(url)
-        client = chromadb.HttpClient(
-            host=u.hostname or "127.0.0.1",
-            port=u.port or (443 if u.scheme == "https" else 8000),
-            ssl=u.scheme == "https",
-            settings=ChromaSettings(anonymized_telemetry=False),
-        )
-        return cls(client, collection, embedding)
+        return cls(server_client(url), collection, embedding)
 
     def upsert(self, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]]) -> None:
         if ids:
@@ -240,6 +221,33 @@ class ChromaVectorStore:
             self.collection.delete(ids=ids)
             deleted += len(ids)
         return deleted
+
+
+def embedded_client(path: Path):
+    """A Chroma client of the store in `path` (created if missing)."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(
+        path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+
+
+def server_client(url: str):
+    """A Chroma client of the server at `url` (http://host:port or https://...)."""
+    from urllib.parse import urlparse
+
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    u = urlparse(url)
+    return chromadb.HttpClient(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or (443 if u.scheme == "https" else 8000),
+        ssl=u.scheme == "https",
+        settings=ChromaSettings(anonymized_telemetry=False),
+    )
 
 
 _stores: dict[tuple[str, str, str], ChromaVectorStore] = {}

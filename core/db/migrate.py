@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 # core.db: commands that never touch the database (`clara --help`) start faster.
 if TYPE_CHECKING:
     from alembic.config import Config
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -54,20 +54,31 @@ def _alembic_head() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The database's schema revision (None before the first migration)."""
+    with engine.connect() as conn:
+        return connection_revision(conn)
+
+
+def connection_revision(conn: Connection) -> str | None:
+    """The schema revision as `conn` sees it (inside its transaction, if one is open)."""
     from sqlalchemy import inspect, text
 
-    with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Create or upgrade the schema; returns the revision now in the database."""
+    with engine.begin() as conn:
+        upgrade_connection(conn, revision)
+    return current_revision(engine)
+
+
+def upgrade_connection(conn: Connection, revision: str = "head") -> None:
+    """Create or upgrade the schema inside the caller's transaction, committing nothing: a
+    caller that fills the new schema (core.ops.migrate_store) rolls both back together."""
     from alembic import command
 
-    cfg = _config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    return current_revision(engine)
+    cfg = _config(conn.engine)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)

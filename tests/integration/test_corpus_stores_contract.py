@@ -8,12 +8,7 @@ Neo4j when CLARA_TEST_NEO4J_URI points at a server.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,47 +18,15 @@ from core.corpus.graph import GraphEdge, Neo4jGraphStore, RelationalGraphStore
 from core.corpus.models import Document
 from core.corpus.vectors import ChromaVectorStore
 from core.db.base import utcnow
-from tests.waiting import WaitTimeout, wait_until_http
+from tests.chroma_server import running_chroma_server
 
 # Vector stores -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory):
-    exe = Path(sys.executable).with_name("chroma")
-    if not exe.exists():
-        exe = Path(shutil.which("chroma") or "chroma")
-    port = _free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
-    log = (path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(exe), "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:  # a failure to start fails the fixture, not a timing test
-        wait_until_http(
-            f"{url}/api/v2/heartbeat",
-            limit=120,
-            proc=proc,
-            log=lambda: (path / "server.log").read_text(),
-        )
-    except WaitTimeout as err:
-        proc.terminate()
-        pytest.fail(f"chroma server: {err}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_chroma_server(tmp_path_factory.mktemp("chroma-server")) as url:
+        yield url
 
 
 @pytest.fixture(params=["embedded", "server"])
