@@ -148,6 +148,29 @@ class Settings(BaseSettings):
     start_chat: bool = True
     start_api: bool = True
 
+    # Health and metrics (core.ops).
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="how often workers and servers record that they live",
+    )
+    health_stale_seconds: float = Field(
+        default=60.0, gt=0, description="a process silent this long counts as dead"
+    )
+    health_min_free_gb: float = Field(
+        default=2.0, ge=0, description="less free space on the data dir's disk fails health"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token a Prometheus scraper sends to every /metrics; without it only "
+        "admins' own credentials open the API's and the chat server's",
+    )
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="`clara worker` serves /metrics here; 0: off"
+    )
+
     @field_validator("load_sample", mode="before")
     @classmethod
     def _check_load_sample(cls, v: Any) -> Any:
@@ -195,12 +218,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a bolt:// or neo4j:// URI (or unset for the embedded graph)")
         return v
 
-    @field_validator("auth_secret", mode="before")
+    @field_validator("auth_secret", "metrics_token", mode="before")
     @classmethod
-    def _check_auth_secret(cls, v: Any) -> Any:
+    def _check_secret(cls, v: Any) -> Any:
         raw = v.get_secret_value() if isinstance(v, SecretStr) else v
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-            return None  # unset: the generated secret in the data dir
+            return None  # unset: the generated secret in the data dir / no scrape token
         problem = secret_weakness(str(raw))
         if problem:
             raise ValueError(f"{problem}; {GENERATE_HINT}")
@@ -217,6 +240,16 @@ class Settings(BaseSettings):
                     f"serving on {', '.join(public)} (not only this machine) needs an explicit "
                     f"CLARA_AUTH_SECRET shared by every process; {GENERATE_HINT}"
                 )
+        if self.health_stale_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                "CLARA_HEALTH_STALE_SECONDS must be longer than CLARA_HEARTBEAT_SECONDS "
+                "(else every live process looks dead between two heartbeats)"
+            )
+        if self.worker_metrics_host not in _LOOPBACK and self.metrics_token is None:
+            raise ValueError(
+                f"serving worker metrics on {self.worker_metrics_host} (not only this machine) "
+                f"needs CLARA_METRICS_TOKEN; {GENERATE_HINT}"
+            )
         if self.env == "production":
             if self.auth == "off":
                 raise ValueError("CLARA_AUTH=off is refused when CLARA_ENV=production")

@@ -32,8 +32,9 @@ PERMISSIONS: dict[str, str] = {
     "audit:read": "Read the audit log",
     "users:manage": "Add users, change roles, disable, reset passwords",
     "system:read": "See system status and configuration",
-    "system:monitor": "Read the servers' monitoring (request statistics of the chat server)",
+    "system:monitor": "Read the servers' monitoring (chat request statistics, /metrics)",
     "system:maintain": "Clean up what killed builds left in the data dir",
+    "system:health": "See the health of every process, store, queue and disk (Operations)",
 }
 
 _READ_ALL = {
@@ -64,7 +65,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         | {"corpus:ingest", "datasets:create", "datasets:review", "datasets:export", "chat:use"}
     ),
     "user": frozenset({"chat:use", "adapters:read", "system:read"}),
-    "auditor": frozenset(_READ_ALL | {"audit:read"}),
+    "auditor": frozenset(_READ_ALL | {"audit:read", "system:health"}),
 }
 
 
