@@ -70,7 +70,7 @@ class SystemStatus:
     schema_current: bool = True
 
 
-def _dir_size(path: Path) -> int:
+def dir_size(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
         try:
@@ -129,7 +129,7 @@ def system_status(
         schema_head=head,
         environment=settings.env,
         data_dir=str(settings.data_path),
-        data_dir_bytes=_dir_size(settings.data_path) if settings.data_path.exists() else 0,
+        data_dir_bytes=dir_size(settings.data_path) if settings.data_path.exists() else 0,
         auth_enabled=settings.auth_enabled,
         table_counts=counts,
         detailed=True,
