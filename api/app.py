@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from api import errors
 from api.limits import BodyLimit
 from core.config import Settings
+from core.ops.metrics import metrics_registry
 
 API_PREFIX = "/api/v1"
 # The areas under /api/v1, one module each in api/routes.
@@ -56,9 +57,11 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
     for area in AREAS:
         module = import_module(f"api.routes.{area}")
         app.include_router(module.router, prefix=API_PREFIX)
-    from api.routes import openai_compat
+    from api.routes import metrics, openai_compat
 
     app.include_router(openai_compat.router)
+    app.state.metrics = metrics_registry(engine, settings)
+    app.include_router(metrics.router)
     return app
 
 

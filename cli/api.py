@@ -17,17 +17,23 @@ def api(
     import uvicorn
 
     from api.app import asgi_app
+    from core.ops.heartbeats import ProcessHeartbeat
 
     ctx = context()
     cfg = ctx.settings
     bind_host, bind_port = host or cfg.api_host, port or cfg.api_port
     cfg.check_bind(bind_host)
-    console.print(f"API on http://{bind_host}:{bind_port}/api/v1  (docs: /api/docs)")
-    uvicorn.run(
-        asgi_app(ctx.engine, cfg),
-        host=bind_host,
-        port=bind_port,
-        log_level="info",
-        proxy_headers=cfg.trust_proxy_headers,
-        server_header=False,
+    url = f"http://{bind_host}:{bind_port}"
+    console.print(f"API on {url}/api/v1  (docs: /api/docs, metrics: /metrics)")
+    presence = ProcessHeartbeat(
+        ctx.engine, "api", lambda: {"url": url}, every=cfg.heartbeat_seconds
     )
+    with presence.running():
+        uvicorn.run(
+            asgi_app(ctx.engine, cfg),
+            host=bind_host,
+            port=bind_port,
+            log_level="info",
+            proxy_headers=cfg.trust_proxy_headers,
+            server_header=False,
+        )

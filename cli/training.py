@@ -244,6 +244,14 @@ def worker(
         help="only these job kinds, comma-separated: train, score, embed (default: all); "
         "e.g. --kinds train on a GPU box, --kinds score,embed elsewhere",
     ),
+    metrics_port: int = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="serve Prometheus /metrics on this port (default CLARA_WORKER_METRICS_PORT; 0: "
+        "off) at CLARA_WORKER_METRICS_HOST (127.0.0.1)",
+    ),
 ) -> None:
     """Run jobs from the queue (training, scoring, embedding; each in its own child process)."""
     from workers.trainer import Worker, parse_kinds
@@ -267,7 +275,26 @@ def worker(
         kinds=wanted,
         log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
     )
+    port = ctx.settings.worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        w.metrics_url = _serve_worker_metrics(ctx, port)
+        w.log(f"metrics on {w.metrics_url}")
     raise typer.Exit(w.run())
+
+
+def _serve_worker_metrics(ctx, port: int) -> str:
+    from core.ops.metrics import metrics_registry, start_metrics_server
+
+    host = ctx.settings.worker_metrics_host
+    registry = metrics_registry(ctx.engine, ctx.settings, worker=True)
+    try:
+        start_metrics_server(registry, host, port, ctx.settings)
+    except OSError as err:
+        raise CliFailure(
+            f"cannot serve metrics on {host}:{port} ({err.strerror}); choose another --metrics-port"
+        ) from None
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/metrics"
 
 
 # clara demo-model ---------------------------------------------------------------------------

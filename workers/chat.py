@@ -30,6 +30,7 @@ def serve(
     """Run the chat server until stopped (what `clara chat` and `clara up` start)."""
     import uvicorn
 
+    from core.ops.heartbeats import ProcessHeartbeat
     from core.system import prepare
 
     settings = settings or get_settings()
@@ -37,6 +38,12 @@ def serve(
     inference = engine_from_settings(settings, quantization)
     inference.load()  # fail at start, with the model's own error, not at the first question
     app = create_server(st.engine, inference, settings)
-    uvicorn.run(
-        app, host=host or settings.chat_host, port=port or settings.chat_port, log_level="warning"
-    )
+    host, port = host or settings.chat_host, port or settings.chat_port
+    url = settings.chat_public_url or f"http://{host}:{port}"
+
+    def describe() -> dict:
+        return {"url": url, "base_model": inference.base_model}
+
+    presence = ProcessHeartbeat(st.engine, "chat", describe, every=settings.heartbeat_seconds)
+    with presence.running():
+        uvicorn.run(app, host=host, port=port, log_level="warning")

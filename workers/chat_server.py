@@ -16,6 +16,8 @@ door behind an authenticated page:
 - `X-Clara-Token: <chat session token>` authenticates API clients.
 - `SessionGate` (ASGI middleware) refuses every route without a live chat session except
   health, sign-in and static assets; Gradio's monitoring routes need an admin.
+- `/clara/metrics` (Prometheus) answers the scrape token CLARA_METRICS_TOKEN or a chat
+  session holding system:monitor.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings, get_settings
 from core.login import AccountLocked, AuthenticationFailed, authenticate
+from core.ops.metrics import exposition, is_scrape_token, metrics_registry
 from core.permissions import Principal
 from core.serving.chat import engine_from_settings
 from core.serving.engine import InferenceEngine
@@ -73,6 +76,7 @@ def _wants_html(request: Request) -> bool:
 PUBLIC_PATHS = frozenset(
     {
         "/clara/health",
+        "/clara/metrics",  # checks the scrape token or system:monitor itself
         "/login",
         "/login/",
         "/logout",
@@ -195,6 +199,22 @@ def create_server(
             "base_loads": inference.stats.base_loads,
             "base_loaded": inference._model is not None,
         }
+
+    registry = metrics_registry()
+
+    @app.get("/clara/metrics")
+    def metrics(request: Request) -> Response:
+        """Prometheus: the scrape token, or a chat session holding system:monitor."""
+        if not is_scrape_token(settings, request.headers.get("authorization")):
+            caller = resolve_caller(engine, settings, request)
+            if caller is None:
+                return JSONResponse({"detail": "not signed in"}, status_code=401)
+            if not caller.user.can(MONITORING_PERMISSION):
+                return JSONResponse(
+                    {"detail": f"metrics need {MONITORING_PERMISSION}"}, status_code=403
+                )
+        body, content_type = exposition(registry)
+        return Response(body, media_type=content_type)
 
     @app.get("/login")
     def login_form(request: Request, error: str = "") -> Response:

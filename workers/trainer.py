@@ -31,6 +31,9 @@ from sqlalchemy import Engine, select
 
 from core.config import Settings, get_settings
 from core.db import get_engine, reading
+from core.ops.health import gpu_devices
+from core.ops.heartbeats import ProcessHeartbeat
+from core.ops.measures import observe_worker_job, observe_worker_running
 from core.training.child import EXIT_LOST, EXIT_OK, EXIT_STOPPED
 from core.training.jobs import load_job
 from core.training.models import JOB_KINDS, TrainingJob
@@ -130,10 +133,27 @@ class Worker:
         self._stopping = False
         self._last_cancel_check = 0.0
         self.log = log
+        # Where this worker serves /metrics (set by `clara worker --metrics-port`), and its
+        # GPUs (read once at start): both go into its heartbeat for health to show.
+        self.metrics_url: str | None = None
+        self._gpus: list[dict] = []
+        self.presence = ProcessHeartbeat(
+            self.engine, "worker", self._describe, every=self.settings.heartbeat_seconds
+        )
 
     # Lifecycle -------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         self._stopping = True
+
+    def _describe(self) -> dict:
+        return {
+            "worker_id": self.worker_id,
+            "kinds": list(self.kinds),
+            "concurrency": self.concurrency,
+            "jobs": [{"id": s.job.id, "kind": s.job.kind, "name": s.job.name} for s in self.slots],
+            "metrics": self.metrics_url,
+            "gpus": self._gpus,
+        }
 
     def run(self) -> int:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -141,6 +161,8 @@ class Worker:
             f"worker {self.worker_id}: concurrency {self.concurrency}, "
             f"lease {self.lease_seconds:.0f}s, kinds {','.join(self.kinds)}"
         )
+        self._gpus = gpu_devices()
+        self.presence.start()
         try:
             idle = False
             while not self._stopping:
@@ -152,6 +174,7 @@ class Worker:
             if not idle:
                 self._shutdown()
         finally:
+            self.presence.stop()
             for s, h in old.items():
                 signal.signal(s, h)
         self.log(f"worker {self.worker_id}: stopped")
@@ -163,7 +186,9 @@ class Worker:
         self._reap()
         self._check_cancels()
         self._heartbeat()
-        return self._fill_slots() if claim else False
+        claimed = self._fill_slots() if claim else False
+        self.presence.beat_if_due()
+        return claimed
 
     def _fill_slots(self) -> bool:
         claimed_any = False
@@ -216,6 +241,7 @@ class Worker:
         lease = JobLease(self.engine, job.id, job.token)
         lease.update(pid=proc.pid, pid_started_at=started)
         self.slots.append(Slot(job, proc, started, log_path, output_dir, lease=lease))
+        observe_worker_running(len(self.slots))
         self.log(f"job {job.id}: started attempt {job.attempt} (pid {proc.pid})")
 
     # Supervision -----------------------------------------------------------------------
@@ -294,31 +320,35 @@ class Worker:
             # The group may hold grandchildren (dataloader workers): end them with it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(slot.proc.pid, signal.SIGKILL)
-            self._finish(slot, rc)
+            observe_worker_job(slot.job.kind, self._finish(slot, rc), len(self.slots))
 
     def _lease(self, slot: Slot) -> JobLease:
         if slot.lease is None:
             slot.lease = JobLease(self.engine, slot.job.id, slot.job.token)
         return slot.lease
 
-    def _finish(self, slot: Slot, rc: int) -> None:
+    def _finish(self, slot: Slot, rc: int) -> str:
+        """Record what the child could not; returns how the attempt ended (succeeded, failed,
+        cancelled, requeued, lost)."""
         job = slot.job
         lease = self._lease(slot)
         row = load_job(self.engine, job.id)
         reported = row is None or row.fencing_token != job.token or row.state != "running"
         if rc == EXIT_LOST or slot.stop_reason == "lost":
             self.log(f"job {job.id}: given up (lease lost)")
-            return
+            return "lost"
         if reported and rc in (EXIT_OK, 1):
             # The child recorded the outcome itself, through its lease.
             what = "gone" if row is None else row.state
             why = f": {row.error}" if row is not None and row.error else ""
             self.log(f"job {job.id}: {what}{why}")
-            return
+            if row is None:
+                return "lost"
+            return {"queued": "requeued", "running": "lost"}.get(row.state, row.state)
         if rc == EXIT_OK:
             ok = lease.succeed()
             self.log(f"job {job.id}: succeeded" + ("" if ok else " (but the lease was lost)"))
-            return
+            return "succeeded" if ok else "lost"
         if slot.stop_reason == "cancel":
             if job.kind in ("score", "embed"):
                 total = f" of {row.max_steps}" if row and row.max_steps else ""
@@ -335,12 +365,12 @@ class Worker:
                 )
             lease.cancelled(summary)
             self.log(f"job {job.id}: {summary}")
-            return
+            return "cancelled"
         if slot.stop_reason == "shutdown" or rc == EXIT_STOPPED:
             # A later worker resumes it from the checkpoint (or batch) just written.
             lease.requeue()
             self.log(f"job {job.id}: stopped for worker shutdown; back in the queue")
-            return
+            return "requeued"
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
             hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
@@ -354,9 +384,10 @@ class Worker:
             # last checkpoint. An exception would only repeat itself, so that one fails.
             lease.requeue(error=error, reason=reason)
             self.log(f"job {job.id}: {error}; queued again")
-        else:
-            lease.fail(reason, error)
-            self.log(f"job {job.id}: failed: {error}")
+            return "requeued"
+        lease.fail(reason, error)
+        self.log(f"job {job.id}: failed: {error}")
+        return "failed"
 
     def _shutdown(self) -> None:
         if not self.slots:
@@ -369,6 +400,7 @@ class Worker:
         # it stops making progress.
         while self.slots:
             self._reap()
+            self.presence.beat_if_due()  # checkpoints can take longer than the stale limit
             now = time.monotonic()
             for slot in self.slots:
                 self._kill_if_overdue(slot, now)

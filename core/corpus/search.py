@@ -32,6 +32,7 @@ from core.corpus.graph import get_graph_stores, query_store
 from core.corpus.models import Chunk, Document, SavedSearch
 from core.corpus.text import query_terms, snippet
 from core.errors import ClaraError, NotFound
+from core.ops.measures import observe_search
 from core.permissions import Principal, require
 
 if TYPE_CHECKING:  # annotations only; keyword and graph search need no numpy
@@ -411,13 +412,15 @@ def search_response(
     results = _materialise(engine, req, ranked, per_mode, norm, best_chunk, via)
     if req.mode == "graph" and "vector" in skipped:
         skipped["vector"] = "not used as graph seeds: " + skipped["vector"]
+    seconds = time.perf_counter() - started
+    observe_search(req.mode, seconds)
     return SearchResponse(
         results=results,
         modes=[m for m in ("keyword", "vector", "graph") if m in per_mode],
         skipped=skipped,
         notes=notes,
         embeddings=progress,
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(seconds, 3),
     )
 
 

@@ -9,6 +9,7 @@ answer is stored under an id (core.serving.answers) that feedback refers to.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Engine
 
 from core.config import Settings, get_settings
+from core.ops.measures import observe_generation
 from core.permissions import Principal, require
 from core.serving.adapters import registered_adapters
 from core.serving.answers import AnswerStart, annotate_context, new_answer_id, store_answer
@@ -244,16 +246,30 @@ class ChatService:
 
     def _recorded(self, start: AnswerStart, stream: GenerationStream) -> Generator[str, None, None]:
         text: list[str] = []
-        complete = False
+        outcome = "stopped"  # the consumer closed the reply before the end
+        began = time.perf_counter()
+        first: float | None = None
         try:
             for piece in stream:
+                if first is None:
+                    first = time.perf_counter() - began
                 text.append(piece)
                 yield piece
-            complete = True
+            outcome = "complete"
+        except Exception:
+            outcome = "error"
+            raise
         finally:
             stream.close()  # a reply abandoned mid-way frees its row of the batch at once
+            observe_generation(
+                outcome,
+                time.perf_counter() - began,
+                first,
+                stream.prompt_tokens,
+                stream.completion_tokens,
+            )
             try:
-                store_answer(self.db, start, "".join(text), complete=complete)
+                store_answer(self.db, start, "".join(text), complete=outcome == "complete")
             except Exception:  # never hide the generation's own error behind this one
                 log.exception("could not store chat answer %s", start.id)
 
