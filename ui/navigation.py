@@ -28,6 +28,9 @@ PAGES: list[PageEntry] = [
     PageEntry("pages/chat.py", "Chat", ":material/chat:", "chat:use"),
     PageEntry("pages/audit.py", "Audit log", ":material/receipt_long:", "audit:read", "Admin"),
     PageEntry("pages/admin.py", "Users", ":material/group:", "users:manage", "Admin"),
+    PageEntry(
+        "pages/operations.py", "Operations", ":material/monitor_heart:", "system:health", "Admin"
+    ),
 ]
 
 
