@@ -34,6 +34,7 @@ PERMISSIONS: dict[str, str] = {
     "system:read": "See system status and configuration",
     "system:monitor": "Read the servers' monitoring (chat request statistics, /metrics)",
     "system:maintain": "Clean up what killed builds left in the data dir",
+    "system:backup": "Back up the workbench and restore a backup (a backup holds every secret)",
     "system:health": "See the health of every process, store, queue and disk (Operations)",
 }
 
