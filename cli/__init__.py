@@ -6,6 +6,7 @@ import sys
 
 # Each import registers its commands on `app` (typer sub-apps or plain commands).
 from cli import api as _api  # noqa: F401
+from cli import backup as _backup  # noqa: F401
 from cli import chat as _chat  # noqa: F401
 from cli import corpus as _corpus  # noqa: F401
 from cli import datasets as _datasets  # noqa: F401
