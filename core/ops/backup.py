@@ -197,7 +197,7 @@ def create_backup(
 
 def _check_destination(dest: Path, settings: Settings) -> None:
     for inside in (settings.data_path, settings.effective_chroma_path):
-        if dest == inside or inside in dest.parents:
+        if _under(dest, inside):
             raise BackupError(
                 f"{dest} is inside {inside}: put the backup outside the data dir (the next "
                 "backup would copy it, and a lost disk would take both)"
@@ -260,7 +260,9 @@ def _data_files(
     root = settings.data_path
     rules = _skip_rules(settings, engine, include_logs)
     excluded = [{"what": what, "why": why} for _test, what, why in _SKIPPED_NAMES]
-    excluded += [{"what": _shown(path, root), "why": why} for path, why in rules.items()]
+    for why in dict.fromkeys(rules.values()):
+        shown = [_shown(path, root) for path, reason in rules.items() if reason == why]
+        excluded.append({"what": ", ".join(shown), "why": why})
     excluded.append({"what": "the cache dir", "why": "derived files, rebuilt on use"})
     files: list[tuple[Path, str, int]] = []
     seen: set[str] = set()
@@ -612,9 +614,11 @@ def _obstacles(settings: Settings) -> list[str]:
         if not _under(path, data) and path.exists():
             found.append(f"the database file {path} exists")
     else:
-        from core.db import get_engine
+        from core.db import connect, get_engine
 
-        tables = db.postgres_tables_present(get_engine(settings))
+        engine = get_engine(settings)
+        connect(engine)  # an unreachable server: one line naming it, not a traceback
+        tables = db.postgres_tables_present(engine)
         if tables:
             found.append(f"the database holds tables already ({', '.join(tables[:4])}, ...)")
     if settings.chroma_url:

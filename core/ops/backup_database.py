@@ -71,8 +71,15 @@ def snapshot(engine: Engine, folder: Path, progress: Progress | None = None) -> 
     """Write the database into `folder`; returns the manifest's `database` section."""
     folder.mkdir(parents=True, exist_ok=True)
     if engine_kind(engine) == "sqlite":
-        return _sqlite_snapshot(engine, folder, progress)
-    return _postgres_snapshot(engine, folder, progress)
+        section = _sqlite_snapshot(engine, folder, progress)
+    else:
+        section = _postgres_snapshot(engine, folder, progress)
+    if section["schema_revision"] is None:
+        raise DatabaseBackupError(
+            "the database holds no workbench schema (`clara db upgrade` makes one): "
+            "nothing to back up"
+        )
+    return section
 
 
 def _sqlite_snapshot(engine: Engine, folder: Path, progress: Progress | None) -> dict[str, Any]:

@@ -395,3 +395,39 @@ def test_the_commands_need_system_backup_and_answer_json(
     assert r.returncode == 1 and "--force" in r.stderr
     assert authenticate(get_engine(target), "ana", "ana-pass-1")
     dispose_engines()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_vectors_move_through_chroma_s_client_into_and_out_of_a_server(
+    db_engine, admin, settings, tmp_path, monkeypatch
+):
+    from core.corpus.search import search
+    from tests.chroma_server import running_chroma_server
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    for name, text in list(DOCS.items())[:3]:
+        (src / name).write_text(text, encoding="utf-8")
+    opts = IngestOptions(chunk_tokens=64, chunk_overlap=8)
+    ingest_paths(db_engine, admin, [src], opts, settings)
+    query = QUERIES[1]
+    before = [h.doc_id for h in search(db_engine, admin, query, settings, mode="vector")]
+    create_backup(db_engine, admin, settings, tmp_path / "embedded-backup")
+
+    with running_chroma_server(tmp_path / "chroma-server") as chroma_url:
+        monkeypatch.setenv("CLARA_CHROMA_URL", chroma_url)
+        fresh = tmp_path / "restored"
+        target = _switch_to(monkeypatch, fresh, f"sqlite:///{fresh / 'clara.db'}")
+        backup = verify_backup(tmp_path / "embedded-backup")
+        restore_backup(backup.principal("admin"), target, backup)
+        engine = get_engine(target)
+        assert [h.doc_id for h in search(engine, admin, query, target, mode="vector")] == before
+        assert not (fresh / "chroma").exists()  # into the server, not the data dir
+
+        again = create_backup(engine, admin, target, tmp_path / "server-backup")
+        manifest = verify_backup(tmp_path / "server-backup").manifest
+        assert manifest["vectors"]["store"] == "server"
+        assert again.vectors == backup.manifest["vectors"]["count"] > 0
+        with pytest.raises(TargetNotEmpty, match="Chroma server"):
+            restore_backup(backup.principal("admin"), target, backup, force=True)
+        dispose_engines()
