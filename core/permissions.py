@@ -33,7 +33,7 @@ PERMISSIONS: dict[str, str] = {
     "users:manage": "Add users, change roles, disable, reset passwords",
     "system:read": "See system status and configuration",
     "system:monitor": "Read the servers' monitoring (chat request statistics, /metrics)",
-    "system:maintain": "Clean up what killed builds left in the data dir",
+    "system:maintain": "Clean up the data dir; move the stores to PostgreSQL and a Chroma server",
     "system:backup": "Back up the workbench and restore a backup (a backup holds every secret)",
     "system:health": "See the health of every process, store, queue and disk (Operations)",
 }
