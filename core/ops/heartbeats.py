@@ -7,10 +7,10 @@ its own loop, so a worker whose loop hangs goes stale too; the servers renew fro
 thread, since their requests are handled by the HTTP server, not by a loop of ours.
 
 Registering also clears what certainly belongs to the past: rows of the same kind on this
-host whose process is gone (its pid runs nothing, or a later process), and rows silent for
-longer than FORGET_AFTER. A process that died on another host (a container that came back
-under a new name) stays stale until a newer process of its kind replaces it (`replaced`),
-an admin forgets it, or FORGET_AFTER passes.
+host (and pid namespace) whose process is gone (its pid runs nothing, or a later process),
+and rows silent for longer than FORGET_AFTER. A process that died on another host (a
+container that came back under a new name) stays stale until a newer process of its kind
+replaces it (`replaced`), an admin forgets it, or FORGET_AFTER passes.
 """
 
 from __future__ import annotations
@@ -42,6 +42,18 @@ FORGET_AFTER = timedelta(days=1)
 HOST = socket.gethostname()
 
 
+def _pid_namespace() -> int | None:
+    """Containers sharing a host name (host networking) number their processes each in
+    their own namespace: a pid means something only within the namespace it came from."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+PID_NAMESPACE = _pid_namespace()
+
+
 def process_started(pid: int) -> float | None:
     """The process's start time (psutil): with the pid it names one process for good."""
     try:
@@ -69,7 +81,11 @@ class ProcessHeartbeat:
         self._thread: threading.Thread | None = None
 
     def _detail(self) -> dict[str, Any]:
-        return {**self.describe(), "process_started": process_started(os.getpid())}
+        return {
+            **self.describe(),
+            "process_started": process_started(os.getpid()),
+            "pid_namespace": PID_NAMESPACE,
+        }
 
     def start(self) -> None:
         with writing(self.engine) as s:
@@ -148,6 +164,8 @@ def _forget_gone(s: Session, kind: str, now: datetime) -> None:
         select(ServiceHeartbeat).where(ServiceHeartbeat.kind == kind, ServiceHeartbeat.host == HOST)
     )
     for row in mine:
+        if (row.detail or {}).get("pid_namespace") != PID_NAMESPACE:
+            continue
         started = (row.detail or {}).get("process_started")
         current = process_started(row.pid)
         if current is None or started is None or abs(current - float(started)) > 0.01:

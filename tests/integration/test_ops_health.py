@@ -139,6 +139,21 @@ def test_a_worker_killed_hard_fails_health_by_name(api, settings):
     assert rows.iloc[0].detail["processes"] == [name]
 
 
+def test_a_worker_started_after_a_dead_one_on_this_host_clears_it(api, settings):
+    from core.db import get_engine
+    from core.ops.heartbeats import list_processes
+
+    with worker(settings) as dead:
+        wait_until(lambda: registered(settings, "worker", dead.pid), "the heartbeat", 60)
+        os.killpg(dead.pid, signal.SIGKILL)
+    with worker(settings) as proc:
+        wait_until(lambda: registered(settings, "worker", proc.pid), "the new heartbeat", 60)
+        pids = [p.pid for p in list_processes(get_engine(settings), 3) if p.kind == "worker"]
+        assert pids == [proc.pid]  # the dead one's pid runs nothing: certainly gone
+        rc, report, err = health(settings)
+        assert rc == 0, (report, err)
+
+
 def test_too_little_free_disk_fails(api, settings):
     rc, report, _ = health(settings, CLARA_HEALTH_MIN_FREE_GB="1000000")
     assert rc == 1
