@@ -486,15 +486,26 @@ class _HashingReader(io.RawIOBase):
 @contextmanager
 def _checked(path: Path, info: dict[str, Any]) -> Iterator[IO[bytes]]:
     """A file of the backup, read once more: its sha256 must still match when it is done
-    (the backup could change between verification and restore)."""
+    (the backup could change between verification and restore). A reader that failed on a
+    changed file (a COPY refusing a damaged row) is told so too."""
     with path.open("rb", buffering=0) as f:
         raw = _HashingReader(f)
-        reader = io.BufferedReader(raw, _BLOCK)
-        yield reader
-        while reader.read(_BLOCK):  # what the caller left unread counts too
-            pass
-    if raw.digest.hexdigest() != info["sha256"]:
-        raise BackupInvalid(f"{path}: changed since it was verified; the restore was undone")
+
+        def changed() -> bool:
+            block = bytearray(_BLOCK)
+            while raw.readinto(block):  # what the caller left unread counts too
+                pass
+            return raw.digest.hexdigest() != info["sha256"]
+
+        problem = f"{path}: changed since it was verified; the restore was undone"
+        try:
+            yield io.BufferedReader(raw, _BLOCK)
+        except Exception as err:
+            if changed():
+                raise BackupInvalid(problem) from err
+            raise
+        if changed():
+            raise BackupInvalid(problem)
 
 
 # Restore ---------------------------------------------------------------------------------
@@ -522,27 +533,47 @@ def restore_backup(
     except (PermissionDenied, BackupError) as err:
         _record_in_target(settings, actor, backup, err)
         raise
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    old_root = backup.manifest["source"]["data_dir"]
     try:
-        with ExitStack() as undo:
-            moved = _move_aside(settings, stamp, undo) if obstacles else []
-            files, size = _restore_files(backup, settings.data_path, undo, progress)
-            _rebase_active_model(settings, old_root)
-            undo.callback(
-                vectors.import_vectors(
-                    settings, backup.manifest["vectors"], backup.opener(VECTORS_DIR), progress
-                )
-            )
-            aside = f"clara_replaced_{stamp.lower()}" if obstacles else None
-            engine, rebased = _restore_database(backup, settings, aside, undo, progress)
-            if aside and backup.engine == "postgresql":
-                moved.append(f"schema {aside}")
-            undo.pop_all()
+        engine, report = _restore_into(settings, backup, bool(obstacles), progress)
     except Exception as err:
         _record_in_target(settings, actor, backup, err)
         raise
-    report = RestoreReport(
+    record(
+        engine,
+        actor.username,
+        "system.restore",
+        str(backup.path),
+        detail={
+            "backup_created_at": report.backup_created_at,
+            "revision_from": report.backup_schema_revision,
+            "revision": report.schema_revision,
+            "files": report.files,
+            "bytes": report.bytes,
+            "moved_aside": report.moved_aside,
+        },
+    )
+    return report
+
+
+def _restore_into(
+    settings: Settings, backup: VerifiedBackup, move_aside: bool, progress: Progress | None
+) -> tuple[Engine, RestoreReport]:
+    """Files, vectors, then the database; a failure undoes every step made so far."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    with ExitStack() as undo:
+        moved = _move_aside(settings, stamp, undo) if move_aside else []
+        files, size = _restore_files(backup, settings.data_path, undo, progress)
+        _rebase_active_model(settings, backup.manifest["source"]["data_dir"])
+        undo.callback(
+            vectors.import_vectors(
+                settings, backup.manifest["vectors"], backup.opener(VECTORS_DIR), progress
+            )
+        )
+        aside = f"clara_replaced_{stamp.lower()}" if move_aside else None
+        engine, rebased, schema = _restore_database(backup, settings, aside, undo, progress)
+        moved += [f"schema {schema}"] if schema else []
+        undo.pop_all()
+    return engine, RestoreReport(
         data_dir=settings.data_path,
         engine=backup.engine,
         backup_created_at=backup.manifest["created_at"],
@@ -554,21 +585,6 @@ def restore_backup(
         paths_rebased=rebased,
         moved_aside=moved,
     )
-    record(
-        engine,
-        actor.username,
-        "system.restore",
-        str(backup.path),
-        detail={
-            "backup_created_at": report.backup_created_at,
-            "revision_from": report.backup_schema_revision,
-            "revision": report.schema_revision,
-            "files": files,
-            "bytes": size,
-            "moved_aside": moved,
-        },
-    )
-    return report
 
 
 def _target_kind(settings: Settings) -> str:
@@ -741,9 +757,10 @@ def _restore_database(
     aside_schema: str | None,
     undo: ExitStack,
     progress: Progress | None,
-) -> tuple[Engine, int]:
+) -> tuple[Engine, int, str | None]:
     """Load the database last: on PostgreSQL it commits whole or not at all, so nothing
-    after it can fail."""
+    after it can fail. Returns the engine, the paths rebased and the schema that received
+    the tables that were in the way."""
     from core.db import get_engine, upgrade
 
     old, new = backup.manifest["source"]["data_dir"], str(settings.data_path)
@@ -751,10 +768,9 @@ def _restore_database(
     if backup.engine == "postgresql":
         engine = get_engine(settings)
         with engine.begin() as conn:
-            if aside_schema and db.postgres_tables_present(engine):
-                db.move_postgres_tables_aside(conn, aside_schema)
+            moved = aside_schema and db.move_postgres_tables_aside(conn, aside_schema)
             db.load_postgres(conn, section, backup.opener(DATABASE_DIR), progress)
-            return engine, db.rebase_paths(conn, old, new)
+            return engine, db.rebase_paths(conn, old, new), aside_schema if moved else None
     target = _sqlite_target(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.restoring.tmp")
@@ -769,7 +785,7 @@ def _restore_database(
     rebased = db.rebase_sqlite_paths(engine, old, new)
     if progress:
         progress("database", 1, 1, target.name)
-    return engine, rebased
+    return engine, rebased, None
 
 
 def _record_in_target(

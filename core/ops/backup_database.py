@@ -221,8 +221,11 @@ def _trigger_functions(conn: Connection, tables: list[str]) -> list[str]:
 
 def move_postgres_tables_aside(conn: Connection, schema: str) -> list[str]:
     """Move every table of the target schema (with its indexes, sequences, triggers and the
-    functions those triggers call) into a new schema `schema`; nothing is dropped."""
+    functions those triggers call) into a new schema `schema`; nothing is dropped, and
+    nothing is made when there are no tables."""
     tables = sorted(sa.inspect(conn).get_table_names())
+    if not tables:
+        return []
     functions = _trigger_functions(conn, tables)
     conn.execute(text(f"CREATE SCHEMA {_quote(conn, schema)}"))
     for name in tables:

@@ -431,3 +431,40 @@ def test_vectors_move_through_chroma_s_client_into_and_out_of_a_server(
         with pytest.raises(TargetNotEmpty, match="Chroma server"):
             restore_backup(backup.principal("admin"), target, backup, force=True)
         dispose_engines()
+
+
+@pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_restore_that_fails_midway_puts_back_what_was_there(
+    db_engine, admin, settings, tmp_path, monkeypatch
+):
+    from core.system import prepare
+
+    backup = verify_backup(_small_backup(db_engine, admin, settings, tmp_path / "backup"))
+    kind = _engine_kind(settings)
+    # Changed after it was verified: the database part is read last, after the files.
+    section = backup.manifest["database"]
+    name = section["file"] if kind == "sqlite" else section["tables"]["users"]["file"]
+    damaged = tmp_path / "backup" / "database" / name
+    data = bytearray(damaged.read_bytes())
+    data[-2] ^= 1
+    damaged.write_bytes(bytes(data))
+    with database_url(kind, tmp_path / "fresh-db") as url:
+        target = _switch_to(monkeypatch, tmp_path / "restored", url)
+        monkeypatch.setenv("CLARA_ADMIN_PASSWORD", "other-admin-1")
+        get_settings.cache_clear()
+        prepare(get_settings())
+        (target.data_path / "mine.txt").write_text("keep me")
+        before = sorted(p.relative_to(target.data_path) for p in target.data_path.rglob("*"))
+        dispose_engines()
+
+        with pytest.raises(BackupInvalid, match="changed since it was verified"):
+            restore_backup(backup.principal("admin"), target, backup, force=True)
+        after = sorted(p.relative_to(target.data_path) for p in target.data_path.rglob("*"))
+        assert after == before and (target.data_path / "mine.txt").read_text() == "keep me"
+        engine = get_engine(target)
+        assert authenticate(engine, "admin", "other-admin-1")
+        failed = read_audit_log(engine, admin, action_prefix="system.restore").rows
+        assert failed.iloc[0].outcome == "failed"
+        dispose_engines()
