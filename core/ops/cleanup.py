@@ -124,9 +124,7 @@ def _export_items(settings: Settings, days: float) -> list[CleanupItem]:
         for export in sorted(p for p in version.iterdir() if p.is_dir()):
             newest = max((f.stat().st_mtime for f in export.rglob("*")), default=0.0)
             if max(newest, export.stat().st_mtime) < cutoff:
-                items.append(
-                    CleanupItem(export, _size(export), f"export older than {days:g} days")
-                )
+                items.append(CleanupItem(export, _size(export), f"export older than {days:g} days"))
     return items
 
 
