@@ -54,36 +54,38 @@ def module_storage(kind: str, tmp_path_factory, shared_demo_model: Path) -> Iter
             get_settings.cache_clear()
 
 
-def frozen_version(engine, name: str = "faq", n: int = 48):
+def frozen_version(engine, name: str = "faq", n: int = 48, offset: int = 0, actor=None):
     """A dataset version of `n` chat samples (a fifth held out for evaluation)."""
     from core.datasets.service import SampleIn, add_samples, create_dataset
     from core.datasets.versions import freeze
     from core.permissions import SYSTEM
 
-    ds = create_dataset(engine, SYSTEM, name)
+    actor = actor or SYSTEM
+    ds = create_dataset(engine, actor, name)
     samples = [
         SampleIn(
             kind="chat",
             status="accepted",
             messages=[
                 {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
-                {"role": "assistant", "content": f"Für {k} Hunde sind es {90 * k} Euro."},
+                {
+                    "role": "assistant",
+                    "content": f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr.",
+                },
             ],
         )
-        for k in range(1, n + 1)
+        for k in range(1 + offset, n + 1 + offset)
     ]
-    add_samples(engine, SYSTEM, ds.id, samples)
-    return freeze(engine, SYSTEM, ds.id, eval_ratio=0.2)
+    add_samples(engine, actor, ds.id, samples)
+    return freeze(engine, actor, ds.id, eval_ratio=0.2)
 
 
-def spec_yaml(name: str, version: str = "faq@v1", **trainer) -> str:
-    """A demo-lora spec made short (8 steps of 4 × 64 tokens unless `trainer` says else)."""
-    import yaml
-
+def short_spec(name: str, version: int | str = "faq@v1", method: str = "lora", **trainer) -> dict:
+    """A preset spec made short (8 steps of 4 × 64 tokens unless `trainer` says else)."""
     from core.training.spec import preset
 
-    data = preset("demo-lora", name=name, dataset_version=version)
-    data.pop("description")
+    kind = {"lora": "demo-lora", "qlora": "demo-qlora", "continue": "continue"}[method]
+    data = preset(kind, name=name, dataset_version=version)
     data["trainer"].update(
         max_steps=8,
         per_device_train_batch_size=4,
@@ -94,6 +96,15 @@ def spec_yaml(name: str, version: str = "faq@v1", **trainer) -> str:
         warmup_steps=0,
     )
     data["trainer"].update(trainer)
+    return data
+
+
+def spec_yaml(name: str, version: str = "faq@v1", **trainer) -> str:
+    """short_spec as the YAML a client sends."""
+    import yaml
+
+    data = short_spec(name, version, **trainer)
+    data.pop("description", None)
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -119,9 +130,10 @@ def run_worker_once(settings) -> None:
 
 @contextmanager
 def running_worker(settings) -> Iterator[subprocess.Popen]:
-    """A `clara worker` process until the block ends (stopped as an operator would)."""
+    """A `clara worker` process until the block ends (stopped as an operator would, unless
+    the test stopped or killed it already); its output is appended to data/worker.log."""
     log = settings.data_path / "worker.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             worker_command(),
             cwd=ROOT,
@@ -133,7 +145,8 @@ def running_worker(settings) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,3 +226,21 @@ def login(page, workbench: Workbench, username: str = "admin", password: str | N
     page.get_by_role("button", name="Login").click()
     page.get_by_test_id("stSidebar").get_by_text(username, exact=False).first.wait_for()
     return page
+
+
+def set_number(scope, elem: str, value: str, attempts: int = 10) -> None:
+    """Type `value` into the number box of Gradio component `#elem` until it stays there.
+
+    Right after an accordion opens, under load, Gradio may still mount the component and
+    put its current value back over what was typed; the test must not go on with the old
+    setting (a temperature of 0.7 instead of 0 made answers random)."""
+    box = scope.locator(f"#{elem} input[type=number]")
+    for _ in range(attempts):
+        box.fill(value)
+        box.press("Enter")
+        time.sleep(0.5)
+        if box.input_value() == value:
+            time.sleep(0.5)
+            if box.input_value() == value:
+                return
+    raise AssertionError(f"#{elem} did not keep the value {value!r} (shows {box.input_value()!r})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import login
 
@@ -82,7 +83,8 @@ def test_users_page_refreshes_and_asks_before_promoting(workbench, page):
     page.get_by_role("option", name="tina9").click()
     page.get_by_text("tina9 is trainer, active.").wait_for()
     role_box = page.get_by_role("combobox", name="New role")
-    assert role_box.input_value() == "trainer"
+    # The caption and the box are drawn one after the other: wait for the box too.
+    expect(role_box).to_have_value("trainer")
     assert page.get_by_role("button", name="Set role").is_disabled()
 
     # To admin: asked first.

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.conftest import set_number
 from tests.integration.test_chat_engine import CODEWORD, QUESTION, shared_codeword_models
 from tests.integration.test_chat_server import ChatServer, running_chat_server
 
@@ -57,12 +58,6 @@ def _sign_in(page, chat: ChatServer) -> None:
     page.locator("#chat-input textarea").wait_for(timeout=60_000)
 
 
-def _set_number(page, elem: str, value: str) -> None:
-    box = page.locator(f"#{elem} input[type=number]")
-    box.fill(value)
-    box.press("Enter")
-
-
 def _ask(page, text: str) -> None:
     page.locator("#chat-input textarea").fill(text)
     page.locator("#chat-send").click()
@@ -79,7 +74,7 @@ def test_images_and_html_in_chat_text_are_shown_as_text_and_fetch_nothing(
     pixel, hits = pixel_server
     _sign_in(page, chat)
     page.get_by_text("Generation settings").click()
-    _set_number(page, "chat-max-new-tokens", "8")
+    set_number(page, "chat-max-new-tokens", "8")
     prompt = (
         f'Look ![md]({pixel}/markdown.png) and <img src="{pixel}/tag.png"> '
         f"and ![ref][r]\n\n[r]: {pixel}/reference.png"
@@ -100,8 +95,8 @@ def test_images_and_html_in_chat_text_are_shown_as_text_and_fetch_nothing(
 def test_answers_name_their_model_and_say_when_turns_were_left_out(chat, page) -> None:
     _sign_in(page, chat)
     page.get_by_text("Generation settings").click()
-    _set_number(page, "chat-temperature", "0")
-    _set_number(page, "chat-max-new-tokens", "12")
+    set_number(page, "chat-temperature", "0")
+    set_number(page, "chat-max-new-tokens", "12")
     _pick(page, "chat-adapter", "codeword")
     _ask(page, QUESTION)
     conversation = page.locator("#chat-conversation")
@@ -122,8 +117,8 @@ def test_answers_name_their_model_and_say_when_turns_were_left_out(chat, page) -
 def test_compare_answers_are_labelled_and_not_cut_off(chat, page) -> None:
     _sign_in(page, chat)
     page.get_by_text("Generation settings").click()  # shared by both tabs
-    _set_number(page, "chat-temperature", "1")
-    _set_number(page, "chat-max-new-tokens", "240")
+    set_number(page, "chat-temperature", "1")
+    set_number(page, "chat-max-new-tokens", "240")
     page.get_by_role("tab", name="Compare").click()
     _pick(page, "compare-a", "codeword")
     page.get_by_text("Adapter A: codeword").wait_for()

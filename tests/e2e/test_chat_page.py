@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, set_number
 from tests.integration.test_chat_engine import (
     CODEWORD,
     QUESTION,
@@ -92,9 +92,7 @@ def test_chat_page_answer_feedback_and_review(chat_workbench, page) -> None:
     frame.locator("#chat-adapter input").click()
     frame.get_by_role("option", name="codeword").click()
     frame.get_by_text("Generation settings").click()
-    temp = frame.locator("#chat-temperature input[type=number]")
-    temp.fill("0")
-    temp.press("Enter")
+    set_number(frame, "chat-temperature", "0")
 
     frame.locator("#chat-input textarea").fill(QUESTION)
     frame.locator("#chat-send").click()

@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.api_server import running_api_server
-from tests.api_training import TRAINING_ENV, worker_command
+from tests.api_training import running_worker
 from tests.cli_run import cli_env
 from tests.conftest import ROOT, database_url
 from tests.waiting import wait_until
@@ -46,27 +44,6 @@ def api(settings):
         yield server
 
 
-@contextmanager
-def worker(settings) -> Iterator[subprocess.Popen]:
-    """A `clara worker`; the test stops it (SIGTERM or SIGKILL), or the block's end does."""
-    log = settings.data_path / "worker.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            worker_command(),
-            cwd=ROOT,
-            env={**cli_env(settings), **TRAINING_ENV},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-
-
 def registered(settings, kind: str, pid: int):
     from core.db import get_engine
     from core.ops.heartbeats import list_processes
@@ -94,7 +71,7 @@ def check(report: dict, name: str) -> dict:
 
 
 def test_health_lists_the_worker_and_the_api_with_their_heartbeats(api, settings):
-    with worker(settings) as proc:
+    with running_worker(settings) as proc:
         wait_until(lambda: registered(settings, "worker", proc.pid), "the worker's heartbeat", 60)
         wait_until(lambda: registered(settings, "api", api.proc.pid), "the API's heartbeat", 30)
         rc, report, err = health(settings)
@@ -121,7 +98,7 @@ def test_a_worker_killed_hard_fails_health_by_name(api, settings):
     from core.db import get_engine
     from core.permissions import SYSTEM
 
-    with worker(settings) as proc:
+    with running_worker(settings) as proc:
         live = wait_until(lambda: registered(settings, "worker", proc.pid), "the heartbeat", 60)
         os.killpg(proc.pid, signal.SIGKILL)
     name = f"worker {live.host}:{proc.pid}"
@@ -143,10 +120,10 @@ def test_a_worker_started_after_a_dead_one_on_this_host_clears_it(api, settings)
     from core.db import get_engine
     from core.ops.heartbeats import list_processes
 
-    with worker(settings) as dead:
+    with running_worker(settings) as dead:
         wait_until(lambda: registered(settings, "worker", dead.pid), "the heartbeat", 60)
         os.killpg(dead.pid, signal.SIGKILL)
-    with worker(settings) as proc:
+    with running_worker(settings) as proc:
         wait_until(lambda: registered(settings, "worker", proc.pid), "the new heartbeat", 60)
         pids = [p.pid for p in list_processes(get_engine(settings), 3) if p.kind == "worker"]
         assert pids == [proc.pid]  # the dead one's pid runs nothing: certainly gone
@@ -205,7 +182,7 @@ def test_operations_page_for_admins_and_auditors(api, settings):
     from core.training.jobs import submit_sleep_job
 
     submit_sleep_job(get_engine(settings), SYSTEM, 0, name="charted")  # something to chart
-    with worker(settings) as proc:
+    with running_worker(settings) as proc:
         live = wait_until(lambda: registered(settings, "worker", proc.pid), "the heartbeat", 60)
         os.killpg(proc.pid, signal.SIGKILL)
     wait_until(lambda: registered(settings, "worker", proc.pid) is None, "it to go stale", 30)

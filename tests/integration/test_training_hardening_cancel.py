@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from core.datasets.service import SampleIn, add_samples, create_dataset
-from core.datasets.versions import freeze
 from core.training.jobs import cancel_job, get_job, job_metrics, retry_job, submit_job
 from core.training.spec import preset
+from tests.api_training import frozen_version
 from tests.conftest import ROOT, link_demo_model
 from tests.waiting import wait_until
 
@@ -39,27 +38,6 @@ WORKER = (
 )
 
 
-def _version(engine, admin):
-    ds = create_dataset(engine, admin, "faq")
-    add_samples(
-        engine,
-        admin,
-        ds.id,
-        [
-            SampleIn(
-                kind="chat",
-                status="accepted",
-                messages=[
-                    {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
-                    {"role": "assistant", "content": f"Für {k} Hunde sind es {90 * k} Euro."},
-                ],
-            )
-            for k in range(1, 401)
-        ],
-    )
-    return freeze(engine, admin, ds.id, eval_ratio=0.2)
-
-
 def checkpoint_step(path: str | None) -> int | None:
     return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
@@ -69,7 +47,7 @@ def test_cancel_saves_the_current_step_and_retry_resumes_from_it(
     db_engine, admin, settings, shared_demo_model
 ):
     link_demo_model(shared_demo_model, settings.data_path)
-    version = _version(db_engine, admin)
+    version = frozen_version(db_engine, n=400, actor=admin)
     data = preset("demo-lora", name="slow-steps", dataset_version=version.id)
     data["trainer"].update(
         max_steps=300,

@@ -19,8 +19,6 @@ import psutil
 import pytest
 from sqlalchemy import select
 
-from core.datasets.service import SampleIn, add_samples, create_dataset
-from core.datasets.versions import freeze
 from core.db import reading
 from core.training.adapters import (
     MANIFEST,
@@ -41,7 +39,7 @@ from core.training.jobs import (
     submit_job,
 )
 from core.training.models import Adapter
-from core.training.spec import preset
+from tests.api_training import frozen_version, short_spec
 from tests.conftest import ROOT, link_demo_model
 from tests.waiting import wait_until
 
@@ -54,42 +52,6 @@ os.environ.setdefault("CLARA_TRAIN_THREADS", "1")
 @pytest.fixture
 def demo(settings, shared_demo_model) -> Path:
     return link_demo_model(shared_demo_model, settings.data_path)
-
-
-def make_version(engine, admin, name: str = "faq", n: int = 48, offset: int = 0):
-    ds = create_dataset(engine, admin, name)
-    samples = [
-        SampleIn(
-            kind="chat",
-            status="accepted",
-            messages=[
-                {"role": "user", "content": f"Wie hoch ist die Hundesteuer für {k} Hunde?"},
-                {
-                    "role": "assistant",
-                    "content": f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr.",
-                },
-            ],
-        )
-        for k in range(1 + offset, n + 1 + offset)
-    ]
-    add_samples(engine, admin, ds.id, samples)
-    return freeze(engine, admin, ds.id, eval_ratio=0.2)
-
-
-def spec(name: str, version_id: int, method: str = "lora", **trainer) -> dict:
-    kind = {"lora": "demo-lora", "qlora": "demo-qlora", "continue": "continue"}[method]
-    d = preset(kind, name=name, dataset_version=version_id)
-    d["trainer"].update(
-        max_steps=8,
-        per_device_train_batch_size=4,
-        max_length=64,
-        learning_rate=1e-2,
-        logging_steps=2,
-        save_steps=4,
-        warmup_steps=0,
-    )
-    d["trainer"].update(trainer)
-    return d
 
 
 def run_worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -116,30 +78,30 @@ def start_worker(*args: str) -> subprocess.Popen:
 
 
 def test_submit_refuses_what_is_missing(db_engine, admin, demo):
-    version = make_version(db_engine, admin, n=10)
+    version = frozen_version(db_engine, n=10, actor=admin)
     with pytest.raises(SubmitRefused, match="no dataset version 'nope@v3'") as err:
-        submit_job(db_engine, admin, spec("a", "nope@v3"))
+        submit_job(db_engine, admin, short_spec("a", "nope@v3"))
     assert err.value.field == "dataset_version"
-    bad_base = spec("a", version.id) | {"base_model": str(demo.parent / "missing-model")}
+    bad_base = short_spec("a", version.id) | {"base_model": str(demo.parent / "missing-model")}
     with pytest.raises(SubmitRefused, match="missing-model does not exist"):
         submit_job(db_engine, admin, bad_base)
     with pytest.raises(SubmitRefused, match="no adapter 'ghost'"):
-        submit_job(db_engine, admin, spec("a", version.id, "continue") | {"adapter": "ghost"})
-    wrong_targets = spec("a", version.id)
+        submit_job(db_engine, admin, short_spec("a", version.id, "continue") | {"adapter": "ghost"})
+    wrong_targets = short_spec("a", version.id)
     wrong_targets["peft"]["target_modules"] = ["c_attn", "c_proj"]
     with pytest.raises(SubmitRefused, match="has none of \\['c_attn', 'c_proj'\\]") as err:
         submit_job(db_engine, admin, wrong_targets)
     assert "q_proj" in str(err.value) and err.value.field == "peft.target_modules"
     assert list_jobs(db_engine, admin) == []  # nothing was queued
-    ok = submit_job(db_engine, admin, spec("a", f"{version.dataset_name}@v1"))
+    ok = submit_job(db_engine, admin, short_spec("a", f"{version.dataset_name}@v1"))
     assert ok.state == "queued" and ok.dataset_version_id == version.id
     with pytest.raises(SubmitRefused, match="already training an adapter named 'a'"):
-        submit_job(db_engine, admin, spec("a", version.id))
+        submit_job(db_engine, admin, short_spec("a", version.id))
 
 
 def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
-    version = make_version(db_engine, admin)
-    job = submit_job(db_engine, admin, spec("hund", version.id))
+    version = frozen_version(db_engine, actor=admin)
+    job = submit_job(db_engine, admin, short_spec("hund", version.id))
     run_worker("--once")
     done = get_job(db_engine, admin, job.id)
     assert done.state == "succeeded", done.error
@@ -157,11 +119,11 @@ def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
     assert (adapter.path / "adapter_config.json").exists() and (adapter.path / MANIFEST).exists()
     assert adapter.path.parent == settings.data_path / "adapters"
 
-    version2 = make_version(db_engine, admin, "faq2", n=24, offset=100)
+    version2 = frozen_version(db_engine, "faq2", n=24, offset=100, actor=admin)
     job2 = submit_job(
         db_engine,
         admin,
-        spec("hund-v2", version2.id, "continue", max_steps=4) | {"adapter": "hund"},
+        short_spec("hund-v2", version2.id, "continue", max_steps=4) | {"adapter": "hund"},
     )
     run_worker("--once")
     assert get_job(db_engine, admin, job2.id).state == "succeeded"
@@ -193,8 +155,8 @@ def test_lora_then_continue_then_merge(db_engine, admin, demo, settings):
 
 
 def test_qlora_4bit_job(db_engine, admin, demo):
-    version = make_version(db_engine, admin)
-    job = submit_job(db_engine, admin, spec("hund-q", version.id, "qlora"))
+    version = frozen_version(db_engine, actor=admin)
+    job = submit_job(db_engine, admin, short_spec("hund-q", version.id, "qlora"))
     run_worker("--once")
     done = get_job(db_engine, admin, job.id)
     assert done.state == "succeeded", done.error
@@ -208,8 +170,8 @@ def test_qlora_4bit_job(db_engine, admin, demo):
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_failing_job_keeps_log_and_registers_nothing(db_engine, admin, demo, settings):
-    version = make_version(db_engine, admin, n=10)
-    job = submit_job(db_engine, admin, spec("broken", version.id))
+    version = frozen_version(db_engine, n=10, actor=admin)
+    job = submit_job(db_engine, admin, short_spec("broken", version.id))
     # The frozen files change on disk after submit: the job must fail, clearly.
     train = version.path / "train.parquet"
     train.chmod(0o644)
@@ -225,8 +187,10 @@ def test_failing_job_keeps_log_and_registers_nothing(db_engine, admin, demo, set
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
-    version = make_version(db_engine, admin)
-    job = submit_job(db_engine, admin, spec("long", version.id, max_steps=400, save_steps=200))
+    version = frozen_version(db_engine, actor=admin)
+    job = submit_job(
+        db_engine, admin, short_spec("long", version.id, max_steps=400, save_steps=200)
+    )
     worker = start_worker("--lease-seconds", "10")
     try:
         wait_until(lambda: get_job(db_engine, admin, job.id).step >= 2, "training to start")
@@ -262,8 +226,8 @@ def test_cancel_running_job_then_retry_resumes(db_engine, admin, demo):
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_worker_killed_mid_job_resumes_from_checkpoint(db_engine, admin, demo):
-    version = make_version(db_engine, admin)
-    job = submit_job(db_engine, admin, spec("survivor", version.id, max_steps=16))
+    version = frozen_version(db_engine, actor=admin)
+    job = submit_job(db_engine, admin, short_spec("survivor", version.id, max_steps=16))
     worker = start_worker("--lease-seconds", "4")
     try:
         running = wait_until(
