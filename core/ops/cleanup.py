@@ -26,6 +26,7 @@ from core.audit import audited
 from core.config import Settings
 from core.db import reading
 from core.permissions import Principal, require
+from core.training.checkpoints import checkpoint_folders
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,6 @@ def _job_folders(settings: Settings) -> dict[int, Path]:
     return {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    """A job's checkpoint folders, oldest first by step."""
-    from core.training.runner import CHECKPOINT_DIR
-
-    found = []
-    for p in (folder / CHECKPOINT_DIR).glob("checkpoint-*"):
-        step = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and step.isdigit():
-            found.append((int(step), p))
-    return [p for _, p in sorted(found)]
-
-
 def _job_items(engine: Engine, settings: Settings, policy: CleanupPolicy) -> list[CleanupItem]:
     from core.training.models import TrainingJob
 
@@ -100,7 +89,7 @@ def _job_items(engine: Engine, settings: Settings, policy: CleanupPolicy) -> lis
                 items.append(CleanupItem(folder, _size(folder), f"job {job_id} no longer exists"))
             continue
         if state == "succeeded" and policy.keep_checkpoints is not None:
-            old = _checkpoints(folder)
+            old = checkpoint_folders(folder)
             old = old[: max(0, len(old) - policy.keep_checkpoints)]
             for p in old:
                 items.append(

@@ -17,10 +17,10 @@ from typing import Any
 
 from core.artifacts import staged_dir
 from core.training.callbacks import MetricsCallback, MetricSink, StopCallback, TokenCounter
+from core.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 from core.training.spec import TrainingSpec
 
 ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
 DEFAULT_TRAINER_ARGS: dict[str, Any] = {
     "logging_steps": 5,
     "save_steps": 20,
@@ -80,26 +80,6 @@ def set_torch_threads() -> int:
     n = get_settings().train_threads or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
-
-
-def latest_checkpoint(output_dir: Path) -> str | None:
-    """The newest checkpoint the trainer finished writing (its trainer_state.json exists).
-
-    A process killed while saving leaves a newer, half-written checkpoint folder behind:
-    resume from the newest complete one before it, never start over because of it.
-    """
-    ckpt_dir = output_dir / CHECKPOINT_DIR
-    if not ckpt_dir.is_dir():
-        return None
-    steps = []
-    for p in ckpt_dir.glob("checkpoint-*"):
-        step = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and step.isdigit():
-            steps.append((int(step), p))
-    for _, p in sorted(steps, reverse=True):
-        if (p / "trainer_state.json").exists():
-            return str(p)
-    return None
 
 
 def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:

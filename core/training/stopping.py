@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.training.checkpoints import checkpoint_step, checkpoint_usable
+
 STOP_FILE = "stop.json"
 MIN_WINDOW_S = 60.0  # no sign of progress for this long while stopping = a hang
 MAX_STOP_S = 30 * 60.0  # a stop never takes longer than this, progress or not
@@ -60,23 +62,6 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    """The step of a `.../checkpoint-N` folder name."""
-    if not path:
-        return None
-    tail = Path(path).name
-    if tail.startswith("checkpoint-"):
-        try:
-            return int(tail.split("-", 1)[1])
-        except ValueError:
-            return None
-    return None
-
-
-def checkpoint_usable(path: str | None) -> bool:
-    return bool(path) and (Path(path) / "trainer_state.json").exists()
 
 
 def cancel_summary(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from core.training.checkpoints import checkpoint_step
 from core.training.jobs import cancel_job, get_job, job_metrics, retry_job, submit_job
 from core.training.spec import preset
 from tests.api_training import frozen_version
@@ -36,10 +37,6 @@ WORKER = (
     "sys.exit(Worker(grace_seconds=0.5, lease_seconds=10, poll_interval=0.1,"
     " log=lambda m: print(m, flush=True)).run())\n"
 )
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    return int(Path(path).name.rsplit("-", 1)[1]) if path else None
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

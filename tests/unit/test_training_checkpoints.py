@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.training.runner import CHECKPOINT_DIR, latest_checkpoint
+from core.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
 
 
 def _checkpoint(root, step: int, complete: bool) -> None:
