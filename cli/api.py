@@ -36,4 +36,6 @@ def api(
             log_level="info",
             proxy_headers=cfg.trust_proxy_headers,
             server_header=False,
+            # Open streams (job events, generations) must not hold a stop up for ever.
+            timeout_graceful_shutdown=5,
         )

@@ -46,4 +46,5 @@ def serve(
 
     presence = ProcessHeartbeat(st.engine, "chat", describe, every=settings.heartbeat_seconds)
     with presence.running():
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # Open streams (a chat client's event stream) must not hold a stop up for ever.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
