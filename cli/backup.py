@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cli.common import console, context, err_console, print_json, settings
+from cli.common import console, context, err_console, print_json, settings, stage_progress
 from cli.system import admin_app
 
 # Stages whose counts are bytes (the others count tables or vectors).
@@ -20,33 +17,6 @@ def _amount(stage: str, done: int, total: int | None) -> str:
     if stage in _BYTE_STAGES:
         return f"{done / 1e6:.1f}/{(total or 0) / 1e6:.1f} MB"
     return f"{done}/{total}"
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator:
-    """A rich progress bar per stage for core's (stage, done, total, detail) reports."""
-    if not enabled:
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        TextColumn("{task.fields[amount]}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}"),
-        console=err_console,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int | None, detail: str) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, amount="", detail="")
-            amount = _amount(stage, done, total)
-            bar.update(
-                tasks[stage], completed=done, total=total, amount=amount, detail=detail[-40:]
-            )
-
-        yield update
 
 
 @admin_app.command("backup")
@@ -60,7 +30,7 @@ def admin_backup(
     from core.ops.backup import create_backup
 
     ctx = context()
-    with _progress(not json_out) as progress:
+    with stage_progress(not json_out, amount=_amount) as progress:
         report = create_backup(
             ctx.engine, ctx.user, ctx.settings, dest, include_logs=logs, progress=progress
         )
@@ -92,7 +62,7 @@ def admin_restore(
 
     # No context(): it would create a database and an admin in the empty target.
     cfg = settings()
-    with _progress(not json_out) as progress:
+    with stage_progress(not json_out, amount=_amount) as progress:
         backup = verify_backup(src, progress)
         actor = backup.principal(cfg.cli_user)
         report = restore_backup(actor, cfg, backup, force=force, progress=progress)

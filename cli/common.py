@@ -199,3 +199,40 @@ def print_rows(
 def print_json(value: Any) -> None:
     """Machine-readable output for --json (stdout only, nothing else on it)."""
     sys.stdout.write(json.dumps(_plain(value), ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def stage_progress(
+    enabled: bool = True,
+    *,
+    labels: dict[str, str] | None = None,
+    amount: Callable[[str, int, int | None], str] | None = None,
+    transient: bool = False,
+) -> Iterator[Callable[..., None] | None]:
+    """The one progress display of the CLI: a rich bar per stage for core's
+    `progress(stage, done, total[, detail])` reports, on stderr (stdout stays for the result
+    and --json). Yields None when disabled, which core takes as "no reports"."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TextColumn("{task.fields[amount]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=err_console,
+        transient=transient,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int | None, detail: str = "") -> None:
+            if stage not in tasks:
+                label = (labels or {}).get(stage, stage)
+                tasks[stage] = bar.add_task(label, total=total, amount="", detail="")
+            shown = amount(stage, done, total) if amount else f"{done}/{total or '?'}"
+            bar.update(tasks[stage], completed=done, total=total, amount=shown, detail=detail[-40:])
+
+        yield update

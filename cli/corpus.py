@@ -3,11 +3,7 @@ searches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.common import (
@@ -19,36 +15,15 @@ from cli.common import (
     err_console,
     print_json,
     print_rows,
+    stage_progress,
 )
 
 corpus_app = typer.Typer(help="Documents: ingest, search, inspect, delete.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator:
-    """A rich progress callback for core's (stage, done, total, detail) reports."""
-    if not enabled:
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}"),
-        console=err_console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int | None, detail: str) -> None:
-            if stage not in tasks:
-                label = {"files": "ingesting", "embedding": "embedding"}.get(stage, stage)
-                tasks[stage] = bar.add_task(label, total=total, detail="")
-            bar.update(tasks[stage], completed=done, total=total, detail=detail[:40])
-
-        yield update
+def _progress(enabled: bool):
+    return stage_progress(enabled, labels={"files": "ingesting", "embedding": "embedding"})
 
 
 def _print_report(report, json_out: bool, exit_on_failure: bool = True) -> None:

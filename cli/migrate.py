@@ -3,14 +3,10 @@ migrate_store does the work, the checks and the audit)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from cli.common import CliFailure, console, context, err_console, print_json
+from cli.common import CliFailure, console, context, print_json, stage_progress
 from cli.system import admin_app
 
 MASK = "********"  # core.config.mask_url's stand-in for a password
@@ -43,7 +39,7 @@ def admin_migrate(
     ctx = context()
     user = ctx.allowed(PERMISSION, ACTION, mask_url(to) if to else chroma_to or "")
     try:
-        with _progress() as progress:
+        with stage_progress(transient=True) as progress:
             report = migrate_store(
                 ctx.engine, user, ctx.settings, to=to, chroma_to=chroma_to, force=force,
                 progress=progress,
@@ -52,26 +48,6 @@ def admin_migrate(
         _print(err.report, json_out)
         raise CliFailure(str(err)) from None
     _print(report, json_out)
-
-
-@contextmanager
-def _progress() -> Iterator:
-    """Rows and vectors copied, on stderr (stdout stays the report, --json included)."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
 
 
 def _print(report, json_out: bool) -> None:
