@@ -11,7 +11,7 @@ silently shortened as the chat app does for a long conversation.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -132,6 +132,49 @@ def _finish(reply) -> str:
     return "length" if reply.finish_reason == "length" else "stop"
 
 
+def _answered(
+    reply,
+    body: _Sampling,
+    *,
+    rid: str,
+    objects: tuple[str, str],
+    whole: Callable[[str, str], dict],
+    part: Callable[[str | None, str | None], dict],
+    opening: dict | None = None,
+):
+    """The OpenAI answer to `reply`: one object, or (stream) its chunks as Server-Sent
+    Events — an optional opening chunk, one per piece, the finish, usage when asked, [DONE].
+    `whole(text, finish)` and `part(text, finish)` make the endpoint's choice objects."""
+    created = int(time.time())
+
+    def envelope(obj: str, choices: list[dict], **extra: Any) -> dict:
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+            **extra,
+        }
+
+    if not body.stream:
+        text = reply.text()
+        return envelope(objects[0], [whole(text, _finish(reply))], usage=_usage(reply))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[str]:
+        if opening is not None:
+            yield sse_event(envelope(objects[1], [opening]))
+        async for piece in pulled(reply):
+            yield sse_event(envelope(objects[1], [part(piece, None)]))
+        yield sse_event(envelope(objects[1], [part(None, _finish(reply))]))
+        if include_usage:
+            yield sse_event(envelope(objects[1], [], usage=_usage(reply)))
+        yield sse_event("[DONE]")
+
+    return sse_response(events())
+
+
 @router.post("/chat/completions")
 def chat_completions(body: ChatCompletionRequest, user: User, request: Request):
     service = _chat(request)
@@ -140,80 +183,42 @@ def chat_completions(body: ChatCompletionRequest, user: User, request: Request):
     turns = [m for m in messages if m["role"] != "system"]
     settings = body.settings(body.max_completion_tokens or body.max_tokens, system)
     reply = service.reply(user, turns, body.model, settings, fit="refuse")
-    rid, created = f"chatcmpl-{reply.answer_id}", int(time.time())
-    if not body.stream:
-        text = reply.text()
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": _finish(reply),
-                }
-            ],
-            "usage": _usage(reply),
-        }
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict, finish: str | None) -> dict:
+    def delta(text: str | None, finish: str | None) -> dict:
         return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "index": 0,
+            "delta": {} if text is None else {"content": text},
+            "finish_reason": finish,
         }
 
-    async def events() -> AsyncIterator[str]:
-        yield sse_event(chunk({"role": "assistant", "content": ""}, None))
-        async for piece in pulled(reply):
-            yield sse_event(chunk({"content": piece}, None))
-        yield sse_event(chunk({}, _finish(reply)))
-        if include_usage:
-            yield sse_event({**chunk({}, None), "choices": [], "usage": _usage(reply)})
-        yield sse_event("[DONE]")
-
-    return sse_response(events())
+    return _answered(
+        reply,
+        body,
+        rid=f"chatcmpl-{reply.answer_id}",
+        objects=("chat.completion", "chat.completion.chunk"),
+        whole=lambda text, finish: {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+        },
+        part=delta,
+        opening={"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+    )
 
 
 @router.post("/completions")
 def completions(body: CompletionRequest, user: User, request: Request):
     service = _chat(request)
     reply = service.complete(user, body.prompt, body.model, body.settings(body.max_tokens))
-    rid, created = f"cmpl-{reply.answer_id}", int(time.time())
-    if not body.stream:
-        text = reply.text()
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(reply)}
-            ],
-            "usage": _usage(reply),
-        }
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(text: str, finish: str | None) -> dict:
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        }
+    def choice(text: str | None, finish: str | None) -> dict:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    async def events() -> AsyncIterator[str]:
-        async for piece in pulled(reply):
-            yield sse_event(chunk(piece, None))
-        yield sse_event(chunk("", _finish(reply)))
-        if include_usage:
-            yield sse_event({**chunk("", None), "choices": [], "usage": _usage(reply)})
-        yield sse_event("[DONE]")
-
-    return sse_response(events())
+    return _answered(
+        reply,
+        body,
+        rid=f"cmpl-{reply.answer_id}",
+        objects=("text_completion", "text_completion"),
+        whole=choice,
+        part=choice,
+    )
