@@ -68,3 +68,14 @@ def client_address(request: Request) -> str:
         if forwarded:
             return forwarded.split(",")[0].strip()[:64]
     return request.client.host if request.client else ""
+
+
+def still_allowed(request: Request, permission: str) -> bool:
+    """Whether the credentials a long-lived response (a live stream) was opened with would
+    still be accepted now, with `permission`: a revoked key, a disabled user, a logout, an
+    expired token or a role change ends the stream as it would refuse the next request."""
+    try:
+        caller = current_caller(request)
+    except HTTPException:
+        return False
+    return caller.principal.can(permission)

@@ -7,6 +7,7 @@ translate HTTP to those calls and back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.errors import error_response
-from api.security import User
+from api.security import User, still_allowed
 from api.streams import pulled, sse_event, sse_response
 from core.training.events import job_events
 from core.training.jobs import (
@@ -45,6 +46,9 @@ SPEC_TYPES = {
 # How often a live stream looks at the database, and when it says it is still there.
 EVENT_POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
+# How often a quiet stream asks whether its caller would still be let in (a revoked key or a
+# disabled user must not keep watching).
+RECHECK_SECONDS = 5.0
 
 State = Literal[JOB_STATES]  # type: ignore[valid-type]
 Kind = Literal[JOB_KINDS]  # type: ignore[valid-type]
@@ -183,8 +187,13 @@ def events(
     items = job_events(request.app.state.engine, user, job_id, since_metric_id=since_metric)
 
     async def stream() -> AsyncIterator[str]:
-        quiet = 0.0
+        quiet, checked = 0.0, time.monotonic()
         async for item in pulled(items):
+            if time.monotonic() - checked >= RECHECK_SECONDS:
+                checked = time.monotonic()
+                if not await anyio.to_thread.run_sync(still_allowed, request, "training:read"):
+                    yield sse_event({"detail": "credentials no longer valid"}, "error")
+                    return
             if item is None:  # nothing new: wait here, holding no thread
                 await anyio.sleep(EVENT_POLL_SECONDS)
                 quiet += EVENT_POLL_SECONDS

@@ -405,3 +405,32 @@ def test_cancel_of_a_running_job_ends_its_stream_cancelled(env: Env, worker) -> 
     assert final["adapter_id"] is None
     shown = env.job(job_id)
     assert shown["job"]["state"] == "cancelled" and shown["adapter"] is None
+
+
+def test_a_live_stream_ends_when_its_credentials_are_revoked(env: Env) -> None:
+    """A revoked key (or a disabled user) must not keep watching a job: the open stream
+    re-checks its caller and ends with an `error` event, as the next request would be
+    refused."""
+    from core.api_keys import create_api_key, revoke_api_key
+    from core.permissions import SYSTEM
+
+    env.once("the re-check is the server's, not the database's")
+    job_id = env.submit("watched-by-a-key")  # no worker here: it stays queued
+    info, key = create_api_key(env.engine, SYSTEM, "dashboard", username="analyst")
+    headers = {"Authorization": f"Bearer {key}"}
+    seen = []
+    started = time.monotonic()
+    with httpx.stream(
+        "GET", f"{env.api.url}{JOBS}/{job_id}/events", headers=headers, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        for event in sse_events(r):
+            seen.append(event)
+            if len(seen) == 1:
+                assert event.event == "state"
+                revoke_api_key(env.engine, SYSTEM, info.id)
+            if event.event == "error":
+                break
+    assert seen[-1].event == "error" and {e.event for e in seen[:-1]} == {"state"}, seen
+    assert seen[-1].data == {"detail": "credentials no longer valid"}
+    assert time.monotonic() - started < 30
