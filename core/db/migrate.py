@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +31,14 @@ def _config(engine: Engine | None = None) -> Config:
 _REVISION = re.compile(r'^(revision|down_revision)\s*=\s*["\']([^"\']+)["\']', re.MULTILINE)
 
 
+@cache
 def head_revision() -> str:
     """The newest migration, read from the scripts' own `revision`/`down_revision` lines.
 
     Every command compares it with the database's revision; loading Alembic and executing
     every script for that cost a CLI call 0.3 s. A test keeps it equal to Alembic's head.
+    Read once per process: health probes and metrics scrapes ask for it every few seconds,
+    and the scripts do not change under a running process.
     """
     revisions, parents = set(), set()
     for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
