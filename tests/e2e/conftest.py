@@ -244,3 +244,22 @@ def set_number(scope, elem: str, value: str, attempts: int = 10) -> None:
             if box.input_value() == value:
                 return
     raise AssertionError(f"#{elem} did not keep the value {value!r} (shows {box.input_value()!r})")
+
+
+def wait_idle(page, quiet_s: float = 1.0, timeout_s: float = 120.0) -> None:
+    """Wait until the Streamlit script has finished its rerun and no stale element is left.
+
+    Under load a rerun replaces the elements piece by piece: a form of the previous run can
+    still be on screen, and what is typed into it and submitted goes nowhere."""
+    busy = page.locator('[data-testid="stStatusWidgetRunningIcon"], [data-stale="true"]')
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if busy.count():
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the page was still running after {timeout_s:.0f} s")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,6 +92,8 @@ def test_build_score_review_freeze_export(workbench, page, tmp_path):
         if card_title.inner_text().strip() != f"Sample {first_id}":
             break
         page.wait_for_timeout(1000)
+    # Only once the rerun is over: a stale form of the rejected sample took the edit before.
+    wait_idle(page)
     second_id = int(card_title.inner_text().split()[1])
     assert second_id != first_id
     answer = page.get_by_label("assistant")
