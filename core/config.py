@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         ge=0,
         description="torch threads per training job; 0: cores split between jobs",
     )
+    worker_address: str | None = Field(
+        default=None,
+        description="the address other machines reach this worker's training processes at "
+        "(distributed jobs over several machines); the host name's address when unset",
+    )
     demo_model_size: Literal["tiny", "small"] = "small"
     chat_quantization: Literal["4bit", "8bit"] | None = Field(
         default=None, description="load the chat base model in 4 or 8 bit (bitsandbytes)"

@@ -35,6 +35,7 @@ from core.ops.health import gpu_devices
 from core.ops.heartbeats import ProcessHeartbeat
 from core.ops.measures import observe_worker_job, observe_worker_running
 from core.training.child import EXIT_LOST, EXIT_OK, EXIT_STOPPED
+from core.training.distributed import claim_node
 from core.training.jobs import load_job
 from core.training.models import JOB_KINDS, TrainingJob
 from core.training.queue import ClaimedJob, FailureReason, JobLease, claim_next_job
@@ -80,10 +81,14 @@ class Slot:
     log_path: Path
     output_dir: Path | None = None
     stop_sent_at: float | None = None
-    stop_reason: str | None = None  # cancel | shutdown | lost
+    # cancel | shutdown | lost | left (a joined job ended) | finished (no signal sent)
+    stop_reason: str | None = None
     killed: bool = False
     last_beat: float = field(default_factory=time.monotonic)
     lease: JobLease | None = None  # made from `job` when not given
+    # > 0: this worker joined another worker's distributed job as that machine (node) rank;
+    # it holds no lease then and records nothing about the job.
+    node_rank: int = 0
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:
@@ -192,6 +197,16 @@ class Worker:
 
     def _fill_slots(self) -> bool:
         claimed_any = False
+        # A distributed job waiting for machines holds others' GPUs: joining it comes first.
+        while "sft" in self.kinds and len(self.slots) < self.concurrency and not self._stopping:
+            seat = claim_node(self.engine, self.worker_id, self.host)
+            if seat is None:
+                break
+            claimed_any = True
+            self._start(
+                ClaimedJob(seat.job_id, seat.token, seat.attempt, seat.kind, seat.name),
+                node_rank=seat.node_rank,
+            )
         while len(self.slots) < self.concurrency and not self._stopping:
             job = claim_next_job(
                 self.engine, self.worker_id, self.lease_seconds, kinds=self.kinds, host=self.host
@@ -202,7 +217,7 @@ class Worker:
             self._start(job)
         return claimed_any
 
-    def _start(self, job: ClaimedJob) -> None:
+    def _start(self, job: ClaimedJob, node_rank: int = 0) -> None:
         row = load_job(self.engine, job.id)
         log_path = Path(
             row.log_path or self.settings.data_path / "logs" / "training" / f"job-{job.id}.log"
@@ -212,10 +227,12 @@ class Worker:
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
-        clear_stop_report(output_dir)  # a report of an earlier attempt is not this one's
+        if not node_rank:
+            clear_stop_report(output_dir)  # a report of an earlier attempt is not this one's
         with log_path.open("ab") as fh:
+            node = f", node {node_rank}" if node_rank else ""
             fh.write(
-                f"\n===== attempt {job.attempt} on {self.worker_id} at "
+                f"\n===== attempt {job.attempt}{node} on {self.worker_id} at "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode()
             )
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -230,6 +247,7 @@ class Worker:
                     str(job.id),
                     str(job.token),
                     str(os.getpid()),
+                    *([str(node_rank)] if node_rank else []),
                 ],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -239,10 +257,13 @@ class Worker:
             )
         started = process_start_time(proc.pid)
         lease = JobLease(self.engine, job.id, job.token)
-        lease.update(pid=proc.pid, pid_started_at=started)
-        self.slots.append(Slot(job, proc, started, log_path, output_dir, lease=lease))
+        if not node_rank:
+            lease.update(pid=proc.pid, pid_started_at=started)
+        self.slots.append(
+            Slot(job, proc, started, log_path, output_dir, lease=lease, node_rank=node_rank)
+        )
         observe_worker_running(len(self.slots))
-        self.log(f"job {job.id}: started attempt {job.attempt} (pid {proc.pid})")
+        self.log(f"job {job.id}: started attempt {job.attempt}{node} (pid {proc.pid})")
 
     # Supervision -----------------------------------------------------------------------
     def _kill_at(self, slot: Slot) -> float:
@@ -262,9 +283,12 @@ class Worker:
             return
         if now >= self._kill_at(slot):
             if not slot.killed:
-                self.log(
-                    f"job {slot.job.id}: no progress since the stop request; killing its process"
+                why = (
+                    "its outcome is recorded but its process has not exited"
+                    if slot.stop_reason == "finished"
+                    else "no progress since the stop request"
                 )
+                self.log(f"job {slot.job.id}: {why}; killing its process")
             slot.killed = True
             signal_process_group(slot.proc.pid, slot.started_at, signal.SIGKILL)
 
@@ -275,8 +299,18 @@ class Worker:
             if now - slot.last_beat < self.heartbeat_every and slot.stop_sent_at is None:
                 continue
             slot.last_beat = now
+            if slot.node_rank:
+                # Node 0's worker holds the lease; this machine only follows the attempt.
+                if slot.stop_reason is None and not self._lease(slot).held():
+                    self.log(f"job {slot.job.id}: the attempt it joined ended; stopping")
+                    self._stop(slot, "left")
+                continue
             state = self._lease(slot).heartbeat(self.lease_seconds)
-            if not state.held and slot.stop_reason is None and slot.proc.poll() is None:
+            if state.finished and slot.stop_reason is None:
+                # The job recorded its outcome and is on its way out (a distributed job's
+                # ranks take a moment to end): killed only if it has not gone by the grace.
+                slot.stop_reason, slot.stop_sent_at = "finished", time.monotonic()
+            elif not state.held and slot.stop_reason is None and slot.proc.poll() is None:
                 self.log(f"job {slot.job.id}: lease lost; stopping its process")
                 self._stop(slot, "lost", signal.SIGKILL)
             elif state.cancel_requested and slot.stop_reason is None:
@@ -331,13 +365,16 @@ class Worker:
         """Record what the child could not; returns how the attempt ended (succeeded, failed,
         cancelled, requeued, lost)."""
         job = slot.job
+        if slot.node_rank:
+            self.log(f"job {job.id}: node {slot.node_rank} ended (exit code {rc})")
+            return "left"
         lease = self._lease(slot)
         row = load_job(self.engine, job.id)
         reported = row is None or row.fencing_token != job.token or row.state != "running"
         if rc == EXIT_LOST or slot.stop_reason == "lost":
             self.log(f"job {job.id}: given up (lease lost)")
             return "lost"
-        if reported and rc in (EXIT_OK, 1):
+        if reported and (rc in (EXIT_OK, 1) or slot.stop_reason == "finished"):
             # The child recorded the outcome itself, through its lease.
             what = "gone" if row is None else row.state
             why = f": {row.error}" if row is not None and row.error else ""

@@ -117,7 +117,8 @@ def observe_generation(
 
 def observe_worker_job(kind: str, outcome: str, running: int) -> None:
     """A worker's job attempt ended (`outcome`: succeeded, failed, cancelled, requeued,
-    lost); `running` jobs are left."""
+    lost, or left: its machine's part of another worker's distributed job ended); `running`
+    jobs are left."""
     if _families is not None:
         _families.worker_jobs.labels(kind, outcome).inc()
         _families.worker_running.set(running)

@@ -135,7 +135,8 @@ def load_base_model(
     kwargs: dict[str, Any] = {"local_files_only": True}
     if quantization is not None:
         kwargs["quantization_config"] = quantization.to_bnb()
-        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+        # "cuda": the current device (a distributed job's rank has set its own).
+        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
         kwargs["dtype"] = getattr(torch, quantization.compute_dtype)
     else:
         kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32

@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from core.training.distributed import any_rank, sum_over_ranks
+
 MetricSink = Callable[[dict[str, Any]], None]
 
 
@@ -53,10 +55,12 @@ class MetricsCallback(TrainerCallback):
                 phase="eval", eval_loss=logs["eval_loss"], eval_perplexity=_ppl(logs["eval_loss"])
             )
         elif "loss" in logs:
+            # Every rank logs the training loss at the same step: the tokens of all of them.
+            real, total = sum_over_ranks([self.counter.real, self.counter.total], args.device)
             now = time.monotonic()
             dt = now - self._last_t
-            tps = (self.counter.real - self._last_tokens) / dt if dt > 0 else None
-            self._last_t, self._last_tokens = now, self.counter.real
+            tps = (real - self._last_tokens) / dt if dt > 0 else None
+            self._last_t, self._last_tokens = now, real
             row.update(
                 phase="train",
                 loss=logs.get("loss"),
@@ -64,8 +68,8 @@ class MetricsCallback(TrainerCallback):
                 grad_norm=logs.get("grad_norm"),
                 tokens_per_second=tps,
                 extra={
-                    "padding_share": round(self.counter.padding_share, 4),
-                    "tokens": self.counter.real,
+                    "padding_share": round(1.0 - real / total, 4) if total else 0.0,
+                    "tokens": real,
                 },
             )
         else:
@@ -124,7 +128,8 @@ class StopCallback(TrainerCallback):
             self.tracker.progress()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.is_set():
+        # The ranks of a distributed job stop at the same step, whichever heard the request.
+        if any_rank(self.stop.is_set(), args.device):
             # Save now, at this very step; an evaluation first would only delay the save.
             control.should_save = True
             control.should_evaluate = False

@@ -53,12 +53,18 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    rank = os.environ.get("RANK")  # set by torchrun for the ranks of a distributed job
+    print(f"[{time.strftime('%H:%M:%S')}]{f' rank {rank}:' if rank else ''} {msg}", flush=True)
 
 
 def main(argv: list[str]) -> int:
+    from core.training.distributed import JOB_PID_ENV, current_rank, writes_about_job
+
     job_id, token = int(argv[0]), int(argv[1])
-    die_with_parent(int(argv[2]) if len(argv) > 2 else None)  # the worker's pid
+    node_rank = int(argv[3]) if len(argv) > 3 else 0  # a machine that joined a job: > 0
+    # The worker's pid; for a rank of a distributed job, torchrun's (core.training.launch).
+    rank = current_rank()
+    die_with_parent(os.getppid() if rank is not None else int(argv[2]) if len(argv) > 2 else None)
     stop = threading.Event()
     # Until the job's folder is known, a stop request ends the process at once: nothing of
     # this attempt exists yet.
@@ -88,7 +94,14 @@ def main(argv: list[str]) -> int:
 
     # A stop request is answered at once (the worker then waits for the checkpoint instead of
     # killing the process after its short grace period); see core.training.stopping.
-    tracker = StopTracker(job.output_dir, stop, exit_now=exit_stopped)
+    # Of a distributed job's ranks only rank 0 reports (as the job process it stands for).
+    reports = writes_about_job(rank, node_rank)
+    tracker = StopTracker(
+        job.output_dir if reports else None,
+        stop,
+        exit_now=exit_stopped,
+        pid=int(os.environ.get(JOB_PID_ENV) or 0) if rank is not None else None,
+    )
     listen_for_stop(tracker, (signal.SIGTERM, signal.SIGINT))
 
     def lost() -> NoReturn:
@@ -99,10 +112,10 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         os._exit(EXIT_LOST)
 
-    ctx = JobContext(job, lease, engine, settings, stop, tracker, log, lost)
+    ctx = JobContext(job, lease, engine, settings, stop, tracker, log, lost, rank, node_rank)
     log(
         f"job {job_id} ({job.kind} {job.name!r}) attempt {job.attempts}, token {token}, "
-        f"pid {os.getpid()}"
+        f"pid {os.getpid()}" + (f", rank {rank.rank} of {rank.world_size}" if rank else "")
     )
     handler = HANDLERS.get(job.kind)
     try:
@@ -115,6 +128,10 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         log(f"failed: {message}")
+        if not ctx.writes:
+            # Often only the echo of rank 0's end (a broken collective): the job process
+            # reports the failure with the log that names every rank's error.
+            return EXIT_FAILED
         if not lease.fail(FailureReason.EXCEPTION, message):
             lost()
         return EXIT_FAILED

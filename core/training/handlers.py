@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Engine
 
 from core.config import Settings
+from core.training.distributed import Rank, writes_about_job
 from core.training.jobs import JobInfo
 from core.training.queue import JobLease, LeaseLost
 from core.training.stopping import StopTracker
@@ -35,6 +36,14 @@ class JobContext:
     tracker: StopTracker
     log: Callable[[str], None]
     lost: Callable[[], NoReturn]
+    rank: Rank | None = None  # a rank of a distributed job (core.training.distributed)
+    node_rank: int = 0  # the machine of a distributed job this process runs the ranks of
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes about the job: always, except a rank other than 0
+        and the process of a machine that joined the job."""
+        return writes_about_job(self.rank, self.node_rank)
 
     def progress(self, done: int, total: int | None = None) -> None:
         if not self.lease.progress(done, total):
@@ -74,15 +83,19 @@ def run_training(ctx: JobContext) -> int:
         model_revision,
         resolve_base_model,
     )
+    from core.training.distributed import run_launcher, wants_launch
     from core.training.runner import run_sft
     from core.training.spec import spec_from_dict
     from core.users import principal_for
 
     job, lease, log, engine = ctx.job, ctx.lease, ctx.log, ctx.engine
     spec = spec_from_dict(dict(job.spec))
-    if job.base_model == DEMO:
+    if job.base_model == DEMO and ctx.rank is None:
         log("using the demo base model (building it first if needed)")
     base = resolve_base_model(job.base_model, ctx.settings, progress=lambda m, _f: log(m))
+    if wants_launch(spec.distributed):
+        # Built (the demo model) above, once, before the ranks that all load it start.
+        return run_launcher(ctx, spec.distributed)
     version = get_version(engine, SYSTEM, job.dataset_version_id)
     train_rows = read_version(version, "train").to_pylist()
     eval_rows = read_version(version, "eval").to_pylist()
@@ -100,12 +113,16 @@ def run_training(ctx: JobContext) -> int:
     before = _recorded_before(engine, job.id)
 
     def sink(row: dict[str, Any]) -> None:
+        if not ctx.writes:
+            return
         try:
             lease.metric(row, job.attempts)
         except LeaseLost:
             ctx.lost()
 
     def on_checkpoint(path: str, step: int) -> None:
+        if not ctx.writes:
+            return
         try:
             lease.checkpoint(path, step)
         except LeaseLost:
@@ -122,7 +139,7 @@ def run_training(ctx: JobContext) -> int:
         parent_adapter_path=parent.path if parent else None,
         sink=sink,
         stop=ctx.stop,
-        guard=lease.held,
+        guard=lease.held if ctx.writes else None,
         on_lost=ctx.lost,
         on_checkpoint=on_checkpoint,
         tracker=ctx.tracker,
@@ -134,6 +151,8 @@ def run_training(ctx: JobContext) -> int:
         if saved:
             ctx.tracker.finished(int(result.metrics.get("steps") or 0), saved)
         return EXIT_STOPPED
+    if not ctx.writes:
+        return EXIT_OK  # rank 0 registers the adapter and reports the outcome
     metrics = dict(result.metrics)
     if before and "eval_loss_before" not in metrics:
         metrics.update(before)

@@ -89,6 +89,28 @@ class TrainingMetric(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
 
+class JobNode(Base):
+    """One machine taking part in one attempt (fencing token) of a distributed job.
+
+    Node 0 is published by the job's own process with the rendezvous address of its ranks;
+    other workers join by inserting the next node rank, which the primary key lets only one
+    of them do (core.training.distributed.claim_node)."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    token: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    nodes: Mapped[int] = mapped_column(Integer, nullable=False)  # how many the attempt needs
+    worker_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True)  # node 0's
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)  # node 0's
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+
+
 class Adapter(Base):
     __tablename__ = "adapters"
 

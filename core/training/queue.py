@@ -75,6 +75,7 @@ class ClaimedJob:
 class LeaseState:
     held: bool
     cancel_requested: bool
+    finished: bool = False  # not held because this very attempt recorded its outcome
 
 
 def db_now(conn: Connection) -> datetime:
@@ -190,8 +191,11 @@ def renew_lease(engine: Engine, job_id: int, token: int, lease_seconds: float) -
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
             .returning(JOBS.c.cancel_requested)
         ).first()
-    if row is None:
-        return LeaseState(held=False, cancel_requested=False)
+        if row is None:
+            state = conn.execute(
+                select(JOBS.c.state).where(JOBS.c.id == job_id, JOBS.c.fencing_token == token)
+            ).scalar()
+            return LeaseState(held=False, cancel_requested=False, finished=state in FINISHED_STATES)
     return LeaseState(held=True, cancel_requested=bool(row.cancel_requested))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from core.artifacts import staged_dir
 from core.training.callbacks import MetricsCallback, MetricSink, StopCallback, TokenCounter
 from core.training.checkpoints import CHECKPOINT_DIR, latest_checkpoint
+from core.training.distributed import current_rank, sum_over_ranks
 from core.training.spec import TrainingSpec
 
 ADAPTER_DIR = "adapter"
@@ -151,6 +152,11 @@ def run_sft(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device()
+    rank = current_rank()
+    if rank is not None and device == "cuda":
+        import torch
+
+        torch.cuda.set_device(rank.local_rank)  # "cuda" is then this rank's GPU
     threads = set_torch_threads() if device == "cpu" else None
     sink = sink or (lambda row: None)
     stop = stop or threading.Event()
@@ -224,19 +230,22 @@ def run_sft(
     if resume:
         log(f"resuming from {resume}")
     out = trainer.train(resume_from_checkpoint=resume)
+    real, total = sum_over_ranks([counter.real, counter.total], args.device)
     metrics.update(
         {
             "train_loss": out.training_loss,
             "steps": trainer.state.global_step,
             "train_runtime_s": round(time.monotonic() - started, 2),
-            "tokens": counter.real,
-            "padding_share": round(counter.padding_share, 4),
+            "tokens": real,
+            "padding_share": round(1.0 - real / total, 4) if total else 0.0,
             "packing": bool(args.packing),
         }
     )
+    if rank is not None:
+        metrics["world_size"] = rank.world_size
     train_s = out.metrics.get("train_runtime") or 0
     if train_s > 0:
-        metrics["tokens_per_second"] = counter.real / train_s
+        metrics["tokens_per_second"] = real / train_s
     if stopper.stopped_early:
         step = trainer.state.global_step
         saved = str(output_dir / CHECKPOINT_DIR / f"checkpoint-{step}")
@@ -262,6 +271,8 @@ def run_sft(
             f"eval after training: loss {ev['eval_loss']:.4f} "
             f"perplexity {metrics['eval_perplexity_after']:.2f}"
         )
+    if not trainer.is_world_process_zero():
+        return RunResult(None, False, metrics, resume)  # rank 0 writes the adapter
     final = output_dir / ADAPTER_DIR
     # A staged folder renamed into place (replacing the adapter of an earlier attempt).
     with staged_dir(final, replace=True) as staging:

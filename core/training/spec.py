@@ -106,14 +106,14 @@ def unknown_key(key: str, choices: list[str], field: str) -> SpecError:
     return SpecError(message, field=field, suggestion=hint)
 
 
-def reject_unknown_keys(data: Any, model: type[BaseModel]) -> Any:
-    """A spec's top-level keys must be the model's fields; a typo names the closest one.
-    For `model_validator(mode="before")` of every job spec."""
+def reject_unknown_keys(data: Any, model: type[BaseModel], section: str = "") -> Any:
+    """A spec's keys (of its top level, or of `section`) must be the model's fields; a typo
+    names the closest one. For `model_validator(mode="before")` of every job spec."""
     if isinstance(data, dict):
         known = list(model.model_fields)
         for key in data:
             if key not in known:
-                raise unknown_key(str(key), known, str(key))
+                raise unknown_key(str(key), known, f"{section}.{key}" if section else str(key))
     return data
 
 
@@ -173,6 +173,32 @@ class QuantizationSpec(BaseModel):
         )
 
 
+class DistributedSpec(BaseModel):
+    """One job over several processes (GPUs) and machines, launched with torchrun.
+
+    `processes` per machine (usually one per GPU) times `nodes` machines. With `nodes` > 1
+    other workers join the job (PostgreSQL is the coordinator: core.training.distributed),
+    and every machine must see the same data dir (a shared volume), as the ranks read the
+    dataset version and base model and write checkpoints there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processes: int = Field(default=1, ge=1, le=64, description="training processes per machine")
+    nodes: int = Field(default=1, ge=1, le=64, description="machines (workers) taking part")
+    join_timeout_s: int = Field(
+        default=600, ge=10, le=86_400, description="how long the machines wait for each other"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _closest_key(cls, data: Any) -> Any:
+        return reject_unknown_keys(data, cls, "distributed")
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.nodes
+
+
 class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -188,6 +214,7 @@ class TrainingSpec(BaseModel):
     peft: dict[str, Any] = Field(default_factory=dict)
     trainer: dict[str, Any] = Field(default_factory=dict)
     quantization: QuantizationSpec | None = None
+    distributed: DistributedSpec | None = None
     description: str = ""
 
     @model_validator(mode="before")

@@ -108,8 +108,11 @@ class StopTracker:
         exit_now: Callable[[], None] | None = None,
         min_window_s: float = MIN_WINDOW_S,
         default_save_s: float = DEFAULT_SAVE_S,
+        pid: int | None = None,
     ) -> None:
         self.path = stop_file(output_dir) if output_dir else None
+        # The process the worker supervises: this one, or the job process a rank stands for.
+        self.pid = pid or os.getpid()
         self.stop = stop
         self.exit_now = exit_now
         self.min_window_s = min_window_s
@@ -142,7 +145,7 @@ class StopTracker:
             return
         now = time.time()
         data = {
-            "pid": os.getpid(),
+            "pid": self.pid,
             "state": state,
             "phase": self.phase,
             "step": self.step,

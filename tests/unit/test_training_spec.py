@@ -134,3 +134,16 @@ def test_rows_become_trl_records():
         {"text": "user:Q|assistant:A"},
         {"text": "Satzung"},
     ]
+
+
+def test_distributed_settings_are_checked_with_file_line_and_suggestion():
+    base = "name: x\ndataset_version: faq@v1\n"
+    spec = parse_spec(base + "distributed:\n  processes: 2\n  nodes: 3\n")
+    assert spec.distributed.world_size == 6 and spec.distributed.join_timeout_s == 600
+    with pytest.raises(SpecError) as err:
+        parse_spec(base + "distributed:\n  proceses: 2\n", file="ddp.yaml")
+    assert str(err.value) == (
+        "ddp.yaml:4: distributed.proceses: unknown key 'proceses'; did you mean 'processes'?"
+    )
+    with pytest.raises(SpecError, match=r"ddp.yaml:4: distributed.nodes: .*greater than or equal"):
+        parse_spec(base + "distributed:\n  nodes: 0\n", file="ddp.yaml")
