@@ -87,17 +87,19 @@ def list_(
 @train_app.command("show")
 def show(job_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
     """One job: state, progress, metrics summary, error."""
-    from core.training.jobs import get_job, job_metrics, job_progress
+    from core.training.jobs import get_job, job_metrics, job_progress, waiting_reason
 
     ctx = context()
     user = ctx.user
     job = get_job(ctx.engine, user, job_id)
     metrics = job_metrics(ctx.engine, user, job_id)
     frac, eta = job_progress(job, metrics)
+    waiting = waiting_reason(ctx.engine, user, job, ctx.settings)
     if json_out:
         print_json(
             {
                 "job": job,
+                "waiting": waiting,
                 "progress": frac,
                 "eta_seconds": eta,
                 "metrics": json.loads(metrics.to_json(orient="records", date_format="iso")),
@@ -124,6 +126,8 @@ def show(job_id: int, json_out: bool = typer.Option(False, "--json")) -> None:
         console.print(f"adapter id {job.adapter_id}")
     if job.error:
         console.print(f"[red]error:[/red] {job.error}")
+    if waiting:
+        console.print(f"[yellow]{waiting}[/yellow]")
     if len(metrics):
         train = metrics[metrics["phase"] == "train"]
         if len(train):
@@ -252,6 +256,14 @@ def worker(
         help="serve Prometheus /metrics on this port (default CLARA_WORKER_METRICS_PORT; 0: "
         "off) at CLARA_WORKER_METRICS_HOST (127.0.0.1)",
     ),
+    gpus: int = typer.Option(
+        None,
+        "--gpus",
+        min=0,
+        max=64,
+        help="GPUs jobs may use here (default: all CUDA devices found); jobs whose spec asks "
+        "for more (resources.gpus) are left to other workers",
+    ),
 ) -> None:
     """Run jobs from the queue (training, scoring, embedding; each in its own child process)."""
     from workers.trainer import Worker, parse_kinds
@@ -273,6 +285,7 @@ def worker(
         once=once,
         engine=ctx.engine,
         kinds=wanted,
+        gpus=gpus,
         log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
     )
     port = ctx.settings.worker_metrics_port if metrics_port is None else metrics_port

@@ -30,6 +30,7 @@ from core.training.jobs import (
     list_jobs,
     retry_job,
     submit_job,
+    waiting_reason,
 )
 from core.training.spec import PRESETS, SpecError
 from ui import session
@@ -343,6 +344,8 @@ def _job_detail(job_id: int) -> None:
         note.info(job.error, icon=":material/pause_circle:")
     elif job.error:
         note.error(job.error)
+    elif why := waiting_reason(engine, user, job, session.settings()):
+        note.warning(why, icon=":material/hourglass_top:")
     action_error = st.empty()
     if st.session_state.get("training_action_error"):
         action_error.error(st.session_state.pop("training_action_error"))

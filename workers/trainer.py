@@ -121,6 +121,7 @@ class Worker:
         grace_seconds: float = STOP_GRACE_S,
         engine: Engine | None = None,
         kinds: tuple[str, ...] = JOB_KINDS,
+        gpus: int | None = None,
         log=print,
     ) -> None:
         self.settings = settings or get_settings()
@@ -134,6 +135,7 @@ class Worker:
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.kinds = tuple(kinds)
+        self.gpus = gpus  # GPUs jobs may use here; None: those found at start
         self.slots: list[Slot] = []
         self._stopping = False
         self._last_cancel_check = 0.0
@@ -158,6 +160,7 @@ class Worker:
             "jobs": [{"id": s.job.id, "kind": s.job.kind, "name": s.job.name} for s in self.slots],
             "metrics": self.metrics_url,
             "gpus": self._gpus,
+            "gpu_slots": self.gpus or 0,
         }
 
     def run(self) -> int:
@@ -167,6 +170,8 @@ class Worker:
             f"lease {self.lease_seconds:.0f}s, kinds {','.join(self.kinds)}"
         )
         self._gpus = gpu_devices()
+        if self.gpus is None:
+            self.gpus = len(self._gpus)
         self.presence.start()
         try:
             idle = False
@@ -199,7 +204,7 @@ class Worker:
         claimed_any = False
         # A distributed job waiting for machines holds others' GPUs: joining it comes first.
         while "sft" in self.kinds and len(self.slots) < self.concurrency and not self._stopping:
-            seat = claim_node(self.engine, self.worker_id, self.host)
+            seat = claim_node(self.engine, self.worker_id, self.host, self.gpus or 0)
             if seat is None:
                 break
             claimed_any = True
@@ -209,7 +214,12 @@ class Worker:
             )
         while len(self.slots) < self.concurrency and not self._stopping:
             job = claim_next_job(
-                self.engine, self.worker_id, self.lease_seconds, kinds=self.kinds, host=self.host
+                self.engine,
+                self.worker_id,
+                self.lease_seconds,
+                kinds=self.kinds,
+                host=self.host,
+                gpus=self.gpus or 0,
             )
             if job is None:
                 break

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 
 from core.config import Settings, mask_url
 from core.db import connect, current_revision, head_revision, reading
-from core.ops.heartbeats import ProcessInfo, list_processes
+from core.ops.heartbeats import ProcessInfo, list_processes, why_unclaimed
 from core.permissions import Principal, require
 from core.system import dir_size
 from core.training.models import JOB_STATES, TrainingJob
@@ -163,6 +163,7 @@ def _add_processes_and_queue(report: HealthReport, engine: Engine, settings: Set
     report.checks += _process_checks(report.processes, settings.health_stale_seconds)
     report.queue = queue_depth(engine)
     report.checks.append(_queue_check(report.queue, report.processes))
+    report.checks += _gpu_checks(engine, report.processes)
 
 
 def _process_check(p: ProcessInfo, stale_after: float) -> Check:
@@ -226,6 +227,22 @@ def _queue_check(queue: dict[str, dict[str, int]], processes: list[ProcessInfo])
         return Check("queue", "warn", f"{what} job(s) queued and no live worker takes them")
     running = sum(states["running"] for states in queue.values())
     return Check("queue", "ok", f"{sum(waiting.values())} queued, {running} running")
+
+
+def _gpu_checks(engine: Engine, processes: list[ProcessInfo]) -> list[Check]:
+    """Queued jobs that ask for more GPUs than any live worker has: they wait for good."""
+    with reading(engine) as s:
+        rows = s.execute(
+            select(TrainingJob.kind, TrainingJob.gpus, func.count())
+            .where(TrainingJob.state == "queued", TrainingJob.gpus > 0)
+            .group_by(TrainingJob.kind, TrainingJob.gpus)
+        ).all()
+    checks = []
+    for kind, gpus, n in rows:
+        why = why_unclaimed(kind, gpus, processes)
+        if why is not None and "GPU" in why:
+            checks.append(Check("queue", "warn", f"{n} {kind} job(s) {why}"))
+    return checks
 
 
 # Disk and GPU -------------------------------------------------------------------------------

@@ -240,3 +240,21 @@ def forget_stale_processes(engine: Engine, actor: Principal, stale_after: float)
                 delete(ServiceHeartbeat).where(ServiceHeartbeat.id.in_([p.id for p in stale]))
             )
     return [p.name for p in stale]
+
+
+def why_unclaimed(kind: str, gpus: int, processes: list[ProcessInfo]) -> str | None:
+    """Why no live worker would claim a queued job of `kind` needing `gpus` GPUs per machine
+    (None: one would)."""
+    workers = [p for p in processes if p.kind == "worker" and not p.stale]
+    if not workers:
+        return "waits for a worker: none is running (start `clara worker`)"
+    takers = [p for p in workers if kind in (p.detail.get("kinds") or [])]
+    if not takers:
+        return f"waits for a worker that takes {kind} jobs: the live workers do not"
+    most = max(int(p.detail.get("gpu_slots") or 0) for p in takers)
+    if gpus > most:
+        return (
+            f"waits for a worker with {gpus} GPU(s): the live workers have at most {most} "
+            f"(start `clara worker --gpus {gpus}` on a machine with them)"
+        )
+    return None

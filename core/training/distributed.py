@@ -1,6 +1,7 @@
 """One training job over several processes and machines: torchrun launches, we supervise.
 
-A job whose spec has `distributed: {processes: N, nodes: M}` with N x M > 1 runs like this:
+A job whose spec has `resources: {gpus: N, nodes: M}` (on CPUs `processes: N`) with N x M > 1
+runs like this:
 
 - The worker that claims it starts the job's process as always (core.training.child). That
   process holds the lease and, instead of training itself, starts torch's elastic launcher
@@ -44,7 +45,7 @@ from core.training.models import JobNode, TrainingJob
 
 if TYPE_CHECKING:
     from core.training.handlers import JobContext
-    from core.training.spec import DistributedSpec
+    from core.training.spec import ResourcesSpec
 
 JOB_PID_ENV = "CLARA_JOB_PID"  # the job process's pid, under which rank 0 reports a stop
 
@@ -77,9 +78,9 @@ def writes_about_job(rank: Rank | None, node_rank: int) -> bool:
     return rank.main if rank is not None else node_rank == 0
 
 
-def wants_launch(distributed: DistributedSpec | None) -> bool:
+def wants_launch(resources: ResourcesSpec | None) -> bool:
     """Whether this (non-rank) job process must start torchrun instead of training itself."""
-    return distributed is not None and distributed.world_size > 1 and current_rank() is None
+    return resources is not None and resources.world_size > 1 and current_rank() is None
 
 
 def _initialized() -> bool:
@@ -167,7 +168,7 @@ def rank_pids(launcher_pid: int) -> list[int]:
     return out
 
 
-def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
+def run_launcher(ctx: JobContext, resources: ResourcesSpec) -> int:
     """Start torchrun for this machine's share of the job and supervise it until it ends;
     returns the job process's exit code (core.training.child's codes). On node 0 (the
     claiming worker's) this process holds the lease and reports; on a joined node it only
@@ -179,7 +180,7 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
 
     job, log, engine, token = ctx.job, ctx.log, ctx.engine, ctx.lease.token
     node_rank = ctx.node_rank
-    if distributed.nodes == 1:
+    if resources.nodes == 1:
         address, port = "127.0.0.1", free_port()
     elif node_rank == 0:
         address, port = worker_address(ctx.settings.worker_address), free_port()
@@ -188,7 +189,7 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
             engine,
             job.id,
             token,
-            nodes=distributed.nodes,
+            nodes=resources.nodes,
             worker_id=(row.lease_owner if row else None) or f"pid {os.getpid()}",
             host=socket.gethostname(),
             address=address,
@@ -196,7 +197,7 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
         ):
             ctx.lost()
         log(
-            f"waiting up to {distributed.join_timeout_s} s for {distributed.nodes - 1} more "
+            f"waiting up to {resources.join_timeout_s} s for {resources.nodes - 1} more "
             f"machine(s) to join at {address}:{port}"
         )
     else:
@@ -205,7 +206,7 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
             ctx.lost()
         address, port = found
     cores = ctx.settings.train_threads or os.cpu_count() or 1
-    per_rank = str(max(1, cores // distributed.processes))
+    per_rank = str(max(1, cores // resources.processes_per_node))
     env = {
         **os.environ,
         JOB_PID_ENV: str(os.getpid()),
@@ -217,16 +218,16 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
         job.id,
         token,
         os.getpid(),
-        processes=distributed.processes,
-        nodes=distributed.nodes,
+        processes=resources.processes_per_node,
+        nodes=resources.nodes,
         node_rank=node_rank,
         master_addr=address,
         master_port=port,
-        join_timeout_s=distributed.join_timeout_s,
+        join_timeout_s=resources.join_timeout_s,
     )
     log(
-        f"launching {distributed.processes} training process(es) on this machine "
-        f"(node {node_rank} of {distributed.nodes}, world size {distributed.world_size}, "
+        f"launching {resources.processes_per_node} training process(es) on this machine "
+        f"(node {node_rank} of {resources.nodes}, world size {resources.world_size}, "
         f"rendezvous {address}:{port})"
     )
     # The tracker of this process only relays: the ranks report the stop themselves.
@@ -258,11 +259,11 @@ def run_launcher(ctx: JobContext, distributed: DistributedSpec) -> int:
         return EXIT_LOST
     if row.state != "running":
         return EXIT_OK if row.state == "succeeded" else EXIT_FAILED  # reported by rank 0
-    joined = joined_nodes(engine, job.id, token) if distributed.nodes > 1 else 1
-    if joined < distributed.nodes:
+    joined = joined_nodes(engine, job.id, token) if resources.nodes > 1 else 1
+    if joined < resources.nodes:
         message = (
-            f"only {joined} of {distributed.nodes} machines joined within "
-            f"{distributed.join_timeout_s} s: start `clara worker` on more machines that share "
+            f"only {joined} of {resources.nodes} machines joined within "
+            f"{resources.join_timeout_s} s: start `clara worker` on more machines that share "
             "this database and data dir (and can reach CLARA_WORKER_ADDRESS of this one)"
         )
     elif rc == 0:
@@ -356,10 +357,11 @@ def joined_nodes(engine: Engine, job_id: int, token: int) -> int:
         )
 
 
-def claim_node(engine: Engine, worker_id: str, host: str) -> NodeSeat | None:
+def claim_node(engine: Engine, worker_id: str, host: str, gpus: int = 0) -> NodeSeat | None:
     """Take the next node rank of the oldest running distributed job that still needs
-    machines and that this worker is not part of yet; None when there is none (or another
-    worker took the same rank a moment earlier: the insert fails on the primary key)."""
+    machines, fits this worker's `gpus` and that this worker is not part of yet; None when
+    there is none (or another worker took the same rank a moment earlier: the insert fails
+    on the primary key)."""
     first = NODES.alias("first")
     member = NODES.alias("member")
     q = (
@@ -380,6 +382,7 @@ def claim_node(engine: Engine, worker_id: str, host: str) -> NodeSeat | None:
                 JOBS.c.id == first.c.job_id,
                 JOBS.c.fencing_token == first.c.token,
                 JOBS.c.state == "running",
+                JOBS.c.gpus <= gpus,
             ),
         )
         .join(member, and_(member.c.job_id == first.c.job_id, member.c.token == first.c.token))

@@ -93,9 +93,9 @@ def run_training(ctx: JobContext) -> int:
     if job.base_model == DEMO and ctx.rank is None:
         log("using the demo base model (building it first if needed)")
     base = resolve_base_model(job.base_model, ctx.settings, progress=lambda m, _f: log(m))
-    if wants_launch(spec.distributed):
+    if wants_launch(spec.resources):
         # Built (the demo model) above, once, before the ranks that all load it start.
-        return run_launcher(ctx, spec.distributed)
+        return run_launcher(ctx, spec.resources)
     version = get_version(engine, SYSTEM, job.dataset_version_id)
     train_rows = read_version(version, "train").to_pylist()
     eval_rows = read_version(version, "eval").to_pylist()

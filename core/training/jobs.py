@@ -60,6 +60,7 @@ class JobInfo(BaseModel):
     dataset_version_id: int | None
     state: str
     priority: int
+    gpus: int = 0
     attempts: int
     max_attempts: int
     fencing_token: int
@@ -214,6 +215,7 @@ def submit_job(
                 spec=spec.model_dump(mode="json"),
                 priority=spec.priority,
                 max_attempts=spec.max_attempts,
+                gpus=spec.resources.gpus if spec.resources else 0,
                 max_steps=max_steps if isinstance(max_steps, int) and max_steps > 0 else None,
                 **refs,
             )
@@ -300,6 +302,20 @@ def get_job(engine: Engine, actor: Principal, job_id: int | str) -> JobInfo:
     if job is None:
         raise JobNotFound(job_id)
     return job
+
+
+def waiting_reason(
+    engine: Engine, actor: Principal, job: JobInfo, settings: Settings | None = None
+) -> str | None:
+    """Why a queued job is not taken by any live worker (none runs, none takes its kind,
+    none has the GPUs it needs); None when one would take it, or it is not queued."""
+    require(actor, "training:read")
+    if job.state != "queued":
+        return None
+    from core.ops.heartbeats import list_processes, why_unclaimed
+
+    settings = settings or get_settings()
+    return why_unclaimed(job.kind, job.gpus, list_processes(engine, settings.health_stale_seconds))
 
 
 METRIC_COLUMNS = ["job_id", "attempt", *METRIC_FIELDS, "at"]

@@ -42,6 +42,8 @@ class TrainingJob(Base):
     dataset_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # GPUs per machine the job needs: only a worker with as many claims it.
+    gpus: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
     # Incremented on every claim: a process holding an older token has lost the job.

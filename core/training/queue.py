@@ -137,8 +137,10 @@ def claim_next_job(
     lease_seconds: float,
     kinds: tuple[str, ...] = JOB_KINDS,
     host: str = "",
+    gpus: int = 0,
 ) -> ClaimedJob | None:
-    """Atomically take the highest-priority queued job (oldest first), or None."""
+    """Atomically take the highest-priority queued job (oldest first) that needs at most
+    `gpus` GPUs, or None."""
     with engine.connect() as conn:
         _begin_claim(conn)
         with conn.begin():
@@ -146,7 +148,7 @@ def claim_next_job(
             requeue_expired(conn, now)
             q = (
                 select(JOBS.c.id)
-                .where(JOBS.c.state == "queued", JOBS.c.kind.in_(kinds))
+                .where(JOBS.c.state == "queued", JOBS.c.kind.in_(kinds), JOBS.c.gpus <= gpus)
                 .order_by(JOBS.c.priority.desc(), JOBS.c.id)
                 .limit(1)
             )

@@ -173,17 +173,22 @@ class QuantizationSpec(BaseModel):
         )
 
 
-class DistributedSpec(BaseModel):
-    """One job over several processes (GPUs) and machines, launched with torchrun.
+class ResourcesSpec(BaseModel):
+    """What a job needs: GPUs per machine and machines. Above one process in all, the job
+    runs under torchrun (core.training.distributed).
 
-    `processes` per machine (usually one per GPU) times `nodes` machines. With `nodes` > 1
-    other workers join the job (PostgreSQL is the coordinator: core.training.distributed),
-    and every machine must see the same data dir (a shared volume), as the ranks read the
-    dataset version and base model and write checkpoints there."""
+    `gpus` per machine (one training process each; a worker claims the job only when it has
+    that many: `clara worker --gpus N`), or on CPUs `processes` per machine; times `nodes`
+    machines. With `nodes` > 1 other workers join the job (the database is the
+    coordinator), and every machine must see the same data dir (a shared volume): the ranks
+    read the dataset version and base model there and write checkpoints there."""
 
     model_config = ConfigDict(extra="forbid")
 
-    processes: int = Field(default=1, ge=1, le=64, description="training processes per machine")
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per machine, one process each")
+    processes: int | None = Field(
+        default=None, ge=1, le=64, description="training processes per machine (CPU); = gpus"
+    )
     nodes: int = Field(default=1, ge=1, le=64, description="machines (workers) taking part")
     join_timeout_s: int = Field(
         default=600, ge=10, le=86_400, description="how long the machines wait for each other"
@@ -192,11 +197,24 @@ class DistributedSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _closest_key(cls, data: Any) -> Any:
-        return reject_unknown_keys(data, cls, "distributed")
+        return reject_unknown_keys(data, cls, "resources")
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> ResourcesSpec:
+        if self.gpus and self.processes is not None and self.processes != self.gpus:
+            raise SpecError(
+                f"one training process runs per GPU: leave processes out or set it to {self.gpus}",
+                field="resources.processes",
+            )
+        return self
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.processes or self.gpus or 1
 
     @property
     def world_size(self) -> int:
-        return self.processes * self.nodes
+        return self.processes_per_node * self.nodes
 
 
 class TrainingSpec(BaseModel):
@@ -214,7 +232,7 @@ class TrainingSpec(BaseModel):
     peft: dict[str, Any] = Field(default_factory=dict)
     trainer: dict[str, Any] = Field(default_factory=dict)
     quantization: QuantizationSpec | None = None
-    distributed: DistributedSpec | None = None
+    resources: ResourcesSpec | None = None
     description: str = ""
 
     @model_validator(mode="before")

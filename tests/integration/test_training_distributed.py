@@ -24,16 +24,19 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 
-def job_processes(job_id: int) -> list[int]:
-    """Processes still running `core.training.child JOB_ID …` or its launcher."""
+def job_processes(settings, job_id: int) -> list[int]:
+    """This test's processes still running `core.training.child JOB_ID …` (the job process,
+    its torchrun, its ranks): found by their data dir, as other tests run jobs too."""
+    mine = f"CLARA_DATA_DIR={settings.data_path}".encode()
     out = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            args = cmdline.read_bytes().split(b"\0")
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"core.training.child" in args and str(job_id).encode() in args:
-            out.append(int(cmdline.parent.name))
+        if b"core.training.child" in args and str(job_id).encode() in args and mine in env:
+            out.append(int(proc.name))
     return out
 
 
@@ -54,7 +57,7 @@ def test_two_ranks_train_one_job_cancel_at_one_step_and_resume(
         logging_steps=1,
         save_steps=100,  # the only checkpoint is the cancel's
     )
-    spec["distributed"] = {"processes": 2}
+    spec["resources"] = {"processes": 2}
     job = submit_job(db_engine, admin, spec)
 
     with running_worker(settings):
@@ -74,7 +77,9 @@ def test_two_ranks_train_one_job_cancel_at_one_step_and_resume(
             "rng_state_1.pth",
         ]
         assert [p.name for p in saved.parent.glob("checkpoint-*")] == [saved.name]
-        wait_until(lambda: not job_processes(job.id), "the job's processes to end", limit=30)
+        wait_until(
+            lambda: not job_processes(settings, job.id), "the job's processes to end", limit=30
+        )
 
         retry_job(db_engine, admin, job.id)
         done = wait_until(
@@ -100,7 +105,7 @@ def test_two_ranks_train_one_job_cancel_at_one_step_and_resume(
 
     adapters = [a for a in list_adapters(db_engine, admin) if a.name == "two-ranks"]
     assert len(adapters) == 1 and adapters[0].metrics["world_size"] == 2
-    assert not job_processes(job.id)
+    assert not job_processes(settings, job.id)
     assert os.environ.get("RANK") is None  # nothing of torchrun leaked into this process
 
 
@@ -120,7 +125,7 @@ def test_a_job_over_two_machines_waits_for_the_second_and_trains_with_it(
     link_demo_model(shared_demo_model, settings.data_path)
     version = frozen_version(db_engine, n=32, actor=admin)
     spec = short_spec("two-machines", version.id, max_steps=4, save_steps=100)
-    spec["distributed"] = {"nodes": 2, "join_timeout_s": 10}
+    spec["resources"] = {"nodes": 2, "join_timeout_s": 10}
     job = submit_job(db_engine, admin, spec)
 
     def finished():
@@ -151,4 +156,45 @@ def test_a_job_over_two_machines_waits_for_the_second_and_trains_with_it(
     assert last[0].worker_id != last[1].worker_id
     assert last[0].address == "127.0.0.1" and last[0].port
     assert (Path(done.output_dir) / "adapter" / "adapter_model.safetensors").exists()
-    assert not job_processes(job.id)
+    assert not job_processes(settings, job.id)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_a_job_needing_more_gpus_than_any_worker_has_waits_and_says_why(
+    db_engine, admin, settings, shared_demo_model
+):
+    from core.ops.health import health_report
+    from core.training.jobs import waiting_reason
+    from core.training.queue import claim_next_job
+    from workers.trainer import Worker
+
+    link_demo_model(shared_demo_model, settings.data_path)
+    version = frozen_version(db_engine, n=16, actor=admin)
+    spec = short_spec("two-gpus", version.id)
+    spec["resources"] = {"gpus": 2}
+    job = submit_job(db_engine, admin, spec)
+    assert job.gpus == 2
+
+    # A real worker without GPUs (as this machine is): it does not take the job.
+    worker = Worker(settings, engine=db_engine, gpus=0, log=lambda _m: None)
+    worker.presence.start()
+    try:
+        assert worker.tick() is False and not worker.slots
+        queued = get_job(db_engine, admin, job.id)
+        assert queued.state == "queued"
+        why = waiting_reason(db_engine, admin, queued, settings)
+        assert why == (
+            "waits for a worker with 2 GPU(s): the live workers have at most 0 "
+            "(start `clara worker --gpus 2` on a machine with them)"
+        )
+        report = health_report(db_engine, admin, settings, local_gpus=False)
+        assert any(c.status == "warn" and why in c.detail for c in report.checks), report.checks
+    finally:
+        worker.presence.stop()
+    assert waiting_reason(db_engine, admin, queued, settings).startswith(
+        "waits for a worker: none is running"
+    )
+    # A worker with one GPU does not take it either; one with two does.
+    assert claim_next_job(db_engine, "one-gpu", 10, kinds=("sft",), gpus=1) is None
+    claimed = claim_next_job(db_engine, "two-gpus", 10, kinds=("sft",), gpus=2)
+    assert claimed is not None and claimed.id == job.id

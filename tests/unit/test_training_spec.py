@@ -136,14 +136,18 @@ def test_rows_become_trl_records():
     ]
 
 
-def test_distributed_settings_are_checked_with_file_line_and_suggestion():
+def test_resources_are_checked_with_file_line_and_suggestion():
     base = "name: x\ndataset_version: faq@v1\n"
-    spec = parse_spec(base + "distributed:\n  processes: 2\n  nodes: 3\n")
-    assert spec.distributed.world_size == 6 and spec.distributed.join_timeout_s == 600
+    spec = parse_spec(base + "resources:\n  processes: 2\n  nodes: 3\n")
+    assert spec.resources.world_size == 6 and spec.resources.join_timeout_s == 600
+    gpus = parse_spec(base + "resources:\n  gpus: 4\n").resources
+    assert (gpus.processes_per_node, gpus.world_size) == (4, 4)
     with pytest.raises(SpecError) as err:
-        parse_spec(base + "distributed:\n  proceses: 2\n", file="ddp.yaml")
+        parse_spec(base + "resources:\n  proceses: 2\n", file="ddp.yaml")
     assert str(err.value) == (
-        "ddp.yaml:4: distributed.proceses: unknown key 'proceses'; did you mean 'processes'?"
+        "ddp.yaml:4: resources.proceses: unknown key 'proceses'; did you mean 'processes'?"
     )
-    with pytest.raises(SpecError, match=r"ddp.yaml:4: distributed.nodes: .*greater than or equal"):
-        parse_spec(base + "distributed:\n  nodes: 0\n", file="ddp.yaml")
+    with pytest.raises(SpecError, match=r"ddp.yaml:4: resources.nodes: .*greater than or equal"):
+        parse_spec(base + "resources:\n  nodes: 0\n", file="ddp.yaml")
+    with pytest.raises(SpecError, match=r"resources.processes: one training process runs per GPU"):
+        parse_spec(base + "resources:\n  gpus: 2\n  processes: 4\n", file="ddp.yaml")

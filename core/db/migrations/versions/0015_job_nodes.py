@@ -1,4 +1,4 @@
-"""The machines of a distributed training job.
+"""The machines of a distributed training job, and the GPUs a job needs.
 
 Revision ID: 0015_job_nodes
 Revises: 0014_service_heartbeats
@@ -7,6 +7,8 @@ A job trained over several machines is claimed by one worker like any other; the
 join it. The database is their coordinator: the job's process publishes node 0 with the
 address its ranks meet at, and each joining worker takes the next node rank with one
 insert, which the primary key (job, attempt token, node rank) lets only one worker make.
+`training_jobs.gpus` is what each machine of a job must have: a worker claims only jobs
+that fit on it (`clara worker --gpus N`).
 """
 
 import sqlalchemy as sa
@@ -21,6 +23,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "training_jobs", sa.Column("gpus", sa.Integer(), nullable=False, server_default="0")
+    )
     op.create_table(
         "job_nodes",
         sa.Column(
@@ -44,3 +49,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("job_nodes")
+    with op.batch_alter_table("training_jobs") as batch:
+        batch.drop_column("gpus")
