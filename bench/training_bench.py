@@ -38,8 +38,9 @@ PLAIN_SCRIPT = textwrap.dedent('''
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], local_files_only=True,
                                                  dtype=torch.float32)
     rows = [{"text": r["text"]} for r in pq.read_table(cfg["train"]).to_pylist()]
-    args = SFTConfig(output_dir=cfg["out"], report_to="none", use_cpu=True,
-                     save_strategy="no", **cfg["trainer"])
+    args = SFTConfig(output_dir=cfg["out"], report_to="none",
+                     use_cpu=not torch.cuda.is_available(), save_strategy="no",
+                     **cfg["trainer"])
     trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                          processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM",
                                                                       **cfg["peft"]))
@@ -114,7 +115,16 @@ def setup(data_dir: Path, size: str) -> tuple:
     return st, model, version, build_s
 
 
-def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int, out: Path) -> dict:
+def run_plain(
+    model: Path,
+    version,
+    trainer: dict,
+    peft_cfg: dict,
+    threads: int,
+    out: Path,
+    ranks: int = 1,
+) -> dict:
+    """The plain script; with `ranks` > 1 under torchrun, as anyone would run it."""
     cfg = {
         "model": str(model),
         "train": str(version.path / "train.parquet"),
@@ -123,8 +133,17 @@ def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int,
         "peft": peft_cfg,
         "threads": threads,
     }
+    if ranks > 1:
+        script = out.with_suffix(".py")
+        script.write_text(PLAIN_SCRIPT)
+        command = [
+            *(sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}"),
+            *(str(script), json.dumps(cfg)),
+        ]
+    else:
+        command = [sys.executable, "-c", PLAIN_SCRIPT, json.dumps(cfg)]
     proc = subprocess.run(
-        [sys.executable, "-c", PLAIN_SCRIPT, json.dumps(cfg)],
+        command,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -135,7 +154,15 @@ def run_plain(model: Path, version, trainer: dict, peft_cfg: dict, threads: int,
     return json.loads(line[7:])
 
 
-def run_worker_job(st, version, name: str, trainer: dict, peft_cfg: dict, threads: int) -> dict:
+def run_worker_job(
+    st,
+    version,
+    name: str,
+    trainer: dict,
+    peft_cfg: dict,
+    threads: int,
+    resources: dict | None = None,
+) -> dict:
     from core.permissions import SYSTEM
     from core.training.adapters import get_adapter
     from core.training.jobs import get_job, submit_job
@@ -149,6 +176,7 @@ def run_worker_job(st, version, name: str, trainer: dict, peft_cfg: dict, thread
             "method": "lora",
             "peft": peft_cfg,
             "trainer": trainer,
+            **({"resources": resources} if resources else {}),
         },
     )
     subprocess.run(

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.slow
 DOCS = ("hundesteuersatzung.md", "baumschutzsatzung.md", "abfallgebuehrensatzung.md")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def storage(request, tmp_path_factory, shared_demo_model):
-    with module_storage(request.param, tmp_path_factory, shared_demo_model) as settings:
+@pytest.fixture
+def storage(tmp_path_factory, shared_demo_model):
+    # One engine: every route is tested on both in the other API modules; this is the
+    # whole path through them, end to end.
+    with module_storage("sqlite", tmp_path_factory, shared_demo_model) as settings:
         yield settings
 
 

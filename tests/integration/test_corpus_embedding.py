@@ -148,6 +148,7 @@ def _embedded(engine) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the batch commits: one code path
 def test_a_killed_worker_resumes_without_embedding_finished_batches_again(
     db_engine, admin, settings, tmp_path
 ):
