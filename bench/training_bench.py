@@ -147,9 +147,10 @@ def run_plain(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
         env={**os.environ, "CLARA_TRAIN_THREADS": str(threads)},
     )
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 

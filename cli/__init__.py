@@ -12,6 +12,7 @@ from cli import corpus as _corpus  # noqa: F401
 from cli import datasets as _datasets  # noqa: F401
 from cli import embed_tune as _embed_tune  # noqa: F401
 from cli import health as _health  # noqa: F401
+from cli import learn as _learn  # noqa: F401
 from cli import migrate as _migrate  # noqa: F401
 from cli import system as _system  # noqa: F401
 from cli import training as _training  # noqa: F401

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Engine
 
 from core.config import Settings, get_settings
+from core.learning.lines import LINE_PREFIX, LineNotFound, list_lines, served_adapter
 from core.ops.measures import observe_generation
-from core.permissions import Principal, require
+from core.permissions import SYSTEM, Principal, require
 from core.serving.adapters import registered_adapters
 from core.serving.answers import AnswerStart, annotate_context, new_answer_id, store_answer
 from core.serving.engine import (
@@ -147,12 +148,26 @@ class ChatService:
         """
         require(actor, "chat:use")
         out = [AdapterChoice(BASE, None, self.inference.base_model, True)]
-        for ref in self._refs().values():
+        refs = self._refs()
+        for ref in refs.values():
             try:
                 self.inference.check_base(ref)
                 out.append(AdapterChoice(ref.name, ref.id, ref.base_model, True))
             except ServingError as err:
                 out.append(AdapterChoice(ref.name, ref.id, ref.base_model, False, str(err)))
+        # Each adapter line, as "line:NAME": whatever adapter is active in it when asked.
+        usable = {a.name: a for a in out}
+        for line in list_lines(self.db, SYSTEM):  # whoever may chat may see the lines
+            active = usable.get(line.active_adapter)
+            out.append(
+                AdapterChoice(
+                    line.served_as,
+                    active.id if active else None,
+                    line.base_model,
+                    bool(active and active.compatible),
+                    active.problem if active else f"its adapter {line.active_adapter!r} is gone",
+                )
+            )
         return out
 
     def adapter_names(self, actor: Principal) -> list[str]:
@@ -203,8 +218,14 @@ class ChatService:
         return self._start(actor, name, refs, prepared, settings, context, None)
 
     def _checked(self, adapter: str | None) -> tuple[str, dict[str, AdapterRef]]:
-        """The adapter's name and the registry, refusing an unknown or foreign adapter."""
+        """The adapter's name and the registry, refusing an unknown or foreign adapter. A
+        line ("line:NAME") is its active adapter at this moment."""
         name = adapter or BASE
+        if name.startswith(LINE_PREFIX):
+            try:
+                name = served_adapter(self.db, name)
+            except LineNotFound:
+                raise AdapterUnavailable(name, sorted(self._refs())) from None
         refs = self._refs()
         if name != BASE and name not in refs:
             raise AdapterUnavailable(name, sorted(refs))

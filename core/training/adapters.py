@@ -24,7 +24,7 @@ from core.audit import audited
 from core.config import Settings, get_settings
 from core.db import reading, writing
 from core.db.base import utcnow
-from core.errors import ClaraError, NotFound
+from core.errors import ClaraError, Conflict, NotFound
 from core.permissions import Principal, require
 from core.training.models import Adapter, TrainingJob
 from core.training.spec import NAME_RE
@@ -196,10 +196,19 @@ def delete_adapter(engine: Engine, actor: Principal, name_or_id: int | str) -> A
     """Remove the row, then the files (the row goes first: no row ever points at nothing)."""
     with audited(engine, actor, "adapters.delete", target=str(name_or_id)) as ctx:
         require(actor, "adapters:activate")
+        from core.learning.lines import lines_serving
+
         with writing(engine) as s:
             row = _lookup(s, name_or_id)
             info = AdapterInfo.model_validate(row)
             ctx.target = info.name
+            serving = lines_serving(engine, row.id)
+            if serving:
+                raise Conflict(
+                    f"adapter {info.name!r} is the active adapter of line(s) "
+                    f"{', '.join(serving)}: activate another one there first "
+                    "(`clara learn activate LINE ADAPTER`)"
+                )
             s.delete(row)
         path = Path(info.path)
         if path.exists():

@@ -96,6 +96,10 @@ def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
         kwargs["bf16"] = torch.cuda.is_bf16_supported()
     if "max_steps" not in kwargs and "num_train_epochs" not in kwargs:
         kwargs["num_train_epochs"] = 1
+    if current_rank() is not None and "ddp_find_unused_parameters" not in spec.trainer:
+        # LoRA trains the same parameters at every step: DDP's search for unused ones
+        # (on by default here) is an extra pass over the graph for nothing.
+        kwargs["ddp_find_unused_parameters"] = False
     return SFTConfig(**kwargs)
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine
 import core.corpus.models
 import core.datasets.models
 import core.db.models
+import core.learning.models
 import core.ops.models
 import core.serving.models
 import core.training.models  # noqa: F401

@@ -1,0 +1,105 @@
+"""`clara learn ...`: adapter lines (served as "line:NAME"), activation and rollback."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import app, console, context, print_json, print_rows
+
+learn_app = typer.Typer(
+    help="Continuous learning: adapter lines, activation history, rollback.",
+    no_args_is_help=True,
+)
+line_app = typer.Typer(help="Adapter lines (served as line:NAME).", no_args_is_help=True)
+learn_app.add_typer(line_app, name="line")
+app.add_typer(learn_app, name="learn")
+
+
+def _show(info, json_out: bool) -> None:
+    if json_out:
+        print_json({"line": info, "served_as": info.served_as})
+        return
+    console.print(
+        f"[bold]{info.name}[/bold] served as {info.served_as}: active adapter "
+        f"[bold]{info.active_adapter}[/bold] (base {info.base_model})"
+    )
+    for a in info.history:
+        was = f" (was {a.previous_adapter_name})" if a.previous_adapter_name else ""
+        why = f": {a.reason}" if a.reason else ""
+        when = f"{a.at:%Y-%m-%d %H:%M:%S}"
+        console.print(f"  {when} {a.action} {a.adapter_name}{was} by {a.actor}{why}")
+
+
+@line_app.command("create")
+def line_create(
+    name: str,
+    adapter: str = typer.Option(..., "--adapter", help="its first (active) adapter"),
+    description: str = typer.Option("", "--description"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """A new line; chat and the API serve it as line:NAME."""
+    from core.learning.lines import create_line
+
+    ctx = context()
+    _show(create_line(ctx.engine, ctx.user, name, adapter, description), json_out)
+
+
+@line_app.command("list")
+def line_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every line with its active adapter."""
+    from core.learning.lines import list_lines
+
+    ctx = context()
+    print_rows(
+        list_lines(ctx.engine, ctx.user),
+        json_out,
+        ["line", "served as", "active adapter", "base model", "created by"],
+        lambda r: [r.name, r.served_as, r.active_adapter, r.base_model, r.created_by],
+    )
+
+
+@line_app.command("show")
+def line_show(name: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """A line and its activation history (who, what, when, why), newest first."""
+    from core.learning.lines import get_line
+
+    ctx = context()
+    _show(get_line(ctx.engine, ctx.user, name), json_out)
+
+
+@line_app.command("delete")
+def line_delete(name: str) -> None:
+    """Forget a line and its history (its adapters stay registered)."""
+    from core.learning.lines import delete_line
+
+    ctx = context()
+    delete_line(ctx.engine, ctx.user, name)
+    console.print(f"deleted line {name}")
+
+
+@learn_app.command("activate")
+def learn_activate(
+    line: str,
+    adapter: str,
+    reason: str = typer.Option("", "--reason", help="recorded in the line's history"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Serve ADAPTER (trained on the line's base) as the line from the next request on."""
+    from core.learning.lines import activate
+
+    ctx = context()
+    _show(activate(ctx.engine, ctx.user, line, adapter, reason=reason), json_out)
+
+
+@learn_app.command("rollback")
+def learn_rollback(
+    line: str,
+    adapter: str,
+    reason: str = typer.Option("", "--reason", help="recorded in the line's history"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Go back to an adapter the line has served before."""
+    from core.learning.lines import rollback
+
+    ctx = context()
+    _show(rollback(ctx.engine, ctx.user, line, adapter, reason), json_out)
