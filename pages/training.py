@@ -6,6 +6,8 @@ import plotly.express as px
 import streamlit as st
 
 from core.datasets.versions import list_versions
+from core.errors import ClaraError
+from core.learning.lines import activate, create_line, get_line, list_lines, rollback
 from core.permissions import PermissionDenied
 from core.training.adapters import AdapterNotFound, lineage, list_adapters
 from core.training.demo_model import demo_build_status
@@ -43,7 +45,7 @@ SECTION_TITLES = (
     ("quantization", "Quantization (bitsandbytes)"),
     ("trainer", "Trainer (TRL SFTConfig)"),
 )
-TABS = ["New job", "Jobs", "Adapters"]
+TABS = ["New job", "Jobs", "Adapters", "Lines"]
 COLUMNS = [
     "id",
     "name",
@@ -477,6 +479,84 @@ def _adapters_tab() -> None:
     _lineage(names)
 
 
+def _line_action(action, *args, done: str, **kwargs) -> None:
+    try:
+        action(engine, user, *args, **kwargs)
+        st.session_state["training_flash"] = done
+    except (ClaraError, PermissionDenied) as err:
+        st.session_state["training_action_error"] = str(err)
+    st.rerun()
+
+
+def _lines_tab() -> None:
+    """Adapter lines: what each serves as line:NAME, its history, activation and rollback."""
+    if st.session_state.get("training_action_error"):
+        st.error(st.session_state.pop("training_action_error"))
+    lines = list_lines(engine, user) if user.can("adapters:read") else []
+    manage = user.can("adapters:activate")
+    adapters = [a.name for a in list_adapters(engine, user)] if user.can("adapters:read") else []
+    if lines:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "line": x.name,
+                        "served as": x.served_as,
+                        "active adapter": x.active_adapter,
+                        "base model": x.base_model,
+                        "created by": x.created_by,
+                    }
+                    for x in lines
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="training_lines_table",
+        )
+        name = st.selectbox("Line", [x.name for x in lines], key="training_line")
+        line = get_line(engine, user, name)
+        st.markdown(f"**{line.served_as}** serves **{line.active_adapter}** now.")
+        st.dataframe(
+            pd.DataFrame([h.model_dump() for h in line.history]).reindex(
+                columns=["at", "action", "adapter_name", "previous_adapter_name", "actor", "reason"]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="training_line_history",
+        )
+        if manage:
+            earlier = list(dict.fromkeys(h.adapter_name for h in line.history))
+            earlier = [a for a in earlier if a != line.active_adapter and a in adapters]
+            reason = st.text_input("Reason (kept in the history)", key="training_line_reason")
+            c1, c2 = st.columns(2)
+            back = c1.selectbox("Roll back to", earlier or ["–"], key="training_line_back")
+            if c1.button("Roll back", key="training_line_rollback", disabled=not earlier):
+                _line_action(rollback, name, back, reason, done=f"Line {name} serves {back} again.")
+            others = [a for a in adapters if a != line.active_adapter]
+            new = c2.selectbox("Activate", others or ["–"], key="training_line_new")
+            if c2.button("Activate", key="training_line_activate", disabled=not others):
+                _line_action(
+                    activate, name, new, reason=reason, done=f"Line {name} serves {new} now."
+                )
+    else:
+        st.caption("No adapter lines yet.")
+    if manage and adapters:
+        with st.form("training_line_create", clear_on_submit=True):
+            st.markdown("**New line**")
+            c1, c2 = st.columns(2)
+            line_name = c1.text_input("Line name", key="training_line_name")
+            first = c2.selectbox("First adapter", adapters, key="training_line_first")
+            description = st.text_input("Description", key="training_line_description")
+            if st.form_submit_button("Create line"):
+                _line_action(
+                    create_line,
+                    line_name,
+                    first,
+                    description,
+                    done=f"Created line {line_name}: chat serves it as line:{line_name}.",
+                )
+
+
 # The page ------------------------------------------------------------------------------------
 
 st.title("Training")
@@ -498,7 +578,7 @@ if st.session_state["training_goto_tab"] in TABS:
 st.session_state["training_goto_tab"] = None
 # Keyed and stateful: the open tab survives every rerun. The Jobs and Adapters tabs draw
 # only while open, so hidden tabs neither refresh in the background nor leave stale copies.
-tab_new, tab_jobs, tab_adapters = st.tabs(TABS, key="training_tab", on_change="rerun")
+tab_new, tab_jobs, tab_adapters, tab_lines = st.tabs(TABS, key="training_tab", on_change="rerun")
 with tab_new:  # always drawn, open or not: the form's widgets keep what was typed
     _new_job_tab()
 with tab_jobs:
@@ -507,3 +587,6 @@ with tab_jobs:
 with tab_adapters:
     if tab_adapters.open:
         _adapters_tab()
+with tab_lines:
+    if tab_lines.open:
+        _lines_tab()

@@ -98,3 +98,50 @@ def test_form_errors_yaml_mode_jobs_and_registry(app, db_engine, admin, tmp_path
     frames = [d.value for d in at.dataframe]
     compare = next(f for f in frames if list(f.columns) == ["beta", "alpha"])
     assert compare.loc["eval_perplexity_after"].tolist() == [30.0, 40.0]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_lines_tab_creates_activates_and_rolls_back(app, db_engine, admin, tmp_path):
+    from core.learning.lines import get_line
+
+    files = _peft_folder(tmp_path)
+    for name in ("alpha", "beta"):
+        register_adapter(
+            db_engine,
+            admin,
+            name=name,
+            files_dir=files,
+            base_model="demo",
+            base_model_fingerprint="f" * 64,
+            method="lora",
+        )
+    at = app
+    at.session_state["training_tab"] = "Lines"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("No adapter lines yet" in c.value for c in at.caption)
+    at.text_input(key="training_line_name").input("faq")
+    at.selectbox(key="training_line_first").set_value("alpha")
+    next(b for b in at.button if b.label == "Create line").click()
+    at.run()
+    assert [s.value for s in at.success] == ["Created line faq: chat serves it as line:faq."]
+    assert "**line:faq** serves **alpha** now." in " ".join(m.value for m in at.markdown)
+
+    at.text_input(key="training_line_reason").input("better answers")
+    at.selectbox(key="training_line_new").set_value("beta")
+    at.button(key="training_line_activate").click()
+    at.run()
+    assert [s.value for s in at.success] == ["Line faq serves beta now."]
+    at.selectbox(key="training_line_back").set_value("alpha")
+    at.button(key="training_line_rollback").click()
+    at.run()
+    assert [s.value for s in at.success] == ["Line faq serves alpha again."]
+    history = get_line(db_engine, admin, "faq").history
+    assert [(h.action, h.adapter_name, h.reason) for h in history] == [
+        ("rollback", "alpha", "better answers"),
+        ("activate", "beta", "better answers"),
+        ("create", "alpha", "line created"),
+    ]
+    frames = [d.value for d in at.dataframe]
+    shown = next(f for f in frames if "action" in f.columns)
+    assert shown["action"].tolist() == ["rollback", "activate", "create"]
