@@ -61,7 +61,9 @@ def _history(path: Path | None) -> list[dict[str, str]]:
 @app.command("generate")
 def generate(
     prompt: str = typer.Argument(..., help="the question; '-' reads it from stdin"),
-    adapter: str = typer.Option(BASE, "--adapter", "-a", help="adapter name, line:NAME (a line's active adapter), or 'base'"),
+    adapter: str = typer.Option(
+        BASE, "--adapter", "-a", help="adapter name, line:NAME (a line's active adapter), or 'base'"
+    ),
     system: str = typer.Option("", help="system prompt"),
     temperature: float = typer.Option(0.7, min=0.0, max=2.0),
     top_p: float = typer.Option(0.95, min=0.01, max=1.0),
