@@ -1,10 +1,13 @@
-"""`clara learn ...`: adapter lines (served as "line:NAME"), activation and rollback."""
+"""`clara learn ...`: adapter lines (served as "line:NAME"), activation and rollback, learning
+policies and cycles."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from cli.common import app, console, context, print_json, print_rows
+from cli.common import CliFailure, app, console, context, print_json, print_rows
 
 learn_app = typer.Typer(
     help="Continuous learning: adapter lines, activation history, rollback.",
@@ -103,3 +106,86 @@ def learn_rollback(
 
     ctx = context()
     _show(rollback(ctx.engine, ctx.user, line, adapter, reason), json_out)
+
+
+policy_app = typer.Typer(help="A line's learning policy.", no_args_is_help=True)
+learn_app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("set")
+def policy_set(line: str, path: Path, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Set LINE's policy from a YAML file (sources, regression set, trigger, trainer, gate,
+    probes); refused, naming why, when the regression set is empty or a key is wrong."""
+    import yaml
+
+    from core.learning.cycles import set_policy
+
+    ctx = context()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise CliFailure(f"{path}: {err}") from None
+    policy = set_policy(ctx.engine, ctx.user, line, data)
+    if json_out:
+        print_json(policy)
+    else:
+        console.print(f"policy of line {line} set (regression set {policy.regression})")
+
+
+@policy_app.command("show")
+def policy_show(line: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """LINE's policy and how many accepted samples are new for it."""
+    from core.learning.cycles import get_policy, new_samples
+
+    ctx = context()
+    policy = get_policy(ctx.engine, ctx.user, line)
+    new = new_samples(ctx.engine, ctx.user, line)
+    if json_out:
+        print_json({"policy": policy, "new_samples": new})
+    elif policy is None:
+        console.print(f"line {line} has no policy: it changes only by hand")
+    else:
+        console.print(
+            f"{new} new accepted sample(s); a cycle starts at {policy.min_new_samples}"
+            + ("" if policy.enabled else " (disabled)")
+        )
+        console.print_json(policy.model_dump_json())
+
+
+@learn_app.command("run")
+def learn_run(line: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Start a learning cycle of LINE now (a worker trains and gates it)."""
+    from core.learning.cycles import start_cycle
+
+    ctx = context()
+    cycle = start_cycle(ctx.engine, ctx.user, line)
+    if json_out:
+        print_json(cycle)
+    else:
+        console.print(
+            f"line {line}: cycle {cycle.number} started with {cycle.new_samples} new "
+            f"sample(s); training job {cycle.job_id} ({cycle.candidate})"
+        )
+
+
+@learn_app.command("cycles")
+def learn_cycles(line: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """LINE's cycles, newest first: state, job, gate figures, decision."""
+    from core.learning.cycles import list_cycles
+
+    ctx = context()
+    print_rows(
+        list_cycles(ctx.engine, ctx.user, line),
+        json_out,
+        ["cycle", "state", "new samples", "from", "candidate", "job", "gate job", "reason"],
+        lambda c: [
+            c.number,
+            c.state,
+            c.new_samples,
+            c.from_adapter,
+            c.candidate,
+            c.job_id,
+            c.gate_job_id,
+            c.reason,
+        ],
+    )

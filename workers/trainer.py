@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 
 from core.config import Settings, get_settings
 from core.db import get_engine, reading
+from core.learning.cycles import scheduler_tick
 from core.ops.health import gpu_devices
 from core.ops.heartbeats import ProcessHeartbeat
 from core.ops.measures import observe_worker_job, observe_worker_running
@@ -50,6 +51,7 @@ DEFAULT_LEASE_S = 30.0
 # SIGTERM → SIGKILL when the process does not even answer (a cancel then ends within 10 s).
 # A process that answers is given the time its step and checkpoint take, as it reports.
 STOP_GRACE_S = 8.0
+LEARNING_EVERY_S = 5.0  # how often the learning scheduler looks for due and finished cycles
 
 
 def process_start_time(pid: int) -> float | None:
@@ -101,10 +103,10 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
         if kind not in JOB_KINDS:
             raise ValueError(
                 f"--kinds: {part.strip()!r} is not a job kind (train, score, embed, embed-tune, "
-                "sleep)"
+                "gate, sleep)"
             )
-        if kind == "sft" and "sleep" not in kinds:
-            kinds.append("sleep")  # the queue exercise runs wherever training does
+        if kind == "sft":  # the queue exercise and learning gates run wherever training does
+            kinds.extend(k for k in ("sleep", "gate") if k not in kinds)
         kinds.append(kind)
     return tuple(dict.fromkeys(kinds))
 
@@ -139,6 +141,7 @@ class Worker:
         self.slots: list[Slot] = []
         self._stopping = False
         self._last_cancel_check = 0.0
+        self._last_learning = 0.0
         self.log = log
         # Where this worker serves /metrics (set by `clara worker --metrics-port`), and its
         # GPUs (read once at start): both go into its heartbeat for health to show.
@@ -196,9 +199,23 @@ class Worker:
         self._reap()
         self._check_cancels()
         self._heartbeat()
+        if claim:
+            self._learning()
         claimed = self._fill_slots() if claim else False
         self.presence.beat_if_due()
         return claimed
+
+    def _learning(self) -> None:
+        """The learning scheduler (core.learning.cycles): follow open cycles, start due ones.
+        Every training worker runs it; the database lets only one start a given cycle."""
+        now = time.monotonic()
+        if "sft" not in self.kinds or now - self._last_learning < LEARNING_EVERY_S:
+            return
+        self._last_learning = now
+        try:
+            scheduler_tick(self.engine, self.log)
+        except Exception as err:  # never let the scheduler stop the worker's own jobs
+            self.log(f"learning scheduler: {type(err).__name__}: {err}")
 
     def _fill_slots(self) -> bool:
         claimed_any = False

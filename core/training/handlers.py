@@ -264,8 +264,16 @@ def run_embed_tune(ctx: JobContext) -> int:
     return run_embed_tune_job(ctx)
 
 
+def run_gate(ctx: JobContext) -> int:
+    """The gate of a learning cycle: promote the new adapter of a line or keep the old."""
+    from core.learning.gate import run_gate as gate
+
+    return gate(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], int]] = {
     "sft": run_training,
+    "gate": run_gate,
     "score": run_scoring,
     "embed": run_embedding,
     "embed-tune": run_embed_tune,

@@ -24,7 +24,7 @@ FINISHED_STATES = ("succeeded", "failed", "cancelled")
 # What a job does; `clara worker --kinds` picks among them. "sft" trains an adapter, "score"
 # scores a dataset, "embed" embeds pending corpus chunks, "embed-tune" fine-tunes the
 # embedding model on the corpus (core.corpus.embed_tune), "sleep" only exercises the queue.
-JOB_KINDS = ("sft", "score", "embed", "embed-tune", "sleep")
+JOB_KINDS = ("sft", "score", "embed", "embed-tune", "gate", "sleep")
 
 
 class TrainingJob(Base):

@@ -1,0 +1,176 @@
+"""Learning cycles end to end (issue 15, items 1, 2, 4 and 6) on the tiny demo model with a
+real `clara worker` process: chat answers from a line are rated with corrections, the
+corrections are accepted in review, the worker's scheduler sees enough new samples and starts
+a cycle, the job trains from the active adapter, the gate job measures both adapters and
+promotes the new one, and the chat answers from it. A gate that fails keeps the active
+adapter; a rollback brings back an earlier one; a cancelled cycle leaves the adapter and the
+samples as they were; only one cycle of a line can be open.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core.datasets.review import bulk_decide
+from core.errors import Conflict, NotFound
+from core.learning.cycles import (
+    get_cycle,
+    list_cycles,
+    new_samples,
+    scheduler_tick,
+    set_policy,
+    start_cycle,
+)
+from core.learning.lines import create_line, get_line
+from core.training.jobs import cancel_job, get_job, submit_job
+from core.training.spec import SpecError
+from tests.api_training import (
+    TRAINING_ENV,
+    frozen_version,
+    run_worker_once,
+    running_worker,
+    short_spec,
+)
+from tests.cli_run import clara
+from tests.conftest import link_demo_model
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [f"Wie hoch ist die Hundesteuer für {k} Hunde?" for k in (3, 5, 7, 9)]
+POLICY = {
+    "regression": "faq@v1",
+    "min_new_samples": 4,
+    "eval_ratio": 0.25,
+    "trainer": {
+        "max_steps": 6,
+        "learning_rate": 0.01,
+        "per_device_train_batch_size": 4,
+        "max_length": 64,
+        "logging_steps": 2,
+        "save_steps": 100,
+    },
+    "gate": {"max_regression": 0.5},
+    "probes": ["Wie hoch ist die Hundesteuer für 2 Hunde?"],
+}
+
+
+def _decided(engine, admin, number: int):
+    """Cycle `number` of line faq once it has ended (the scheduler may not have started it
+    yet when the wait begins)."""
+
+    def ended():
+        found = [c for c in list_cycles(engine, admin, "faq") if c.number == number]
+        return found and found[0].state not in ("training", "gating") and found[0]
+
+    return wait_until(ended, f"cycle {number} to end", limit=300)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_feedback_retrains_the_line_behind_the_gate(
+    db_engine, admin, settings, shared_demo_model, monkeypatch
+):
+    from core.config import get_settings
+    from core.serving.chat import ChatService, engine_from_settings
+    from core.serving.engine import GenerationSettings
+    from core.serving.feedback import FeedbackIn, record_feedback
+
+    # The tiny demo model for the worker and for the chat service in this process alike.
+    for key, value in TRAINING_ENV.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    link_demo_model(shared_demo_model, settings.data_path)
+    first = frozen_version(db_engine, n=24, actor=admin)
+    submit_job(db_engine, admin, short_spec("hund", first.id))
+    run_worker_once(settings)
+    create_line(db_engine, admin, "faq", "hund")
+
+    # What would train the line on the wrong thing is refused, naming it.
+    with pytest.raises(NotFound, match="nope"):
+        set_policy(db_engine, admin, "faq", {**POLICY, "regression": "nope@v1"})
+    with pytest.raises(SpecError, match="learnig_rate"):
+        set_policy(db_engine, admin, "faq", {**POLICY, "trainer": {"learnig_rate": 0.1}})
+    set_policy(db_engine, admin, "faq", POLICY)
+
+    # People chat with the line and correct its answers; a reviewer accepts the corrections.
+    service = ChatService(db_engine, engine_from_settings(settings))
+    # Greedy; the penalty keeps the tiny model from answering only blank lines.
+    greedy = GenerationSettings(temperature=0.0, max_new_tokens=8, repetition_penalty=1.5)
+    for k, question in zip((3, 5, 7, 9), QUESTIONS, strict=True):
+        reply = service.reply(admin, [{"role": "user", "content": question}], "line:faq", greedy)
+        assert reply.adapter == "hund"
+        reply.text()
+        correction = f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr."
+        record_feedback(
+            db_engine,
+            admin,
+            FeedbackIn(answer_id=reply.answer_id, rating="down", correction=correction),
+        )
+    assert new_samples(db_engine, admin, "faq") == 0  # pending in review: not yet
+    assert bulk_decide(db_engine, admin, "feedback-hund", "accepted") == 4
+    assert new_samples(db_engine, admin, "faq") == 4
+
+    with running_worker(settings):
+        # The worker's scheduler starts the cycle by itself: enough new samples.
+        promoted = _decided(db_engine, admin, 1)
+        assert promoted.state == "promoted", promoted.reason
+        assert promoted.trigger == "schedule" and promoted.new_samples == 4
+        gate = promoted.gate
+        assert gate["new_data_after"] < gate["new_data_before"]
+        assert gate["regression_set"] == "faq@v1" and gate["regression_texts"] > 0
+        assert [p["prompt"] for p in gate["probes"]] == POLICY["probes"]
+        assert {"active", "candidate"} <= set(gate["probes"][0])
+        line = get_line(db_engine, admin, "faq")
+        assert line.active_adapter == promoted.candidate == "faq-c1"
+        assert line.history[0].action == "promote" and "cycle 1 passed" in line.history[0].reason
+        assert new_samples(db_engine, admin, "faq") == 0  # used by a decided cycle
+        # The running chat service answers from the promoted adapter (no reload).
+        reply = service.reply(
+            admin, [{"role": "user", "content": QUESTIONS[0]}], "line:faq", greedy
+        )
+        assert reply.adapter == "faq-c1"
+        reply.text()
+
+        # A gate that fails keeps the active adapter. Forced: a learning rate of 0 leaves
+        # the new adapter equal to the active one, so the new data cannot get better.
+        set_policy(
+            db_engine,
+            admin,
+            "faq",
+            {**POLICY, "trainer": {**POLICY["trainer"], "learning_rate": 0.0}},
+        )
+        run = clara(settings, "learn", "run", "faq", "--json")
+        assert run.returncode == 0, run.stdout + run.stderr
+        kept = _decided(db_engine, admin, 2)
+        assert kept.state == "kept" and kept.trigger == "manual"
+        assert (
+            kept.reason.startswith("no better on the new data")
+            and "faq-c1 stays active" in kept.reason
+        )
+        assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+
+    # Only one open cycle per line; a cancelled one leaves the adapter and the samples be.
+    third = start_cycle(db_engine, admin, "faq")
+    with pytest.raises(Conflict, match="under way already"):
+        start_cycle(db_engine, admin, "faq")
+    cancel_job(db_engine, admin, third.job_id)
+    assert get_job(db_engine, admin, third.job_id).state == "cancelled"
+    scheduler_tick(db_engine, say=lambda _m: None)
+    cancelled = get_cycle(db_engine, admin, "faq", 3)
+    assert cancelled.state == "cancelled" and "the active adapter stays" in cancelled.reason
+    assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+
+    # Rollback, by hand: the line serves the first adapter again.
+    back = clara(
+        settings, "learn", "rollback", "faq", "hund", "--reason", "probe answers got worse"
+    )
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert get_line(db_engine, admin, "faq").active_adapter == "hund"
+    listed = clara(settings, "learn", "cycles", "faq")
+    assert listed.returncode == 0 and "promoted" in listed.stdout and "kept" in listed.stdout
+    assert [c.state for c in list_cycles(db_engine, admin, "faq")] == [
+        "cancelled",
+        "kept",
+        "promoted",
+    ]
