@@ -116,16 +116,15 @@ learn_app.add_typer(policy_app, name="policy")
 def policy_set(line: str, path: Path, json_out: bool = typer.Option(False, "--json")) -> None:
     """Set LINE's policy from a YAML file (sources, regression set, trigger, trainer, gate,
     probes); refused, naming why, when the regression set is empty or a key is wrong."""
-    import yaml
-
     from core.learning.cycles import set_policy
+    from core.learning.policy import parse_policy_text
 
     ctx = context()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise CliFailure(f"{path}: {err}") from None
-    policy = set_policy(ctx.engine, ctx.user, line, data)
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise CliFailure(f"{path}: {err.strerror}") from None
+    policy = set_policy(ctx.engine, ctx.user, line, parse_policy_text(text, str(path)))
     if json_out:
         print_json(policy)
     else:

@@ -7,7 +7,9 @@ import streamlit as st
 
 from core.datasets.versions import list_versions
 from core.errors import ClaraError
+from core.learning.cycles import get_policy, list_cycles, new_samples, set_policy, start_cycle
 from core.learning.lines import activate, create_line, get_line, list_lines, rollback
+from core.learning.policy import POLICY_TEMPLATE, parse_policy_text
 from core.permissions import PermissionDenied
 from core.training.adapters import AdapterNotFound, lineage, list_adapters
 from core.training.demo_model import demo_build_status
@@ -488,6 +490,92 @@ def _line_action(action, *args, done: str, **kwargs) -> None:
     st.rerun()
 
 
+def _cycles(name: str, manage: bool) -> None:
+    """The line's policy (editable as YAML), its cycles with the gate's figures, a chart of
+    them across cycles, and the probe answers of a cycle side by side."""
+    policy = get_policy(engine, user, name)
+    st.markdown(
+        f"**Learning policy** · {new_samples(engine, user, name)} new accepted sample(s)"
+        + (f", a cycle starts at {policy.min_new_samples}" if policy else ": none (by hand only)")
+    )
+    if manage:
+        with st.expander("Edit the policy (YAML)"):
+            text = st.text_area(
+                "Policy",
+                policy.to_yaml() if policy else POLICY_TEMPLATE,
+                height=260,
+                key=f"training_policy_{name}",
+            )
+            p1, p2 = st.columns(2)
+            if p1.button("Save policy", key="training_policy_save"):
+                _line_action(
+                    lambda e, u, n, t: set_policy(e, u, n, parse_policy_text(t, "the policy")),
+                    name,
+                    text,
+                    done=f"Policy of line {name} saved.",
+                )
+            if p2.button("Run a cycle now", key="training_cycle_run", disabled=policy is None):
+                _line_action(start_cycle, name, done=f"Line {name}: a cycle started.")
+    cycles = list_cycles(engine, user, name)
+    if not cycles:
+        st.caption("No learning cycles yet.")
+        return
+    rows = [
+        {
+            "cycle": c.number,
+            "state": c.state,
+            "trigger": c.trigger,
+            "new samples": c.new_samples,
+            "from": c.from_adapter,
+            "candidate": c.candidate,
+            "job": c.job_id,
+            "regression before": c.gate.get("regression_before"),
+            "regression after": c.gate.get("regression_after"),
+            "new data before": c.gate.get("new_data_before"),
+            "new data after": c.gate.get("new_data_after"),
+            "reason": c.reason,
+        }
+        for c in cycles
+    ]
+    frame = pd.DataFrame(rows)
+    st.dataframe(frame, hide_index=True, width="stretch", key="training_cycles_table")
+    judged = frame.dropna(subset=["regression after"])
+    if len(judged):
+        long = judged.melt(
+            id_vars=["cycle"],
+            value_vars=[
+                "regression before",
+                "regression after",
+                "new data before",
+                "new data after",
+            ],
+            var_name="perplexity",
+        )
+        fig = px.line(
+            long.sort_values("cycle"),
+            x="cycle",
+            y="value",
+            color="perplexity",
+            markers=True,
+            title="Gate perplexity across cycles",
+        )
+        st.plotly_chart(fig, width="stretch", key="training_cycles_chart")
+    probed = [c for c in cycles if c.gate.get("probes")]
+    if probed:
+        pick = st.selectbox(
+            "Probe answers of cycle", [c.number for c in probed], key="training_cycle_probes"
+        )
+        chosen = next(c for c in probed if c.number == pick)
+        st.dataframe(
+            pd.DataFrame(chosen.gate["probes"]).rename(
+                columns={"active": chosen.from_adapter, "candidate": chosen.candidate}
+            ),
+            hide_index=True,
+            width="stretch",
+            key="training_cycle_probe_table",
+        )
+
+
 def _lines_tab() -> None:
     """Adapter lines: what each serves as line:NAME, its history, activation and rollback."""
     if st.session_state.get("training_action_error"):
@@ -524,6 +612,7 @@ def _lines_tab() -> None:
             width="stretch",
             key="training_line_history",
         )
+        _cycles(name, manage)
         if manage:
             earlier = list(dict.fromkeys(h.adapter_name for h in line.history))
             earlier = [a for a in earlier if a != line.active_adapter and a in adapters]

@@ -35,7 +35,7 @@ from core.db.base import utcnow
 from core.errors import Conflict
 from core.learning.lines import LineError, _line
 from core.learning.models import AdapterLine, LearningCycle, LineActivation
-from core.learning.policy import LearningPolicy
+from core.learning.policy import LearningPolicy, policy_from_dict
 from core.permissions import SYSTEM, Principal, require
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def set_policy(
 
     with audited(engine, actor, "learning.policy.set", target=line_name) as ctx:
         require(actor, "adapters:activate")
-        p = policy if isinstance(policy, LearningPolicy) else LearningPolicy.model_validate(policy)
+        p = policy_from_dict(policy)
         get_version(engine, actor, p.regression)  # frozen versions are never empty
         for name in p.sources:
             get_dataset(engine, actor, name)  # a missing one is named by its NotFound

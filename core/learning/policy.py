@@ -74,3 +74,46 @@ class LearningPolicy(BaseModel):
     @classmethod
     def _closest_top_level(cls, data: Any) -> Any:
         return reject_unknown_keys(data, cls)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# What the policy editor starts from when a line has none yet.
+POLICY_TEMPLATE = """\
+regression: NAME@v1      # a frozen dataset version: the fixed regression set (required)
+sources: []              # more datasets besides the feedback of the line's adapters
+min_new_samples: 20      # a cycle starts once this many accepted samples are new
+trainer: {num_train_epochs: 1, learning_rate: 0.0001}
+gate: {max_regression: 0.02, require_improvement: true}
+probes: []               # prompts both adapters answer at every gate
+"""
+
+
+def parse_policy_text(text: str, source: str = "policy") -> LearningPolicy:
+    """The policy a YAML text holds (the page's editor, `clara learn policy set`); every
+    error names `source`, the line and the field, with the closest key for a typo."""
+    import yaml
+
+    from core.training.spec import SpecError, validated
+
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", err)
+        raise SpecError(
+            f"not valid YAML ({problem})", file=source, line=mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(data, dict):
+        raise SpecError("a policy is a mapping of keys (regression, sources, …)", file=source)
+    return validated(LearningPolicy, data, file=source, root=root)
+
+
+def policy_from_dict(data: dict[str, Any] | LearningPolicy) -> LearningPolicy:
+    from core.training.spec import validated
+
+    return data if isinstance(data, LearningPolicy) else validated(LearningPolicy, data)

@@ -14,7 +14,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -46,6 +46,9 @@ PEFT_OWNED = {
     "inference_mode",
     "revision",
 }
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class SpecError(ClaraError, ValueError):
@@ -325,8 +328,16 @@ def parse_spec(text: str, *, file: str | None = None) -> TrainingSpec:
 def spec_from_dict(
     data: dict[str, Any], *, file: str | None = None, root: yaml.Node | None = None
 ) -> TrainingSpec:
+    return validated(TrainingSpec, data, file=file, root=root)
+
+
+def validated(
+    model: type[M], data: Any, *, file: str | None = None, root: yaml.Node | None = None
+) -> M:
+    """`model.model_validate(data)`; every error a SpecError naming file, line, field and the
+    closest key (`root`: the YAML node tree the data came from, for line numbers)."""
     try:
-        return TrainingSpec.model_validate(data)
+        return model.model_validate(data)
     except SpecError as err:
         raise SpecError(
             str(err.args[0]).split(": ", 1)[-1] if err.field else str(err),

@@ -145,3 +145,19 @@ def test_lines_tab_creates_activates_and_rolls_back(app, db_engine, admin, tmp_p
     frames = [d.value for d in at.dataframe]
     shown = next(f for f in frames if "action" in f.columns)
     assert shown["action"].tolist() == ["rollback", "activate", "create"]
+    # The policy editor: a typo is named with its line; a valid policy is saved.
+    ds = create_dataset(db_engine, admin, "regression")
+    add_samples(db_engine, admin, ds.id, [SampleIn(kind="text", text="Satz.", status="accepted")])
+    freeze(db_engine, admin, ds.id, eval_ratio=0.0)
+    at.text_area(key="training_policy_faq").input("regression: regression@v1\nmin_new_sample: 3\n")
+    at.button(key="training_policy_save").click()
+    at.run()
+    assert any(e.value.startswith("the policy:2: min_new_sample: unknown key") for e in at.error), [
+        e.value for e in at.error
+    ]
+    at.text_area(key="training_policy_faq").input("regression: regression@v1\nmin_new_samples: 3\n")
+    at.button(key="training_policy_save").click()
+    at.run()
+    assert [s.value for s in at.success] == ["Policy of line faq saved."]
+    assert any("a cycle starts at 3" in m.value for m in at.markdown)
+    assert any("No learning cycles yet" in c.value for c in at.caption)
