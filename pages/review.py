@@ -216,7 +216,7 @@ else:
         h4.markdown("Reasons: " + (", ".join(reason_label(r) for r in sample.reasons) or "none"))
         spans = [tuple(sp) for sp in sample.flagged_spans]
         for role, content, offset in part_offsets(sample):
-            if sample.kind == "chat":
+            if sample.kind != "text":
                 st.markdown(f"**{role}**")
             st.html(
                 f'<div style="white-space: normal; line-height: 1.5">'
@@ -295,6 +295,10 @@ else:
                     m["role"], m["content"], height=120, key=f"review_edit_msg_{sample.id}_{i}"
                 )
                 new_msgs.append({"role": m["role"], "content": content})
+            if sample.kind == "pref":
+                new_text = st.text_area(
+                    "rejected", sample.text or "", height=120, key=f"review_edit_rej_{sample.id}"
+                )
         e1, e2 = st.columns(2)
         save = e1.form_submit_button("Save edit")
         save_accept = e2.form_submit_button("Save and accept")

@@ -29,7 +29,7 @@ from core.datasets.versions import SPLITS, VersionInfo, get_version, read_versio
 from core.db import reading
 from core.permissions import Principal, require
 
-EXPORT_FORMATS = ("messages", "alpaca", "sharegpt", "text")
+EXPORT_FORMATS = ("messages", "alpaca", "sharegpt", "text", "preference")
 FILE_TYPES = ("jsonl", "parquet", "csv")
 _SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
 _NESTED = ("messages", "conversations", "history")
@@ -76,11 +76,23 @@ def convert_record(
     """One version record → one row of the export format."""
     if fmt == "text":
         return {"text": _render_text(rec)}
-    if rec["kind"] != "chat":
+    if fmt == "preference":  # TRL's conversational preference format (DPOTrainer)
+        if rec["kind"] != "pref":
+            raise ExportError(
+                f"sample {rec['id']} is no preference pair; format 'preference' holds pairs "
+                "only (chosen and rejected answer)"
+            )
+        msgs = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+        return {
+            "prompt": msgs[:-1],
+            "chosen": msgs[-1:],
+            "rejected": [{"role": "assistant", "content": rec["text"]}],
+        }
+    if rec["kind"] == "text":
         raise ExportError(
             f"sample {rec['id']} is plain text; format {fmt!r} holds conversations only"
         )
-    msgs = rec["messages"]
+    msgs = rec["messages"]  # a preference pair: its conversation with the chosen answer
     system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else None
     turns = msgs[1:] if system is not None else msgs
     if fmt == "messages":
@@ -150,6 +162,20 @@ def llama_factory_entry(fmt: str, file_name: str) -> dict[str, Any]:
                 "history": "history",
             },
         }
+    if fmt == "preference":  # a ranking dataset: prompt turns, chosen and rejected answer
+        return {
+            "file_name": file_name,
+            "ranking": True,
+            "formatting": "sharegpt",
+            "columns": {"messages": "prompt", "chosen": "chosen", "rejected": "rejected"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
     if fmt == "sharegpt":
         return {
             "file_name": file_name,
@@ -184,6 +210,15 @@ def axolotl_entry(fmt: str, path: Path, file_type: str) -> dict[str, Any]:
         return {**base, "type": "completion", "field": "text"}
     if fmt == "alpaca":
         return {**base, "type": "alpaca"}
+    if fmt == "preference":  # for `rl: dpo`
+        return {
+            **base,
+            "type": "chat_template.default",
+            "field_messages": "prompt",
+            "field_chosen": "chosen",
+            "field_rejected": "rejected",
+            "message_property_mappings": {"role": "role", "content": "content"},
+        }
     if fmt == "sharegpt":
         return {
             **base,

@@ -99,6 +99,7 @@ class SamplePage(BaseModel):
                 v.text
                 if v.kind == "text"
                 else " | ".join(f"{m['role']}: {m['content']}" for m in v.messages or [])
+                + (f" | rejected: {v.text}" if v.kind == "pref" else "")
             )
             rows.append(
                 {
@@ -336,9 +337,9 @@ def edit_sample(
             try:
                 new = SampleIn(
                     kind=cur.kind,
-                    text=text if cur.kind == "text" else None,
-                    messages=messages if cur.kind == "chat" else None,
-                    system=(system or None) if cur.kind == "chat" else None,
+                    text=text if cur.kind in ("text", "pref") else None,
+                    messages=messages if cur.kind in ("chat", "pref") else None,
+                    system=(system or None) if cur.kind in ("chat", "pref") else None,
                 )
             except ValidationError as err:
                 first = err.errors()[0]
@@ -522,6 +523,8 @@ def part_offsets(view: SampleView) -> list[tuple[str, str, int]]:
     parts = ([("system", view.system)] if view.system else []) + [
         (m["role"], m["content"]) for m in view.messages or []
     ]
+    if view.kind == "pref":
+        parts.append(("rejected", view.text or ""))
     out, pos = [], 0
     for role, content in parts:
         out.append((role, content, pos))

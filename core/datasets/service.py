@@ -37,9 +37,12 @@ class Message(BaseModel):
 
 
 class SampleIn(BaseModel):
-    """One sample to add. For chat samples a leading system message becomes `system`."""
+    """One sample to add. For chat samples a leading system message becomes `system`.
 
-    kind: Literal["text", "chat"]
+    A preference pair (kind "pref", for DPO) is a conversation whose last message is the
+    chosen assistant answer, with the rejected answer to the same prompt in `text`."""
+
+    kind: Literal["text", "chat", "pref"]
     text: str | None = None
     messages: list[Message] | None = None
     system: str | None = None
@@ -73,6 +76,14 @@ class SampleIn(BaseModel):
             if not m.content.strip():
                 raise ValueError(f"message {i + 1} ({m.role}) is empty")
         self.messages = msgs
+        if self.kind == "pref":
+            if msgs[-1].role != "assistant":
+                raise ValueError("a preference pair ends with the chosen assistant answer")
+            if not self.text or not self.text.strip():
+                raise ValueError("a preference pair needs the rejected answer in 'text'")
+            if self.text.strip() == msgs[-1].content.strip():
+                raise ValueError("the chosen and the rejected answer are the same")
+            return self
         if self.text is not None:
             raise ValueError("a chat sample has no 'text' (put the content in messages)")
         return self
@@ -144,6 +155,8 @@ def joined_text(
     if kind == "text":
         return text or ""
     parts = ([system] if system else []) + [m["content"] for m in messages or []]
+    if kind == "pref":
+        parts.append(text or "")  # the rejected answer, after the chosen one
     return "\n\n".join(parts)
 
 

@@ -94,12 +94,16 @@ def _info(v: DatasetVersion, dataset_name: str) -> VersionInfo:
 
 
 def sample_record(row: Any) -> dict[str, Any]:
-    """The Parquet record of a sample (the contract Training reads)."""
+    """The Parquet record of a sample (the contract Training reads). A preference pair
+    keeps its kind, its conversation ending with the chosen answer, and in `text` the
+    rejected one."""
     if row.kind == "text":
         return {"id": str(row.id), "kind": "text", "text": row.text, "messages": None}
     msgs = ([{"role": "system", "content": row.system}] if row.system else []) + [
         {"role": m["role"], "content": m["content"]} for m in row.messages or []
     ]
+    if row.kind == "pref":
+        return {"id": str(row.id), "kind": "pref", "text": row.text, "messages": msgs}
     return {"id": str(row.id), "kind": "chat", "text": None, "messages": msgs}
 
 
@@ -230,7 +234,7 @@ def freeze(
                 records = [sample_record(r) for r in rows]
                 kinds = {"text": 0, "chat": 0}
                 for r in records:
-                    kinds[r["kind"]] += 1
+                    kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
                 train, evals = split_records(records, eval_ratio, seed)
                 counts = {"total": len(records), "train": len(train), "eval": len(evals), **kinds}
                 created_at = utcnow()

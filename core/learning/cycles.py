@@ -84,8 +84,9 @@ def _cycle_info(c: LearningCycle, line: str) -> CycleInfo:
     )
 
 
-def learn_dataset_name(line: str) -> str:
-    return f"learn-{line}"
+def learn_dataset_name(line: str, method: str = "continue") -> str:
+    """The dataset a line's cycles freeze: its SFT samples, or (dpo) its preference pairs."""
+    return f"learn-{line}" + ("-dpo" if method == "dpo" else "")
 
 
 # The policy ----------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def _job_spec(line: str, number: int, adapter: str, version_id: int, p: Learning
     return {
         "name": f"{line}-c{number}"[:64],
         "dataset_version": version_id,
-        "method": "continue",
+        "method": p.method,
         "adapter": adapter,
         "trainer": dict(p.trainer),
         "description": f"learning cycle {number} of line {line}",
@@ -163,28 +164,31 @@ def _active_name(s, line: AdapterLine) -> str:
 
 
 def _source_ids(s, line: AdapterLine, p: LearningPolicy) -> list[int]:
-    """The line's feedback datasets (of every adapter it served) and the policy's sources."""
+    """The line's feedback datasets (of every adapter it served: all on its base model) or,
+    for dpo, their preference pairs; and the policy's sources."""
     from core.datasets.models import Dataset
-    from core.serving.feedback import feedback_dataset_name
+    from core.serving.feedback import feedback_dataset_name, preference_dataset_name
 
+    named = preference_dataset_name if p.method == "dpo" else feedback_dataset_name
     served = s.scalars(
         select(LineActivation.adapter_name).where(LineActivation.line_id == line.id)
     ).all()
-    names = {feedback_dataset_name(a) for a in served} | set(p.sources)
+    names = {named(a) for a in served} | set(p.sources)
     return list(s.scalars(select(Dataset.id).where(Dataset.name.in_(names))))
 
 
-def _learn_dataset_id(s, line: AdapterLine) -> int | None:
+def _learn_dataset_id(s, line: AdapterLine, p: LearningPolicy) -> int | None:
     from core.datasets.models import Dataset
 
-    return s.scalar(select(Dataset.id).where(Dataset.name == learn_dataset_name(line.name)))
+    name = learn_dataset_name(line.name, p.method)
+    return s.scalar(select(Dataset.id).where(Dataset.name == name))
 
 
 def _uncopied(s, line: AdapterLine, p: LearningPolicy) -> list[Any]:
     """Accepted samples of the sources that the learning dataset does not hold yet."""
     from core.datasets.models import DatasetSample
 
-    learn_id = _learn_dataset_id(s, line)
+    learn_id = _learn_dataset_id(s, line, p)
     copied: set[tuple[int, int]] = set()
     if learn_id is not None:
         for prov in s.scalars(
@@ -196,11 +200,12 @@ def _uncopied(s, line: AdapterLine, p: LearningPolicy) -> list[Any]:
     sources = _source_ids(s, line, p)
     if not sources:
         return []
-    rows = s.scalars(
-        select(DatasetSample)
-        .where(DatasetSample.dataset_id.in_(sources), DatasetSample.status == "accepted")
-        .order_by(DatasetSample.id)
-    ).all()
+    q = select(DatasetSample).where(
+        DatasetSample.dataset_id.in_(sources), DatasetSample.status == "accepted"
+    )
+    if p.method == "dpo":
+        q = q.where(DatasetSample.kind == "pref")
+    rows = s.scalars(q.order_by(DatasetSample.id)).all()
     return [r for r in rows if (r.dataset_id, r.id) not in copied]
 
 
@@ -227,7 +232,7 @@ def _new_count(s, line: AdapterLine, p: LearningPolicy) -> int:
     from core.datasets.models import DatasetSample
 
     pending_copy = len(_uncopied(s, line, p))
-    learn_id = _learn_dataset_id(s, line)
+    learn_id = _learn_dataset_id(s, line, p)
     if learn_id is None:
         return pending_copy
     last = _last_decided(s, line.id)
@@ -312,7 +317,10 @@ def start_cycle(
                 ]
                 new = _new_count(s, line, policy)
             learn = get_or_create_dataset(
-                engine, actor, learn_dataset_name(line_name), f"training data of line {line_name}"
+                engine,
+                actor,
+                learn_dataset_name(line_name, policy.method),
+                f"training data of line {line_name} ({policy.method})",
             )
             if fresh:
                 add_samples(engine, actor, learn.id, fresh)

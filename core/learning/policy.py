@@ -61,7 +61,9 @@ class LearningPolicy(BaseModel):
     retry_after_hours: float = Field(
         default=1.0, ge=0, description="after a failed cycle, wait this long before the next"
     )
-    method: Literal["continue"] = "continue"
+    # continue: SFT on the accepted samples; dpo: DPO on the accepted preference pairs
+    # (from chat feedback: preferences-<adapter>). Both train the active adapter further.
+    method: Literal["continue", "dpo"] = "continue"
     trainer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_TRAINER))
     eval_ratio: float = Field(default=0.2, ge=0, lt=1)
     gate: GatePolicy = Field(default_factory=GatePolicy)

@@ -64,6 +64,34 @@ def feedback_dataset_name(adapter: str) -> str:
     return f"feedback-{safe}"[:128]
 
 
+def preference_dataset_name(adapter: str) -> str:
+    """`preferences-<adapter>`: the preference pairs built from feedback on that adapter."""
+    return "preferences-" + feedback_dataset_name(adapter).removeprefix("feedback-")
+
+
+def _pairs(s, feedback: FeedbackIn, answer: str, prompt: str, adapter: str) -> list[dict]:
+    """(chosen, rejected, feedback ids) pairs this rating makes: a correction beats the
+    answer it corrects; an answer rated up beats one rated down for the same prompt (the
+    newest of them)."""
+    if feedback.rating == "down" and feedback.correction:
+        return [{"chosen": feedback.correction, "rejected": answer, "others": []}]
+    other = "down" if feedback.rating == "up" else "up"
+    found = s.execute(
+        select(ChatFeedback.id, ChatFeedback.answer)
+        .where(
+            ChatFeedback.adapter_name == adapter[:64],
+            ChatFeedback.prompt == prompt,
+            ChatFeedback.rating == other,
+        )
+        .order_by(ChatFeedback.id.desc())
+        .limit(1)
+    ).first()
+    if found is None or found.answer.strip() == answer.strip():
+        return []
+    good, bad = (answer, found.answer) if feedback.rating == "up" else (found.answer, answer)
+    return [{"chosen": good, "rejected": bad, "others": [found.id]}]
+
+
 def _info(f: ChatFeedback) -> FeedbackInfo:
     return FeedbackInfo(
         f.id,
@@ -129,6 +157,10 @@ def record_feedback(
         turns = sample_turns(answer.context, adapter)
         prompt = next((m["content"] for m in reversed(turns.messages) if m["role"] == "user"), "")
         final = feedback.correction if feedback.correction else answer.answer
+        with reading(db) as s:
+            pairs = _pairs(s, feedback, answer.answer, prompt, adapter)
+        # Made before the write transaction: SQLite allows one writer at a time.
+        prefs = preference_datasets(db, adapter) if pairs else None
         try:
             with writing(db) as s:
                 row = ChatFeedback(
@@ -175,10 +207,45 @@ def record_feedback(
                 ctx.detail.update(
                     {"feedback_id": row.id, "sample_id": row.sample_id, "dataset": ds_name}
                 )
+                # Preference pairs for DPO, reviewed like any sample before they train.
+                pair_samples = [
+                    SampleIn(
+                        kind="pref",
+                        messages=[*turns.messages, {"role": "assistant", "content": p["chosen"]}],
+                        system=turns.system,
+                        text=p["rejected"],
+                        provenance={
+                            "source": "feedback",
+                            "feedback_ids": [row.id, *p["others"]],
+                            "adapter": adapter,
+                            "pair": "correction" if p["others"] == [] else "ratings",
+                            "user": actor.username,
+                        },
+                        status="pending",
+                    )
+                    for p in pairs
+                ]
+                if pair_samples:
+                    rows = [sample_row(prefs, x, actor.username) for x in pair_samples]
+                    insert_samples(s, prefs, rows)
+                    ctx.detail["preference_pairs"] = len(pair_samples)
                 s.flush()
                 return _info(row)
         except IntegrityError:  # rated at the same moment by a second request
             raise FeedbackError("this answer was already rated") from None
+
+
+def preference_datasets(db: Engine, adapter: str) -> int:
+    """The id of `preferences-<adapter>`, created when missing (as SYSTEM: bookkeeping)."""
+    from core.datasets.service import get_or_create_dataset
+
+    return get_or_create_dataset(
+        db,
+        SYSTEM,
+        preference_dataset_name(adapter),
+        description=f"Preference pairs from chat feedback on {adapter!r} (for DPO)",
+        kind="feedback",
+    ).id
 
 
 def list_feedback(

@@ -30,9 +30,10 @@ class TokenCounter:
 class MetricsCallback(TrainerCallback):
     """Streams step, epoch, loss, learning rate, grad norm, tokens/s, eval loss/perplexity."""
 
-    def __init__(self, sink: MetricSink, counter: TokenCounter) -> None:
+    def __init__(self, sink: MetricSink, counter: TokenCounter, perplexity: bool = True) -> None:
         self.sink = sink
         self.counter = counter
+        self.perplexity = perplexity  # no perplexity from a preference (DPO) loss
         self._last_t = time.monotonic()
         self._last_tokens = 0
 
@@ -52,7 +53,9 @@ class MetricsCallback(TrainerCallback):
             if not self._training:
                 return  # before/after evaluations are recorded by the runner itself
             row.update(
-                phase="eval", eval_loss=logs["eval_loss"], eval_perplexity=_ppl(logs["eval_loss"])
+                phase="eval",
+                eval_loss=logs["eval_loss"],
+                eval_perplexity=_ppl(logs["eval_loss"]) if self.perplexity else None,
             )
         elif "loss" in logs:
             # Every rank logs the training loss at the same step: the tokens of all of them.

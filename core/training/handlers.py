@@ -103,7 +103,7 @@ def run_training(ctx: JobContext) -> int:
         f"dataset {version.dataset_name}@v{version.number}: {len(train_rows)} train, "
         f"{len(eval_rows)} eval samples"
     )
-    parent = get_adapter(engine, SYSTEM, spec.adapter) if spec.method == "continue" else None
+    parent = get_adapter(engine, SYSTEM, spec.adapter) if spec.continues else None
     fingerprint = base_model_fingerprint(base)
     if parent is not None and parent.base_model_fingerprint != fingerprint:
         raise RuntimeError(

@@ -133,9 +133,20 @@ def preflight(
             "dataset_version", f"{version.dataset_name}@v{version.number} has no training samples"
         )
 
+    if spec.method == "dpo":
+        from core.datasets.versions import read_version
+
+        kinds = read_version(version, "train").column("kind").to_pylist()
+        if "pref" not in kinds:
+            raise SubmitRefused(
+                "dataset_version",
+                f"{version.dataset_name}@v{version.number} holds no preference pairs, which "
+                "dpo trains on: they come from chat feedback (a corrected or a thumbs-down "
+                "answer next to a better one) in the preferences-<adapter> datasets",
+            )
     parent = None
     base = spec.base_model or settings.base_model or DEMO
-    if spec.method == "continue":
+    if spec.continues:
         from core.training.adapters import AdapterNotFound, get_adapter
 
         try:
@@ -162,7 +173,7 @@ def preflight(
         except BaseModelNotFound as err:
             raise SubmitRefused("base_model", str(err)) from None
     check_base = built_base_model(base, settings)
-    if check_base and spec.method != "continue":
+    if check_base and not spec.continues:
         try:
             check_target_modules(check_base, spec.lora_kwargs().get("target_modules"))
         except ValueError as err:

@@ -54,17 +54,21 @@ def rows_from_parquet(path: str | Path) -> list[dict[str, Any]]:
 
 def to_trl_records(rows: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Text samples → {"text"}, chat samples → {"messages"}; a mix becomes all text (TRL
-    needs one format per dataset), chat rendered with the model's chat template."""
+    needs one format per dataset), chat rendered with the model's chat template. A preference
+    pair counts as its conversation with the chosen answer."""
 
     def messages(r: dict[str, Any]) -> list[dict[str, str]]:
         return [{"role": m["role"], "content": m["content"]} for m in (r.get("messages") or [])]
 
-    kinds = {r.get("kind") or ("chat" if r.get("messages") else "text") for r in rows}
-    if kinds == {"chat"}:
+    def kind(r: dict[str, Any]) -> str:
+        k = r.get("kind") or ("chat" if r.get("messages") else "text")
+        return "chat" if k == "pref" else k
+
+    if {kind(r) for r in rows} == {"chat"}:
         return [{"messages": messages(r)} for r in rows]
     out = []
     for r in rows:
-        if r.get("kind") == "chat" or (r.get("messages") and not r.get("text")):
+        if kind(r) == "chat":
             out.append({"text": tokenizer.apply_chat_template(messages(r), tokenize=False)})
         else:
             out.append({"text": r.get("text") or ""})
@@ -84,8 +88,9 @@ def set_torch_threads() -> int:
 
 
 def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
+    """TRL's SFTConfig (DPOConfig for method dpo) from the spec's trainer keys."""
     import torch
-    from trl import SFTConfig
+    from trl import DPOConfig, SFTConfig
 
     kwargs = dict(DEFAULT_TRAINER_ARGS)
     kwargs.update(spec.trainer)
@@ -100,27 +105,61 @@ def build_sft_config(spec: TrainingSpec, output_dir: Path, device: str) -> Any:
         # LoRA trains the same parameters at every step: DDP's search for unused ones
         # (on by default here) is an extra pass over the graph for nothing.
         kwargs["ddp_find_unused_parameters"] = False
-    return SFTConfig(**kwargs)
+    return (DPOConfig if spec.method == "dpo" else SFTConfig)(**kwargs)
 
 
-def _counting_trainer_class():
-    from trl import SFTTrainer
+def _counting_trainer_class(dpo: bool = False):
+    from trl import DPOTrainer, SFTTrainer
 
-    class CountingSFTTrainer(SFTTrainer):
-        """Counts real vs. padded tokens of each training batch (tokens/s, padding share)."""
+    class CountingTrainer(DPOTrainer if dpo else SFTTrainer):
+        """Counts real vs. padded tokens of each training batch (tokens/s, padding share):
+        every `…input_ids` tensor of the batch (DPO's batches hold prompt, chosen and
+        rejected ones) with its attention mask."""
 
         token_counter: TokenCounter
 
         def training_step(self, model, inputs, *args, **kwargs):
-            ids = inputs.get("input_ids")
-            if ids is not None:
+            for key, ids in inputs.items():
+                if not key.endswith("input_ids") or not hasattr(ids, "numel"):
+                    continue
                 total = int(ids.numel())
-                mask = inputs.get("attention_mask")
+                mask = inputs.get(key.replace("input_ids", "attention_mask"))
                 self.token_counter.total += total
                 self.token_counter.real += int(mask.sum()) if mask is not None else total
             return super().training_step(model, inputs, *args, **kwargs)
 
-    return CountingSFTTrainer
+    return CountingTrainer
+
+
+def _evaluate(trainer, when: str, step: int, metrics, sink, log, *, perplexity: bool) -> None:
+    """The evaluation before or after training, into the run's metrics and the sink."""
+    loss = trainer.evaluate()["eval_loss"]
+    metrics[f"eval_loss_{when}"] = loss
+    row = {"phase": f"eval_{when}", "step": step, "eval_loss": loss}
+    said = f"eval {when} training: loss {loss:.4f}"
+    if perplexity:
+        metrics[f"eval_perplexity_{when}"] = row["eval_perplexity"] = math.exp(min(loss, 50))
+        said += f" perplexity {row['eval_perplexity']:.2f}"
+    sink(row)
+    log(said)
+
+
+def to_preference_records(rows: list[dict[str, Any]], _tokenizer: Any = None) -> list[dict]:
+    """Preference pairs (samples of kind pref) in TRL's conversational preference format:
+    the prompt turns, the chosen answer, the rejected answer. Other samples are left out."""
+    out = []
+    for r in rows:
+        if r.get("kind") != "pref" or not r.get("messages") or not r.get("text"):
+            continue
+        msgs = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
+        out.append(
+            {
+                "prompt": msgs[:-1],
+                "chosen": msgs[-1:],
+                "rejected": [{"role": "assistant", "content": r["text"]}],
+            }
+        )
+    return out
 
 
 def run_sft(
@@ -174,9 +213,9 @@ def run_sft(
     )
     model, tokenizer = load_base_model(base_model, quantization=quant, device=device)
     peft_config = None
-    if spec.method == "continue":
+    if spec.continues:
         if parent_adapter_path is None:
-            raise ValueError("method continue needs the parent adapter's path")
+            raise ValueError(f"method {spec.method} from an adapter needs the adapter's path")
         if quant is not None:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = PeftModel.from_pretrained(model, str(parent_adapter_path), is_trainable=True)
@@ -185,15 +224,20 @@ def run_sft(
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         peft_config = LoraConfig(task_type="CAUSAL_LM", **spec.lora_kwargs())
 
-    train_ds = datasets.Dataset.from_list(to_trl_records(train_rows, tokenizer))
-    eval_records = to_trl_records(eval_rows, tokenizer)
+    dpo = spec.method == "dpo"
+    records = to_preference_records if dpo else to_trl_records
+    train_ds = datasets.Dataset.from_list(records(train_rows, tokenizer))
+    if dpo and not len(train_ds):
+        raise ValueError("the dataset version holds no preference pairs (samples of kind pref)")
+    eval_records = records(eval_rows, tokenizer)
     eval_ds = datasets.Dataset.from_list(eval_records) if eval_records else None
     args = build_sft_config(spec, output_dir, device)
     counter = TokenCounter()
     stopper = StopCallback(
         stop, guard=guard, on_lost=on_lost, on_checkpoint=on_checkpoint, tracker=tracker
     )
-    trainer_cls = _counting_trainer_class()
+    trainer_cls = _counting_trainer_class(dpo)
+    # DPO's eval loss is the preference loss: no perplexity is derived from it.
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -201,7 +245,7 @@ def run_sft(
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[MetricsCallback(sink, counter), stopper],
+        callbacks=[MetricsCallback(sink, counter, perplexity=not dpo), stopper],
     )
     trainer.token_counter = counter
     if hasattr(trainer.model, "print_trainable_parameters"):
@@ -216,21 +260,7 @@ def run_sft(
     }
     resume = latest_checkpoint(output_dir)
     if eval_ds is not None and eval_before and resume is None:
-        ev = trainer.evaluate()
-        metrics["eval_loss_before"] = ev["eval_loss"]
-        metrics["eval_perplexity_before"] = math.exp(min(ev["eval_loss"], 50))
-        sink(
-            {
-                "phase": "eval_before",
-                "step": 0,
-                "eval_loss": ev["eval_loss"],
-                "eval_perplexity": metrics["eval_perplexity_before"],
-            }
-        )
-        log(
-            f"eval before training: loss {ev['eval_loss']:.4f} "
-            f"perplexity {metrics['eval_perplexity_before']:.2f}"
-        )
+        _evaluate(trainer, "before", 0, metrics, sink, log, perplexity=not dpo)
     if resume:
         log(f"resuming from {resume}")
     out = trainer.train(resume_from_checkpoint=resume)
@@ -242,7 +272,7 @@ def run_sft(
             "train_runtime_s": round(time.monotonic() - started, 2),
             "tokens": real,
             "padding_share": round(1.0 - real / total, 4) if total else 0.0,
-            "packing": bool(args.packing),
+            "packing": bool(getattr(args, "packing", False)),
         }
     )
     if rank is not None:
@@ -260,20 +290,8 @@ def run_sft(
             log(f"stopped at step {step}; no checkpoint could be saved")
         return RunResult(None, True, metrics, resume)
     if eval_ds is not None:
-        ev = trainer.evaluate()
-        metrics["eval_loss_after"] = ev["eval_loss"]
-        metrics["eval_perplexity_after"] = math.exp(min(ev["eval_loss"], 50))
-        sink(
-            {
-                "phase": "eval_after",
-                "step": trainer.state.global_step,
-                "eval_loss": ev["eval_loss"],
-                "eval_perplexity": metrics["eval_perplexity_after"],
-            }
-        )
-        log(
-            f"eval after training: loss {ev['eval_loss']:.4f} "
-            f"perplexity {metrics['eval_perplexity_after']:.2f}"
+        _evaluate(
+            trainer, "after", trainer.state.global_step, metrics, sink, log, perplexity=not dpo
         )
     if not trainer.is_world_process_zero():
         return RunResult(None, False, metrics, resume)  # rank 0 writes the adapter

@@ -83,6 +83,13 @@ def sft_fields() -> dict[str, Any]:
 
 
 @functools.cache
+def dpo_fields() -> dict[str, Any]:
+    from trl import DPOConfig
+
+    return _typed_fields(DPOConfig)
+
+
+@functools.cache
 def lora_fields() -> dict[str, Any]:
     from peft import LoraConfig
 
@@ -225,7 +232,8 @@ class TrainingSpec(BaseModel):
 
     name: str = Field(description="adapter name: a-z, 0-9, '_' and '-'")
     dataset_version: int | str = Field(description="dataset version id or 'name@vN'")
-    method: Literal["lora", "qlora", "continue"] = "lora"
+    # dpo: preference training (TRL DPOTrainer) of a new LoRA adapter, or of `adapter`.
+    method: Literal["lora", "qlora", "continue", "dpo"] = "lora"
     base_model: str | None = Field(
         default=None, description="local folder or model id; CLARA_BASE_MODEL / demo when unset"
     )
@@ -256,7 +264,7 @@ class TrainingSpec(BaseModel):
                 "{bits: 4, quant_type: nf4, double_quant: true}",
                 field="quantization",
             )
-        if self.method == "lora" and self.quantization is not None:
+        if self.method in ("lora", "dpo") and self.quantization is not None:
             raise SpecError(
                 "quantization is only used with method qlora (or continue)", field="quantization"
             )
@@ -264,15 +272,22 @@ class TrainingSpec(BaseModel):
             raise SpecError(
                 "method continue needs the name of the adapter to continue", field="adapter"
             )
-        if self.method != "continue" and self.adapter:
-            raise SpecError("adapter is only used with method continue", field="adapter")
+        if self.method not in ("continue", "dpo") and self.adapter:
+            raise SpecError("adapter is only used with method continue or dpo", field="adapter")
         self.peft = _check_library_keys("peft", self.peft, lora_fields(), PEFT_OWNED)
-        self.trainer = _check_library_keys("trainer", self.trainer, sft_fields(), RUNNER_OWNED)
-        if self.method == "continue" and self.peft:
+        fields = dpo_fields() if self.method == "dpo" else sft_fields()
+        self.trainer = _check_library_keys("trainer", self.trainer, fields, RUNNER_OWNED)
+        if self.adapter and self.peft:
             raise SpecError(
-                "continue keeps the LoRA settings of the adapter; remove peft", field="peft"
+                f"training adapter {self.adapter!r} further keeps its LoRA settings; remove peft",
+                field="peft",
             )
         return self
+
+    @property
+    def continues(self) -> bool:
+        """Whether the job trains an existing adapter further (continue, or dpo from one)."""
+        return bool(self.adapter)
 
     # Convenience views --------------------------------------------------------------
     def lora_kwargs(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.datasets.review import bulk_decide
+from core.datasets.review import bulk_decide, list_samples
 from core.errors import Conflict, NotFound
 from core.learning.cycles import (
     get_cycle,
@@ -22,6 +22,7 @@ from core.learning.cycles import (
     start_cycle,
 )
 from core.learning.lines import create_line, get_line
+from core.training.adapters import get_adapter
 from core.training.jobs import cancel_job, get_job, submit_job
 from core.training.spec import SpecError
 from tests.api_training import (
@@ -150,16 +151,40 @@ def test_feedback_retrains_the_line_behind_the_gate(
         )
         assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
 
+        # Preference training: each correction also made a preference pair (the correction
+        # chosen over the answer it corrects); accepted, they train a DPO cycle.
+        pairs = list_samples(db_engine, admin, "preferences-hund")
+        assert pairs.total == 4
+        first_pair = pairs.items[0]
+        assert first_pair.kind == "pref" and first_pair.status == "pending"
+        assert first_pair.provenance["pair"] == "correction"
+        assert first_pair.messages[-1]["content"].startswith("Für ")  # the correction
+        assert bulk_decide(db_engine, admin, "preferences-hund", "accepted") == 4
+        dpo_trainer = {**POLICY["trainer"], "beta": 0.1}
+        dpo_trainer.pop("learning_rate")
+        set_policy(db_engine, admin, "faq", {**POLICY, "method": "dpo", "trainer": dpo_trainer})
+        assert new_samples(db_engine, admin, "faq") == 4  # the pairs, not the SFT samples
+        start_cycle(db_engine, admin, "faq")
+        preferred = _decided(db_engine, admin, 3)
+        assert preferred.state in ("promoted", "kept"), preferred.reason
+        assert get_adapter(db_engine, admin, preferred.candidate).method == "dpo"
+        dpo_job = get_job(db_engine, admin, preferred.job_id)
+        assert dpo_job.state == "succeeded" and dpo_job.method == "dpo"
+        if preferred.state == "kept":
+            assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+        set_policy(db_engine, admin, "faq", POLICY)
+
     # Only one open cycle per line; a cancelled one leaves the adapter and the samples be.
+    active_before = get_line(db_engine, admin, "faq").active_adapter
     third = start_cycle(db_engine, admin, "faq")
     with pytest.raises(Conflict, match="under way already"):
         start_cycle(db_engine, admin, "faq")
     cancel_job(db_engine, admin, third.job_id)
     assert get_job(db_engine, admin, third.job_id).state == "cancelled"
     scheduler_tick(db_engine, say=lambda _m: None)
-    cancelled = get_cycle(db_engine, admin, "faq", 3)
+    cancelled = get_cycle(db_engine, admin, "faq", 4)
     assert cancelled.state == "cancelled" and "the active adapter stays" in cancelled.reason
-    assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+    assert get_line(db_engine, admin, "faq").active_adapter == active_before
 
     # Rollback, by hand: the line serves the first adapter again.
     back = clara(
@@ -169,8 +194,69 @@ def test_feedback_retrains_the_line_behind_the_gate(
     assert get_line(db_engine, admin, "faq").active_adapter == "hund"
     listed = clara(settings, "learn", "cycles", "faq")
     assert listed.returncode == 0 and "promoted" in listed.stdout and "kept" in listed.stdout
-    assert [c.state for c in list_cycles(db_engine, admin, "faq")] == [
-        "cancelled",
-        "kept",
-        "promoted",
-    ]
+    states = [c.state for c in list_cycles(db_engine, admin, "faq")]
+    assert states[0] == "cancelled" and states[2:] == ["kept", "promoted"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_two_schedulers_and_one_due_cycle_make_one_cycle(db_engine, admin, settings, tmp_path):
+    """Two workers' schedulers at the same moment (threads here, each with its own
+    connections): the line's one open cycle is a unique row, so exactly one cycle starts.
+    Feedback on an adapter of another base never becomes a source of the line."""
+    import threading
+
+    from core.datasets.service import SampleIn, add_samples, get_or_create_dataset
+    from core.learning.lines import LineError
+    from core.training.adapters import register_adapter
+    from tests.integration.test_training_page_app import _peft_folder
+
+    files = _peft_folder(tmp_path)
+    for name, fingerprint in (("hund", "a" * 64), ("fremd", "b" * 64)):
+        register_adapter(
+            db_engine,
+            admin,
+            name=name,
+            files_dir=files,
+            base_model="demo",
+            base_model_fingerprint=fingerprint,
+            method="lora",
+        )
+    first = frozen_version(db_engine, n=8, actor=admin)
+    create_line(db_engine, admin, "faq", "hund")
+    get_or_create_dataset(db_engine, admin, "feedback-fremd")
+    with pytest.raises(LineError, match="feedback on adapter 'fremd', trained on another base"):
+        set_policy(db_engine, admin, "faq", {**POLICY, "sources": ["feedback-fremd"]})
+    set_policy(db_engine, admin, "faq", {**POLICY, "regression": f"faq@v{first.number}"})
+    feedback = get_or_create_dataset(db_engine, admin, "feedback-hund")
+    add_samples(
+        db_engine,
+        admin,
+        feedback.id,
+        [
+            SampleIn(
+                kind="chat",
+                status="accepted",
+                messages=[
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": f"Antwort {i}."},
+                ],
+            )
+            for i, q in enumerate(QUESTIONS)
+        ],
+    )
+    said: list[str] = []
+    go = threading.Barrier(2)
+
+    def worker() -> None:
+        go.wait()
+        scheduler_tick(db_engine, said.append)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    cycles = list_cycles(db_engine, admin, "faq")
+    assert [(c.number, c.state, c.trigger) for c in cycles] == [(1, "training", "schedule")]
+    assert sum("cycle 1 started" in m for m in said) == 1, said
+    assert get_job(db_engine, admin, cycles[0].job_id).state == "queued"

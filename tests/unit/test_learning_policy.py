@@ -50,3 +50,12 @@ def test_the_gate_passes_only_no_worse_on_regression_and_better_on_new_data():
     assert decide(figures(10.0, 9.0, 20.0, 20.0), 0.02, False)[0]
     passed, reason = decide(figures(10.0, math.nan, 20.0, 15.0), 0.02, True)
     assert not passed and reason.startswith("a perplexity could not be measured")
+
+
+def test_the_example_policy_is_valid():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "learning-policy.yaml"
+    policy = parse_policy_text(path.read_text(encoding="utf-8"), str(path))
+    assert policy.regression == "faq@v1" and policy.method == "continue"
+    assert policy.interval_hours == 24 and policy.probes
