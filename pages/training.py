@@ -162,7 +162,7 @@ def _form(refs: list[str]) -> FormValues | None:
                 [x.name for x in list_adapters(engine, user)] if user.can("adapters:read") else []
             )
             parent = st.selectbox(
-                "Adapter to continue (method continue)",
+                "Adapter to train further (continue; optional for dpo)",
                 ["", *adapter_names],
                 key="training_f_adapter",
             )

@@ -25,7 +25,7 @@ from core.training.spec import (
 )
 
 SECTIONS = ("peft", "trainer", "quantization")
-METHODS = ("lora", "qlora", "continue")
+METHODS = ("lora", "qlora", "continue", "dpo")
 TOP = "_top"  # the key of the message shown above the form
 
 
@@ -85,7 +85,7 @@ def spec_data(form: FormValues) -> dict[str, Any]:
     """The spec dict a filled-in form stands for.
 
     An empty base model means the configured (or demo) one; the adapter counts only for
-    method continue, which keeps the adapter's LoRA settings (no peft); quantization (4 or 8
+    method continue or dpo, and keeps its LoRA settings (no peft); quantization (4 or 8
     bits and the rest of its section) counts only for qlora; empty sections are left out.
     The extra YAML is merged last, section by section (ExtraSettingsError when unusable).
     """
@@ -96,14 +96,14 @@ def spec_data(form: FormValues) -> dict[str, Any]:
     }
     if form.base_model.strip():
         data["base_model"] = form.base_model.strip()
-    if form.method == "continue" and form.adapter:
+    if form.method in ("continue", "dpo") and form.adapter:
         data["adapter"] = form.adapter
     for section in SECTIONS:
         values = form.sections.get(section)
         if values and (section != "quantization" or form.method == "qlora"):
             data[section] = dict(values)
-    if form.method == "continue":
-        data.pop("peft", None)
+    if form.method == "continue" or data.get("adapter"):
+        data.pop("peft", None)  # a further trained adapter keeps its LoRA settings
     try:
         return merge_yaml_settings(data, form.extra)
     except SpecError as err:

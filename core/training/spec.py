@@ -519,6 +519,24 @@ PRESETS: dict[str, dict[str, Any]] = {
             "seed": 42,
         },
     },
+    "demo-dpo": {
+        "method": "dpo",
+        "description": (
+            "Preference training (DPO) on preference pairs from chat feedback: 30 steps of "
+            "4 pairs; leave adapter empty for a new LoRA adapter, or name one to improve"
+        ),
+        "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
+        "trainer": {
+            "learning_rate": 5e-4,
+            "max_steps": 30,
+            "per_device_train_batch_size": 4,
+            "max_length": 256,
+            "beta": 0.1,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "seed": 42,
+        },
+    },
 }
 
 
