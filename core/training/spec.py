@@ -523,7 +523,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": "dpo",
         "description": (
             "Preference training (DPO) on preference pairs from chat feedback: 30 steps of "
-            "4 pairs; leave adapter empty for a new LoRA adapter, or name one to improve"
+            "4 pairs (a step takes about twice an SFT step; the job view shows the ETA from "
+            "the job's own pace); no adapter: a new LoRA adapter, or name one to improve"
         ),
         "peft": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
         "trainer": {
