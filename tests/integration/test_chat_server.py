@@ -13,11 +13,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.chat_process import chat_process, free_port
 from tests.conftest import database_url, shared_build
 from tests.integration.test_chat_engine import (
     CODEWORD,
@@ -40,12 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = secrets.token_urlsafe(32)  # random, as production requires
 WHALE = "BLUE WHALE"
 GREEDY = ("", 0.0, 0.95, 12, 1.0)  # system, temperature, top_p, max_new_tokens, rep. penalty
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +95,7 @@ def running_chat_server(
 
 
 def _chat_server_on(db_url: str, data: Path, models: dict[str, Path]) -> Iterator[ChatServer]:
-    port = _free_port()
+    port = free_port()
     env = {
         "CLARA_DATA_DIR": str(data),
         "CLARA_DATABASE_URL": db_url,
@@ -141,33 +133,9 @@ def _chat_server_on(db_url: str, data: Path, models: dict[str, Path]) -> Iterato
             base_model_fingerprint=base_model_fingerprint(str(models["base"])),
             method="lora",
         )
-        with srv.log.open("wb") as log:
-            srv.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "chat"],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 300
-        while True:
-            assert srv.proc.poll() is None, f"clara chat exited:\n{srv.log.read_text()}"
-            try:
-                if httpx.get(srv.url + "clara/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"no answer in 300 s:\n{srv.log.read_text()}"
-            time.sleep(1)
-        yield srv
+        with chat_process(env, srv.log, srv.url) as srv.proc:
+            yield srv
     finally:
-        if srv.proc is not None:
-            os.killpg(srv.proc.pid, signal.SIGTERM)
-            try:
-                srv.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(srv.proc.pid, signal.SIGKILL)
         from core.db import dispose_engines
 
         dispose_engines()

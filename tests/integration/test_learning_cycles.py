@@ -32,7 +32,8 @@ from tests.api_training import (
     running_worker,
     short_spec,
 )
-from tests.cli_run import clara
+from tests.chat_process import chat_process, free_port
+from tests.cli_run import clara, cli_env
 from tests.conftest import link_demo_model
 from tests.waiting import wait_until
 
@@ -71,12 +72,13 @@ def _decided(engine, admin, number: int):
 def test_feedback_retrains_the_line_behind_the_gate(
     db_engine, admin, settings, shared_demo_model, monkeypatch
 ):
-    from core.config import get_settings
-    from core.serving.chat import ChatService, engine_from_settings
-    from core.serving.engine import GenerationSettings
-    from core.serving.feedback import FeedbackIn, record_feedback
+    import secrets
 
-    # The tiny demo model for the worker and for the chat service in this process alike.
+    from core.config import get_settings
+    from core.db import reading
+    from core.serving.models import ChatAnswer
+
+    # The tiny demo model for the workers and the chat server alike.
     for key, value in TRAINING_ENV.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
@@ -94,85 +96,100 @@ def test_feedback_retrains_the_line_behind_the_gate(
         set_policy(db_engine, admin, "faq", {**POLICY, "trainer": {"learnig_rate": 0.1}})
     set_policy(db_engine, admin, "faq", POLICY)
 
-    # People chat with the line and correct its answers; a reviewer accepts the corrections.
-    service = ChatService(db_engine, engine_from_settings(settings))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    chat_env = {
+        **cli_env(settings),
+        **TRAINING_ENV,
+        "CLARA_CHAT_PORT": str(port),
+        "CLARA_AUTH_SECRET": secrets.token_urlsafe(32),
+    }
     # Greedy; the penalty keeps the tiny model from answering only blank lines.
-    greedy = GenerationSettings(temperature=0.0, max_new_tokens=8, repetition_penalty=1.5)
-    for k, question in zip((3, 5, 7, 9), QUESTIONS, strict=True):
-        reply = service.reply(admin, [{"role": "user", "content": question}], "line:faq", greedy)
-        assert reply.adapter == "hund"
-        reply.text()
-        correction = f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr."
-        record_feedback(
-            db_engine,
-            admin,
-            FeedbackIn(answer_id=reply.answer_id, rating="down", correction=correction),
-        )
-    assert new_samples(db_engine, admin, "faq") == 0  # pending in review: not yet
-    assert bulk_decide(db_engine, admin, "feedback-hund", "accepted") == 4
-    assert new_samples(db_engine, admin, "faq") == 4
+    greedy = ("", 0.0, 0.95, 8, 1.5)  # system, temperature, top_p, max tokens, penalty
 
-    with running_worker(settings):
-        # The worker's scheduler starts the cycle by itself: enough new samples.
-        promoted = _decided(db_engine, admin, 1)
-        assert promoted.state == "promoted", promoted.reason
-        assert promoted.trigger == "schedule" and promoted.new_samples == 4
-        gate = promoted.gate
-        assert gate["new_data_after"] < gate["new_data_before"]
-        assert gate["regression_set"] == "faq@v1" and gate["regression_texts"] > 0
-        assert [p["prompt"] for p in gate["probes"]] == POLICY["probes"]
-        assert {"active", "candidate"} <= set(gate["probes"][0])
-        line = get_line(db_engine, admin, "faq")
-        assert line.active_adapter == promoted.candidate == "faq-c1"
-        assert line.history[0].action == "promote" and "cycle 1 passed" in line.history[0].reason
-        assert new_samples(db_engine, admin, "faq") == 0  # used by a decided cycle
-        # The running chat service answers from the promoted adapter (no reload).
-        reply = service.reply(
-            admin, [{"role": "user", "content": QUESTIONS[0]}], "line:faq", greedy
+    def ask(chat, question: str) -> tuple[str, str]:
+        """The answer id and the adapter that gave the answer (as the chat stored it)."""
+        _text, _note, answer_id = chat.predict(
+            question, "line:faq", "[]", *greedy, api_name="/generate"
         )
-        assert reply.adapter == "faq-c1"
-        reply.text()
+        with reading(db_engine) as s:
+            return answer_id, s.get(ChatAnswer, answer_id).adapter_name
 
-        # A gate that fails keeps the active adapter. Forced: a learning rate of 0 leaves
-        # the new adapter equal to the active one, so the new data cannot get better.
-        set_policy(
-            db_engine,
-            admin,
-            "faq",
-            {**POLICY, "trainer": {**POLICY["trainer"], "learning_rate": 0.0}},
-        )
-        run = clara(settings, "learn", "run", "faq", "--json")
-        assert run.returncode == 0, run.stdout + run.stderr
-        kept = _decided(db_engine, admin, 2)
-        assert kept.state == "kept" and kept.trigger == "manual"
-        assert (
-            kept.reason.startswith("no better on the new data")
-            and "faq-c1 stays active" in kept.reason
-        )
-        assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+    with chat_process(chat_env, settings.data_path / "chat.log", url):
+        from gradio_client import Client
 
-        # Preference training: each correction also made a preference pair (the correction
-        # chosen over the answer it corrects); accepted, they train a DPO cycle.
-        pairs = list_samples(db_engine, admin, "preferences-hund")
-        assert pairs.total == 4
-        first_pair = pairs.items[0]
-        assert first_pair.kind == "pref" and first_pair.status == "pending"
-        assert first_pair.provenance["pair"] == "correction"
-        assert first_pair.messages[-1]["content"].startswith("Für ")  # the correction
-        assert bulk_decide(db_engine, admin, "preferences-hund", "accepted") == 4
-        dpo_trainer = {**POLICY["trainer"], "beta": 0.1}
-        dpo_trainer.pop("learning_rate")
-        set_policy(db_engine, admin, "faq", {**POLICY, "method": "dpo", "trainer": dpo_trainer})
-        assert new_samples(db_engine, admin, "faq") == 4  # the pairs, not the SFT samples
-        start_cycle(db_engine, admin, "faq")
-        preferred = _decided(db_engine, admin, 3)
-        assert preferred.state in ("promoted", "kept"), preferred.reason
-        assert get_adapter(db_engine, admin, preferred.candidate).method == "dpo"
-        dpo_job = get_job(db_engine, admin, preferred.job_id)
-        assert dpo_job.state == "succeeded" and dpo_job.method == "dpo"
-        if preferred.state == "kept":
+        chat = Client(url, auth=("admin", "adminpass1"), verbose=False)
+        # People chat with the line and correct its answers; a reviewer accepts them.
+        for k, question in zip((3, 5, 7, 9), QUESTIONS, strict=True):
+            answer_id, adapter = ask(chat, question)
+            assert adapter == "hund"
+            correction = f"Für {k} Hunde beträgt die Hundesteuer {90 * k} Euro im Jahr."
+            chat.predict(answer_id, "down", correction, "", api_name="/feedback")
+        assert new_samples(db_engine, admin, "faq") == 0  # pending in review: not yet
+        assert bulk_decide(db_engine, admin, "feedback-hund", "accepted") == 4
+        assert new_samples(db_engine, admin, "faq") == 4
+
+        # Two workers (two machines' worth): their schedulers start the one due cycle.
+        with running_worker(settings), running_worker(settings):
+            promoted = _decided(db_engine, admin, 1)
+            assert promoted.state == "promoted", promoted.reason
+            assert promoted.trigger == "schedule" and promoted.new_samples == 4
+            assert [c.number for c in list_cycles(db_engine, admin, "faq")] == [1]
+            gate = promoted.gate
+            assert gate["new_data_after"] < gate["new_data_before"]
+            assert gate["regression_set"] == "faq@v1" and gate["regression_texts"] > 0
+            assert [p["prompt"] for p in gate["probes"]] == POLICY["probes"]
+            assert {"active", "candidate"} <= set(gate["probes"][0])
+            line = get_line(db_engine, admin, "faq")
+            assert line.active_adapter == promoted.candidate == "faq-c1"
+            assert line.history[0].action == "promote"
+            assert "cycle 1 passed" in line.history[0].reason
+            assert new_samples(db_engine, admin, "faq") == 0  # used by a decided cycle
+            # The running chat server answers from the promoted adapter (no reload).
+            assert ask(chat, QUESTIONS[0])[1] == "faq-c1"
+
+            # A gate that fails keeps the active adapter. Forced: a learning rate of 0 leaves
+            # the new adapter equal to the active one, so the new data cannot get better.
+            set_policy(
+                db_engine,
+                admin,
+                "faq",
+                {**POLICY, "trainer": {**POLICY["trainer"], "learning_rate": 0.0}},
+            )
+            run = clara(settings, "learn", "run", "faq", "--json")
+            assert run.returncode == 0, run.stdout + run.stderr
+            kept = _decided(db_engine, admin, 2)
+            assert kept.state == "kept" and kept.trigger == "manual"
+            assert (
+                kept.reason.startswith("no better on the new data")
+                and "faq-c1 stays active" in kept.reason
+            )
             assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
-        set_policy(db_engine, admin, "faq", POLICY)
+
+            # Preference training: each correction also made a preference pair (the correction
+            # chosen over the answer it corrects); accepted, they train a DPO cycle.
+            pairs = list_samples(db_engine, admin, "preferences-hund")
+            assert pairs.total == 4
+            first_pair = pairs.items[0]
+            assert first_pair.kind == "pref" and first_pair.status == "pending"
+            assert first_pair.provenance["pair"] == "correction"
+            assert first_pair.messages[-1]["content"].startswith("Für ")  # the correction
+            assert bulk_decide(db_engine, admin, "preferences-hund", "accepted") == 4
+            dpo_trainer = {**POLICY["trainer"], "beta": 0.1}
+            dpo_trainer.pop("learning_rate")
+            # min_new_samples out of reach: this cycle starts by hand, not by the scheduler.
+            dpo = {**POLICY, "method": "dpo", "trainer": dpo_trainer, "min_new_samples": 100}
+            set_policy(db_engine, admin, "faq", dpo)
+            assert new_samples(db_engine, admin, "faq") == 4  # the pairs, not the SFT samples
+            start_cycle(db_engine, admin, "faq")
+            preferred = _decided(db_engine, admin, 3)
+            assert preferred.state in ("promoted", "kept"), preferred.reason
+            assert get_adapter(db_engine, admin, preferred.candidate).method == "dpo"
+            dpo_job = get_job(db_engine, admin, preferred.job_id)
+            assert dpo_job.state == "succeeded" and dpo_job.method == "dpo"
+            if preferred.state == "kept":
+                assert get_line(db_engine, admin, "faq").active_adapter == "faq-c1"
+            set_policy(db_engine, admin, "faq", POLICY)
 
     # Only one open cycle per line; a cancelled one leaves the adapter and the samples be.
     active_before = get_line(db_engine, admin, "faq").active_adapter
