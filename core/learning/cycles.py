@@ -96,8 +96,8 @@ def set_policy(
     engine: Engine, actor: Principal, line_name: str, policy: dict[str, Any] | LearningPolicy
 ) -> LearningPolicy:
     """Validate and store the line's policy; refused when the regression set or a source
-    dataset is missing, a source holds feedback on another base model, or the training
-    settings would not make a valid job."""
+    dataset is missing, a source holds feedback on an adapter the line never served, or the
+    training settings would not make a valid job."""
     from core.datasets.service import get_dataset
     from core.datasets.versions import get_version
     from core.training.spec import spec_from_dict
@@ -110,7 +110,7 @@ def set_policy(
             get_dataset(engine, actor, name)  # a missing one is named by its NotFound
         with writing(engine) as s:
             line = _line(s, line_name)
-            _refuse_other_bases(s, line, p.sources)
+            _refuse_foreign_feedback(s, line, p.sources)
             active = _active_name(s, line)
             spec_from_dict(_job_spec(line.name, 1, active, 1, p))  # the trainer keys
             line.policy = p.model_dump(mode="json")
@@ -118,18 +118,25 @@ def set_policy(
         return p
 
 
-def _refuse_other_bases(s, line: AdapterLine, sources: list[str]) -> None:
-    """Feedback on an adapter of another base model never trains this line (the dataset
-    `feedback-<adapter>` holds answers that model gave)."""
-    from core.serving.feedback import feedback_dataset_name
-    from core.training.models import Adapter
+def _refuse_foreign_feedback(s, line: AdapterLine, sources: list[str]) -> None:
+    """Chat feedback trains only a line that served the adapter it is about: the answers in
+    `feedback-<adapter>` came from that adapter's base model (also after the adapter was
+    deleted), which another line's base may not be."""
+    from core.datasets.models import Dataset
+    from core.serving.feedback import feedback_dataset_name, preference_dataset_name
 
-    for adapter in s.scalars(select(Adapter)):
-        name = feedback_dataset_name(adapter.name)
-        if name in sources and adapter.base_model_fingerprint != line.base_model_fingerprint:
+    served = s.scalars(
+        select(LineActivation.adapter_name).where(LineActivation.line_id == line.id)
+    ).all()
+    own = {f(a) for a in served for f in (feedback_dataset_name, preference_dataset_name)}
+    for name, kind in s.execute(
+        select(Dataset.name, Dataset.kind).where(Dataset.name.in_(sources))
+    ):
+        if kind == "feedback" and name not in own:
             raise LineError(
-                f"source {name} holds feedback on adapter {adapter.name!r}, trained on another "
-                f"base model ({adapter.base_model}) than line {line.name!r} ({line.base_model})"
+                f"source {name} holds chat feedback on an adapter line {line.name!r} never "
+                "served (perhaps of another base model): feedback trains only the lines "
+                "that served its adapter"
             )
 
 

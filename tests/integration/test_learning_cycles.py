@@ -224,7 +224,7 @@ def test_two_schedulers_and_one_due_cycle_make_one_cycle(db_engine, admin, setti
 
     from core.datasets.service import SampleIn, add_samples, get_or_create_dataset
     from core.learning.lines import LineError
-    from core.training.adapters import register_adapter
+    from core.training.adapters import delete_adapter, register_adapter
     from tests.integration.test_training_page_app import _peft_folder
 
     files = _peft_folder(tmp_path)
@@ -240,8 +240,9 @@ def test_two_schedulers_and_one_due_cycle_make_one_cycle(db_engine, admin, setti
         )
     first = frozen_version(db_engine, n=8, actor=admin)
     create_line(db_engine, admin, "faq", "hund")
-    get_or_create_dataset(db_engine, admin, "feedback-fremd")
-    with pytest.raises(LineError, match="feedback on adapter 'fremd', trained on another base"):
+    get_or_create_dataset(db_engine, admin, "feedback-fremd", kind="feedback")  # as the chat
+    delete_adapter(db_engine, admin, "fremd")  # its feedback is kept, and stays foreign
+    with pytest.raises(LineError, match="feedback-fremd holds chat feedback on an adapter"):
         set_policy(db_engine, admin, "faq", {**POLICY, "sources": ["feedback-fremd"]})
     set_policy(db_engine, admin, "faq", {**POLICY, "regression": f"faq@v{first.number}"})
     feedback = get_or_create_dataset(db_engine, admin, "feedback-hund")
