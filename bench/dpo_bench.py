@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from training_bench import machine  # noqa: E402
+from training_bench import BENCH_PEFT, machine, machine_line  # noqa: E402
 
 RUN = textwrap.dedent("""
     import json, resource, sys, time
@@ -146,7 +146,7 @@ def main() -> int:
         "logging_steps": 5,
         "seed": 42,
     }
-    peft = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    peft = BENCH_PEFT
     results = []
     for method in ("lora", "dpo"):
         for plain in (True, False):
@@ -177,9 +177,7 @@ def write_section(r: dict, trainer: dict) -> None:
         "",
         f"## DPO next to SFT (bench/dpo_bench.py, {when})",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, torch {m['torch']}, "
-        f"transformers {m['transformers']}, trl {m['trl']}; load average "
-        f"{m['load_avg_start'][0]:.1f} at start. Demo model `{r['size']}`, {r['pairs']} "
+        machine_line(m) + f" Demo model `{r['size']}`, {r['pairs']} "
         f"preference pairs from the sample corpus (SFT trains on their chosen answers), "
         f"LoRA r=8 all-linear, {json.dumps(trainer)}.",
         "",

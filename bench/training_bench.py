@@ -79,6 +79,34 @@ def machine() -> dict:
     }
 
 
+def machine_line(m: dict, load_end: float | None = None, device: str | None = None) -> str:
+    """The "Machine: …" sentence of a RESULTS.md section (what the figures were measured on)."""
+    where = device or f"{m['nproc']} CPUs ({m['cpu']})"
+    end = f", {load_end:.1f} at end" if load_end is not None else ""
+    return (
+        f"Machine: {where}, {m['ram_gb']} GB RAM, Python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, peft {m['peft']}, trl {m['trl']}; load average "
+        f"{m['load_avg_start'][0]:.1f} at start{end}."
+    )
+
+
+def bench_trainer(steps: int) -> dict:
+    """The SFTConfig of the training benchmarks (the same in each, so they compare)."""
+    return {
+        "max_steps": steps,
+        "per_device_train_batch_size": 4,
+        "max_length": 256,
+        "packing": True,
+        "learning_rate": 2e-3,
+        "logging_steps": 5,
+        "seed": 42,
+        "save_steps": 10_000,
+    }
+
+
+BENCH_PEFT = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+
+
 def setup(data_dir: Path, size: str) -> tuple:
     os.environ.update(
         CLARA_DATA_DIR=str(data_dir),
@@ -279,17 +307,7 @@ def main() -> int:
     env = machine()
     tmp = Path(tempfile.mkdtemp(prefix="clara-train-bench-"))
     st, model, version, build_s = setup(tmp / "data", args.size)
-    trainer = {
-        "max_steps": args.steps,
-        "per_device_train_batch_size": 4,
-        "max_length": 256,
-        "packing": True,
-        "learning_rate": 2e-3,
-        "logging_steps": 5,
-        "seed": 42,
-        "save_steps": 10_000,
-    }
-    peft_cfg = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    trainer, peft_cfg = bench_trainer(args.steps), BENCH_PEFT
     plain, clara = [], []
     for rep in range(args.reps):
         p = run_plain(model, version, trainer, peft_cfg, args.threads, tmp / f"plain{rep}")
@@ -356,10 +374,7 @@ def write_section(r: dict, trainer: dict) -> None:
         "",
         f"## Training (bench/training_bench.py, {when})",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Python {m['python']}, "
-        f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, trl "
-        f"{m['trl']}. Shared with other engineers' jobs: load average "
-        f"{m['load_avg_start'][0]:.1f} at start, {r['load_avg_end'][0]:.1f} at end.",
+        machine_line(m, r["load_avg_end"][0]) + " Shared with other engineers' jobs.",
         "",
         f"Model: demo model size `{r['demo_model']['size']}` ({r['demo_model']['parameters']:,} "
         f"parameters, built in {r['demo_model']['build_s']} s). Data: "

@@ -24,7 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from training_bench import machine, run_plain, run_worker_job, setup  # noqa: E402
+from training_bench import (  # noqa: E402
+    BENCH_PEFT,
+    bench_trainer,
+    machine,
+    machine_line,
+    run_plain,
+    run_worker_job,
+    setup,
+)
 
 
 def main() -> int:
@@ -43,17 +51,7 @@ def main() -> int:
     env = machine() | {"gpus": [torch.cuda.get_device_name(i) for i in range(gpus)]}
     tmp = Path(tempfile.mkdtemp(prefix="clara-scale-bench-"))
     st, model, version, _build_s = setup(tmp / "data", args.size)
-    trainer = {
-        "max_steps": args.steps,
-        "per_device_train_batch_size": 4,
-        "max_length": 256,
-        "packing": True,
-        "learning_rate": 2e-3,
-        "logging_steps": 5,
-        "seed": 42,
-        "save_steps": 10_000,
-    }
-    peft_cfg = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    trainer, peft_cfg = bench_trainer(args.steps), BENCH_PEFT
     rows = []
     for rep in range(args.reps):
         for ranks in (1, args.ranks):
@@ -103,9 +101,7 @@ def write_section(r: dict, trainer: dict, n: int) -> None:
         "",
         f"## Training on 1 vs {n} ranks (bench/training_scale_bench.py, {when})",
         "",
-        f"Machine: {device}, {m['ram_gb']} GB RAM, torch {m['torch']}, transformers "
-        f"{m['transformers']}, trl {m['trl']}; load average {m['load_avg_start'][0]:.1f} at "
-        f"start, {r['load_avg_end'][0]:.1f} at end. Demo model `{r['size']}`, "
+        machine_line(m, r["load_avg_end"][0], device) + f" Demo model `{r['size']}`, "
         f"{r['steps']} steps, SFTConfig {json.dumps(trainer)} (per rank).",
         "",
         "| ranks | tokens (all ranks) | clara tokens/s | plain TRL (torchrun) tokens/s | "

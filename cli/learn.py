@@ -80,6 +80,11 @@ def line_delete(name: str) -> None:
     console.print(f"deleted line {name}")
 
 
+def _change(how, line: str, adapter: str, reason: str, json_out: bool) -> None:
+    ctx = context()
+    _show(how(ctx.engine, ctx.user, line, adapter, reason=reason), json_out)
+
+
 @learn_app.command("activate")
 def learn_activate(
     line: str,
@@ -90,8 +95,7 @@ def learn_activate(
     """Serve ADAPTER (trained on the line's base) as the line from the next request on."""
     from core.learning.lines import activate
 
-    ctx = context()
-    _show(activate(ctx.engine, ctx.user, line, adapter, reason=reason), json_out)
+    _change(activate, line, adapter, reason, json_out)
 
 
 @learn_app.command("rollback")
@@ -104,8 +108,7 @@ def learn_rollback(
     """Go back to an adapter the line has served before."""
     from core.learning.lines import rollback
 
-    ctx = context()
-    _show(rollback(ctx.engine, ctx.user, line, adapter, reason), json_out)
+    _change(rollback, line, adapter, reason, json_out)
 
 
 policy_app = typer.Typer(help="A line's learning policy.", no_args_is_help=True)

@@ -364,18 +364,18 @@ def claim_node(engine: Engine, worker_id: str, host: str, gpus: int = 0) -> Node
     on the primary key)."""
     first = NODES.alias("first")
     member = NODES.alias("member")
+    seat = (
+        first.c.job_id,
+        first.c.token,
+        first.c.nodes,
+        first.c.address,
+        first.c.port,
+        JOBS.c.kind,
+        JOBS.c.name,
+        JOBS.c.attempts,
+    )
     q = (
-        select(
-            first.c.job_id,
-            first.c.token,
-            first.c.nodes,
-            first.c.address,
-            first.c.port,
-            JOBS.c.kind,
-            JOBS.c.name,
-            JOBS.c.attempts,
-            func.count(member.c.node_rank).label("taken"),
-        )
+        select(*seat, func.count(member.c.node_rank).label("taken"))
         .join(
             JOBS,
             and_(
@@ -387,16 +387,7 @@ def claim_node(engine: Engine, worker_id: str, host: str, gpus: int = 0) -> Node
         )
         .join(member, and_(member.c.job_id == first.c.job_id, member.c.token == first.c.token))
         .where(first.c.node_rank == 0)
-        .group_by(
-            first.c.job_id,
-            first.c.token,
-            first.c.nodes,
-            first.c.address,
-            first.c.port,
-            JOBS.c.kind,
-            JOBS.c.name,
-            JOBS.c.attempts,
-        )
+        .group_by(*seat)
         .having(func.count(member.c.node_rank) < first.c.nodes)
         .order_by(first.c.job_id)
     )
