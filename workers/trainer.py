@@ -51,7 +51,8 @@ DEFAULT_LEASE_S = 30.0
 # SIGTERM → SIGKILL when the process does not even answer (a cancel then ends within 10 s).
 # A process that answers is given the time its step and checkpoint take, as it reports.
 STOP_GRACE_S = 8.0
-LEARNING_EVERY_S = 5.0  # how often the learning scheduler looks for due and finished cycles
+LEARNING_EVERY_S = 5.0  # how often the learning scheduler follows open cycles
+DUE_EVERY_S = 30.0  # and looks for due ones (counting new samples reads every source)
 
 
 def process_start_time(pid: int) -> float | None:
@@ -141,7 +142,7 @@ class Worker:
         self.slots: list[Slot] = []
         self._stopping = False
         self._last_cancel_check = 0.0
-        self._last_learning = 0.0
+        self._last_learning = self._last_due = -DUE_EVERY_S  # both at the first tick
         self.log = log
         # Where this worker serves /metrics (set by `clara worker --metrics-port`), and its
         # GPUs (read once at start): both go into its heartbeat for health to show.
@@ -212,8 +213,11 @@ class Worker:
         if "sft" not in self.kinds or now - self._last_learning < LEARNING_EVERY_S:
             return
         self._last_learning = now
+        due = now - self._last_due >= DUE_EVERY_S
+        if due:
+            self._last_due = now
         try:
-            scheduler_tick(self.engine, self.log)
+            scheduler_tick(self.engine, self.log, start_due=due)
         except Exception as err:  # never let the scheduler stop the worker's own jobs
             self.log(f"learning scheduler: {type(err).__name__}: {err}")
 
