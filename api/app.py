@@ -19,7 +19,7 @@ from core.ops.metrics import metrics_registry
 
 API_PREFIX = "/api/v1"
 # The areas under /api/v1, one module each in api/routes.
-AREAS = ("health", "auth", "corpus", "datasets", "jobs", "adapters")
+AREAS = ("health", "auth", "corpus", "datasets", "jobs", "adapters", "learning")
 
 
 class ChatHolder:

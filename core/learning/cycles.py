@@ -216,6 +216,23 @@ def _uncopied(s, line: AdapterLine, p: LearningPolicy) -> list[Any]:
     return [r for r in rows if (r.dataset_id, r.id) not in copied]
 
 
+def _learned(s, line: AdapterLine, p: LearningPolicy) -> int:
+    """Accepted samples already in the line's learning dataset."""
+    from core.datasets.models import DatasetSample
+
+    learn_id = _learn_dataset_id(s, line, p)
+    if learn_id is None:
+        return 0
+    return int(
+        s.scalar(
+            select(func.count()).where(
+                DatasetSample.dataset_id == learn_id, DatasetSample.status == "accepted"
+            )
+        )
+        or 0
+    )
+
+
 def _last_decided(s, line_id: int) -> LearningCycle | None:
     return s.scalar(
         select(LearningCycle)
@@ -285,6 +302,13 @@ def start_cycle(
                 or 0
             )
             line_id = line.id
+            if not _uncopied(s, line, policy) and not _learned(s, line, policy):
+                raise LineError(
+                    f"line {line_name!r} has nothing to train on: no accepted "
+                    f"{'preference pairs' if policy.method == 'dpo' else 'samples'} in its "
+                    "sources yet (accept chat feedback on the Review page, or name source "
+                    "datasets in its policy)"
+                )
         try:
             with writing(engine) as s:
                 cycle = LearningCycle(

@@ -190,3 +190,43 @@ def test_unknown_adapters_are_404(env: Env) -> None:
     # The job that trained it names it.
     job = client.get(f"/api/v1/jobs/{env.job_id}").json()
     assert job["adapter"]["name"] == "hund"
+
+
+def test_learning_lines_over_the_api(env: Env) -> None:
+    """/api/v1/learning: a line of two adapters, activation and rollback with the history,
+    a policy refused with the field and the closest key, a cycle with nothing to train on
+    refused with the reason; the OpenAI model list offers line:NAME."""
+    source = env.settings.data_path / "adapters" / "hund"
+    for name in ("line-a", "line-b"):
+        _register_copy(env.engine, env.settings, source, name)
+    lines = "/api/v1/learning/lines"
+    trainer, user = env.api.client("trainer"), env.api.client("user")
+    r = user.post(lines, json={"name": "faq", "adapter": "line-a"})
+    assert r.status_code == 403 and "adapters:activate" in r.json()["detail"]
+    r = trainer.post(lines, json={"name": "faq", "adapter": "line-a", "description": "FAQ"})
+    assert r.status_code == 201 and r.json()["active_adapter"] == "line-a"
+    assert trainer.post(lines, json={"name": "faq", "adapter": "line-a"}).status_code == 409
+    r = trainer.post(f"{lines}/faq/activate", json={"adapter": "line-b", "reason": "better"})
+    assert r.status_code == 200 and r.json()["active_adapter"] == "line-b"
+    r = trainer.post(f"{lines}/faq/rollback", json={"adapter": "line-a"})
+    assert r.status_code == 200 and r.json()["active_adapter"] == "line-a"
+    r = trainer.post(f"{lines}/faq/rollback", json={"adapter": "hund"})
+    assert r.status_code == 422 and "never active in line 'faq'" in r.json()["detail"]
+    shown = user.get(f"{lines}/faq").json()
+    assert shown["served_as"] == "line:faq" and shown["policy"] is None
+    assert [h["action"] for h in shown["line"]["history"]] == ["rollback", "activate", "create"]
+
+    r = trainer.put(f"{lines}/faq/policy", json={"regression": "faq@v1", "min_new_sample": 3})
+    assert r.status_code == 422 and "did you mean 'min_new_samples'" in r.json()["detail"]
+    r = trainer.put(f"{lines}/faq/policy", json={"regression": "faq@v1", "min_new_samples": 3})
+    assert r.status_code == 200 and r.json()["min_new_samples"] == 3
+    assert user.get(f"{lines}/faq").json()["new_samples"] == 0
+    # Nothing accepted to train on: the cycle does not start and says why.
+    r = trainer.post(f"{lines}/faq/cycles")
+    assert r.status_code == 422 and "has nothing to train on" in r.json()["detail"]
+    assert user.get(f"{lines}/faq/cycles").json()["cycles"] == []
+
+    models = {m["id"] for m in env.api.client("user").get("/v1/models").json()["data"]}
+    assert {"base", "hund", "line-a", "line:faq"} <= models
+    assert trainer.delete(f"{lines}/faq").status_code == 204
+    assert user.get(f"{lines}/faq").status_code == 404
