@@ -112,7 +112,8 @@ def set_policy(
             line = _line(s, line_name)
             _refuse_foreign_feedback(s, line, p.sources)
             active = _active_name(s, line)
-            spec_from_dict(_job_spec(line.name, 1, active, 1, p))  # the trainer keys
+            # Checks the trainer keys as a cycle's job spec will use them.
+            spec_from_dict(_job_spec(f"{line.name}-c1"[:64], active, 1, p, line.name, 1))
             line.policy = p.model_dump(mode="json")
         ctx.detail.update(regression=p.regression, min_new_samples=p.min_new_samples)
         return p
@@ -147,9 +148,25 @@ def get_policy(engine: Engine, actor: Principal, line_name: str) -> LearningPoli
         return LearningPolicy.model_validate(line.policy) if line.policy else None
 
 
-def _job_spec(line: str, number: int, adapter: str, version_id: int, p: LearningPolicy) -> dict:
+def _free_name(s, wanted: str) -> str:
+    """`wanted` (an adapter name), or with a suffix when an adapter or a job has it already
+    (a line deleted and made again, a name taken by hand)."""
+    from core.training.models import Adapter, TrainingJob
+
+    taken = set(s.scalars(select(Adapter.name).where(Adapter.name.like(f"{wanted}%"))))
+    taken |= set(s.scalars(select(TrainingJob.name).where(TrainingJob.name.like(f"{wanted}%"))))
+    name, n = wanted[:64], 1
+    while name in taken:
+        n += 1
+        name = f"{wanted[:58]}-{n}"
+    return name
+
+
+def _job_spec(
+    name: str, adapter: str, version_id: int, p: LearningPolicy, line: str, number: int
+) -> dict:
     return {
-        "name": f"{line}-c{number}"[:64],
+        "name": name,
         "dataset_version": version_id,
         "method": p.method,
         "adapter": adapter,
@@ -319,7 +336,7 @@ def start_cycle(
                     trigger=trigger,
                     started_by=actor.username,
                     from_adapter=active,
-                    candidate=f"{line_name}-c{number}"[:64],
+                    candidate=_free_name(s, f"{line_name}-c{number}"),
                     gate={},
                 )
                 s.add(cycle)
@@ -362,8 +379,10 @@ def start_cycle(
                 through = s.scalar(
                     select(func.max(DatasetSample.id)).where(DatasetSample.dataset_id == learn.id)
                 )
+            with reading(engine) as s:
+                candidate = s.get(LearningCycle, cycle_id).candidate
             job = submit_job(
-                engine, actor, _job_spec(line_name, number, active, version.id, policy)
+                engine, actor, _job_spec(candidate, active, version.id, policy, line_name, number)
             )
             with writing(engine) as s:
                 s.execute(

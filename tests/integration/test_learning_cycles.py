@@ -228,7 +228,8 @@ def test_two_schedulers_and_one_due_cycle_make_one_cycle(db_engine, admin, setti
     from tests.integration.test_training_page_app import _peft_folder
 
     files = _peft_folder(tmp_path)
-    for name, fingerprint in (("hund", "a" * 64), ("fremd", "b" * 64)):
+    # faq-c1 is taken already (by hand): the first cycle's adapter gets another name.
+    for name, fingerprint in (("hund", "a" * 64), ("fremd", "b" * 64), ("faq-c1", "a" * 64)):
         register_adapter(
             db_engine,
             admin,
@@ -276,5 +277,6 @@ def test_two_schedulers_and_one_due_cycle_make_one_cycle(db_engine, admin, setti
         t.join(60)
     cycles = list_cycles(db_engine, admin, "faq")
     assert [(c.number, c.state, c.trigger) for c in cycles] == [(1, "training", "schedule")]
+    assert cycles[0].candidate == "faq-c1-2"
     assert sum("cycle 1 started" in m for m in said) == 1, said
     assert get_job(db_engine, admin, cycles[0].job_id).state == "queued"
