@@ -402,6 +402,7 @@ class JobSummary(BaseModel):
     eta_seconds: float | None
     metrics: dict[str, Any]
     adapter: dict[str, Any] | None  # {"id", "name"} of the adapter it produced
+    waiting: str | None = None  # why no live worker takes it, while it is queued
 
 
 def job_summary(engine: Engine, actor: Principal, job_id: int | str) -> JobSummary:
@@ -421,6 +422,7 @@ def job_summary(engine: Engine, actor: Principal, job_id: int | str) -> JobSumma
         eta_seconds=finite(eta),
         metrics=metrics_summary(metrics),
         adapter=adapter,
+        waiting=waiting_reason(engine, actor, job),
     )
 
 

@@ -172,7 +172,7 @@ def test_a_job_needing_more_gpus_than_any_worker_has_waits_and_says_why(
     db_engine, admin, settings, shared_demo_model
 ):
     from core.ops.health import health_report
-    from core.training.jobs import waiting_reason
+    from core.training.jobs import job_summary, waiting_reason
     from core.training.queue import claim_next_job
     from workers.trainer import Worker
 
@@ -195,6 +195,7 @@ def test_a_job_needing_more_gpus_than_any_worker_has_waits_and_says_why(
             "waits for a worker with 2 GPU(s): the live workers have at most 0 "
             "(start `clara worker --gpus 2` on a machine with them)"
         )
+        assert job_summary(db_engine, admin, job.id).waiting == why  # also the API's show
         report = health_report(db_engine, admin, settings, local_gpus=False)
         assert any(c.status == "warn" and why in c.detail for c in report.checks), report.checks
     finally:
