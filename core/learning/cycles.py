@@ -64,24 +64,7 @@ class CycleInfo(BaseModel):
 
 
 def _cycle_info(c: LearningCycle, line: str) -> CycleInfo:
-    return CycleInfo(
-        id=c.id,
-        line=line,
-        number=c.number,
-        state=c.state,
-        trigger=c.trigger,
-        started_by=c.started_by,
-        dataset_version_id=c.dataset_version_id,
-        new_samples=c.new_samples,
-        from_adapter=c.from_adapter,
-        candidate=c.candidate,
-        job_id=c.job_id,
-        gate_job_id=c.gate_job_id,
-        gate=dict(c.gate or {}),
-        reason=c.reason,
-        started_at=c.started_at,
-        finished_at=c.finished_at,
-    )
+    return CycleInfo(line=line, **{f: getattr(c, f) for f in CycleInfo.model_fields if f != "line"})
 
 
 def learn_dataset_name(line: str, method: str = "continue") -> str:
@@ -269,10 +252,12 @@ def new_samples(engine: Engine, actor: Principal, line_name: str) -> int:
         return _new_count(s, line, LearningPolicy.model_validate(line.policy))
 
 
-def _new_count(s, line: AdapterLine, p: LearningPolicy) -> int:
+def _new_count(s, line: AdapterLine, p: LearningPolicy, uncopied: list | None = None) -> int:
+    """Uncopied accepted source samples (`uncopied`, when read already) plus those in the
+    learning dataset that no decided cycle trained on."""
     from core.datasets.models import DatasetSample
 
-    pending_copy = len(_uncopied(s, line, p))
+    pending_copy = len(_uncopied(s, line, p) if uncopied is None else uncopied)
     learn_id = _learn_dataset_id(s, line, p)
     if learn_id is None:
         return pending_copy
@@ -319,7 +304,25 @@ def start_cycle(
                 or 0
             )
             line_id = line.id
-            if not _uncopied(s, line, policy) and not _learned(s, line, policy):
+            uncopied = _uncopied(s, line, policy)
+            new = _new_count(s, line, policy, uncopied)
+            # Copies made while the rows are bound to this session.
+            fresh = [
+                SampleIn(
+                    kind=r.kind,
+                    text=r.text,
+                    messages=r.messages,
+                    system=r.system,
+                    status="accepted",
+                    provenance={
+                        "source": "learning",
+                        "learned_from": {"dataset_id": r.dataset_id, "sample_id": r.id},
+                        "origin": r.provenance or {},
+                    },
+                )
+                for r in uncopied
+            ]
+            if not uncopied and not _learned(s, line, policy):
                 raise LineError(
                     f"line {line_name!r} has nothing to train on: no accepted "
                     f"{'preference pairs' if policy.method == 'dpo' else 'samples'} in its "
@@ -341,29 +344,11 @@ def start_cycle(
                 )
                 s.add(cycle)
                 s.flush()
-                cycle_id = cycle.id
+                cycle_id, candidate = cycle.id, cycle.candidate
         except IntegrityError:
             raise Conflict(f"a learning cycle of line {line_name!r} is under way already") from None
         ctx.detail["cycle"] = number
         try:
-            with reading(engine) as s:
-                line = _line(s, line_name)
-                fresh = [
-                    SampleIn(
-                        kind=r.kind,
-                        text=r.text,
-                        messages=r.messages,
-                        system=r.system,
-                        status="accepted",
-                        provenance={
-                            "source": "learning",
-                            "learned_from": {"dataset_id": r.dataset_id, "sample_id": r.id},
-                            "origin": r.provenance or {},
-                        },
-                    )
-                    for r in _uncopied(s, line, policy)
-                ]
-                new = _new_count(s, line, policy)
             learn = get_or_create_dataset(
                 engine,
                 actor,
@@ -379,8 +364,6 @@ def start_cycle(
                 through = s.scalar(
                     select(func.max(DatasetSample.id)).where(DatasetSample.dataset_id == learn.id)
                 )
-            with reading(engine) as s:
-                candidate = s.get(LearningCycle, cycle_id).candidate
             job = submit_job(
                 engine, actor, _job_spec(candidate, active, version.id, policy, line_name, number)
             )

@@ -116,16 +116,14 @@ def run_gate(ctx: JobContext) -> int:
     model = PeftModel.from_pretrained(model, str(old.path), adapter_name="active")
     model.load_adapter(str(new.path), adapter_name="candidate")
 
-    regression = get_version(engine, SYSTEM, policy.regression)
-    reg_rows = (
-        read_version(regression, "eval").to_pylist()
-        or read_version(regression, "train").to_pylist()
-    )
-    version = get_version(engine, SYSTEM, cycle.dataset_version_id)
-    new_rows = (
-        read_version(version, "eval").to_pylist() or read_version(version, "train").to_pylist()
-    )
-    reg_texts, new_texts = _texts(reg_rows, tokenizer), _texts(new_rows, tokenizer)
+    def measured_on(ref: int | str) -> list[str]:
+        """A version's eval split as texts, or all of it when it has none."""
+        version = get_version(engine, SYSTEM, ref)
+        rows = read_version(version, "eval").to_pylist() or read_version(version).to_pylist()
+        return _texts(rows, tokenizer)
+
+    reg_texts = measured_on(policy.regression)
+    new_texts = measured_on(cycle.dataset_version_id)
     figures: dict[str, float] = {}
     probes: list[dict[str, str]] = [{"prompt": p} for p in policy.probes]
     for which, when in (("active", "before"), ("candidate", "after")):

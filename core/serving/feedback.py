@@ -160,7 +160,7 @@ def record_feedback(
         with reading(db) as s:
             pairs = _pairs(s, feedback, answer.answer, prompt, adapter)
         # Made before the write transaction: SQLite allows one writer at a time.
-        prefs = preference_datasets(db, adapter) if pairs else None
+        prefs = preference_dataset_id(db, adapter) if pairs else None
         try:
             with writing(db) as s:
                 row = ChatFeedback(
@@ -235,7 +235,7 @@ def record_feedback(
             raise FeedbackError("this answer was already rated") from None
 
 
-def preference_datasets(db: Engine, adapter: str) -> int:
+def preference_dataset_id(db: Engine, adapter: str) -> int:
     """The id of `preferences-<adapter>`, created when missing (as SYSTEM: bookkeeping)."""
     from core.datasets.service import get_or_create_dataset
 

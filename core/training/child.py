@@ -62,9 +62,10 @@ def main(argv: list[str]) -> int:
 
     job_id, token = int(argv[0]), int(argv[1])
     node_rank = int(argv[3]) if len(argv) > 3 else 0  # a machine that joined a job: > 0
-    # The worker's pid; for a rank of a distributed job, torchrun's (core.training.launch).
     rank = current_rank()
-    die_with_parent(os.getppid() if rank is not None else int(argv[2]) if len(argv) > 2 else None)
+    # The worker's pid; for a rank of a distributed job, torchrun's (core.training.launch).
+    parent = int(argv[2]) if len(argv) > 2 else None
+    die_with_parent(os.getppid() if rank is not None else parent)
     stop = threading.Event()
     # Until the job's folder is known, a stop request ends the process at once: nothing of
     # this attempt exists yet.
